@@ -1,0 +1,1 @@
+//! gRPC admin API. The only module that knows protobuf.

@@ -1,0 +1,459 @@
+//! The daemon's own configuration file (`dunningd.yaml`).
+//!
+//! Every field has a default, so an empty file is a working configuration.
+//! Relative paths are resolved against the folder of the configuration file,
+//! so a config can be moved together with its workflows. Secrets are never
+//! written inline: a channel's `secrets:` names a file, an environment
+//! variable or a systemd credential, and the value is merged into the
+//! channel's settings when the configuration is loaded.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::duration;
+
+/// Where the default paths point when the daemon runs under systemd.
+pub const DEFAULT_SOCKET: &str = "/run/dunningd/admin.sock";
+pub const DEFAULT_CONFIG: &str = "/etc/dunningd/dunningd.yaml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The configuration as written in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    workflows_dir: Option<PathBuf>,
+    plugin_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    database: Option<String>,
+    #[serde(default)]
+    admin: RawAdmin,
+    clock: Option<String>,
+    clock_start: Option<DateTime<Utc>>,
+    #[serde(default)]
+    scheduler: RawScheduler,
+    #[serde(default)]
+    channels: BTreeMap<String, RawChannel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    socket: Option<PathBuf>,
+    /// Also listen on TCP (e.g. `127.0.0.1:7070`); requires `token_file`.
+    tcp: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScheduler {
+    lease: Option<String>,
+    batch_size: Option<u32>,
+    max_claims: Option<u32>,
+    shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChannel {
+    plugin: String,
+    #[serde(default)]
+    settings: serde_json::Map<String, Value>,
+    #[serde(default)]
+    secrets: BTreeMap<String, SecretSource>,
+    timeout: Option<String>,
+    concurrency: Option<usize>,
+    max_attempts: Option<u32>,
+    retry_backoff: Option<String>,
+}
+
+/// Where one secret comes from: exactly one of `file`, `env`, `credential`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    /// A file whose content (trailing newline removed) is the secret.
+    pub file: Option<PathBuf>,
+    /// An environment variable.
+    pub env: Option<String>,
+    /// A systemd credential: `$CREDENTIALS_DIRECTORY/<name>` (`LoadCredential=`).
+    pub credential: Option<String>,
+}
+
+/// Which clock the engine reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockKind {
+    /// Wall-clock time: production.
+    System,
+    /// Time moves only when told to (`AdvanceClock`): tests and demos that
+    /// run days of schedule in moments.
+    Manual { start: DateTime<Utc> },
+}
+
+/// A database URL whose `Debug` and `Display` hide any password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // user:password@host → user:***@host
+        match (self.0.find("://"), self.0.rfind('@')) {
+            (Some(scheme_end), Some(at)) if at > scheme_end => {
+                let userinfo = &self.0[scheme_end + 3..at];
+                match userinfo.find(':') {
+                    Some(colon) => write!(
+                        f,
+                        "{}{}:***{}",
+                        &self.0[..scheme_end + 3],
+                        &userinfo[..colon],
+                        &self.0[at..]
+                    ),
+                    None => f.write_str(&self.0),
+                }
+            }
+            _ => f.write_str(&self.0),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
+/// A channel: a named, configured instance of a plugin.
+#[derive(Clone)]
+pub struct ChannelSpec {
+    pub plugin: String,
+    /// `settings` with the resolved secrets merged in. Never logged.
+    pub settings: Value,
+    /// Longest a single plugin call may take before its outcome is `unknown`.
+    pub timeout: Duration,
+    /// Most calls in flight at once on this channel.
+    pub concurrency: usize,
+    /// Attempts (retryable failures) before the delivery is `failed`.
+    pub max_attempts: u32,
+    /// First retry delay; doubles with each attempt, with jitter.
+    pub retry_backoff: Duration,
+}
+
+impl fmt::Debug for ChannelSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Settings carry secrets: show only their keys.
+        let keys: Vec<&str> = match &self.settings {
+            Value::Object(map) => map.keys().map(String::as_str).collect(),
+            _ => Vec::new(),
+        };
+        f.debug_struct("ChannelSpec")
+            .field("plugin", &self.plugin)
+            .field("settings", &keys)
+            .field("timeout", &self.timeout)
+            .field("concurrency", &self.concurrency)
+            .field("max_attempts", &self.max_attempts)
+            .finish()
+    }
+}
+
+/// Scheduler tuning. The defaults suit one daemon on one machine.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// How long a claim lasts (wall-clock) before another daemon, or this one
+    /// after a restart, may take the delivery over.
+    pub lease: Duration,
+    /// Most deliveries claimed in one transaction.
+    pub batch_size: u32,
+    /// Claims of one delivery (crashes included) before it is parked as
+    /// failed, so a plugin that kills the process cannot crash-loop it.
+    pub max_claims: u32,
+    /// How long SIGTERM waits for in-flight plugin calls.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub socket: PathBuf,
+    pub tcp: Option<String>,
+    pub token_file: Option<PathBuf>,
+}
+
+/// The resolved configuration the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from, for reloads and error messages.
+    pub path: Option<PathBuf>,
+    pub workflows_dir: PathBuf,
+    pub plugin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub database: DatabaseUrl,
+    pub admin: AdminConfig,
+    pub clock: ClockKind,
+    pub scheduler: SchedulerConfig,
+    pub channels: BTreeMap<String, ChannelSpec>,
+}
+
+impl Config {
+    /// Reads and resolves a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Resolves `text` as if read from `path` (relative paths start there).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = if text.trim().is_empty() {
+            RawConfig::default()
+        } else {
+            serde_norway::from_str(text).map_err(|e| {
+                let (line, column) = e
+                    .location()
+                    .map(|l| (l.line(), l.column()))
+                    .unwrap_or((0, 0));
+                ConfigError::Syntax {
+                    path: path.to_path_buf(),
+                    line,
+                    column,
+                    message: strip_location(&e.to_string()),
+                }
+            })?
+        };
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let dur = |field: &str, value: &Option<String>, default: Duration| match value {
+            None => Ok(default),
+            Some(text) => duration::parse(text).map_err(|e| invalid(format!("{field}: {e}"))),
+        };
+
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let state_dir = resolve(raw.state_dir.unwrap_or_else(|| "/var/lib/dunningd".into()));
+        let database = match raw.database {
+            Some(url) if url.starts_with("sqlite://") => {
+                let file = PathBuf::from(&url["sqlite://".len()..]);
+                DatabaseUrl(format!("sqlite://{}", resolve(file).display()))
+            }
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                return Err(invalid(format!(
+                    "database: PostgreSQL ('{}') is not supported by this build yet; use sqlite://",
+                    DatabaseUrl(url)
+                )));
+            }
+            Some(url) => {
+                return Err(invalid(format!(
+                    "database: unsupported URL '{}' (expected sqlite://PATH)",
+                    DatabaseUrl(url)
+                )));
+            }
+            None => DatabaseUrl(format!("sqlite://{}", state_dir.join("dunningd.db").display())),
+        };
+
+        let clock = match raw.clock.as_deref() {
+            None | Some("system") => {
+                if raw.clock_start.is_some() {
+                    return Err(invalid("clock_start: only allowed with 'clock: manual'".into()));
+                }
+                ClockKind::System
+            }
+            Some("manual") => ClockKind::Manual {
+                start: raw.clock_start.unwrap_or_else(Utc::now),
+            },
+            Some(other) => {
+                return Err(invalid(format!(
+                    "clock: unknown clock '{other}' (expected 'system' or 'manual')"
+                )));
+            }
+        };
+
+        let scheduler = SchedulerConfig {
+            lease: dur("scheduler.lease", &raw.scheduler.lease, Duration::from_secs(120))?,
+            batch_size: raw.scheduler.batch_size.unwrap_or(512).max(1),
+            max_claims: raw.scheduler.max_claims.unwrap_or(10).max(1),
+            shutdown_grace: dur(
+                "scheduler.shutdown_grace",
+                &raw.scheduler.shutdown_grace,
+                Duration::from_secs(20),
+            )?,
+        };
+
+        if raw.admin.tcp.is_some() && raw.admin.token_file.is_none() {
+            return Err(invalid(
+                "admin.tcp: a TCP listener needs admin.token_file (a bearer token clients must send)"
+                    .into(),
+            ));
+        }
+        let admin = AdminConfig {
+            socket: resolve(raw.admin.socket.unwrap_or_else(|| DEFAULT_SOCKET.into())),
+            tcp: raw.admin.tcp,
+            token_file: raw.admin.token_file.map(resolve),
+        };
+
+        let mut channels = BTreeMap::new();
+        for (name, ch) in raw.channels {
+            let field = |f: &str| format!("channels.{name}.{f}");
+            let mut settings = ch.settings;
+            for (key, source) in ch.secrets {
+                if settings.contains_key(&key) {
+                    return Err(invalid(format!(
+                        "{}: '{key}' is given both as a setting and as a secret",
+                        field("secrets")
+                    )));
+                }
+                let value = read_secret(&source, &resolve)
+                    .map_err(|e| invalid(format!("{}: {e}", field(&format!("secrets.{key}")))))?;
+                settings.insert(key, Value::String(value));
+            }
+            let spec = ChannelSpec {
+                plugin: ch.plugin,
+                settings: Value::Object(settings),
+                timeout: dur(&field("timeout"), &ch.timeout, Duration::from_secs(30))?,
+                concurrency: ch.concurrency.unwrap_or(8).max(1),
+                max_attempts: ch.max_attempts.unwrap_or(5).max(1),
+                retry_backoff: dur(&field("retry_backoff"), &ch.retry_backoff, Duration::from_secs(60))?,
+            };
+            // A claim must outlive the call it covers, or a slow send could
+            // be claimed (and sent) a second time while still running.
+            if spec.timeout >= scheduler.lease {
+                return Err(invalid(format!(
+                    "{}: {} must be shorter than scheduler.lease ({})",
+                    field("timeout"),
+                    duration::format(spec.timeout),
+                    duration::format(scheduler.lease)
+                )));
+            }
+            channels.insert(name, spec);
+        }
+
+        Ok(Config {
+            path: Some(path.to_path_buf()),
+            workflows_dir: resolve(raw.workflows_dir.unwrap_or_else(|| "workflows".into())),
+            plugin_dir: resolve(
+                raw.plugin_dir
+                    .unwrap_or_else(|| "/usr/lib/dunningd/plugins".into()),
+            ),
+            state_dir,
+            database,
+            admin,
+            clock,
+            scheduler,
+            channels,
+        })
+    }
+}
+
+fn read_secret(source: &SecretSource, resolve: &dyn Fn(PathBuf) -> PathBuf) -> Result<String, String> {
+    let from_file = |path: PathBuf| {
+        std::fs::read_to_string(&path)
+            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+            .map_err(|e| format!("cannot read '{}': {e}", path.display()))
+    };
+    match (&source.file, &source.env, &source.credential) {
+        (Some(path), None, None) => from_file(resolve(path.clone())),
+        (None, Some(var), None) => {
+            std::env::var(var).map_err(|_| format!("environment variable '{var}' is not set"))
+        }
+        (None, None, Some(name)) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) => from_file(PathBuf::from(dir).join(name)),
+            None => Err(format!(
+                "credential '{name}': CREDENTIALS_DIRECTORY is not set (use LoadCredential= in the unit)"
+            )),
+        },
+        _ => Err("give exactly one of 'file', 'env' or 'credential'".to_string()),
+    }
+}
+
+/// serde_norway appends " at line X column Y" to messages; we print the
+/// location in front instead (`file:line:col: message`).
+pub(crate) fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_a_working_configuration() {
+        let config = Config::parse(Path::new("/etc/dunningd/dunningd.yaml"), "").unwrap();
+        assert_eq!(config.workflows_dir, Path::new("/etc/dunningd/workflows"));
+        assert_eq!(config.database.expose(), "sqlite:///var/lib/dunningd/dunningd.db");
+        assert_eq!(config.admin.socket, Path::new(DEFAULT_SOCKET));
+        assert_eq!(config.clock, ClockKind::System);
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_never_show_in_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("smtp-password"), "hunter2\n").unwrap();
+        let text = "channels:\n  email:\n    plugin: log\n    settings: { host: smtp.example.com }\n    secrets:\n      password: { file: smtp-password }\n";
+        let config = Config::parse(&dir.path().join("dunningd.yaml"), text).unwrap();
+        let email = &config.channels["email"];
+        assert_eq!(email.settings["password"], "hunter2");
+        assert!(!format!("{email:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn errors_say_where() {
+        let table = [
+            ("colour: red\n", "dunningd.yaml:1:1: unknown field `colour`"),
+            ("clock: sundial\n", "clock: unknown clock 'sundial'"),
+            ("scheduler: { lease: 3 }\n", "scheduler.lease: invalid duration '3'"),
+            ("admin: { tcp: '127.0.0.1:1' }\n", "needs admin.token_file"),
+            ("channels: { email: { plugin: log, timeout: 5m } }\n",
+             "channels.email.timeout: 5m must be shorter than scheduler.lease (2m)"),
+            ("channels: { sms: { plugin: twilio, secrets: { token: { env: DUNNINGD_TEST_UNSET_VAR } } } }\n",
+             "channels.sms.secrets.token: environment variable 'DUNNINGD_TEST_UNSET_VAR' is not set"),
+            ("channels: { sms: { plugin: twilio, secrets: { token: { env: A, file: b } } } }\n",
+             "channels.sms.secrets.token: give exactly one of 'file', 'env' or 'credential'"),
+        ];
+        for (text, want) in table {
+            let err = Config::parse(Path::new("dunningd.yaml"), text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: got {err:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn database_urls_hide_passwords() {
+        let url = DatabaseUrl("postgres://dunning:s3cret@db:5432/dunning".into());
+        assert_eq!(url.to_string(), "postgres://dunning:***@db:5432/dunning");
+        assert!(!format!("{url:?}").contains("s3cret"));
+    }
+}

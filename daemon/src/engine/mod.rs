@@ -1,0 +1,3 @@
+//! The engine: events become cases, cases become deliveries, deliveries go to plugins.
+
+pub mod clock;

@@ -1,0 +1,344 @@
+//! The scheduler run loop. Only this task claims deliveries; others call
+//! `Engine::wake()` when they create due work or move the clock.
+//!
+//! One loop claims due deliveries in batches and spawns one dispatch task per
+//! delivery (render, call the plugin, decide the outcome). Outcomes go to a
+//! single completion writer that commits them in batches, so a burst of sends
+//! costs a few transactions, not one each. The loop sleeps until the next due
+//! time, a wake-up, or a short cap (leases of other processes expire in
+//! wall-clock time, which no wake-up announces).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dunningd_plugin_api::wire::{DeliveryRequest, DeliveryResponse, Recipient};
+use rand::Rng;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::core::Engine;
+use crate::config::{ChannelSpec, SchedulerConfig};
+use crate::plugin_host::PluginHost;
+use crate::store::{ClaimOptions, Claimed, Completion};
+use crate::workflow::RenderContext;
+
+/// Longest the loop sleeps without looking at the store.
+const POLL_CAP: Duration = Duration::from_secs(1);
+/// Most dispatches in flight across all channels; channels have their own,
+/// smaller limits in the plugin host.
+const MAX_IN_FLIGHT: usize = 1024;
+/// The longest retry delay, however many attempts came before.
+const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
+
+/// Retry policy per channel, from the configuration; swapped on reload.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub backoff: Duration,
+}
+
+impl From<&ChannelSpec> for RetryPolicy {
+    fn from(spec: &ChannelSpec) -> Self {
+        RetryPolicy { max_attempts: spec.max_attempts, backoff: spec.retry_backoff }
+    }
+}
+
+pub struct Scheduler {
+    engine: Arc<Engine>,
+    plugins: Arc<PluginHost>,
+    config: SchedulerConfig,
+    /// This process's lease owner id: unique per run, so a restarted daemon
+    /// never mistakes an old lease for its own.
+    owner: String,
+    policies: RwLock<Arc<BTreeMap<String, RetryPolicy>>>,
+    /// Set once the loop goes round, for the watchdog and status.
+    heartbeat: watch::Sender<DateTime<Utc>>,
+}
+
+impl Scheduler {
+    pub fn new(engine: Arc<Engine>, plugins: Arc<PluginHost>, config: SchedulerConfig) -> Scheduler {
+        Scheduler {
+            engine,
+            plugins,
+            config,
+            owner: format!("dunningd-{}", uuid::Uuid::new_v4()),
+            policies: RwLock::new(Arc::new(BTreeMap::new())),
+            heartbeat: watch::Sender::new(Utc::now()),
+        }
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Wall-clock time of the loop's last round: a stuck loop stops moving it.
+    pub fn heartbeat(&self) -> watch::Receiver<DateTime<Utc>> {
+        self.heartbeat.subscribe()
+    }
+
+    pub fn set_channels(&self, channels: &BTreeMap<String, ChannelSpec>) {
+        let policies = channels.iter().map(|(name, spec)| (name.clone(), spec.into())).collect();
+        match self.policies.write() {
+            Ok(mut guard) => *guard = Arc::new(policies),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(policies),
+        }
+    }
+
+    fn policy(&self, channel: &str) -> RetryPolicy {
+        let policies = match self.policies.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        policies.get(channel).cloned().unwrap_or(RetryPolicy {
+            max_attempts: 5,
+            backoff: Duration::from_secs(60),
+        })
+    }
+
+    /// Runs until `shutdown` turns true, then stops claiming, waits up to the
+    /// grace period for in-flight sends, records their outcomes and returns.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(self.clone().write_completions(done_rx));
+        let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let mut tasks = JoinSet::new();
+        let options = ClaimOptions {
+            owner: self.owner.clone(),
+            lease: self.config.lease,
+            limit: self.config.batch_size,
+            max_claims: self.config.max_claims,
+        };
+        let mut failures = 0u32;
+
+        while !*shutdown.borrow() {
+            self.heartbeat.send_replace(Utc::now());
+            while tasks.try_join_next().is_some() {}
+            let now = self.engine.clock().now();
+            let claimed = match self.engine.store().claim_due(now, &options).await {
+                Ok(claimed) => {
+                    failures = 0;
+                    claimed
+                }
+                Err(error) => {
+                    failures += 1;
+                    let wait = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
+                    tracing::error!(%error, retry_in = ?wait, "cannot claim due deliveries");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    continue;
+                }
+            };
+            let full_batch = claimed.len() as u32 >= options.limit;
+            for delivery in claimed {
+                let permit = tokio::select! {
+                    permit = in_flight.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    _ = shutdown.changed() => break,
+                };
+                let this = self.clone();
+                let done = done_tx.clone();
+                tasks.spawn(async move {
+                    let id = delivery.delivery_id.clone();
+                    let completion = this.dispatch(delivery).await;
+                    let _ = done.send((id, completion));
+                    drop(permit);
+                });
+            }
+            if full_batch {
+                continue;
+            }
+            let next = match self.engine.store().next_due().await {
+                Ok(next) => next,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the next due time");
+                    None
+                }
+            };
+            let deadline = next.unwrap_or(DateTime::<Utc>::MAX_UTC);
+            tokio::select! {
+                _ = self.engine.clock().sleep_until(deadline, POLL_CAP) => {}
+                _ = self.engine.woken() => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+
+        tracing::info!(in_flight = tasks.len(), "scheduler stopping; waiting for in-flight sends");
+        let grace = self.config.shutdown_grace;
+        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                still_running = tasks.len(),
+                grace = ?grace,
+                "in-flight sends did not finish in time; their leases will expire and they will be retried"
+            );
+            tasks.detach_all();
+        }
+        drop(done_tx);
+        if let Err(error) = writer.await {
+            tracing::error!(%error, "completion writer failed");
+        }
+    }
+
+    /// Commits outcomes in batches until every sender is gone. A failed
+    /// commit is retried: dropping an outcome would resend a sent message
+    /// once its lease expires.
+    async fn write_completions(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<(String, Completion)>) {
+        const BATCH: usize = 1024;
+        let mut batch = Vec::with_capacity(BATCH);
+        while rx.recv_many(&mut batch, BATCH).await > 0 {
+            let mut attempt = 0u32;
+            loop {
+                let now = self.engine.clock().now();
+                match self.engine.store().complete(&self.owner, batch.clone(), now).await {
+                    Ok(lost) => {
+                        for id in lost {
+                            tracing::warn!(delivery = %id, "lease lost before the outcome was recorded; another claim owns it");
+                        }
+                        break;
+                    }
+                    Err(error) => {
+                        attempt += 1;
+                        let wait = Duration::from_millis(100 * 2u64.pow(attempt.min(6)));
+                        tracing::error!(%error, deliveries = batch.len(), retry_in = ?wait, "cannot record delivery outcomes");
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+            batch.clear();
+            // Retries and exhausted cases change what is due next.
+            self.engine.wake();
+        }
+    }
+
+    /// Renders and sends one claimed delivery and decides what became of it.
+    async fn dispatch(&self, claimed: Claimed) -> Completion {
+        let now = self.engine.clock().now();
+        let workflow = match self.engine.workflow_version(&claimed.workflow_version).await {
+            Ok(workflow) => workflow,
+            Err(error) => return Completion::Failed { error: error.to_string() },
+        };
+        let event = &claimed.trigger_event;
+
+        // Retries and resumed cases can fall outside the send window.
+        let opens = workflow.plan(now, event.customer.timezone.as_deref());
+        if opens > now {
+            return Completion::Defer { at: opens };
+        }
+
+        let context = RenderContext {
+            event,
+            case_id: &claimed.case_id,
+            case_started_at: claimed.case_started_at,
+            step: &claimed.step,
+            channel: &claimed.channel,
+        };
+        let message = match workflow.render(&claimed.template, &context) {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::error!(delivery = %claimed.delivery_id, workflow = %claimed.workflow, %error, "cannot render template");
+                return Completion::Failed { error: error.to_string() };
+            }
+        };
+        let customer = &event.customer;
+        let request = DeliveryRequest {
+            delivery_id: claimed.delivery_id.clone(),
+            idempotency_key: claimed.idempotency_key.clone(),
+            channel: claimed.channel.clone(),
+            case_id: claimed.case_id.clone(),
+            workflow: claimed.workflow.clone(),
+            step: claimed.step.clone(),
+            template: claimed.template.clone(),
+            attempt: claimed.attempt,
+            recipient: Recipient {
+                customer_id: customer.id.clone(),
+                name: customer.name.clone(),
+                email: customer.email.clone(),
+                phone: customer.phone.clone(),
+                locale: customer.locale.clone(),
+                timezone: customer.timezone.clone(),
+            },
+            message,
+            data: event.data.clone(),
+            subject: event.subject.clone(),
+        };
+        let response = self.plugins.send(request).await;
+        let completion = self.decide(&claimed, response);
+        match &completion {
+            Completion::Sent { receipt } => tracing::info!(
+                delivery = %claimed.delivery_id, case = %claimed.case_id, step = %claimed.step,
+                channel = %claimed.channel, receipt = receipt.as_deref().unwrap_or(""), "delivery sent"
+            ),
+            Completion::Retry { error, at } => tracing::warn!(
+                delivery = %claimed.delivery_id, channel = %claimed.channel, attempt = claimed.attempt,
+                %error, retry_at = %at, "delivery failed, will retry"
+            ),
+            Completion::Failed { error } => tracing::error!(
+                delivery = %claimed.delivery_id, channel = %claimed.channel, attempt = claimed.attempt,
+                %error, "delivery failed"
+            ),
+            Completion::Skipped { reason } => tracing::info!(
+                delivery = %claimed.delivery_id, channel = %claimed.channel, %reason, "delivery skipped"
+            ),
+            Completion::Defer { at } => tracing::debug!(delivery = %claimed.delivery_id, %at, "delivery deferred"),
+        }
+        completion
+    }
+
+    /// Turns a plugin's answer into the delivery's next state. Retryable and
+    /// unknown outcomes are retried with the same idempotency key until the
+    /// channel's attempt limit; then the delivery is failed.
+    fn decide(&self, claimed: &Claimed, response: DeliveryResponse) -> Completion {
+        let policy = self.policy(&claimed.channel);
+        let retry = |error: String, hint: Option<u64>| {
+            if claimed.attempt >= policy.max_attempts {
+                return Completion::Failed {
+                    error: format!("gave up after {} attempts: {error}", claimed.attempt),
+                };
+            }
+            let delay = backoff(policy.backoff, claimed.attempt)
+                .max(Duration::from_secs(hint.unwrap_or(0)));
+            let at = self.engine.clock().now()
+                + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(6));
+            Completion::Retry { error, at }
+        };
+        match response {
+            DeliveryResponse::Sent { receipt } => Completion::Sent { receipt },
+            DeliveryResponse::Retryable { error, retry_after_secs } => retry(error, retry_after_secs),
+            DeliveryResponse::Unknown { error } => retry(format!("outcome unknown: {error}"), None),
+            DeliveryResponse::Permanent { error } => Completion::Failed { error },
+            DeliveryResponse::Skipped { reason } => Completion::Skipped { reason },
+        }
+    }
+}
+
+/// `base · 2^(attempt-1)`, capped, with ±20 % jitter so that a provider
+/// outage does not end in a synchronized stampede.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)));
+    let capped = exp.min(MAX_BACKOFF);
+    let jitter = rand::rng().random_range(0.8..1.2);
+    capped.mul_f64(jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        let base = Duration::from_secs(60);
+        for (attempt, nominal) in [(1, 60.0), (2, 120.0), (3, 240.0), (4, 480.0)] {
+            let got = backoff(base, attempt).as_secs_f64();
+            assert!(got >= nominal * 0.8 && got <= nominal * 1.2, "attempt {attempt}: {got}");
+        }
+        assert!(backoff(base, 40) <= MAX_BACKOFF.mul_f64(1.2));
+    }
+}

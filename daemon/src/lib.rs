@@ -1,0 +1,40 @@
+//! dunningd: a self-hosted dunning engine.
+//!
+//! # Layout
+//!
+//! - [`model`]: the engine's vocabulary (event, case, delivery, their states).
+//! - [`config`]: the daemon configuration file, with secrets resolved.
+//! - [`duration`]: `90s`, `15m`, `3d`, one parser for every file and the API.
+//! - [`workflow`]: YAML workflows: parse, validate, render, watch the folder.
+//! - [`engine`]: ingest events into cases, schedule and dispatch deliveries,
+//!   the clock.
+//! - [`store`]: durable state behind one interface (SQLite today).
+//! - [`plugin_host`]: loads channel plugins and calls them safely.
+//! - [`admin`]: the gRPC admin API, the only module that knows protobuf.
+//! - [`daemon`]: wiring: start-up (a reload from nothing), reloads, shutdown.
+//!
+//! The binaries are `dunningd` (the daemon) and `dunningctl` (its client).
+#![deny(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod daemon;
+pub mod duration;
+pub mod engine;
+pub mod model;
+#[allow(unsafe_code)]
+pub mod plugin_host;
+pub mod store;
+pub mod workflow;
+
+/// The generated protobuf and gRPC code. Only `admin` and `dunningctl` use it.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("dunningd.v1");
+
+    /// For gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("dunningd_descriptor");
+}
+
+/// The version every binary and the API report.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

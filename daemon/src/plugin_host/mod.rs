@@ -1,0 +1,1 @@
+//! Channel plugins: load, call with a deadline, contain failures.

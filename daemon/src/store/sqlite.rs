@@ -1,0 +1,661 @@
+//! The embedded SQLite backend.
+//!
+//! One writer connection and a small read pool: SQLite has one writer at a
+//! time anyway, and a single writer connection turns contention into a queue
+//! inside the process instead of `SQLITE_BUSY` errors. Every write transaction
+//! starts with `BEGIN IMMEDIATE`, so it takes the write lock before it reads
+//! (a deferred transaction that reads and then writes fails at once with
+//! `SQLITE_BUSY`, whatever the busy timeout says). WAL journal, and
+//! `synchronous = FULL`: an acknowledged event survives a power cut, not only
+//! a process crash; batching keeps the fsync cost per event small.
+//!
+//! One database file belongs to one daemon, so at start every lease left in
+//! the file belongs to a process that is gone and is released at once.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::{
+    CaseAction, ClaimOptions, Claimed, Completion, EventPlan, IngestOutcome, Store, StoreError,
+    from_ms, idempotency_key, to_ms,
+};
+use crate::model::{Case, CaseDetail, CaseFilter, CaseState, Delivery, DeliveryStatus, Event};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+pub struct SqliteStore {
+    /// The one connection that writes; see the module comment.
+    writer: SqlitePool,
+    /// Readers for the admin API, so listing cases never waits behind a write.
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file, applies migrations and
+    /// releases leases a previous process left behind.
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(parent) = path.parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    sqlx::Error::Configuration(
+                        format!("cannot create '{}': {e}", parent.display()).into(),
+                    )
+                })?;
+            }
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        MIGRATOR.run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await?;
+        let store = SqliteStore { writer, reader };
+        let released = sqlx::query(
+            "UPDATE deliveries SET status = 'scheduled', lease_owner = NULL, lease_expires_ms = NULL
+             WHERE status = 'sending'",
+        )
+        .execute(&store.writer)
+        .await?
+        .rows_affected();
+        if released > 0 {
+            tracing::warn!(
+                deliveries = released,
+                "released deliveries left in flight by a previous run; they will be sent again with the same idempotency key"
+            );
+        }
+        Ok(store)
+    }
+
+    async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+fn json_ids(ids: &[String]) -> String {
+    serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_string())
+}
+
+fn corrupt(table: &'static str, message: impl ToString) -> StoreError {
+    StoreError::Corrupt { table, message: message.to_string() }
+}
+
+fn case_from_row(row: &SqliteRow) -> Result<Case, StoreError> {
+    let state: String = row.try_get("state")?;
+    let event: String = row.try_get("trigger_event")?;
+    Ok(Case {
+        id: row.try_get("id")?,
+        workflow: row.try_get("workflow")?,
+        workflow_version: row.try_get("workflow_version")?,
+        customer_id: row.try_get("customer_id")?,
+        subject: row.try_get("subject")?,
+        state: CaseState::from_str(&state).map_err(|e| corrupt("cases", e))?,
+        trigger_event: serde_json::from_str::<Event>(&event).map_err(|e| corrupt("cases", e))?,
+        started_at: from_ms(row.try_get("started_ms")?),
+        updated_at: from_ms(row.try_get("updated_ms")?),
+        paused_at: row.try_get::<Option<i64>, _>("paused_ms")?.map(from_ms),
+        ended_reason: row.try_get("ended_reason")?,
+    })
+}
+
+fn delivery_from_row(row: &SqliteRow) -> Result<Delivery, StoreError> {
+    let status: String = row.try_get("status")?;
+    Ok(Delivery {
+        id: row.try_get("id")?,
+        case_id: row.try_get("case_id")?,
+        step_index: row.try_get::<i64, _>("step_index")? as u32,
+        step: row.try_get("step")?,
+        channel: row.try_get("channel")?,
+        template: row.try_get("template")?,
+        status: DeliveryStatus::from_str(&status).map_err(|e| corrupt("deliveries", e))?,
+        due_at: from_ms(row.try_get("due_ms")?),
+        planned_at: from_ms(row.try_get("planned_ms")?),
+        attempts: row.try_get::<i64, _>("attempts")? as u32,
+        idempotency_key: row.try_get("idempotency_key")?,
+        receipt: row.try_get("receipt")?,
+        last_error: row.try_get("last_error")?,
+        skip_reason: row.try_get("skip_reason")?,
+        sent_at: row.try_get::<Option<i64>, _>("sent_ms")?.map(from_ms),
+        updated_at: from_ms(row.try_get("updated_ms")?),
+    })
+}
+
+/// Marks the still-pending deliveries of the given cases skipped.
+async fn skip_pending(
+    tx: &mut Transaction<'static, Sqlite>,
+    case_ids_json: &str,
+    reason: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE deliveries SET status = 'skipped', skip_reason = ?, lease_owner = NULL,
+                lease_expires_ms = NULL, updated_ms = ?
+         WHERE case_id IN (SELECT value FROM json_each(?))
+           AND status IN ('scheduled', 'retrying')",
+    )
+    .bind(reason)
+    .bind(now_ms)
+    .bind(case_ids_json)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ingest(
+        &self,
+        plans: Vec<EventPlan>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<IngestOutcome>, StoreError> {
+        let now_ms = to_ms(now);
+        let mut tx = self.write_tx().await?;
+        let mut outcomes = Vec::with_capacity(plans.len());
+        for plan in plans {
+            let event = &plan.event;
+            let mut outcome = IngestOutcome { event_id: event.id.clone(), ..Default::default() };
+            let body = serde_json::to_string(event).map_err(|e| corrupt("events", e))?;
+            let inserted = sqlx::query(
+                "INSERT INTO events (id, type, customer_id, subject, occurred_ms, received_ms, body)
+                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&event.id)
+            .bind(&event.event_type)
+            .bind(&event.customer.id)
+            .bind(&event.subject)
+            .bind(to_ms(plan.occurred_at))
+            .bind(now_ms)
+            .bind(&body)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                outcome.duplicate = true;
+                outcomes.push(outcome);
+                continue;
+            }
+
+            // Exits: every open case for this customer and subject whose own
+            // workflow version lists this event type in exit_on.
+            let recovered: Vec<String> = sqlx::query_scalar(
+                "UPDATE cases SET state = 'recovered', updated_ms = ?, paused_ms = NULL,
+                        ended_reason = 'exit event ' || ? || ' (' || ? || ')'
+                 WHERE customer_id = ? AND subject = ? AND state IN ('active', 'paused')
+                   AND EXISTS (SELECT 1 FROM json_each(cases.exit_on) WHERE value = ?)
+                 RETURNING id",
+            )
+            .bind(now_ms)
+            .bind(&event.id)
+            .bind(&event.event_type)
+            .bind(&event.customer.id)
+            .bind(&event.subject)
+            .bind(&event.event_type)
+            .fetch_all(&mut *tx)
+            .await?;
+            if !recovered.is_empty() {
+                skip_pending(&mut tx, &json_ids(&recovered), "case recovered", now_ms).await?;
+                outcome.cases_recovered = recovered;
+            }
+
+            for start in plan.starts {
+                // A later exit event already seen (webhooks arrive out of
+                // order) means this trigger is stale: the customer has paid.
+                let exit_on = serde_json::to_string(&start.exit_on).map_err(|e| corrupt("cases", e))?;
+                let later_exit: Option<String> = sqlx::query_scalar(
+                    "SELECT id FROM events
+                     WHERE customer_id = ? AND subject = ? AND occurred_ms > ?
+                       AND type IN (SELECT value FROM json_each(?))
+                     ORDER BY occurred_ms DESC LIMIT 1",
+                )
+                .bind(&event.customer.id)
+                .bind(&event.subject)
+                .bind(to_ms(plan.occurred_at))
+                .bind(&exit_on)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(exit_id) = later_exit {
+                    outcome.notes.push(format!(
+                        "workflow '{}': no case started, exit event '{exit_id}' occurred later",
+                        start.workflow
+                    ));
+                    continue;
+                }
+                let open: Option<String> = sqlx::query_scalar(
+                    "SELECT id FROM cases
+                     WHERE workflow = ? AND customer_id = ? AND subject = ? AND state IN ('active', 'paused')",
+                )
+                .bind(&start.workflow)
+                .bind(&event.customer.id)
+                .bind(&event.subject)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(case_id) = open {
+                    outcome.notes.push(format!(
+                        "workflow '{}': no case started, case '{case_id}' is already open for this customer and subject",
+                        start.workflow
+                    ));
+                    continue;
+                }
+
+                sqlx::query(
+                    "INSERT INTO workflow_versions (version, name, source, first_seen_ms)
+                     VALUES (?, ?, ?, ?) ON CONFLICT (version) DO NOTHING",
+                )
+                .bind(&start.workflow_version)
+                .bind(&start.workflow)
+                .bind(&start.workflow_source)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+
+                let case_id = uuid::Uuid::now_v7().to_string();
+                sqlx::query(
+                    "INSERT INTO cases (id, workflow, workflow_version, customer_id, subject, state,
+                                        exit_on, trigger_event_id, trigger_event, started_ms, updated_ms)
+                     VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?)",
+                )
+                .bind(&case_id)
+                .bind(&start.workflow)
+                .bind(&start.workflow_version)
+                .bind(&event.customer.id)
+                .bind(&event.subject)
+                .bind(&exit_on)
+                .bind(&event.id)
+                .bind(&body)
+                .bind(now_ms)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+                for d in &start.deliveries {
+                    sqlx::query(
+                        "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
+                                                 due_ms, planned_ms, idempotency_key, updated_ms)
+                         VALUES (?, ?, ?, ?, ?, ?, 'scheduled', ?, ?, ?, ?)",
+                    )
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(&case_id)
+                    .bind(d.step_index as i64)
+                    .bind(&d.step)
+                    .bind(&d.channel)
+                    .bind(&d.template)
+                    .bind(to_ms(d.due_at))
+                    .bind(to_ms(d.planned_at))
+                    .bind(idempotency_key(&case_id, d.step_index, &d.channel))
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                outcome.cases_started.push(case_id);
+            }
+            outcomes.push(outcome);
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        options: &ClaimOptions,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let now_ms = to_ms(now);
+        let wall_ms = to_ms(Utc::now());
+        let lease_ms = wall_ms + options.lease.as_millis() as i64;
+        let mut tx = self.write_tx().await?;
+
+        // Candidates: due deliveries and expired leases, of active cases only.
+        // The case state is read in this same transaction, so a case that
+        // exited a moment ago has no delivery claimed.
+        let rows = sqlx::query(
+            "SELECT d.id, d.attempts FROM deliveries d JOIN cases c ON c.id = d.case_id
+             WHERE d.status IN ('scheduled', 'retrying') AND d.planned_ms <= ? AND c.state = 'active'
+             UNION ALL
+             SELECT d.id, d.attempts FROM deliveries d JOIN cases c ON c.id = d.case_id
+             WHERE d.status = 'sending' AND d.lease_expires_ms <= ? AND c.state = 'active'
+             LIMIT ?",
+        )
+        .bind(now_ms)
+        .bind(wall_ms)
+        .bind(options.limit as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let mut claim = Vec::new();
+        let mut park = Vec::new();
+        for row in &rows {
+            let id: String = row.try_get("id")?;
+            let attempts: i64 = row.try_get("attempts")?;
+            if attempts >= options.max_claims as i64 {
+                park.push(id);
+            } else {
+                claim.push(id);
+            }
+        }
+        if !park.is_empty() {
+            tracing::error!(
+                deliveries = park.len(),
+                max_claims = options.max_claims,
+                "parking deliveries claimed too often without an outcome (did a plugin crash the daemon?)"
+            );
+            sqlx::query(
+                "UPDATE deliveries SET status = 'failed', lease_owner = NULL, lease_expires_ms = NULL,
+                        last_error = 'gave up after ' || attempts || ' claims without an outcome; the daemon stopped during each attempt',
+                        updated_ms = ?
+                 WHERE id IN (SELECT value FROM json_each(?))",
+            )
+            .bind(now_ms)
+            .bind(json_ids(&park))
+            .execute(&mut *tx)
+            .await?;
+        }
+        let claimed = if claim.is_empty() {
+            Vec::new()
+        } else {
+            let ids = json_ids(&claim);
+            sqlx::query(
+                "UPDATE deliveries SET status = 'sending', lease_owner = ?, lease_expires_ms = ?,
+                        attempts = attempts + 1, updated_ms = ?
+                 WHERE id IN (SELECT value FROM json_each(?))",
+            )
+            .bind(&options.owner)
+            .bind(lease_ms)
+            .bind(now_ms)
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+            let rows = sqlx::query(
+                "SELECT d.id, d.case_id, d.step_index, d.step, d.channel, d.template, d.idempotency_key,
+                        d.attempts, d.due_ms, d.planned_ms, c.workflow, c.workflow_version,
+                        c.started_ms, c.trigger_event
+                 FROM deliveries d JOIN cases c ON c.id = d.case_id
+                 WHERE d.id IN (SELECT value FROM json_each(?))
+                 ORDER BY d.planned_ms",
+            )
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
+            rows.iter().map(claimed_from_row).collect::<Result<Vec<_>, _>>()?
+        };
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn complete(
+        &self,
+        owner: &str,
+        results: Vec<(String, Completion)>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        let now_ms = to_ms(now);
+        let mut tx = self.write_tx().await?;
+        let mut lost = Vec::new();
+        let mut done = Vec::with_capacity(results.len());
+        for (id, completion) in results {
+            let query = match &completion {
+                Completion::Sent { receipt } => sqlx::query(
+                    "UPDATE deliveries SET status = 'sent', receipt = ?, sent_ms = ?, last_error = NULL,
+                            lease_owner = NULL, lease_expires_ms = NULL, updated_ms = ?
+                     WHERE id = ? AND lease_owner = ? AND status = 'sending'",
+                )
+                .bind(receipt.clone())
+                .bind(now_ms)
+                .bind(now_ms),
+                Completion::Retry { error, at } => sqlx::query(
+                    "UPDATE deliveries SET status = 'retrying', last_error = ?, planned_ms = ?,
+                            lease_owner = NULL, lease_expires_ms = NULL, updated_ms = ?
+                     WHERE id = ? AND lease_owner = ? AND status = 'sending'",
+                )
+                .bind(error.clone())
+                .bind(to_ms(*at))
+                .bind(now_ms),
+                Completion::Failed { error } => sqlx::query(
+                    "UPDATE deliveries SET status = 'failed', last_error = ?,
+                            lease_owner = NULL, lease_expires_ms = NULL, updated_ms = ?
+                     WHERE id = ? AND lease_owner = ? AND status = 'sending'",
+                )
+                .bind(error.clone())
+                .bind(now_ms),
+                Completion::Skipped { reason } => sqlx::query(
+                    "UPDATE deliveries SET status = 'skipped', skip_reason = ?,
+                            lease_owner = NULL, lease_expires_ms = NULL, updated_ms = ?
+                     WHERE id = ? AND lease_owner = ? AND status = 'sending'",
+                )
+                .bind(reason.clone())
+                .bind(now_ms),
+                Completion::Defer { at } => sqlx::query(
+                    "UPDATE deliveries SET status = 'scheduled', planned_ms = ?, attempts = attempts - 1,
+                            lease_owner = NULL, lease_expires_ms = NULL, updated_ms = ?
+                     WHERE id = ? AND lease_owner = ? AND status = 'sending'",
+                )
+                .bind(to_ms(*at))
+                .bind(now_ms),
+            };
+            let affected = query.bind(&id).bind(owner).execute(&mut *tx).await?.rows_affected();
+            if affected == 0 {
+                lost.push(id);
+            } else {
+                done.push(id);
+            }
+        }
+        // A case whose every delivery is final, and that nobody ended
+        // otherwise, ran all its steps without a recovery.
+        if !done.is_empty() {
+            sqlx::query(
+                "UPDATE cases SET state = 'exhausted', ended_reason = 'all steps ran', updated_ms = ?
+                 WHERE id IN (SELECT case_id FROM deliveries WHERE id IN (SELECT value FROM json_each(?)))
+                   AND state = 'active'
+                   AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.case_id = cases.id
+                                   AND p.status IN ('scheduled', 'sending', 'retrying'))",
+            )
+            .bind(now_ms)
+            .bind(json_ids(&done))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(lost)
+    }
+
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(d.planned_ms) FROM deliveries d JOIN cases c ON c.id = d.case_id
+             WHERE d.status IN ('scheduled', 'retrying') AND c.state = 'active'",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(next.map(from_ms))
+    }
+
+    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+        let mut tx = self.write_tx().await?;
+        // The claim counted as an attempt; an unstarted release gives it back.
+        let released = sqlx::query(
+            "UPDATE deliveries SET status = 'scheduled', lease_owner = NULL, lease_expires_ms = NULL,
+                    attempts = MAX(attempts - 1, 0)
+             WHERE status = 'sending' AND lease_owner = ?",
+        )
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(released)
+    }
+
+    async fn case_action(
+        &self,
+        id: &str,
+        action: CaseAction,
+        now: DateTime<Utc>,
+    ) -> Result<Case, StoreError> {
+        let now_ms = to_ms(now);
+        let mut tx = self.write_tx().await?;
+        let row = sqlx::query("SELECT * FROM cases WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::CaseNotFound(id.to_string()))?;
+        let case = case_from_row(&row)?;
+        let refuse = || StoreError::InvalidTransition {
+            id: id.to_string(),
+            state: case.state,
+            action: action.verb(),
+        };
+        match (action, case.state) {
+            (CaseAction::Pause, CaseState::Active) => {
+                sqlx::query("UPDATE cases SET state = 'paused', paused_ms = ?, updated_ms = ? WHERE id = ?")
+                    .bind(now_ms)
+                    .bind(now_ms)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            (CaseAction::Resume, CaseState::Paused) => {
+                // The sequence continues where it stopped: pending steps move
+                // later by the time the case spent paused.
+                let paused_for = now_ms - case.paused_at.map(to_ms).unwrap_or(now_ms);
+                sqlx::query(
+                    "UPDATE deliveries SET due_ms = due_ms + ?, planned_ms = planned_ms + ?, updated_ms = ?
+                     WHERE case_id = ? AND status IN ('scheduled', 'retrying')",
+                )
+                .bind(paused_for.max(0))
+                .bind(paused_for.max(0))
+                .bind(now_ms)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("UPDATE cases SET state = 'active', paused_ms = NULL, updated_ms = ? WHERE id = ?")
+                    .bind(now_ms)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            (CaseAction::Cancel, CaseState::Active | CaseState::Paused) => {
+                sqlx::query(
+                    "UPDATE cases SET state = 'cancelled', paused_ms = NULL, ended_reason = 'cancelled by an operator',
+                            updated_ms = ? WHERE id = ?",
+                )
+                .bind(now_ms)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                skip_pending(&mut tx, &json_ids(&[id.to_string()]), "case cancelled", now_ms).await?;
+            }
+            (CaseAction::Pause | CaseAction::Resume | CaseAction::Cancel, _) => return Err(refuse()),
+        }
+        let row = sqlx::query("SELECT * FROM cases WHERE id = ?")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let updated = case_from_row(&row)?;
+        tx.commit().await?;
+        Ok(updated)
+    }
+
+    async fn list_cases(&self, filter: &CaseFilter) -> Result<Vec<Case>, StoreError> {
+        let limit = if filter.limit == 0 { 100 } else { filter.limit };
+        let rows = sqlx::query(
+            "SELECT * FROM cases
+             WHERE (?1 IS NULL OR workflow = ?1) AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR customer_id = ?3)
+             ORDER BY started_ms DESC, id DESC LIMIT ?4",
+        )
+        .bind(filter.workflow.as_deref())
+        .bind(filter.state.map(CaseState::as_str))
+        .bind(filter.customer.as_deref())
+        .bind(limit as i64)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(case_from_row).collect()
+    }
+
+    async fn get_case(&self, id: &str) -> Result<CaseDetail, StoreError> {
+        let row = sqlx::query("SELECT * FROM cases WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?
+            .ok_or_else(|| StoreError::CaseNotFound(id.to_string()))?;
+        let case = case_from_row(&row)?;
+        let rows = sqlx::query("SELECT * FROM deliveries WHERE case_id = ? ORDER BY step_index, channel")
+            .bind(id)
+            .fetch_all(&self.reader)
+            .await?;
+        let deliveries = rows.iter().map(delivery_from_row).collect::<Result<_, _>>()?;
+        Ok(CaseDetail { case, deliveries })
+    }
+
+    async fn case_counts(&self) -> Result<BTreeMap<CaseState, u64>, StoreError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM cases GROUP BY state")
+            .fetch_all(&self.reader)
+            .await?;
+        let mut counts = BTreeMap::new();
+        for row in rows {
+            let state: String = row.try_get("state")?;
+            let n: i64 = row.try_get("n")?;
+            counts.insert(CaseState::from_str(&state).map_err(|e| corrupt("cases", e))?, n as u64);
+        }
+        Ok(counts)
+    }
+
+    async fn open_cases_by_workflow(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT workflow, COUNT(*) AS n FROM cases WHERE state IN ('active', 'paused') GROUP BY workflow",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        let mut counts = BTreeMap::new();
+        for row in rows {
+            counts.insert(row.try_get("workflow")?, row.try_get::<i64, _>("n")? as u64);
+        }
+        Ok(counts)
+    }
+
+    async fn workflow_source(&self, version: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT source FROM workflow_versions WHERE version = ?")
+            .bind(version)
+            .fetch_optional(&self.reader)
+            .await?)
+    }
+}
+
+fn claimed_from_row(row: &SqliteRow) -> Result<Claimed, StoreError> {
+    let event: String = row.try_get("trigger_event")?;
+    Ok(Claimed {
+        delivery_id: row.try_get("id")?,
+        case_id: row.try_get("case_id")?,
+        workflow: row.try_get("workflow")?,
+        workflow_version: row.try_get("workflow_version")?,
+        step_index: row.try_get::<i64, _>("step_index")? as u32,
+        step: row.try_get("step")?,
+        channel: row.try_get("channel")?,
+        template: row.try_get("template")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        attempt: row.try_get::<i64, _>("attempts")? as u32,
+        due_at: from_ms(row.try_get("due_ms")?),
+        planned_at: from_ms(row.try_get("planned_ms")?),
+        case_started_at: from_ms(row.try_get("started_ms")?),
+        trigger_event: serde_json::from_str(&event).map_err(|e| corrupt("cases", e))?,
+    })
+}

@@ -1,0 +1,1 @@
+//! Workflows: parse, validate, render, watch.

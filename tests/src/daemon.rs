@@ -1,0 +1,300 @@
+//! Starting the real daemon for a test.
+//!
+//! [`TestDaemon::start`] writes a configuration into a scratch folder (its
+//! own database, workflows folder, admin socket; every channel on the real
+//! `log` plugin writing JSON lines to a file unless the test says otherwise;
+//! a manual clock so days pass in milliseconds), starts the built `dunningd`
+//! and waits until its admin socket answers the health check.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use dunningd::proto::admin_client::AdminClient;
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint};
+
+/// The manual clock's starting point in tests: a Monday, 09:00 UTC.
+pub const CLOCK_START: &str = "2026-01-05T09:00:00Z";
+
+/// What a test daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// File name → content, written to the workflows folder.
+    pub workflows: BTreeMap<String, String>,
+    /// Channel name → YAML of its configuration (`{ plugin: …, settings: … }`);
+    /// `{dir}` is replaced by the scratch folder. Defaults: `email`, `sms`,
+    /// `in_app`, `webhook` on the log plugin, all writing `deliveries.jsonl`.
+    pub channels: BTreeMap<String, String>,
+    /// Extra top-level YAML appended to the configuration.
+    pub extra_config: String,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            workflows: BTreeMap::new(),
+            channels: ["email", "sms", "in_app", "webhook"]
+                .into_iter()
+                .map(|name| (name.to_string(), "{ plugin: log, settings: { path: '{dir}/deliveries.jsonl' } }".to_string()))
+                .collect(),
+            extra_config: String::new(),
+        }
+    }
+}
+
+impl Setup {
+    /// The shipped example workflows from `workflows/`.
+    pub fn shipped_workflows() -> Setup {
+        let mut setup = Setup::default();
+        let dir = crate::workspace_root().join("workflows");
+        for entry in std::fs::read_dir(&dir).expect("workflows/ exists") {
+            let path = entry.expect("dir entry").path();
+            if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                let name = path.file_name().expect("file name").to_string_lossy().to_string();
+                setup.workflows.insert(name, std::fs::read_to_string(&path).expect("read workflow"));
+            }
+        }
+        setup
+    }
+
+    pub fn workflow(mut self, file: &str, yaml: &str) -> Setup {
+        self.workflows.insert(file.to_string(), yaml.to_string());
+        self
+    }
+
+    pub fn channel(mut self, name: &str, yaml: &str) -> Setup {
+        self.channels.insert(name.to_string(), yaml.to_string());
+        self
+    }
+}
+
+pub struct TestDaemon {
+    /// The scratch folder: config, database, workflows, socket, logs.
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    child: Option<Child>,
+    /// How many times the daemon was started (each start appends its log).
+    starts: u32,
+}
+
+impl TestDaemon {
+    pub async fn start(setup: Setup) -> TestDaemon {
+        let dir = tempfile::Builder::new().prefix("dunningd-e2e").tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("workflows")).expect("mkdir workflows");
+        for (file, yaml) in &setup.workflows {
+            std::fs::write(root.join("workflows").join(file), yaml).expect("write workflow");
+        }
+        // Unix socket paths are limited to ~100 bytes; tempdirs are short enough.
+        let socket = root.join("admin.sock");
+        let mut config = format!(
+            "workflows_dir: workflows\nplugin_dir: {}\nstate_dir: state\nadmin:\n  socket: admin.sock\nclock: manual\nclock_start: {CLOCK_START}\nchannels:\n",
+            crate::plugin_dir().display()
+        );
+        for (name, yaml) in &setup.channels {
+            let yaml = yaml.replace("{dir}", &root.display().to_string());
+            config.push_str(&format!("  {name}: {yaml}\n"));
+        }
+        config.push_str(&setup.extra_config);
+        let config_path = root.join("dunningd.yaml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut daemon = TestDaemon { dir, socket, config: config_path, child: None, starts: 0 };
+        daemon.spawn().await;
+        daemon
+    }
+
+    /// Starts (or restarts) the process and waits until it serves.
+    pub async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "daemon already running");
+        self.starts += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("dunningd.log"))
+            .expect("open daemon log");
+        let child = Command::new(crate::binary("dunningd"))
+            .arg("--config")
+            .arg(&self.config)
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "info,dunningd=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start dunningd");
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    panic!("dunningd exited during start-up ({status}):\n{}", self.log());
+                }
+            }
+            if self.socket.exists() {
+                if let Ok(mut client) = self.try_client().await {
+                    if client.get_status(dunningd::proto::GetStatusRequest {}).await.is_ok() {
+                        return;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "dunningd did not become ready in 30s:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    /// The daemon's own log (stderr) so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("dunningd.log")).unwrap_or_default()
+    }
+
+    async fn try_client(&self) -> Result<AdminClient<Channel>, tonic::transport::Error> {
+        let socket = self.socket.clone();
+        let channel = Endpoint::try_from("http://[::]:50051")?
+            .connect_with_connector(tower::service_fn(move |_| {
+                let socket = socket.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
+            }))
+            .await?;
+        Ok(AdminClient::new(channel))
+    }
+
+    /// A gRPC client on the admin socket.
+    pub async fn client(&self) -> AdminClient<Channel> {
+        self.try_client().await.expect("connect to the admin socket")
+    }
+
+    /// Runs `dunningctl` against this daemon.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(crate::binary("dunningctl"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run dunningctl")
+    }
+
+    /// Runs `dunningctl` and returns its stdout, failing the test on a non-zero exit.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "dunningctl {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// Moves the manual clock forward and waits until every delivery due by
+    /// then has an outcome.
+    pub async fn advance(&self, by: &str) {
+        let mut client = self.client().await;
+        client
+            .advance_clock(dunningd::proto::AdvanceClockRequest {
+                target: Some(dunningd::proto::advance_clock_request::Target::By(by.to_string())),
+            })
+            .await
+            .expect("advance clock");
+        self.settle().await;
+    }
+
+    /// Waits until no delivery is due-but-unfinished at the current engine time.
+    pub async fn settle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let pending = self.due_unfinished().await;
+            if pending == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{pending} due deliveries still unfinished after 20s:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn due_unfinished(&self) -> usize {
+        let mut client = self.client().await;
+        let now = client
+            .get_clock(dunningd::proto::GetClockRequest {})
+            .await
+            .expect("get clock")
+            .into_inner()
+            .now;
+        let cases = client
+            .list_cases(dunningd::proto::ListCasesRequest { state: "active".into(), limit: 10_000, ..Default::default() })
+            .await
+            .expect("list cases")
+            .into_inner()
+            .cases;
+        let mut pending = 0;
+        for case in cases {
+            let detail = client
+                .get_case(dunningd::proto::GetCaseRequest { id: case.id })
+                .await
+                .expect("get case")
+                .into_inner();
+            pending += detail
+                .deliveries
+                .iter()
+                .filter(|d| matches!(d.status.as_str(), "scheduled" | "retrying" | "sending") && d.planned_at <= now)
+                .count();
+        }
+        pending
+    }
+
+    /// Every delivery the log plugin wrote (`deliveries.jsonl` in the scratch folder).
+    pub fn deliveries(&self) -> Vec<serde_json::Value> {
+        read_jsonl(&self.path("deliveries.jsonl"))
+    }
+
+    /// Kills the process without warning (`kill -9`).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "dunningd did not stop within 30s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Reads a JSON-lines file; a missing file is empty.
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect()
+}
