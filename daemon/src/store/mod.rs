@@ -26,6 +26,8 @@ use chrono::{DateTime, Utc};
 use crate::model::{Case, CaseDetail, CaseFilter, CaseState, Event};
 
 pub mod sqlite;
+#[cfg(test)]
+mod tests;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
