@@ -6,6 +6,7 @@
 //! milliseconds with no sleeps. Leases are the exception: they measure whether
 //! a process is alive, so they use wall-clock time (see `store`).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -17,6 +18,8 @@ pub enum ClockError {
     NotManual,
     #[error("cannot move the clock backwards (now {now}, asked for {to})")]
     Backwards { now: DateTime<Utc>, to: DateTime<Utc> },
+    #[error("cannot save the manual clock to '{path}': {message}")]
+    Persist { path: PathBuf, message: String },
 }
 
 pub struct Clock {
@@ -25,8 +28,9 @@ pub struct Clock {
 
 enum Inner {
     System,
-    /// The current manual time; receivers wake when it moves.
-    Manual(watch::Sender<DateTime<Utc>>),
+    /// The current manual time; receivers wake when it moves. The time is
+    /// saved to a file when given, so a restarted daemon continues from it.
+    Manual(watch::Sender<DateTime<Utc>>, Option<PathBuf>),
 }
 
 impl Clock {
@@ -35,20 +39,30 @@ impl Clock {
     }
 
     pub fn manual(start: DateTime<Utc>) -> Clock {
-        Clock { inner: Inner::Manual(watch::Sender::new(start)) }
+        Clock { inner: Inner::Manual(watch::Sender::new(start), None) }
+    }
+
+    /// A manual clock that keeps its time in `file` across restarts: it
+    /// starts at the later of `start` and the saved time.
+    pub fn manual_persisted(start: DateTime<Utc>, file: PathBuf) -> Clock {
+        let saved = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|text| text.trim().parse::<DateTime<Utc>>().ok());
+        let now = saved.map_or(start, |saved| saved.max(start));
+        Clock { inner: Inner::Manual(watch::Sender::new(now), Some(file)) }
     }
 
     pub fn now(&self) -> DateTime<Utc> {
         match &self.inner {
             Inner::System => Utc::now(),
-            Inner::Manual(tx) => *tx.borrow(),
+            Inner::Manual(tx, _) => *tx.borrow(),
         }
     }
 
     pub fn kind(&self) -> &'static str {
         match self.inner {
             Inner::System => "system",
-            Inner::Manual(_) => "manual",
+            Inner::Manual(..) => "manual",
         }
     }
 
@@ -56,10 +70,16 @@ impl Clock {
     pub fn set(&self, to: DateTime<Utc>) -> Result<DateTime<Utc>, ClockError> {
         match &self.inner {
             Inner::System => Err(ClockError::NotManual),
-            Inner::Manual(tx) => {
+            Inner::Manual(tx, file) => {
                 let now = *tx.borrow();
                 if to < now {
                     return Err(ClockError::Backwards { now, to });
+                }
+                if let Some(path) = file {
+                    std::fs::write(path, to.to_rfc3339()).map_err(|e| ClockError::Persist {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
                 }
                 tx.send_replace(to);
                 Ok(to)
@@ -81,7 +101,7 @@ impl Clock {
                 let wait = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
                 tokio::time::sleep(wait.min(cap)).await;
             }
-            Inner::Manual(tx) => {
+            Inner::Manual(tx, _) => {
                 let mut rx = tx.subscribe();
                 let reached = rx.wait_for(|now| *now >= deadline);
                 let _ = tokio::time::timeout(cap, reached).await;
@@ -110,5 +130,16 @@ mod tests {
         assert_eq!(sleeper.await.unwrap(), start + chrono::Duration::days(3));
         assert!(matches!(clock.set(start), Err(ClockError::Backwards { .. })));
         assert_eq!(Clock::system().advance(Duration::from_secs(1)), Err(ClockError::NotManual));
+    }
+
+    #[test]
+    fn a_persisted_manual_clock_continues_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("clock");
+        let start: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        let clock = Clock::manual_persisted(start, file.clone());
+        clock.advance(Duration::from_secs(86_400)).unwrap();
+        let restarted = Clock::manual_persisted(start, file);
+        assert_eq!(restarted.now(), start + chrono::Duration::days(1));
     }
 }
