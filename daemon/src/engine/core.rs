@@ -19,12 +19,6 @@ use crate::workflow::{Workflow, WorkflowSet};
 pub enum EngineError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("event '{event}': workflow '{workflow}': trigger condition failed: {message}")]
-    Condition {
-        event: String,
-        workflow: String,
-        message: String,
-    },
     #[error("workflow version '{0}' is neither loaded nor stored")]
     UnknownVersion(String),
     #[error("stored workflow version '{version}' no longer parses: {message}")]
@@ -132,23 +126,28 @@ impl Engine {
         let mut plans = Vec::with_capacity(events.len());
         for event in events {
             let mut starts = Vec::new();
+            let mut notes = Vec::new();
             for workflow in workflows.iter() {
-                let triggered =
-                    workflow
-                        .triggers_on(&event)
-                        .map_err(|e| EngineError::Condition {
-                            event: event.id.clone(),
-                            workflow: workflow.name.clone(),
-                            message: e.to_string(),
-                        })?;
-                if triggered {
-                    starts.push(plan_case(workflow, &event, now));
+                match workflow.triggers_on(&event) {
+                    Ok(true) => starts.push(plan_case(workflow, &event, now)),
+                    Ok(false) => {}
+                    // Refusing the event would make billing retry it forever
+                    // and keep it from every other workflow: it matches nothing
+                    // here, and the sender is told why.
+                    Err(error) => {
+                        tracing::warn!(event = %event.id, workflow = %workflow.name, %error, "trigger condition cannot be evaluated; no case started");
+                        notes.push(format!(
+                            "workflow '{}': no case started, trigger condition cannot be evaluated: {error}",
+                            workflow.name
+                        ));
+                    }
                 }
             }
             plans.push(EventPlan {
                 occurred_at: event.occurred_at.unwrap_or(now),
                 event,
                 starts,
+                notes,
             });
         }
         let outcomes = self.store.ingest(plans, now).await?;

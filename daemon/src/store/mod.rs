@@ -76,6 +76,9 @@ pub struct EventPlan {
     /// `occurred_at`, or the receive time when the event has none.
     pub occurred_at: DateTime<Utc>,
     pub starts: Vec<NewCase>,
+    /// What the engine noticed while planning (a condition that could not be
+    /// evaluated), reported back with the outcome.
+    pub notes: Vec<String>,
 }
 
 /// What one event did.

@@ -173,7 +173,11 @@ impl Store for SqliteStore {
         let mut outcomes = Vec::with_capacity(plans.len());
         for plan in plans {
             let event = &plan.event;
-            let mut outcome = IngestOutcome { event_id: event.id.clone(), ..Default::default() };
+            let mut outcome = IngestOutcome {
+                event_id: event.id.clone(),
+                notes: plan.notes.clone(),
+                ..Default::default()
+            };
             let body = serde_json::to_string(event).map_err(|e| corrupt("events", e))?;
             let inserted = sqlx::query(
                 "INSERT INTO events (id, type, customer_id, subject, occurred_ms, received_ms, body)
@@ -191,6 +195,7 @@ impl Store for SqliteStore {
             .rows_affected();
             if inserted == 0 {
                 outcome.duplicate = true;
+                outcome.notes.clear();
                 outcomes.push(outcome);
                 continue;
             }

@@ -44,7 +44,7 @@ fn new_case(workflow: &str, start: DateTime<Utc>) -> NewCase {
 }
 
 fn plan(event: Event, starts: Vec<NewCase>) -> EventPlan {
-    EventPlan { occurred_at: event.occurred_at.unwrap_or(t("2026-01-05T09:00:00Z")), event, starts }
+    EventPlan { occurred_at: event.occurred_at.unwrap_or(t("2026-01-05T09:00:00Z")), event, starts, notes: vec![] }
 }
 
 fn options(owner: &str) -> ClaimOptions {
