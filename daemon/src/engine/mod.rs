@@ -1,3 +1,12 @@
-//! The engine: events become cases, cases become deliveries, deliveries go to plugins.
+//! The engine: events become cases, cases become deliveries, deliveries go
+//! to plugins.
+//!
+//! - [`core`]: `Engine`, the front door: ingest planning, case actions, the
+//!   workflow versions cases run on.
+//! - `scheduler`: the run loop that claims due deliveries and dispatches them.
+//! - [`clock`]: the one source of business time.
 
 pub mod clock;
+pub mod core;
+
+pub use self::core::{Engine, EngineError};

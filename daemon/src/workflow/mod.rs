@@ -1,1 +1,680 @@
-//! Workflows: parse, validate, render, watch.
+//! Workflows: parse and validate YAML files, render templates, evaluate
+//! trigger conditions, plan send windows, watch the folder.
+//!
+//! YAML types stop here: the engine sees only a validated [`Workflow`].
+//! Validation is complete before a workflow is served — syntax, unknown keys,
+//! durations, step order, cron expressions, time zones, conditions, channels,
+//! templates — and every problem is reported as `file:line:col: message`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Timelike, Utc};
+use chrono_tz::Tz;
+use minijinja::{Environment, UndefinedBehavior};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::model::Event;
+
+mod locate;
+mod money;
+pub mod preview;
+mod watch;
+
+pub use watch::{WatchGuard, watch};
+
+/// One problem in one file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    pub path: PathBuf,
+    /// 1-based; 0 when unknown.
+    pub line: u32,
+    pub column: u32,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.path.display(), self.message)
+        } else {
+            write!(f, "{}:{}:{}: {}", self.path.display(), self.line, self.column, self.message)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkflowError {
+    #[error("template '{template}': no such template")]
+    UnknownTemplate { template: String },
+    #[error("template '{template}', field '{field}': {message}")]
+    Render {
+        template: String,
+        field: String,
+        message: String,
+    },
+    #[error("trigger condition '{condition}': {message}")]
+    Condition { condition: String, message: String },
+    #[error("cannot watch '{path}': {message}")]
+    Watch { path: PathBuf, message: String },
+}
+
+// ---- The YAML as written -------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkflow {
+    name: String,
+    #[serde(default)]
+    description: String,
+    trigger: RawTrigger,
+    #[serde(default)]
+    exit_on: Vec<String>,
+    send_window: Option<RawWindow>,
+    steps: Vec<RawStep>,
+    #[serde(default)]
+    templates: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrigger {
+    event: String,
+    when: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWindow {
+    cron: String,
+    #[serde(default = "default_window_zone")]
+    timezone: String,
+    default_timezone: Option<String>,
+}
+
+fn default_window_zone() -> String {
+    "customer".to_string()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    name: String,
+    after: String,
+    send: Vec<RawSend>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSend {
+    channel: String,
+    template: String,
+    fallback: Option<String>,
+}
+
+// ---- The validated workflow ----------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Trigger {
+    pub event: String,
+    pub when: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    pub name: String,
+    #[serde(serialize_with = "serialize_duration")]
+    pub after: Duration,
+    pub send: Vec<Send>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Send {
+    pub channel: String,
+    pub template: String,
+    pub fallback: Option<String>,
+}
+
+fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::duration::format(*d))
+}
+
+/// Where send windows are evaluated.
+#[derive(Debug, Clone)]
+enum WindowZone {
+    /// The customer's own zone, else `fallback`.
+    Customer { fallback: Tz },
+    Fixed(Tz),
+}
+
+/// Quiet hours: deliveries go out only at minutes the cron expression matches.
+#[derive(Debug, Clone)]
+pub struct SendWindow {
+    pub cron: String,
+    schedule: cron::Schedule,
+    zone: WindowZone,
+}
+
+impl SendWindow {
+    fn zone_for(&self, customer_timezone: Option<&str>) -> Tz {
+        match &self.zone {
+            WindowZone::Fixed(tz) => *tz,
+            WindowZone::Customer { fallback } => customer_timezone
+                .and_then(|name| Tz::from_str(name).ok())
+                .unwrap_or(*fallback),
+        }
+    }
+
+    /// The first instant at or after `due` inside the window, and the zone used.
+    fn next_open(&self, due: DateTime<Utc>, customer_timezone: Option<&str>) -> (DateTime<Utc>, Tz) {
+        let tz = self.zone_for(customer_timezone);
+        let local = due.with_timezone(&tz);
+        let minute = local.with_second(0).and_then(|t| t.with_nanosecond(0)).unwrap_or(local);
+        if self.schedule.includes(minute) {
+            return (due, tz);
+        }
+        let next = self.schedule.after(&local).next().map(|t| t.with_timezone(&Utc));
+        (next.unwrap_or(due), tz)
+    }
+}
+
+/// A parsed, validated workflow with its templates compiled.
+pub struct Workflow {
+    pub name: String,
+    pub description: String,
+    /// First 16 hex characters of the SHA-256 of the file content.
+    pub version: String,
+    pub source: String,
+    pub path: PathBuf,
+    pub trigger: Trigger,
+    pub exit_on: Vec<String>,
+    pub steps: Vec<Step>,
+    pub send_window: Option<SendWindow>,
+    /// Template name → field names, in order.
+    pub templates: BTreeMap<String, Vec<String>>,
+    /// Every template field compiled as `"<template>.<field>"`.
+    env: Environment<'static>,
+}
+
+impl fmt::Debug for Workflow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Workflow")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What templates and conditions see.
+pub struct RenderContext<'a> {
+    pub event: &'a Event,
+    pub case_id: &'a str,
+    pub case_started_at: DateTime<Utc>,
+    pub step: &'a str,
+    pub channel: &'a str,
+}
+
+fn context_value(event: &Event, extra: Option<&RenderContext<'_>>) -> minijinja::Value {
+    let mut ctx = serde_json::json!({
+        "customer": event.customer,
+        "subject": event.subject,
+        "data": if event.data.is_null() { serde_json::json!({}) } else { event.data.clone() },
+        "event": { "id": event.id, "type": event.event_type, "occurred_at": event.occurred_at },
+    });
+    if let (Some(extra), Some(map)) = (extra, ctx.as_object_mut()) {
+        map.insert(
+            "case".into(),
+            serde_json::json!({ "id": extra.case_id, "started_at": extra.case_started_at }),
+        );
+        map.insert("step".into(), extra.step.into());
+        map.insert("channel".into(), extra.channel.into());
+    }
+    minijinja::Value::from(minijinja::value::Serde(ctx))
+}
+
+fn new_environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    // A typo like {{ custmer.name }} is an error, not an empty string.
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    // Messages are text; HTML parts escape explicitly with `| e` where needed.
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    env.add_filter("money", money::money);
+    env
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+impl Workflow {
+    /// Parses and fully validates one file. `channels`: the configured channel
+    /// names, or `None` to skip that check (offline validation without a
+    /// configuration, or a stored old version).
+    pub fn parse(
+        path: &Path,
+        source: &str,
+        channels: Option<&BTreeSet<String>>,
+    ) -> Result<Workflow, Vec<Diagnostic>> {
+        let at = |line: u32, column: u32, message: String| Diagnostic {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message,
+        };
+        let raw: RawWorkflow = match serde_norway::from_str(source) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let (line, column) = e
+                    .location()
+                    .map(|l| (l.line() as u32, l.column() as u32))
+                    .unwrap_or((0, 0));
+                return Err(vec![at(line, column, crate::config::strip_location(&e.to_string()))]);
+            }
+        };
+        let find = |keys: &[&str]| locate::find(source, keys);
+        let errors = std::cell::RefCell::new(Vec::new());
+        let err = |keys: &[&str], message: String| {
+            let (line, column) = find(keys);
+            errors.borrow_mut().push(at(line, column, message));
+        };
+
+        if !valid_name(&raw.name) {
+            err(&["name:"], format!("name '{}' must be lowercase letters, digits, '-' or '_'", raw.name));
+        }
+        if raw.trigger.event.trim().is_empty() {
+            err(&["trigger:", "event:"], "trigger.event must not be empty".into());
+        }
+        let mut env = new_environment();
+        if let Some(when) = &raw.trigger.when {
+            if let Err(e) = env.compile_expression(when) {
+                err(&["trigger:", "when:"], format!("trigger condition '{when}': {}", minijinja_message(&e)));
+            }
+        }
+        let send_window = match &raw.send_window {
+            None => None,
+            Some(w) => parse_window(w).map_err(|(key, message)| err(&["send_window:", key], message)).ok(),
+        };
+
+        // Templates first: steps refer to them.
+        let mut templates = BTreeMap::new();
+        for (name, fields) in &raw.templates {
+            if fields.is_empty() {
+                err(&["templates:", &format!("{name}:")], format!("template '{name}' has no fields"));
+            }
+            for (field, text) in fields {
+                let key = format!("{name}.{field}");
+                if let Err(e) = env.add_template_owned(key, text.clone()) {
+                    let (line, column) = find(&["templates:", &format!("{name}:"), &format!("{field}:")]);
+                    let offset = e.line().map(|l| l.saturating_sub(1) as u32).unwrap_or(0);
+                    errors.borrow_mut().push(at(
+                        line + offset,
+                        column,
+                        format!("template '{name}', field '{field}': {}", minijinja_message(&e)),
+                    ));
+                }
+            }
+            templates.insert(name.clone(), fields.keys().cloned().collect::<Vec<_>>());
+        }
+
+        if raw.steps.is_empty() {
+            err(&["steps:"], "a workflow needs at least one step".into());
+        }
+        let mut steps = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut previous_after = Duration::ZERO;
+        for step in &raw.steps {
+            let here = format!("name: {}", step.name);
+            if !seen.insert(step.name.clone()) {
+                // Point at the second definition, not the first.
+                err(&["steps:", &here, &here], format!("step '{}' is defined twice", step.name));
+            }
+            let after = match crate::duration::parse(&step.after) {
+                Ok(after) => after,
+                Err(e) => {
+                    err(&["steps:", &here, "after:"], format!("step '{}': after: {e}", step.name));
+                    previous_after
+                }
+            };
+            if after < previous_after {
+                err(
+                    &["steps:", &here, "after:"],
+                    format!(
+                        "step '{}': after {} comes before the previous step's {}; list steps in time order",
+                        step.name,
+                        crate::duration::format(after),
+                        crate::duration::format(previous_after)
+                    ),
+                );
+            }
+            previous_after = previous_after.max(after);
+            if step.send.is_empty() {
+                err(&["steps:", &here, "send:"], format!("step '{}' sends nothing", step.name));
+            }
+            for send in &step.send {
+                let known = |c: &str| channels.is_none_or(|set| set.contains(c));
+                if !known(&send.channel) {
+                    err(
+                        &["steps:", &here, &format!("channel: {}", send.channel)],
+                        format!("step '{}': unknown channel '{}'", step.name, send.channel),
+                    );
+                }
+                if !templates.contains_key(&send.template) {
+                    err(
+                        &["steps:", &here, &format!("template: {}", send.template)],
+                        format!("step '{}': unknown template '{}'", step.name, send.template),
+                    );
+                }
+                if let Some(fallback) = &send.fallback {
+                    if fallback == &send.channel {
+                        err(
+                            &["steps:", &here, "fallback:"],
+                            format!("step '{}': fallback '{fallback}' is the channel itself", step.name),
+                        );
+                    } else if !known(fallback) {
+                        err(
+                            &["steps:", &here, "fallback:"],
+                            format!("step '{}': unknown fallback channel '{fallback}'", step.name),
+                        );
+                    }
+                }
+            }
+            steps.push(Step {
+                name: step.name.clone(),
+                after,
+                send: step
+                    .send
+                    .iter()
+                    .map(|s| Send {
+                        channel: s.channel.clone(),
+                        template: s.template.clone(),
+                        fallback: s.fallback.clone(),
+                    })
+                    .collect(),
+            });
+        }
+        let errors = errors.into_inner();
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let digest = Sha256::digest(source.as_bytes());
+        Ok(Workflow {
+            name: raw.name,
+            description: raw.description,
+            version: hex::encode(&digest[..8]),
+            source: source.to_string(),
+            path: path.to_path_buf(),
+            trigger: Trigger { event: raw.trigger.event, when: raw.trigger.when },
+            exit_on: raw.exit_on,
+            steps,
+            send_window,
+            templates,
+            env,
+        })
+    }
+
+    /// Does this event start a case of this workflow?
+    pub fn triggers_on(&self, event: &Event) -> Result<bool, WorkflowError> {
+        if event.event_type != self.trigger.event {
+            return Ok(false);
+        }
+        let Some(when) = &self.trigger.when else {
+            return Ok(true);
+        };
+        let condition_error = |e: minijinja::Error| WorkflowError::Condition {
+            condition: when.clone(),
+            message: minijinja_message(&e),
+        };
+        let expr = self.env.compile_expression(when).map_err(condition_error)?;
+        let value = expr.eval(context_value(event, None)).map_err(condition_error)?;
+        Ok(value.is_true())
+    }
+
+    pub fn is_exit_event(&self, event_type: &str) -> bool {
+        self.exit_on.iter().any(|t| t == event_type)
+    }
+
+    /// Renders every field of a template for one delivery.
+    pub fn render(
+        &self,
+        template: &str,
+        ctx: &RenderContext<'_>,
+    ) -> Result<BTreeMap<String, String>, WorkflowError> {
+        let fields = self
+            .templates
+            .get(template)
+            .ok_or_else(|| WorkflowError::UnknownTemplate { template: template.to_string() })?;
+        let value = context_value(ctx.event, Some(ctx));
+        let mut out = BTreeMap::new();
+        for field in fields {
+            let render_error = |e: minijinja::Error| WorkflowError::Render {
+                template: template.to_string(),
+                field: field.clone(),
+                message: minijinja_message(&e),
+            };
+            let compiled = self.env.get_template(&format!("{template}.{field}")).map_err(render_error)?;
+            out.insert(field.clone(), compiled.render(&value).map_err(render_error)?);
+        }
+        Ok(out)
+    }
+
+    /// The first instant at or after `due` inside the send window (`due`
+    /// itself when the workflow has none).
+    pub fn plan(&self, due: DateTime<Utc>, customer_timezone: Option<&str>) -> DateTime<Utc> {
+        match &self.send_window {
+            None => due,
+            Some(window) => window.next_open(due, customer_timezone).0,
+        }
+    }
+
+    /// The zone the send window is read in for this customer, if any.
+    pub fn window_zone(&self, customer_timezone: Option<&str>) -> Option<Tz> {
+        self.send_window.as_ref().map(|w| w.zone_for(customer_timezone))
+    }
+}
+
+fn parse_window(raw: &RawWindow) -> Result<SendWindow, (&'static str, String)> {
+    let fields = raw.cron.split_whitespace().count();
+    if fields != 5 {
+        return Err((
+            "cron:",
+            format!(
+                "send_window.cron '{}' has {fields} fields; write the 5 fields of cron: minute hour day-of-month month day-of-week",
+                raw.cron
+            ),
+        ));
+    }
+    // The cron crate counts seconds first; windows are whole minutes.
+    let schedule = cron::Schedule::from_str(&format!("0 {}", raw.cron))
+        .map_err(|e| ("cron:", format!("send_window.cron '{}': {e}", raw.cron)))?;
+    let zone = |name: &str, key: &'static str| {
+        Tz::from_str(name).map_err(|_| (key, format!("unknown time zone '{name}' (use an IANA name such as Europe/Berlin)")))
+    };
+    let zone = match raw.timezone.as_str() {
+        "customer" => WindowZone::Customer {
+            fallback: match &raw.default_timezone {
+                Some(name) => zone(name, "default_timezone:")?,
+                None => Tz::UTC,
+            },
+        },
+        name => {
+            if raw.default_timezone.is_some() {
+                return Err(("default_timezone:", "default_timezone applies only to 'timezone: customer'".into()));
+            }
+            WindowZone::Fixed(zone(name, "timezone:")?)
+        }
+    };
+    Ok(SendWindow { cron: raw.cron.clone(), schedule, zone })
+}
+
+/// minijinja's message without its "(in template …)" tail: we say where.
+fn minijinja_message(e: &minijinja::Error) -> String {
+    let kind = e.kind().to_string();
+    match e.detail() {
+        Some(detail) => format!("{kind}: {detail}"),
+        None => kind,
+    }
+}
+
+// ---- The folder ----------------------------------------------------------
+
+/// The workflows served right now, with the errors of refused files.
+#[derive(Debug, Default)]
+pub struct WorkflowSet {
+    workflows: BTreeMap<String, Arc<Workflow>>,
+    errors: Vec<Diagnostic>,
+    /// Workflow name → the error of its file, when a broken file's last good
+    /// version is what is served.
+    stale: BTreeMap<String, Diagnostic>,
+}
+
+impl WorkflowSet {
+    pub fn empty() -> WorkflowSet {
+        WorkflowSet::default()
+    }
+
+    /// Loads every `*.yaml`/`*.yml` of `dir` (not recursive, hidden files
+    /// ignored). A refused file keeps the workflow it held in `previous`.
+    pub fn load_dir(dir: &Path, channels: &BTreeSet<String>, previous: &WorkflowSet) -> WorkflowSet {
+        let mut set = WorkflowSet::default();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                set.errors.push(Diagnostic {
+                    path: dir.to_path_buf(),
+                    line: 0,
+                    column: 0,
+                    message: format!("cannot read the workflows folder: {e}"),
+                });
+                return set;
+            }
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| is_workflow_file(p))
+            .collect();
+        files.sort();
+
+        // Name → candidates (path, workflow), in path order.
+        let mut candidates: BTreeMap<String, Vec<Arc<Workflow>>> = BTreeMap::new();
+        for path in &files {
+            let parsed = std::fs::read_to_string(path)
+                .map_err(|e| vec![Diagnostic { path: path.clone(), line: 0, column: 0, message: format!("cannot read: {e}") }])
+                .and_then(|source| Workflow::parse(path, &source, Some(channels)));
+            match parsed {
+                Ok(workflow) => candidates.entry(workflow.name.clone()).or_default().push(Arc::new(workflow)),
+                Err(diagnostics) => {
+                    if let Some(last_good) = previous.workflows.values().find(|w| &w.path == path) {
+                        set.stale.insert(last_good.name.clone(), diagnostics[0].clone());
+                        candidates.entry(last_good.name.clone()).or_default().push(last_good.clone());
+                    }
+                    set.errors.extend(diagnostics);
+                }
+            }
+        }
+        for (name, mut list) in candidates {
+            // The file that held the name before keeps it; else the first path.
+            let held = previous.workflows.get(&name).map(|w| w.path.clone());
+            let winner = list.iter().position(|w| Some(&w.path) == held.as_ref()).unwrap_or(0);
+            let chosen = list.remove(winner);
+            for loser in list {
+                let (line, column) = locate::find(&loser.source, &["name:"]);
+                set.errors.push(Diagnostic {
+                    path: loser.path.clone(),
+                    line,
+                    column,
+                    message: format!("workflow name '{name}' is already defined in '{}'", chosen.path.display()),
+                });
+            }
+            set.workflows.insert(name, chosen);
+        }
+        set
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Workflow>> {
+        self.workflows.get(name)
+    }
+
+    /// Sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Workflow>> {
+        self.workflows.values()
+    }
+
+    pub fn errors(&self) -> &[Diagnostic] {
+        &self.errors
+    }
+
+    pub fn error_for(&self, name: &str) -> Option<&Diagnostic> {
+        self.stale.get(name)
+    }
+
+    /// Names added, changed or removed since `previous`, sorted.
+    pub fn changes_from(&self, previous: &WorkflowSet) -> Vec<String> {
+        let mut names: BTreeSet<String> = BTreeSet::new();
+        for (name, workflow) in &self.workflows {
+            if previous.workflows.get(name).is_none_or(|old| old.version != workflow.version) {
+                names.insert(name.clone());
+            }
+        }
+        for name in previous.workflows.keys() {
+            if !self.workflows.contains_key(name) {
+                names.insert(name.clone());
+            }
+        }
+        names.into_iter().collect()
+    }
+}
+
+fn is_workflow_file(path: &Path) -> bool {
+    let hidden = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_none_or(|n| n.starts_with('.'));
+    let yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
+    !hidden && yaml && path.is_file()
+}
+
+/// Validates files offline: every diagnostic of every file, including
+/// duplicate names across the given files.
+pub fn validate_files(paths: &[PathBuf], channels: Option<&BTreeSet<String>>) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for path in paths {
+        let source = match std::fs::read_to_string(path) {
+            Ok(source) => source,
+            Err(e) => {
+                diagnostics.push(Diagnostic { path: path.clone(), line: 0, column: 0, message: format!("cannot read: {e}") });
+                continue;
+            }
+        };
+        match Workflow::parse(path, &source, channels) {
+            Ok(workflow) => {
+                if let Some(first) = names.get(&workflow.name) {
+                    let (line, column) = locate::find(&source, &["name:"]);
+                    diagnostics.push(Diagnostic {
+                        path: path.clone(),
+                        line,
+                        column,
+                        message: format!("workflow name '{}' is already defined in '{}'", workflow.name, first.display()),
+                    });
+                } else {
+                    names.insert(workflow.name.clone(), path.clone());
+                }
+            }
+            Err(errors) => diagnostics.extend(errors),
+        }
+    }
+    diagnostics
+}
+
+#[cfg(test)]
+mod tests;
