@@ -8,5 +8,6 @@
 
 pub mod clock;
 pub mod core;
+pub mod scheduler;
 
 pub use self::core::{Engine, EngineError};

@@ -1,1 +1,273 @@
-//! Channel plugins: load, call with a deadline, contain failures.
+//! Channel plugins: find and load them, open the configured channels, and
+//! call them so that no plugin can take the daemon down.
+//!
+//! Invariants:
+//! - A library is loaded once per process and never unloaded.
+//! - Calls run on blocking threads, never on the async runtime, so a plugin
+//!   never touches (or blocks) the host's tokio runtime.
+//! - Each channel has a concurrency bound, acquired *before* a thread is
+//!   used, so hung calls cannot exhaust the blocking pool; and a deadline,
+//!   after which the caller moves on and the outcome is `unknown` (the
+//!   message may have gone out). The hung thread keeps its slot until the
+//!   plugin returns.
+//! - A panic, an error status or a response that is not the documented JSON
+//!   becomes an outcome of that one delivery, with the reason.
+//! - `configure` is all-or-nothing: a channel that fails to open leaves the
+//!   previous channels in use.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use dunningd_plugin_api::wire::{ChannelConfig, DeliveryRequest, DeliveryResponse};
+use tokio::sync::Semaphore;
+
+use crate::config::ChannelSpec;
+
+mod ffi;
+
+pub use ffi::{CallError, Library};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("{path}: {message}")]
+    Load { path: PathBuf, message: String },
+    #[error("channel '{channel}': plugin '{plugin}' not found (looked for {tried})")]
+    NotFound {
+        channel: String,
+        plugin: String,
+        tried: String,
+    },
+    #[error("channel '{channel}': plugin '{plugin}' refused the configuration: {message}")]
+    Open {
+        channel: String,
+        plugin: String,
+        message: String,
+    },
+}
+
+/// A loaded plugin, for `dunningctl plugins list`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub path: PathBuf,
+    pub abi_version: u32,
+    /// The configured channels it serves.
+    pub channels: Vec<String>,
+}
+
+/// One open channel and the limits it is called under.
+struct OpenChannel {
+    raw: Arc<ffi::RawChannel>,
+    library: &'static Library,
+    limit: Arc<Semaphore>,
+    concurrency: usize,
+    timeout: Duration,
+}
+
+pub struct PluginHost {
+    dir: PathBuf,
+    /// Every library loaded so far, by resolved path. Never shrinks.
+    libraries: Mutex<BTreeMap<PathBuf, &'static Library>>,
+    /// The channels in use; replaced whole by `configure`.
+    channels: RwLock<Arc<BTreeMap<String, OpenChannel>>>,
+}
+
+impl PluginHost {
+    pub fn new(plugin_dir: PathBuf) -> PluginHost {
+        PluginHost {
+            dir: plugin_dir,
+            libraries: Mutex::new(BTreeMap::new()),
+            channels: RwLock::new(Arc::new(BTreeMap::new())),
+        }
+    }
+
+    /// The candidate files for `plugin: NAME`, in the order they are tried.
+    fn candidates(&self, plugin: &str) -> Vec<PathBuf> {
+        let path = Path::new(plugin);
+        if path.is_absolute() || plugin.starts_with("./") || plugin.starts_with("../") {
+            return vec![path.to_path_buf()];
+        }
+        let (prefix, suffix) = (std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX);
+        vec![
+            self.dir.join(format!("{prefix}dunningd_plugin_{plugin}{suffix}")),
+            self.dir.join(format!("{prefix}{plugin}{suffix}")),
+            self.dir.join(format!("{plugin}{suffix}")),
+        ]
+    }
+
+    fn library(&self, channel: &str, plugin: &str) -> Result<&'static Library, PluginError> {
+        let candidates = self.candidates(plugin);
+        let Some(path) = candidates.iter().find(|p| p.is_file()) else {
+            return Err(PluginError::NotFound {
+                channel: channel.to_string(),
+                plugin: plugin.to_string(),
+                tried: candidates.iter().map(|p| format!("'{}'", p.display())).collect::<Vec<_>>().join(", "),
+            });
+        };
+        let mut libraries = self.libraries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(library) = libraries.get(path) {
+            return Ok(library);
+        }
+        let library: &'static Library = Box::leak(Box::new(Library::load(path)?));
+        tracing::info!(plugin = %library.name, version = %library.version, path = %path.display(), "plugin loaded");
+        libraries.insert(path.clone(), library);
+        Ok(library)
+    }
+
+    /// Opens every channel of a configuration; all or nothing.
+    pub fn configure(&self, channels: &BTreeMap<String, ChannelSpec>) -> Result<(), PluginError> {
+        let mut opened = BTreeMap::new();
+        for (name, spec) in channels {
+            let library = self.library(name, &spec.plugin)?;
+            let config = ChannelConfig { channel: name.clone(), settings: spec.settings.clone() };
+            let json = serde_json::to_vec(&config).map_err(|e| PluginError::Open {
+                channel: name.clone(),
+                plugin: spec.plugin.clone(),
+                message: e.to_string(),
+            })?;
+            let raw = library.open(&json).map_err(|e| PluginError::Open {
+                channel: name.clone(),
+                plugin: spec.plugin.clone(),
+                message: match e {
+                    CallError::Error(m) | CallError::Panicked(m) => m,
+                    CallError::BadStatus(s) => format!("undefined status {s}"),
+                },
+            })?;
+            opened.insert(
+                name.clone(),
+                OpenChannel {
+                    raw: Arc::new(raw),
+                    library,
+                    limit: Arc::new(Semaphore::new(spec.concurrency)),
+                    concurrency: spec.concurrency,
+                    timeout: spec.timeout,
+                },
+            );
+        }
+        match self.channels.write() {
+            Ok(mut guard) => *guard = Arc::new(opened),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(opened),
+        }
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<BTreeMap<String, OpenChannel>> {
+        match self.channels.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn channel_names(&self) -> BTreeSet<String> {
+        self.current().keys().cloned().collect()
+    }
+
+    pub fn plugins(&self) -> Vec<PluginInfo> {
+        let channels = self.current();
+        let libraries = self.libraries.lock().unwrap_or_else(|p| p.into_inner());
+        libraries
+            .values()
+            .map(|library| PluginInfo {
+                name: library.name.clone(),
+                version: library.version.clone(),
+                path: library.path.clone(),
+                abi_version: library.abi_version,
+                channels: channels
+                    .iter()
+                    .filter(|(_, ch)| std::ptr::eq(ch.library, *library))
+                    .map(|(name, _)| name.clone())
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Sends one delivery on its channel. Never panics, never waits past the
+    /// channel's timeout (twice: once for a free slot, once for the call).
+    pub async fn send(&self, request: DeliveryRequest) -> DeliveryResponse {
+        let channels = self.current();
+        let Some(channel) = channels.get(&request.channel) else {
+            return DeliveryResponse::Permanent { error: format!("channel '{}' is not configured", request.channel) };
+        };
+        let plugin = channel.library.name.clone();
+        let permit = match tokio::time::timeout(channel.timeout, channel.limit.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) | Err(_) => {
+                // Not sent at all: safe to retry.
+                return DeliveryResponse::Retryable {
+                    error: format!(
+                        "channel '{}' is saturated: all {} slots still busy after {}",
+                        request.channel,
+                        channel.concurrency,
+                        crate::duration::format(channel.timeout)
+                    ),
+                    retry_after_secs: None,
+                };
+            }
+        };
+        let json = match serde_json::to_vec(&request) {
+            Ok(json) => json,
+            Err(e) => return DeliveryResponse::Permanent { error: format!("cannot encode the request: {e}") },
+        };
+        let raw = channel.raw.clone();
+        let call = tokio::task::spawn_blocking(move || {
+            // The slot is held until the plugin returns, however late.
+            let _permit = permit;
+            raw.send(&json)
+        });
+        match tokio::time::timeout(channel.timeout, call).await {
+            Err(_) => DeliveryResponse::Unknown {
+                error: format!(
+                    "plugin '{plugin}' did not answer within {}; the message may have gone out",
+                    crate::duration::format(channel.timeout)
+                ),
+            },
+            Ok(Err(join)) => DeliveryResponse::Permanent { error: format!("plugin '{plugin}' call failed: {join}") },
+            Ok(Ok(result)) => interpret(&plugin, result),
+        }
+    }
+}
+
+/// Turns a call's raw result into a delivery outcome.
+fn interpret(plugin: &str, result: Result<Vec<u8>, CallError>) -> DeliveryResponse {
+    match result {
+        Ok(bytes) => match serde_json::from_slice::<DeliveryResponse>(&bytes) {
+            Ok(response) => response,
+            Err(e) => {
+                let excerpt: String = String::from_utf8_lossy(&bytes).chars().take(80).collect();
+                // The plugin ran; whether it sent is unknown.
+                DeliveryResponse::Unknown {
+                    error: format!("plugin '{plugin}' returned an invalid response ({e}): {excerpt:?}"),
+                }
+            }
+        },
+        Err(CallError::Panicked(message)) => DeliveryResponse::Permanent { error: format!("plugin '{plugin}': {message}") },
+        Err(CallError::Error(message)) => DeliveryResponse::Permanent { error: format!("plugin '{plugin}' error: {message}") },
+        Err(CallError::BadStatus(status)) => DeliveryResponse::Unknown {
+            error: format!("plugin '{plugin}' returned undefined status {status}"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_answers_become_outcomes() {
+        let table: Vec<(Result<Vec<u8>, CallError>, &str)> = vec![
+            (Ok(br#"{"outcome":"sent","receipt":"r1"}"#.to_vec()), "Sent"),
+            (Ok(b"{not json".to_vec()), "returned an invalid response"),
+            (Ok(br#"{"outcome":"teleported"}"#.to_vec()), "returned an invalid response"),
+            (Err(CallError::Panicked("plugin panicked: boom".into())), "plugin 'p': plugin panicked: boom"),
+            (Err(CallError::Error("bad request".into())), "plugin 'p' error: bad request"),
+            (Err(CallError::BadStatus(7)), "undefined status 7"),
+        ];
+        for (input, want) in table {
+            let got = format!("{:?}", interpret("p", input));
+            assert!(got.contains(want), "{got} should contain {want}");
+        }
+    }
+}

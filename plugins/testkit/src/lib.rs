@@ -1,1 +1,108 @@
-//! placeholder
+//! The `testkit` plugin misbehaves on purpose, so tests can prove the daemon
+//! survives plugins that panic, hang, fail or answer garbage.
+//!
+//! Settings:
+//! - `behaviour`: `ok` (default), `panic`, `hang`, `permanent`, `retryable`,
+//!   `unknown` or `skipped`. (A plugin answering bytes that are not JSON is
+//!   tested in the host against a hand-built vtable: the SDK cannot emit one.)
+//! - `fail_first`: answer `retryable` for the first N calls of each delivery,
+//!   then behave as `behaviour`.
+//! - `hang_secs`: how long `hang` sleeps (default 3600).
+//! - `record`: a file that gets one JSON line per call, written before the
+//!   plugin acts, so tests can count calls (even those that hang or panic).
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use dunningd_plugin_api::wire::{ChannelConfig, DeliveryRequest, DeliveryResponse};
+use dunningd_plugin_api::{Channel, Plugin, export_plugin};
+
+struct Testkit;
+
+struct TestChannel {
+    channel: String,
+    behaviour: String,
+    fail_first: u64,
+    hang: Duration,
+    record: Option<Mutex<std::fs::File>>,
+    calls: Mutex<HashMap<String, u64>>,
+}
+
+const BEHAVIOURS: &[&str] = &["ok", "panic", "hang", "permanent", "retryable", "unknown", "skipped"];
+
+impl Plugin for Testkit {
+    const NAME: &'static str = "testkit";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    type Channel = TestChannel;
+
+    fn open(config: ChannelConfig) -> Result<TestChannel, String> {
+        let s = &config.settings;
+        let behaviour = s.get("behaviour").and_then(|v| v.as_str()).unwrap_or("ok").to_string();
+        if !BEHAVIOURS.contains(&behaviour.as_str()) {
+            return Err(format!("settings.behaviour: unknown behaviour '{behaviour}' (expected one of: {})", BEHAVIOURS.join(", ")));
+        }
+        let record = match s.get("record").and_then(|v| v.as_str()) {
+            None => None,
+            Some(path) => Some(Mutex::new(
+                OpenOptions::new().create(true).append(true).open(path).map_err(|e| format!("settings.record: cannot open '{path}': {e}"))?,
+            )),
+        };
+        Ok(TestChannel {
+            channel: config.channel,
+            behaviour,
+            fail_first: s.get("fail_first").and_then(|v| v.as_u64()).unwrap_or(0),
+            hang: Duration::from_secs(s.get("hang_secs").and_then(|v| v.as_u64()).unwrap_or(3600)),
+            record,
+            calls: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+impl TestChannel {
+    fn record(&self, request: &DeliveryRequest) {
+        if let Some(file) = &self.record {
+            let line = serde_json::json!({
+                "channel": self.channel,
+                "behaviour": self.behaviour,
+                "delivery_id": request.delivery_id,
+                "idempotency_key": request.idempotency_key,
+                "attempt": request.attempt,
+                "message": request.message,
+            });
+            let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = writeln!(f, "{line}").and_then(|_| f.flush());
+        }
+    }
+}
+
+impl Channel for TestChannel {
+    fn send(&self, request: &DeliveryRequest) -> DeliveryResponse {
+        self.record(request);
+        let call = {
+            let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+            let n = calls.entry(request.delivery_id.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        if call <= self.fail_first {
+            return DeliveryResponse::Retryable { error: format!("testkit: failing call {call} of {}", self.fail_first), retry_after_secs: None };
+        }
+        match self.behaviour.as_str() {
+            "panic" => panic!("testkit told to panic on delivery {}", request.delivery_id),
+            "hang" => {
+                std::thread::sleep(self.hang);
+                DeliveryResponse::Sent { receipt: Some("testkit:late".into()) }
+            }
+            "permanent" => DeliveryResponse::Permanent { error: "testkit: permanent failure".into() },
+            "retryable" => DeliveryResponse::Retryable { error: "testkit: retryable failure".into(), retry_after_secs: None },
+            "unknown" => DeliveryResponse::Unknown { error: "testkit: outcome unknown".into() },
+            "skipped" => DeliveryResponse::Skipped { reason: "testkit: skipped".into() },
+            _ => DeliveryResponse::Sent { receipt: Some(format!("testkit:{}", request.idempotency_key)) },
+        }
+    }
+}
+
+export_plugin!(Testkit);
