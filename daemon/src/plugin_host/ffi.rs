@@ -25,6 +25,13 @@ pub struct Library {
     vtable: &'static PluginVTable,
 }
 
+// SAFETY: the vtable is the plugin's immutable static table of function
+// pointers and static strings; the ABI requires its functions to be callable
+// from any thread.
+unsafe impl Send for Library {}
+// SAFETY: as above.
+unsafe impl Sync for Library {}
+
 /// How a call through the ABI ended, before its payload is interpreted.
 #[derive(Debug)]
 pub enum CallError {
