@@ -7,6 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe { std::env::set_var("PROTOC", protoc) };
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // `dunningctl --json` prints the API's own messages.
+        .type_attribute(".dunningd.v1", "#[derive(serde::Serialize)]")
         .file_descriptor_set_path(out.join("dunningd_descriptor.bin"))
         .compile_protos(&["proto/dunningd/v1/admin.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");

@@ -280,13 +280,18 @@ impl Config {
                     DatabaseUrl(url)
                 )));
             }
-            None => DatabaseUrl(format!("sqlite://{}", state_dir.join("dunningd.db").display())),
+            None => DatabaseUrl(format!(
+                "sqlite://{}",
+                state_dir.join("dunningd.db").display()
+            )),
         };
 
         let clock = match raw.clock.as_deref() {
             None | Some("system") => {
                 if raw.clock_start.is_some() {
-                    return Err(invalid("clock_start: only allowed with 'clock: manual'".into()));
+                    return Err(invalid(
+                        "clock_start: only allowed with 'clock: manual'".into(),
+                    ));
                 }
                 ClockKind::System
             }
@@ -301,7 +306,11 @@ impl Config {
         };
 
         let scheduler = SchedulerConfig {
-            lease: dur("scheduler.lease", &raw.scheduler.lease, Duration::from_secs(120))?,
+            lease: dur(
+                "scheduler.lease",
+                &raw.scheduler.lease,
+                Duration::from_secs(120),
+            )?,
             batch_size: raw.scheduler.batch_size.unwrap_or(512).max(1),
             max_claims: raw.scheduler.max_claims.unwrap_or(10).max(1),
             shutdown_grace: dur(
@@ -344,7 +353,11 @@ impl Config {
                 timeout: dur(&field("timeout"), &ch.timeout, Duration::from_secs(30))?,
                 concurrency: ch.concurrency.unwrap_or(8).max(1),
                 max_attempts: ch.max_attempts.unwrap_or(5).max(1),
-                retry_backoff: dur(&field("retry_backoff"), &ch.retry_backoff, Duration::from_secs(60))?,
+                retry_backoff: dur(
+                    &field("retry_backoff"),
+                    &ch.retry_backoff,
+                    Duration::from_secs(60),
+                )?,
             };
             // A claim must outlive the call it covers, or a slow send could
             // be claimed (and sent) a second time while still running.
@@ -376,7 +389,10 @@ impl Config {
     }
 }
 
-fn read_secret(source: &SecretSource, resolve: &dyn Fn(PathBuf) -> PathBuf) -> Result<String, String> {
+fn read_secret(
+    source: &SecretSource,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<String, String> {
     let from_file = |path: PathBuf| {
         std::fs::read_to_string(&path)
             .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
@@ -414,7 +430,10 @@ mod tests {
     fn an_empty_file_is_a_working_configuration() {
         let config = Config::parse(Path::new("/etc/dunningd/dunningd.yaml"), "").unwrap();
         assert_eq!(config.workflows_dir, Path::new("/etc/dunningd/workflows"));
-        assert_eq!(config.database.expose(), "sqlite:///var/lib/dunningd/dunningd.db");
+        assert_eq!(
+            config.database.expose(),
+            "sqlite:///var/lib/dunningd/dunningd.db"
+        );
         assert_eq!(config.admin.socket, Path::new(DEFAULT_SOCKET));
         assert_eq!(config.clock, ClockKind::System);
     }
@@ -435,17 +454,28 @@ mod tests {
         let table = [
             ("colour: red\n", "dunningd.yaml:1:1: unknown field `colour`"),
             ("clock: sundial\n", "clock: unknown clock 'sundial'"),
-            ("scheduler: { lease: 3 }\n", "scheduler.lease: invalid duration '3'"),
+            (
+                "scheduler: { lease: 3 }\n",
+                "scheduler.lease: invalid duration '3'",
+            ),
             ("admin: { tcp: '127.0.0.1:1' }\n", "needs admin.token_file"),
-            ("channels: { email: { plugin: log, timeout: 5m } }\n",
-             "channels.email.timeout: 5m must be shorter than scheduler.lease (2m)"),
-            ("channels: { sms: { plugin: twilio, secrets: { token: { env: DUNNINGD_TEST_UNSET_VAR } } } }\n",
-             "channels.sms.secrets.token: environment variable 'DUNNINGD_TEST_UNSET_VAR' is not set"),
-            ("channels: { sms: { plugin: twilio, secrets: { token: { env: A, file: b } } } }\n",
-             "channels.sms.secrets.token: give exactly one of 'file', 'env' or 'credential'"),
+            (
+                "channels: { email: { plugin: log, timeout: 5m } }\n",
+                "channels.email.timeout: 5m must be shorter than scheduler.lease (2m)",
+            ),
+            (
+                "channels: { sms: { plugin: twilio, secrets: { token: { env: DUNNINGD_TEST_UNSET_VAR } } } }\n",
+                "channels.sms.secrets.token: environment variable 'DUNNINGD_TEST_UNSET_VAR' is not set",
+            ),
+            (
+                "channels: { sms: { plugin: twilio, secrets: { token: { env: A, file: b } } } }\n",
+                "channels.sms.secrets.token: give exactly one of 'file', 'env' or 'credential'",
+            ),
         ];
         for (text, want) in table {
-            let err = Config::parse(Path::new("dunningd.yaml"), text).unwrap_err().to_string();
+            let err = Config::parse(Path::new("dunningd.yaml"), text)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{text:?}: got {err:?}, want {want:?}");
         }
     }

@@ -1,1 +1,359 @@
 //! Daemon wiring: start-up, reload, shutdown.
+//!
+//! Start-up is a reload from nothing. File changes in the workflows folder,
+//! SIGHUP and the `Reload` API call all take the same path
+//! ([`Shared::reload`]): read the configuration and every workflow, validate
+//! all of it, and only then swap it in. A broken configuration changes
+//! nothing; a broken workflow file keeps its last good version.
+//!
+//! Shutdown (SIGTERM, SIGINT): stop accepting API calls, stop claiming, let
+//! in-flight sends finish within the grace period, record their outcomes,
+//! exit 0. Deliveries not finished stay claimable.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{ClockKind, Config, ConfigError};
+use crate::engine::Engine;
+use crate::engine::clock::Clock;
+use crate::engine::scheduler::Scheduler;
+use crate::plugin_host::PluginHost;
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+use crate::workflow::{self, Diagnostic, WorkflowSet};
+
+/// How long open admin connections may take to finish at shutdown.
+const ADMIN_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// What a reload did, for logs, `dunningctl status` and the API.
+#[derive(Debug, Clone)]
+pub struct ReloadReport {
+    pub at: DateTime<Utc>,
+    /// False when the configuration or any workflow file was refused.
+    pub ok: bool,
+    pub errors: Vec<Diagnostic>,
+    pub workflows_loaded: u32,
+    /// Workflow names added, changed or removed.
+    pub changed: Vec<String>,
+}
+
+/// Everything the admin API and the signal handlers share.
+pub struct Shared {
+    pub engine: Arc<Engine>,
+    pub scheduler: Arc<Scheduler>,
+    plugins: Arc<PluginHost>,
+    /// The configuration in force; replaced only by a reload that succeeded.
+    config: RwLock<Config>,
+    last_reload: RwLock<ReloadReport>,
+    /// One reload at a time: the watcher, SIGHUP and the API may ask at once.
+    reloading: tokio::sync::Mutex<()>,
+    started_at: DateTime<Utc>,
+}
+
+fn read<T: Clone>(lock: &RwLock<T>) -> T {
+    match lock.read() {
+        Ok(guard) => guard.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
+fn write<T>(lock: &RwLock<T>, value: T) {
+    match lock.write() {
+        Ok(mut guard) => *guard = value,
+        Err(poisoned) => *poisoned.into_inner() = value,
+    }
+}
+
+impl Shared {
+    pub fn workflows(&self) -> Arc<WorkflowSet> {
+        self.engine.workflows()
+    }
+
+    pub fn plugins(&self) -> &Arc<PluginHost> {
+        &self.plugins
+    }
+
+    pub fn started_at(&self) -> DateTime<Utc> {
+        self.started_at
+    }
+
+    pub fn config(&self) -> Config {
+        read(&self.config)
+    }
+
+    /// The database in use, password hidden.
+    pub fn database(&self) -> String {
+        read(&self.config).database.to_string()
+    }
+
+    pub fn last_reload(&self) -> ReloadReport {
+        read(&self.last_reload)
+    }
+
+    /// Re-reads the configuration and the workflows folder and applies what
+    /// validates. Returns once applied or refused.
+    pub async fn reload(&self) -> ReloadReport {
+        let _one_at_a_time = self.reloading.lock().await;
+        let current = self.config();
+        let report = match current.path.as_deref().map(Config::load) {
+            None => self.apply(current.clone(), &current),
+            Some(Ok(new)) => self.apply(new, &current),
+            Some(Err(error)) => ReloadReport {
+                at: Utc::now(),
+                ok: false,
+                errors: vec![config_diagnostic(&error)],
+                workflows_loaded: self.workflows().iter().count() as u32,
+                changed: Vec::new(),
+            },
+        };
+        log_report(&report);
+        write(&self.last_reload, report.clone());
+        report
+    }
+
+    fn apply(&self, new: Config, current: &Config) -> ReloadReport {
+        let at = Utc::now();
+        let config_path = new.path.clone().unwrap_or_default();
+        for (what, changed) in [
+            ("database", new.database != current.database),
+            ("state_dir", new.state_dir != current.state_dir),
+            (
+                "admin",
+                new.admin.socket != current.admin.socket || new.admin.tcp != current.admin.tcp,
+            ),
+            ("clock", new.clock != current.clock),
+            ("workflows_dir", new.workflows_dir != current.workflows_dir),
+            (
+                "scheduler",
+                format!("{:?}", new.scheduler) != format!("{:?}", current.scheduler),
+            ),
+        ] {
+            if changed {
+                tracing::warn!(
+                    setting = what,
+                    "configuration change takes effect at the next restart"
+                );
+            }
+        }
+        if let Err(error) = self.plugins.configure(&new.channels) {
+            return ReloadReport {
+                at,
+                ok: false,
+                errors: vec![Diagnostic {
+                    path: config_path,
+                    line: 0,
+                    column: 0,
+                    message: error.to_string(),
+                }],
+                workflows_loaded: self.workflows().iter().count() as u32,
+                changed: Vec::new(),
+            };
+        }
+        self.scheduler.set_channels(&new.channels);
+        let channels: BTreeSet<String> = new.channels.keys().cloned().collect();
+        let previous = self.workflows();
+        // The folder stays the one the daemon started with (the watcher watches it).
+        let set = WorkflowSet::load_dir(&current.workflows_dir, &channels, &previous);
+        let changed = set.changes_from(&previous);
+        let errors = set.errors().to_vec();
+        let loaded = set.iter().count() as u32;
+        self.engine.set_workflows(Arc::new(set));
+        let mut kept = new;
+        kept.workflows_dir = current.workflows_dir.clone();
+        write(&self.config, kept);
+        ReloadReport {
+            at,
+            ok: errors.is_empty(),
+            errors,
+            workflows_loaded: loaded,
+            changed,
+        }
+    }
+}
+
+fn log_report(report: &ReloadReport) {
+    for error in &report.errors {
+        tracing::error!(%error, "refused; the last good version stays in use");
+    }
+    tracing::info!(
+        ok = report.ok,
+        workflows = report.workflows_loaded,
+        changed = ?report.changed,
+        "reloaded"
+    );
+}
+
+fn config_diagnostic(error: &ConfigError) -> Diagnostic {
+    match error {
+        ConfigError::Syntax {
+            path,
+            line,
+            column,
+            message,
+        } => Diagnostic {
+            path: path.clone(),
+            line: *line as u32,
+            column: *column as u32,
+            message: message.clone(),
+        },
+        ConfigError::Read { path, .. } | ConfigError::Invalid { path, .. } => Diagnostic {
+            path: path.clone(),
+            line: 0,
+            column: 0,
+            message: match error {
+                ConfigError::Read { source, .. } => format!("cannot read: {source}"),
+                ConfigError::Invalid { message, .. } => message.clone(),
+                ConfigError::Syntax { message, .. } => message.clone(),
+            },
+        },
+    }
+}
+
+/// Opens the store the database URL names.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let url = config.database.expose();
+    match url.strip_prefix("sqlite://") {
+        Some(path) => {
+            let store = SqliteStore::open(&PathBuf::from(path))
+                .await
+                .with_context(|| format!("cannot open database '{}'", config.database))?;
+            Ok(Arc::new(store))
+        }
+        None => anyhow::bail!("unsupported database URL '{}'", config.database),
+    }
+}
+
+/// A start-up failure the operator must fix in the configuration (exit 64)
+/// rather than a runtime failure (exit 1).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigurationError(pub String);
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let started_at = Utc::now();
+    let store = open_store(&config).await?;
+    let clock = match config.clock {
+        ClockKind::System => Clock::system(),
+        ClockKind::Manual { start } => {
+            tracing::warn!(%start, "running on a manual clock: time moves only through the admin API");
+            std::fs::create_dir_all(&config.state_dir).with_context(|| {
+                format!("cannot create state_dir '{}'", config.state_dir.display())
+            })?;
+            Clock::manual_persisted(start, config.state_dir.join("manual-clock"))
+        }
+    };
+    let plugins = Arc::new(PluginHost::new(config.plugin_dir.clone()));
+    plugins
+        .configure(&config.channels)
+        .map_err(|e| ConfigurationError(format!("channels: {e}")))?;
+    let engine = Arc::new(Engine::new(store.clone(), clock));
+    let scheduler = Arc::new(Scheduler::new(
+        engine.clone(),
+        plugins.clone(),
+        config.scheduler.clone(),
+    ));
+    let shared = Arc::new(Shared {
+        engine: engine.clone(),
+        scheduler: scheduler.clone(),
+        plugins,
+        config: RwLock::new(config.clone()),
+        last_reload: RwLock::new(ReloadReport {
+            at: started_at,
+            ok: true,
+            errors: Vec::new(),
+            workflows_loaded: 0,
+            changed: Vec::new(),
+        }),
+        reloading: tokio::sync::Mutex::new(()),
+        started_at,
+    });
+    // Start-up is a reload from nothing.
+    shared.reload().await;
+
+    let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
+    let _watcher = {
+        let tx = reload_tx.clone();
+        workflow::watch(&config.workflows_dir, move || {
+            // A full queue already holds a pending reload: nothing is lost.
+            let _ = tx.try_send(());
+        })
+        .map_err(|e| {
+            tracing::error!(dir = %config.workflows_dir.display(), error = %e, "cannot watch the workflows folder; use SIGHUP or 'dunningctl reload'");
+        })
+        .ok()
+    };
+    {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            while reload_rx.recv().await.is_some() {
+                shared.reload().await;
+            }
+        });
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let scheduler_task = tokio::spawn(scheduler.clone().run(stop_rx.clone()));
+    // Bound before "ready": once this returns, dunningctl can connect.
+    let admin = crate::admin::bind(shared.clone(), &config.admin, stop_rx.clone())
+        .await
+        .map_err(|e| ConfigurationError(e.to_string()))?;
+    let admin_task = tokio::spawn(admin);
+    tracing::info!(
+        version = crate::VERSION,
+        socket = %config.admin.socket.display(),
+        database = %config.database,
+        workflows = shared.workflows().iter().count(),
+        "dunningd ready"
+    );
+
+    wait_for_stop(reload_tx).await?;
+    tracing::info!("stopping: no new claims, waiting for in-flight sends");
+    let _ = stop_tx.send(true);
+    if let Err(error) = scheduler_task.await {
+        tracing::error!(%error, "scheduler task failed");
+    }
+    // Open API connections get a moment to finish their calls; a client that
+    // never hangs up must not keep the daemon from stopping.
+    let admin_abort = admin_task.abort_handle();
+    match tokio::time::timeout(ADMIN_DRAIN, admin_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::error!(%error, "admin API stopped with an error"),
+        Ok(Err(error)) => tracing::error!(%error, "admin task failed"),
+        Err(_) => {
+            tracing::warn!(drain = ?ADMIN_DRAIN, "admin connections still open; closing them");
+            admin_abort.abort();
+            let _ = std::fs::remove_file(&config.admin.socket);
+        }
+    }
+    match store.release_leases(scheduler.owner()).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(deliveries = n, "released unfinished claims"),
+        Err(error) => tracing::warn!(%error, "cannot release claims; they expire by themselves"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT; SIGHUP asks for a reload meanwhile.
+async fn wait_for_stop(reload: mpsc::Sender<()>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                let _ = reload.try_send(());
+            }
+        }
+    }
+}

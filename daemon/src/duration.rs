@@ -24,7 +24,10 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
     if trimmed.is_empty() {
         return Err(DurationError::Empty);
     }
-    let invalid = |why| DurationError::Invalid { text: trimmed.to_string(), why };
+    let invalid = |why| DurationError::Invalid {
+        text: trimmed.to_string(),
+        why,
+    };
     let mut total: u64 = 0;
     let mut digits = String::new();
     for ch in trimmed.chars() {
@@ -100,7 +103,10 @@ mod tests {
         ];
         for (text, secs) in table {
             assert_eq!(parse(text), Ok(Duration::from_secs(secs)), "{text}");
-            assert_eq!(parse(&format(Duration::from_secs(secs))), Ok(Duration::from_secs(secs)));
+            assert_eq!(
+                parse(&format(Duration::from_secs(secs))),
+                Ok(Duration::from_secs(secs))
+            );
         }
     }
 

@@ -33,7 +33,8 @@ pub mod proto {
     tonic::include_proto!("dunningd.v1");
 
     /// For gRPC server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("dunningd_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("dunningd_descriptor");
 }
 
 /// The version every binary and the API report.

@@ -173,9 +173,7 @@ string_enum! {
 impl DeliveryStatus {
     pub fn is_final(self) -> bool {
         match self {
-            DeliveryStatus::Scheduled | DeliveryStatus::Sending | DeliveryStatus::Retrying => {
-                false
-            }
+            DeliveryStatus::Scheduled | DeliveryStatus::Sending | DeliveryStatus::Retrying => false,
             DeliveryStatus::Sent | DeliveryStatus::Failed | DeliveryStatus::Skipped => true,
         }
     }
@@ -254,15 +252,33 @@ mod tests {
         assert_eq!(event.data["amount"], 1200);
 
         let cases = [
-            (r#"{"id":"","type":"t","customer":{"id":"c"},"subject":"s"}"#, "field 'id' must not be empty"),
-            (r#"{"id":"e","type":"t","customer":{"id":" "},"subject":"s"}"#, "field 'customer.id' must not be empty"),
-            (r#"{"id":"e","type":"t","customer":{"id":"c"},"subject":"s","data":[1]}"#, "field 'data' must be a JSON object, got an array"),
-            (r#"{"id":"e","type":"t","customer":{"id":"c"},"subject":"s","colour":"red"}"#, "unknown field `colour`"),
-            (r#"{"id":"e","customer":{"id":"c"},"subject":"s"}"#, "missing field `type`"),
+            (
+                r#"{"id":"","type":"t","customer":{"id":"c"},"subject":"s"}"#,
+                "field 'id' must not be empty",
+            ),
+            (
+                r#"{"id":"e","type":"t","customer":{"id":" "},"subject":"s"}"#,
+                "field 'customer.id' must not be empty",
+            ),
+            (
+                r#"{"id":"e","type":"t","customer":{"id":"c"},"subject":"s","data":[1]}"#,
+                "field 'data' must be a JSON object, got an array",
+            ),
+            (
+                r#"{"id":"e","type":"t","customer":{"id":"c"},"subject":"s","colour":"red"}"#,
+                "unknown field `colour`",
+            ),
+            (
+                r#"{"id":"e","customer":{"id":"c"},"subject":"s"}"#,
+                "missing field `type`",
+            ),
         ];
         for (input, expected) in cases {
             let err = Event::from_json(input).expect_err(input).to_string();
-            assert!(err.contains(expected), "{input}: got {err:?}, want {expected:?}");
+            assert!(
+                err.contains(expected),
+                "{input}: got {err:?}, want {expected:?}"
+            );
         }
     }
 
@@ -274,6 +290,11 @@ mod tests {
         for status in DeliveryStatus::ALL {
             assert_eq!(status.as_str().parse::<DeliveryStatus>(), Ok(*status));
         }
-        assert!("zombie".parse::<CaseState>().unwrap_err().contains("expected one of"));
+        assert!(
+            "zombie"
+                .parse::<CaseState>()
+                .unwrap_err()
+                .contains("expected one of")
+        );
     }
 }

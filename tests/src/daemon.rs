@@ -37,7 +37,12 @@ impl Default for Setup {
             workflows: BTreeMap::new(),
             channels: ["email", "sms", "in_app", "webhook"]
                 .into_iter()
-                .map(|name| (name.to_string(), "{ plugin: log, settings: { path: '{dir}/deliveries.jsonl' } }".to_string()))
+                .map(|name| {
+                    (
+                        name.to_string(),
+                        "{ plugin: log, settings: { path: '{dir}/deliveries.jsonl' } }".to_string(),
+                    )
+                })
                 .collect(),
             extra_config: String::new(),
         }
@@ -52,8 +57,14 @@ impl Setup {
         for entry in std::fs::read_dir(&dir).expect("workflows/ exists") {
             let path = entry.expect("dir entry").path();
             if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                let name = path.file_name().expect("file name").to_string_lossy().to_string();
-                setup.workflows.insert(name, std::fs::read_to_string(&path).expect("read workflow"));
+                let name = path
+                    .file_name()
+                    .expect("file name")
+                    .to_string_lossy()
+                    .to_string();
+                setup
+                    .workflows
+                    .insert(name, std::fs::read_to_string(&path).expect("read workflow"));
             }
         }
         setup
@@ -82,7 +93,10 @@ pub struct TestDaemon {
 
 impl TestDaemon {
     pub async fn start(setup: Setup) -> TestDaemon {
-        let dir = tempfile::Builder::new().prefix("dunningd-e2e").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("dunningd-e2e")
+            .tempdir()
+            .expect("tempdir");
         let root = dir.path();
         std::fs::create_dir_all(root.join("workflows")).expect("mkdir workflows");
         for (file, yaml) in &setup.workflows {
@@ -101,7 +115,13 @@ impl TestDaemon {
         config.push_str(&setup.extra_config);
         let config_path = root.join("dunningd.yaml");
         std::fs::write(&config_path, config).expect("write config");
-        let mut daemon = TestDaemon { dir, socket, config: config_path, child: None, starts: 0 };
+        let mut daemon = TestDaemon {
+            dir,
+            socket,
+            config: config_path,
+            child: None,
+            starts: 0,
+        };
         daemon.spawn().await;
         daemon
     }
@@ -132,20 +152,29 @@ impl TestDaemon {
     async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.child = None;
-                    panic!("dunningd exited during start-up ({status}):\n{}", self.log());
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                panic!(
+                    "dunningd exited during start-up ({status}):\n{}",
+                    self.log()
+                );
             }
-            if self.socket.exists() {
-                if let Ok(mut client) = self.try_client().await {
-                    if client.get_status(dunningd::proto::GetStatusRequest {}).await.is_ok() {
-                        return;
-                    }
-                }
+            if self.socket.exists()
+                && let Ok(mut client) = self.try_client().await
+                && client
+                    .get_status(dunningd::proto::GetStatusRequest {})
+                    .await
+                    .is_ok()
+            {
+                return;
             }
-            assert!(Instant::now() < deadline, "dunningd did not become ready in 30s:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "dunningd did not become ready in 30s:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -164,7 +193,11 @@ impl TestDaemon {
         let channel = Endpoint::try_from("http://[::]:50051")?
             .connect_with_connector(tower::service_fn(move |_| {
                 let socket = socket.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(socket).await?,
+                    ))
+                }
             }))
             .await?;
         Ok(AdminClient::new(channel))
@@ -172,7 +205,9 @@ impl TestDaemon {
 
     /// A gRPC client on the admin socket.
     pub async fn client(&self) -> AdminClient<Channel> {
-        self.try_client().await.expect("connect to the admin socket")
+        self.try_client()
+            .await
+            .expect("connect to the admin socket")
     }
 
     /// Runs `dunningctl` against this daemon.
@@ -205,7 +240,9 @@ impl TestDaemon {
         let mut client = self.client().await;
         client
             .advance_clock(dunningd::proto::AdvanceClockRequest {
-                target: Some(dunningd::proto::advance_clock_request::Target::By(by.to_string())),
+                target: Some(dunningd::proto::advance_clock_request::Target::By(
+                    by.to_string(),
+                )),
             })
             .await
             .expect("advance clock");
@@ -220,7 +257,11 @@ impl TestDaemon {
             if pending == 0 {
                 return;
             }
-            assert!(Instant::now() < deadline, "{pending} due deliveries still unfinished after 20s:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "{pending} due deliveries still unfinished after 20s:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -234,7 +275,11 @@ impl TestDaemon {
             .into_inner()
             .now;
         let cases = client
-            .list_cases(dunningd::proto::ListCasesRequest { state: "active".into(), limit: 10_000, ..Default::default() })
+            .list_cases(dunningd::proto::ListCasesRequest {
+                state: "active".into(),
+                limit: 10_000,
+                ..Default::default()
+            })
             .await
             .expect("list cases")
             .into_inner()
@@ -249,7 +294,10 @@ impl TestDaemon {
             pending += detail
                 .deliveries
                 .iter()
-                .filter(|d| matches!(d.status.as_str(), "scheduled" | "retrying" | "sending") && d.planned_at <= now)
+                .filter(|d| {
+                    matches!(d.status.as_str(), "scheduled" | "retrying" | "sending")
+                        && d.planned_at <= now
+                })
                 .count();
         }
         pending
@@ -268,17 +316,27 @@ impl TestDaemon {
         }
     }
 
-    /// Sends SIGTERM and waits for the exit code.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
+    /// Sends SIGTERM and waits for the exit code (without blocking the
+    /// test's runtime, so its connections can answer the daemon's goodbye).
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("daemon running");
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "dunningd did not stop within 30s of SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!(
+                    "dunningd did not stop within 30s of SIGTERM:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

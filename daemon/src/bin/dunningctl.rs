@@ -1,1 +1,845 @@
-fn main() {}
+//! `dunningctl`: the admin client of dunningd, a thin client over its gRPC API.
+//!
+//! Readable tables by default, `--json` for scripts. Exit codes: 0 success,
+//! 1 an error (the daemon refused, a file is invalid, the daemon is not
+//! reachable), 2 a usage error.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Parser, Subcommand};
+use dunningd::config::{Config, DEFAULT_SOCKET};
+use dunningd::model::Event;
+use dunningd::proto::{self, admin_client::AdminClient};
+use dunningd::workflow::{self, Workflow};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Parser)]
+#[command(
+    name = "dunningctl",
+    version,
+    about = "Administer a running dunningd (and check workflows offline)"
+)]
+struct Cli {
+    /// The daemon's admin socket.
+    #[arg(long, global = true, env = "DUNNINGD_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Talk to the daemon over TCP instead (e.g. http://127.0.0.1:7070).
+    #[arg(long, global = true, env = "DUNNINGD_ADDR")]
+    addr: Option<String>,
+    /// A file holding the bearer token for --addr.
+    #[arg(long, global = true, env = "DUNNINGD_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Version, uptime, workflows, plugins, cases and the last reload.
+    Status,
+    /// Workflows served by the daemon, or checked offline.
+    #[command(subcommand)]
+    Workflows(WorkflowsCommand),
+    /// Re-read the configuration and workflows (like SIGHUP); exit 1 if anything was refused.
+    Reload,
+    /// Billing events.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Cases: one customer's run through one workflow.
+    #[command(subcommand)]
+    Cases(CasesCommand),
+    /// Offline: what a workflow would send for an event, when, rendered.
+    Preview {
+        workflow: PathBuf,
+        event: PathBuf,
+        /// When the case would start (RFC 3339); default now.
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Channel plugins loaded by the daemon.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+    /// The engine clock (moving it works only on daemons run with `clock: manual`).
+    #[command(subcommand)]
+    Clock(ClockCommand),
+}
+
+#[derive(Subcommand)]
+enum WorkflowsCommand {
+    /// The workflows in use, and the files refused right now.
+    List,
+    /// One workflow: its steps and source.
+    Show { name: String },
+    /// Offline: check files; exit 1 with file:line:col errors.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The daemon configuration, to check channel names too.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Send events from a file or `-` (stdin): one JSON event, JSON lines, or a JSON array.
+    Send { file: String },
+}
+
+#[derive(Subcommand)]
+enum CasesCommand {
+    List {
+        #[arg(long)]
+        workflow: Option<String>,
+        /// active, paused, recovered, exhausted or cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        customer: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// A case's timeline: steps, deliveries, errors.
+    Show {
+        id: String,
+    },
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    Cancel {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginsCommand {
+    List,
+}
+
+#[derive(Subcommand)]
+enum ClockCommand {
+    Show,
+    /// Move a manual clock forward by a duration (e.g. 3d).
+    Advance {
+        by: String,
+    },
+    /// Move a manual clock forward to a time (RFC 3339).
+    Set {
+        to: String,
+    },
+}
+
+/// Adds the bearer token to every call when one is configured.
+#[derive(Clone)]
+struct Auth(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Client = AdminClient<InterceptedService<Channel, Auth>>;
+
+async fn connect(cli: &Cli) -> anyhow::Result<Client> {
+    let (channel, auth) = match &cli.addr {
+        Some(addr) => {
+            let token = match &cli.token_file {
+                None => None,
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read token file '{}'", path.display()))?;
+                    Some(format!("Bearer {}", text.trim()).parse().map_err(|_| {
+                        anyhow!(
+                            "token file '{}' holds characters not allowed in a header",
+                            path.display()
+                        )
+                    })?)
+                }
+            };
+            let channel = Endpoint::from_shared(addr.clone())
+                .with_context(|| format!("invalid --addr '{addr}'"))?
+                .connect()
+                .await
+                .with_context(|| {
+                    format!("cannot connect to {addr}: is dunningd listening there?")
+                })?;
+            (channel, Auth(token))
+        }
+        None => {
+            let socket = cli.socket.clone();
+            let channel = Endpoint::from_static("http://[::]:50051")
+                .connect_with_connector(tower::service_fn(move |_| {
+                    let socket = socket.clone();
+                    async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
+                }))
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot connect to '{}': is dunningd running, and is --socket (or DUNNINGD_SOCKET) right?",
+                        cli.socket.display()
+                    )
+                })?;
+            (channel, Auth(None))
+        }
+    };
+    Ok(AdminClient::with_interceptor(channel, auth))
+}
+
+/// A gRPC error as the one line a user needs: the daemon's own message.
+fn rpc(status: tonic::Status) -> anyhow::Error {
+    match status.code() {
+        tonic::Code::Unavailable if status.message().contains("transport") => {
+            anyhow!("the daemon is not reachable: {}", status.message())
+        }
+        _ => anyhow!("{}", status.message()),
+    }
+}
+
+fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Prints aligned columns.
+fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// `2026-01-05T09:00:00.000Z` → `2026-01-05 09:00:00`.
+fn short_time(t: &str) -> String {
+    if t.is_empty() {
+        return "-".into();
+    }
+    t.replacen('T', " ", 1)
+        .trim_end_matches('Z')
+        .trim_end_matches(".000")
+        .to_string()
+}
+
+fn dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_string()
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dunningctl: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("dunningctl: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one command; `Ok(false)` means "done, but exit 1" (refused files).
+async fn run(cli: &Cli) -> anyhow::Result<bool> {
+    match &cli.command {
+        Command::Workflows(WorkflowsCommand::Validate { files, config }) => {
+            return validate(cli, files, config.as_deref());
+        }
+        Command::Preview {
+            workflow,
+            event,
+            at,
+        } => return preview(cli, workflow, event, at.as_deref()),
+        _ => {}
+    }
+    let mut client = connect(cli).await?;
+    match &cli.command {
+        Command::Status => status(cli, &mut client).await,
+        Command::Workflows(WorkflowsCommand::List) => {
+            let list = client
+                .list_workflows(proto::ListWorkflowsRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if cli.json {
+                print_json(&list)?;
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .workflows
+                    .iter()
+                    .map(|w| {
+                        vec![
+                            w.name.clone(),
+                            w.version.clone(),
+                            w.trigger.clone(),
+                            w.steps.to_string(),
+                            w.active_cases.to_string(),
+                            if w.error.is_some() {
+                                "last good version (file has errors)".into()
+                            } else {
+                                "ok".into()
+                            },
+                        ]
+                    })
+                    .collect();
+                table(
+                    &["NAME", "VERSION", "TRIGGER", "STEPS", "OPEN CASES", "STATE"],
+                    &rows,
+                );
+                print_file_errors(&list.errors);
+            }
+            Ok(list.errors.is_empty())
+        }
+        Command::Workflows(WorkflowsCommand::Show { name }) => {
+            let detail = client
+                .get_workflow(proto::GetWorkflowRequest { name: name.clone() })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if cli.json {
+                print_json(&detail)?;
+            } else {
+                if let Some(s) = &detail.summary {
+                    println!("{} (version {}) from {}", s.name, s.version, s.path);
+                    if !s.description.is_empty() {
+                        println!("{}", s.description);
+                    }
+                    let when = if s.condition.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" when {}", s.condition)
+                    };
+                    println!(
+                        "trigger: {}{when}; exits on: {}",
+                        s.trigger,
+                        s.exit_on.join(", ")
+                    );
+                    println!();
+                }
+                let rows: Vec<Vec<String>> = detail
+                    .steps
+                    .iter()
+                    .map(|s| vec![s.name.clone(), s.after.clone(), s.channels.join(", ")])
+                    .collect();
+                table(&["STEP", "AFTER", "CHANNELS"], &rows);
+            }
+            Ok(true)
+        }
+        Command::Reload => {
+            let result = client
+                .reload(proto::ReloadRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if cli.json {
+                print_json(&result)?;
+            } else {
+                let changed = if result.changed.is_empty() {
+                    "nothing changed".to_string()
+                } else {
+                    format!("changed: {}", result.changed.join(", "))
+                };
+                println!("{} workflows loaded; {changed}", result.workflows_loaded);
+                print_file_errors(&result.errors);
+            }
+            Ok(result.ok)
+        }
+        Command::Events(EventsCommand::Send { file }) => send_events(cli, &mut client, file).await,
+        Command::Cases(command) => cases(cli, &mut client, command).await,
+        Command::Plugins(PluginsCommand::List) => {
+            let list = client
+                .list_plugins(proto::ListPluginsRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if cli.json {
+                print_json(&list)?;
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .plugins
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.name.clone(),
+                            p.version.clone(),
+                            p.abi_version.to_string(),
+                            p.channels.join(", "),
+                            p.path.clone(),
+                        ]
+                    })
+                    .collect();
+                table(&["PLUGIN", "VERSION", "ABI", "CHANNELS", "PATH"], &rows);
+            }
+            Ok(true)
+        }
+        Command::Clock(command) => {
+            use proto::advance_clock_request::Target;
+            let clock = match command {
+                ClockCommand::Show => client.get_clock(proto::GetClockRequest {}).await,
+                ClockCommand::Advance { by } => {
+                    client
+                        .advance_clock(proto::AdvanceClockRequest {
+                            target: Some(Target::By(by.clone())),
+                        })
+                        .await
+                }
+                ClockCommand::Set { to } => {
+                    client
+                        .advance_clock(proto::AdvanceClockRequest {
+                            target: Some(Target::To(to.clone())),
+                        })
+                        .await
+                }
+            }
+            .map_err(rpc)?
+            .into_inner();
+            if cli.json {
+                print_json(&clock)?;
+            } else {
+                println!("{} ({} clock)", short_time(&clock.now), clock.kind);
+            }
+            Ok(true)
+        }
+        Command::Preview { .. } | Command::Workflows(WorkflowsCommand::Validate { .. }) => Ok(true),
+    }
+}
+
+fn print_file_errors(errors: &[proto::FileError]) {
+    if !errors.is_empty() {
+        eprintln!("refused (the last good version, if any, stays in use):");
+        for e in errors {
+            eprintln!("  {}", e.display);
+        }
+    }
+}
+
+async fn status(cli: &Cli, client: &mut Client) -> anyhow::Result<bool> {
+    let s = client
+        .get_status(proto::GetStatusRequest {})
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    if cli.json {
+        print_json(&s)?;
+        return Ok(true);
+    }
+    let up = s.uptime_seconds;
+    println!(
+        "dunningd {}, up {}h{:02}m (since {})",
+        s.version,
+        up / 3600,
+        (up % 3600) / 60,
+        short_time(&s.started_at)
+    );
+    println!("database   {}", s.database);
+    println!("clock      {} ({})", short_time(&s.now), s.clock);
+    println!(
+        "workflows  {} loaded, {} file errors",
+        s.workflows, s.workflows_with_errors
+    );
+    let order = ["active", "paused", "recovered", "exhausted", "cancelled"];
+    let cases: Vec<String> = order
+        .iter()
+        .map(|k| format!("{k} {}", s.cases_by_state.get(*k).copied().unwrap_or(0)))
+        .collect();
+    println!("cases      {}", cases.join(", "));
+    for p in &s.plugins {
+        println!(
+            "plugin     {} {} ({})",
+            p.name,
+            p.version,
+            p.channels.join(", ")
+        );
+    }
+    if let Some(r) = &s.last_reload {
+        println!(
+            "reload     {} {}, {} workflows",
+            short_time(&r.at),
+            if r.ok { "ok" } else { "with errors" },
+            r.workflows_loaded
+        );
+        for e in &r.errors {
+            println!("  {}", e.display);
+        }
+    }
+    Ok(true)
+}
+
+/// Reads events: one JSON object, a JSON array, or JSON lines. Each event is
+/// checked here first, so an error names the file and line.
+fn read_events(file: &str) -> anyhow::Result<Vec<String>> {
+    let (name, text) = if file == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read stdin")?;
+        ("<stdin>".to_string(), text)
+    } else {
+        (
+            file.to_string(),
+            std::fs::read_to_string(file).with_context(|| format!("cannot read '{file}'"))?,
+        )
+    };
+    let mut events: Vec<(usize, serde_json::Value)> = Vec::new();
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('[') {
+        let all: Vec<serde_json::Value> = serde_json::from_str(&text)
+            .map_err(|e| anyhow!("{name}:{}:{}: {e}", e.line(), e.column()))?;
+        events.extend(all.into_iter().map(|v| (0, v)));
+    } else if let Ok(one) = serde_json::from_str::<serde_json::Value>(&text) {
+        events.push((1, one));
+    } else {
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let value = serde_json::from_str(line)
+                .map_err(|e| anyhow!("{name}:{}: invalid JSON: {e}", i + 1))?;
+            events.push((i + 1, value));
+        }
+    }
+    if events.is_empty() {
+        bail!("{name}: no events");
+    }
+    let mut out = Vec::with_capacity(events.len());
+    for (index, (line, value)) in events.into_iter().enumerate() {
+        let text = value.to_string();
+        if let Err(e) = Event::from_json(&text) {
+            let at = if line > 0 {
+                format!("{name}:{line}")
+            } else {
+                format!("{name}: event {}", index + 1)
+            };
+            bail!("{at}: {e}");
+        }
+        out.push(text);
+    }
+    Ok(out)
+}
+
+async fn send_events(cli: &Cli, client: &mut Client, file: &str) -> anyhow::Result<bool> {
+    let events = read_events(file)?;
+    let mut results = Vec::with_capacity(events.len());
+    for batch in events.chunks(500) {
+        let response = client
+            .send_events(proto::SendEventsRequest {
+                events: batch.to_vec(),
+            })
+            .await
+            .map_err(rpc)?;
+        results.extend(response.into_inner().results);
+    }
+    if cli.json {
+        print_json(&results)?;
+        return Ok(true);
+    }
+    for r in &results {
+        let what = if r.duplicate {
+            "duplicate (already received; ignored)".to_string()
+        } else {
+            let mut parts = Vec::new();
+            if !r.cases_started.is_empty() {
+                parts.push(format!("started {}", r.cases_started.join(", ")));
+            }
+            if !r.cases_recovered.is_empty() {
+                parts.push(format!("recovered {}", r.cases_recovered.join(", ")));
+            }
+            if parts.is_empty() {
+                parts.push("accepted; no case started or ended".into());
+            }
+            parts.join("; ")
+        };
+        println!("{}  {what}", r.event_id);
+        for note in &r.notes {
+            println!("  note: {note}");
+        }
+    }
+    Ok(true)
+}
+
+async fn cases(cli: &Cli, client: &mut Client, command: &CasesCommand) -> anyhow::Result<bool> {
+    let case = match command {
+        CasesCommand::List {
+            workflow,
+            state,
+            customer,
+            limit,
+        } => {
+            let list = client
+                .list_cases(proto::ListCasesRequest {
+                    workflow: workflow.clone().unwrap_or_default(),
+                    state: state.clone().unwrap_or_default(),
+                    customer: customer.clone().unwrap_or_default(),
+                    limit: *limit,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if cli.json {
+                print_json(&list)?;
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .cases
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            c.id.clone(),
+                            c.workflow.clone(),
+                            c.customer_id.clone(),
+                            c.subject.clone(),
+                            c.state.clone(),
+                            short_time(&c.started_at),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "CASE", "WORKFLOW", "CUSTOMER", "SUBJECT", "STATE", "STARTED",
+                    ],
+                    &rows,
+                );
+            }
+            return Ok(true);
+        }
+        CasesCommand::Show { id } => {
+            let detail = client
+                .get_case(proto::GetCaseRequest { id: id.clone() })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if cli.json {
+                print_json(&detail)?;
+            } else if let Some(c) = &detail.case {
+                println!("case {} — {}", c.id, c.state);
+                println!("workflow   {} (version {})", c.workflow, c.workflow_version);
+                println!("customer   {}, subject {}", c.customer_id, c.subject);
+                println!(
+                    "started    {} by event {}",
+                    short_time(&c.started_at),
+                    c.trigger_event_id
+                );
+                if !c.ended_reason.is_empty() {
+                    println!(
+                        "ended      {} ({})",
+                        short_time(&c.updated_at),
+                        c.ended_reason
+                    );
+                }
+                println!();
+                let rows: Vec<Vec<String>> = detail
+                    .deliveries
+                    .iter()
+                    .map(|d| {
+                        let note = [d.last_error.as_str(), d.skip_reason.as_str()]
+                            .iter()
+                            .filter(|s| !s.is_empty())
+                            .copied()
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        vec![
+                            d.step.clone(),
+                            d.channel.clone(),
+                            d.status.clone(),
+                            short_time(&d.due_at),
+                            short_time(&d.planned_at),
+                            d.attempts.to_string(),
+                            dash(&d.receipt),
+                            dash(&note),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "STEP",
+                        "CHANNEL",
+                        "STATUS",
+                        "DUE",
+                        "PLANNED",
+                        "ATTEMPTS",
+                        "RECEIPT",
+                        "ERROR / REASON",
+                    ],
+                    &rows,
+                );
+            }
+            return Ok(true);
+        }
+        CasesCommand::Pause { id } => client.pause_case(proto::CaseRef { id: id.clone() }).await,
+        CasesCommand::Resume { id } => client.resume_case(proto::CaseRef { id: id.clone() }).await,
+        CasesCommand::Cancel { id } => client.cancel_case(proto::CaseRef { id: id.clone() }).await,
+    }
+    .map_err(rpc)?
+    .into_inner();
+    if cli.json {
+        print_json(&case)?;
+    } else {
+        println!("case {} is {}", case.id, case.state);
+    }
+    Ok(true)
+}
+
+fn validate(cli: &Cli, files: &[PathBuf], config: Option<&Path>) -> anyhow::Result<bool> {
+    let channels: Option<BTreeSet<String>> = match config {
+        None => {
+            if !cli.json {
+                eprintln!(
+                    "note: channel names not checked (pass --config dunningd.yaml to check them)"
+                );
+            }
+            None
+        }
+        Some(path) => Some(
+            Config::load(path)
+                .map_err(|e| anyhow!("{e}"))?
+                .channels
+                .keys()
+                .cloned()
+                .collect(),
+        ),
+    };
+    let problems = workflow::validate_files(files, channels.as_ref());
+    if cli.json {
+        print_json(&problems)?;
+    } else if problems.is_empty() {
+        println!("{} file(s) valid", files.len());
+    } else {
+        for p in &problems {
+            println!("{p}");
+        }
+    }
+    Ok(problems.is_empty())
+}
+
+fn preview(
+    cli: &Cli,
+    workflow_path: &Path,
+    event_path: &Path,
+    at: Option<&str>,
+) -> anyhow::Result<bool> {
+    let source = std::fs::read_to_string(workflow_path)
+        .with_context(|| format!("cannot read '{}'", workflow_path.display()))?;
+    let workflow = Workflow::parse(workflow_path, &source, None).map_err(|errors| {
+        anyhow!(
+            "{}",
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
+    let text = std::fs::read_to_string(event_path)
+        .with_context(|| format!("cannot read '{}'", event_path.display()))?;
+    let event = Event::from_json(&text).map_err(|e| anyhow!("{}: {e}", event_path.display()))?;
+    let start = match at {
+        None => chrono::Utc::now(),
+        Some(at) => at
+            .parse()
+            .map_err(|e| anyhow!("--at: invalid RFC 3339 time '{at}': {e}"))?,
+    };
+    let plan = workflow::preview::preview(&workflow, &event, start)?;
+    if cli.json {
+        print_json(&plan)?;
+        return Ok(true);
+    }
+    println!(
+        "workflow {} (version {}), event {}",
+        plan.workflow, plan.version, plan.event_id
+    );
+    if !plan.triggered {
+        println!(
+            "no case would start: {}",
+            plan.reason.as_deref().unwrap_or("")
+        );
+        return Ok(true);
+    }
+    println!("case starts {}", plan.start.format("%Y-%m-%d %H:%M UTC"));
+    for step in &plan.steps {
+        println!();
+        let local = step
+            .planned_local
+            .as_deref()
+            .map(|l| format!(" ({l})"))
+            .unwrap_or_default();
+        println!(
+            "step {} (after {}): due {}, sent {}{local}",
+            step.name,
+            step.after,
+            step.due_at.format("%Y-%m-%d %H:%M UTC"),
+            step.planned_at.format("%Y-%m-%d %H:%M UTC")
+        );
+        for send in &step.sends {
+            let fallback = send
+                .fallback
+                .as_deref()
+                .map(|f| format!(", fallback {f}"))
+                .unwrap_or_default();
+            println!("  {} [{}{fallback}]", send.channel, send.template);
+            if let Some(message) = &send.message {
+                for (field, text) in message {
+                    let mut lines = text.lines();
+                    println!("    {field}: {}", lines.next().unwrap_or(""));
+                    for line in lines {
+                        println!("    {:width$}  {line}", "", width = field.len());
+                    }
+                }
+            }
+            if let Some(error) = &send.error {
+                println!("    error: {error}");
+            }
+        }
+    }
+    Ok(true)
+}

@@ -1,1 +1,71 @@
-fn main() {}
+//! `dunningd`: the dunning daemon.
+//!
+//! Exit codes: 0 after a clean stop, 64 when the configuration (or a channel
+//! it names) is unusable, 1 for any other failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use dunningd::config::{Config, DEFAULT_CONFIG};
+use dunningd::daemon::ConfigurationError;
+
+#[derive(Parser)]
+#[command(
+    name = "dunningd",
+    version,
+    about = "Self-hosted dunning engine: runs YAML workflows over billing events"
+)]
+struct Args {
+    /// The daemon configuration file.
+    #[arg(long, short, env = "DUNNINGD_CONFIG", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Log format: "human" for a terminal, "json" for log collectors.
+    /// The level comes from RUST_LOG (default: info).
+    #[arg(long, env = "DUNNINGD_LOG_FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    log_format: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_format == "json" {
+        subscriber.json().init();
+    } else {
+        subscriber.init();
+    }
+
+    let config = match Config::load(&args.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("dunningd: {error}");
+            return ExitCode::from(64);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("dunningd: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(dunningd::daemon::run(config));
+    // A plugin call that hangs past the grace period holds a blocking thread
+    // that cannot be cancelled; do not wait for it on the way out.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("dunningd: {error:#}");
+            if error.downcast_ref::<ConfigurationError>().is_some() {
+                ExitCode::from(64)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -14,10 +14,15 @@ use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ClockError {
-    #[error("the clock is the system clock; only a daemon started with 'clock: manual' can move it")]
+    #[error(
+        "the clock is the system clock; only a daemon started with 'clock: manual' can move it"
+    )]
     NotManual,
     #[error("cannot move the clock backwards (now {now}, asked for {to})")]
-    Backwards { now: DateTime<Utc>, to: DateTime<Utc> },
+    Backwards {
+        now: DateTime<Utc>,
+        to: DateTime<Utc>,
+    },
     #[error("cannot save the manual clock to '{path}': {message}")]
     Persist { path: PathBuf, message: String },
 }
@@ -35,11 +40,15 @@ enum Inner {
 
 impl Clock {
     pub fn system() -> Clock {
-        Clock { inner: Inner::System }
+        Clock {
+            inner: Inner::System,
+        }
     }
 
     pub fn manual(start: DateTime<Utc>) -> Clock {
-        Clock { inner: Inner::Manual(watch::Sender::new(start), None) }
+        Clock {
+            inner: Inner::Manual(watch::Sender::new(start), None),
+        }
     }
 
     /// A manual clock that keeps its time in `file` across restarts: it
@@ -49,7 +58,9 @@ impl Clock {
             .ok()
             .and_then(|text| text.trim().parse::<DateTime<Utc>>().ok());
         let now = saved.map_or(start, |saved| saved.max(start));
-        Clock { inner: Inner::Manual(watch::Sender::new(now), Some(file)) }
+        Clock {
+            inner: Inner::Manual(watch::Sender::new(now), Some(file)),
+        }
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -89,7 +100,10 @@ impl Clock {
 
     pub fn advance(&self, by: Duration) -> Result<DateTime<Utc>, ClockError> {
         let by = chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
-        let to = self.now().checked_add_signed(by).unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let to = self
+            .now()
+            .checked_add_signed(by)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         self.set(to)
     }
 
@@ -121,15 +135,23 @@ mod tests {
         let sleeper = {
             let clock = clock.clone();
             tokio::spawn(async move {
-                clock.sleep_until(start + chrono::Duration::days(3), Duration::from_secs(30)).await;
+                clock
+                    .sleep_until(start + chrono::Duration::days(3), Duration::from_secs(30))
+                    .await;
                 clock.now()
             })
         };
         tokio::task::yield_now().await;
         clock.advance(Duration::from_secs(3 * 86_400)).unwrap();
         assert_eq!(sleeper.await.unwrap(), start + chrono::Duration::days(3));
-        assert!(matches!(clock.set(start), Err(ClockError::Backwards { .. })));
-        assert_eq!(Clock::system().advance(Duration::from_secs(1)), Err(ClockError::NotManual));
+        assert!(matches!(
+            clock.set(start),
+            Err(ClockError::Backwards { .. })
+        ));
+        assert_eq!(
+            Clock::system().advance(Duration::from_secs(1)),
+            Err(ClockError::NotManual)
+        );
     }
 
     #[test]

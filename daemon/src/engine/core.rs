@@ -89,7 +89,12 @@ impl Engine {
 
     /// The workflow a case runs: its own version, from memory or the store.
     pub async fn workflow_version(&self, version: &str) -> Result<Arc<Workflow>, EngineError> {
-        if let Some(found) = self.versions.lock().unwrap_or_else(|p| p.into_inner()).get(version) {
+        if let Some(found) = self
+            .versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(version)
+        {
             return Ok(found.clone());
         }
         let source = self
@@ -189,7 +194,9 @@ fn plan_case(workflow: &Arc<Workflow>, event: &Event, now: DateTime<Utc>) -> New
     let mut deliveries = Vec::new();
     for (index, step) in workflow.steps.iter().enumerate() {
         let after = chrono::Duration::from_std(step.after).unwrap_or(chrono::Duration::MAX);
-        let due_at = now.checked_add_signed(after).unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let due_at = now
+            .checked_add_signed(after)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         let planned_at = workflow.plan(due_at, timezone);
         for send in &step.send {
             deliveries.push(NewDelivery {

@@ -41,7 +41,10 @@ pub struct RetryPolicy {
 
 impl From<&ChannelSpec> for RetryPolicy {
     fn from(spec: &ChannelSpec) -> Self {
-        RetryPolicy { max_attempts: spec.max_attempts, backoff: spec.retry_backoff }
+        RetryPolicy {
+            max_attempts: spec.max_attempts,
+            backoff: spec.retry_backoff,
+        }
     }
 }
 
@@ -58,7 +61,11 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(engine: Arc<Engine>, plugins: Arc<PluginHost>, config: SchedulerConfig) -> Scheduler {
+    pub fn new(
+        engine: Arc<Engine>,
+        plugins: Arc<PluginHost>,
+        config: SchedulerConfig,
+    ) -> Scheduler {
         Scheduler {
             engine,
             plugins,
@@ -79,7 +86,10 @@ impl Scheduler {
     }
 
     pub fn set_channels(&self, channels: &BTreeMap<String, ChannelSpec>) {
-        let policies = channels.iter().map(|(name, spec)| (name.clone(), spec.into())).collect();
+        let policies = channels
+            .iter()
+            .map(|(name, spec)| (name.clone(), spec.into()))
+            .collect();
         match self.policies.write() {
             Ok(mut guard) => *guard = Arc::new(policies),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(policies),
@@ -168,7 +178,10 @@ impl Scheduler {
             }
         }
 
-        tracing::info!(in_flight = tasks.len(), "scheduler stopping; waiting for in-flight sends");
+        tracing::info!(
+            in_flight = tasks.len(),
+            "scheduler stopping; waiting for in-flight sends"
+        );
         let grace = self.config.shutdown_grace;
         if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
             .await
@@ -190,14 +203,22 @@ impl Scheduler {
     /// Commits outcomes in batches until every sender is gone. A failed
     /// commit is retried: dropping an outcome would resend a sent message
     /// once its lease expires.
-    async fn write_completions(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<(String, Completion)>) {
+    async fn write_completions(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<(String, Completion)>,
+    ) {
         const BATCH: usize = 1024;
         let mut batch = Vec::with_capacity(BATCH);
         while rx.recv_many(&mut batch, BATCH).await > 0 {
             let mut attempt = 0u32;
             loop {
                 let now = self.engine.clock().now();
-                match self.engine.store().complete(&self.owner, batch.clone(), now).await {
+                match self
+                    .engine
+                    .store()
+                    .complete(&self.owner, batch.clone(), now)
+                    .await
+                {
                     Ok(lost) => {
                         for id in lost {
                             tracing::warn!(delivery = %id, "lease lost before the outcome was recorded; another claim owns it");
@@ -221,9 +242,17 @@ impl Scheduler {
     /// Renders and sends one claimed delivery and decides what became of it.
     async fn dispatch(&self, claimed: Claimed) -> Completion {
         let now = self.engine.clock().now();
-        let workflow = match self.engine.workflow_version(&claimed.workflow_version).await {
+        let workflow = match self
+            .engine
+            .workflow_version(&claimed.workflow_version)
+            .await
+        {
             Ok(workflow) => workflow,
-            Err(error) => return Completion::Failed { error: error.to_string() },
+            Err(error) => {
+                return Completion::Failed {
+                    error: error.to_string(),
+                };
+            }
         };
         let event = &claimed.trigger_event;
 
@@ -244,7 +273,9 @@ impl Scheduler {
             Ok(message) => message,
             Err(error) => {
                 tracing::error!(delivery = %claimed.delivery_id, workflow = %claimed.workflow, %error, "cannot render template");
-                return Completion::Failed { error: error.to_string() };
+                return Completion::Failed {
+                    error: error.to_string(),
+                };
             }
         };
         let customer = &event.customer;
@@ -287,7 +318,9 @@ impl Scheduler {
             Completion::Skipped { reason } => tracing::info!(
                 delivery = %claimed.delivery_id, channel = %claimed.channel, %reason, "delivery skipped"
             ),
-            Completion::Defer { at } => tracing::debug!(delivery = %claimed.delivery_id, %at, "delivery deferred"),
+            Completion::Defer { at } => {
+                tracing::debug!(delivery = %claimed.delivery_id, %at, "delivery deferred")
+            }
         }
         completion
     }
@@ -311,7 +344,10 @@ impl Scheduler {
         };
         match response {
             DeliveryResponse::Sent { receipt } => Completion::Sent { receipt },
-            DeliveryResponse::Retryable { error, retry_after_secs } => retry(error, retry_after_secs),
+            DeliveryResponse::Retryable {
+                error,
+                retry_after_secs,
+            } => retry(error, retry_after_secs),
             DeliveryResponse::Unknown { error } => retry(format!("outcome unknown: {error}"), None),
             DeliveryResponse::Permanent { error } => Completion::Failed { error },
             DeliveryResponse::Skipped { reason } => Completion::Skipped { reason },
@@ -337,7 +373,10 @@ mod tests {
         let base = Duration::from_secs(60);
         for (attempt, nominal) in [(1, 60.0), (2, 120.0), (3, 240.0), (4, 480.0)] {
             let got = backoff(base, attempt).as_secs_f64();
-            assert!(got >= nominal * 0.8 && got <= nominal * 1.2, "attempt {attempt}: {got}");
+            assert!(
+                got >= nominal * 0.8 && got <= nominal * 1.2,
+                "attempt {attempt}: {got}"
+            );
         }
         assert!(backoff(base, 40) <= MAX_BACKOFF.mul_f64(1.2));
     }

@@ -50,7 +50,10 @@ fn text(bytes: &[u8]) -> String {
 impl Library {
     /// Loads the library at `path` and checks its ABI.
     pub fn load(path: &Path) -> Result<Library, PluginError> {
-        let fail = |message: String| PluginError::Load { path: path.to_path_buf(), message };
+        let fail = |message: String| PluginError::Load {
+            path: path.to_path_buf(),
+            message,
+        };
         // SAFETY: loading runs the library's initialisers. Plugins are trusted
         // code the operator installed in plugin_dir, like any shared library.
         let library = unsafe { libloading::Library::new(path) }.map_err(|e| fail(e.to_string()))?;
@@ -63,7 +66,9 @@ impl Library {
         // SAFETY: calling the entry point with our ABI version, as the ABI says.
         let table = unsafe { entry(ABI_VERSION) };
         if table.is_null() {
-            return Err(fail(format!("the plugin refuses ABI version {ABI_VERSION}; rebuild it against this dunningd's plugin API")));
+            return Err(fail(format!(
+                "the plugin refuses ABI version {ABI_VERSION}; rebuild it against this dunningd's plugin API"
+            )));
         }
         // Leak the library: its code and the static vtable must live for the
         // rest of the process.
@@ -76,7 +81,10 @@ impl Library {
 
     /// Checks a vtable (from a library, or hand-built in tests).
     pub fn from_vtable(path: &Path, vtable: &'static PluginVTable) -> Result<Library, PluginError> {
-        let fail = |message: String| PluginError::Load { path: path.to_path_buf(), message };
+        let fail = |message: String| PluginError::Load {
+            path: path.to_path_buf(),
+            message,
+        };
         if vtable.abi_version != ABI_VERSION {
             return Err(fail(format!(
                 "plugin ABI version {}, this daemon speaks {ABI_VERSION}",
@@ -91,8 +99,19 @@ impl Library {
             )));
         }
         // SAFETY: name and version are static strings per the ABI.
-        let (name, version) = unsafe { (text(vtable.name.as_slice()), text(vtable.version.as_slice())) };
-        Ok(Library { path: path.to_path_buf(), name, version, abi_version: vtable.abi_version, vtable })
+        let (name, version) = unsafe {
+            (
+                text(vtable.name.as_slice()),
+                text(vtable.version.as_slice()),
+            )
+        };
+        Ok(Library {
+            path: path.to_path_buf(),
+            name,
+            version,
+            abi_version: vtable.abi_version,
+            vtable,
+        })
     }
 
     /// Takes a plugin-owned buffer: copies it and gives it back to the plugin.
@@ -122,12 +141,16 @@ impl Library {
         let mut handle: *mut c_void = std::ptr::null_mut();
         let mut error = OwnedBytes::EMPTY;
         // SAFETY: `config` outlives the call; both out slots are valid.
-        let status = unsafe { (self.vtable.open)(Bytes::from_slice(config), &mut handle, &mut error) };
+        let status =
+            unsafe { (self.vtable.open)(Bytes::from_slice(config), &mut handle, &mut error) };
         self.outcome(status, error)?;
         if handle.is_null() {
             return Err(CallError::Error("open returned no channel handle".into()));
         }
-        Ok(RawChannel { library: self, handle })
+        Ok(RawChannel {
+            library: self,
+            handle,
+        })
     }
 }
 
@@ -149,7 +172,9 @@ impl RawChannel {
     pub fn send(&self, request: &[u8]) -> Result<Vec<u8>, CallError> {
         let mut out = OwnedBytes::EMPTY;
         // SAFETY: a live handle from `open`; `request` outlives the call.
-        let status = unsafe { (self.library.vtable.send)(self.handle, Bytes::from_slice(request), &mut out) };
+        let status = unsafe {
+            (self.library.vtable.send)(self.handle, Bytes::from_slice(request), &mut out)
+        };
         self.library.outcome(status, out)
     }
 }

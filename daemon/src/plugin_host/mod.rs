@@ -92,7 +92,8 @@ impl PluginHost {
         }
         let (prefix, suffix) = (std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX);
         vec![
-            self.dir.join(format!("{prefix}dunningd_plugin_{plugin}{suffix}")),
+            self.dir
+                .join(format!("{prefix}dunningd_plugin_{plugin}{suffix}")),
             self.dir.join(format!("{prefix}{plugin}{suffix}")),
             self.dir.join(format!("{plugin}{suffix}")),
         ]
@@ -104,7 +105,11 @@ impl PluginHost {
             return Err(PluginError::NotFound {
                 channel: channel.to_string(),
                 plugin: plugin.to_string(),
-                tried: candidates.iter().map(|p| format!("'{}'", p.display())).collect::<Vec<_>>().join(", "),
+                tried: candidates
+                    .iter()
+                    .map(|p| format!("'{}'", p.display()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
             });
         };
         let mut libraries = self.libraries.lock().unwrap_or_else(|p| p.into_inner());
@@ -122,7 +127,10 @@ impl PluginHost {
         let mut opened = BTreeMap::new();
         for (name, spec) in channels {
             let library = self.library(name, &spec.plugin)?;
-            let config = ChannelConfig { channel: name.clone(), settings: spec.settings.clone() };
+            let config = ChannelConfig {
+                channel: name.clone(),
+                settings: spec.settings.clone(),
+            };
             let json = serde_json::to_vec(&config).map_err(|e| PluginError::Open {
                 channel: name.clone(),
                 plugin: spec.plugin.clone(),
@@ -189,10 +197,17 @@ impl PluginHost {
     pub async fn send(&self, request: DeliveryRequest) -> DeliveryResponse {
         let channels = self.current();
         let Some(channel) = channels.get(&request.channel) else {
-            return DeliveryResponse::Permanent { error: format!("channel '{}' is not configured", request.channel) };
+            return DeliveryResponse::Permanent {
+                error: format!("channel '{}' is not configured", request.channel),
+            };
         };
         let plugin = channel.library.name.clone();
-        let permit = match tokio::time::timeout(channel.timeout, channel.limit.clone().acquire_owned()).await {
+        let permit = match tokio::time::timeout(
+            channel.timeout,
+            channel.limit.clone().acquire_owned(),
+        )
+        .await
+        {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) | Err(_) => {
                 // Not sent at all: safe to retry.
@@ -209,7 +224,11 @@ impl PluginHost {
         };
         let json = match serde_json::to_vec(&request) {
             Ok(json) => json,
-            Err(e) => return DeliveryResponse::Permanent { error: format!("cannot encode the request: {e}") },
+            Err(e) => {
+                return DeliveryResponse::Permanent {
+                    error: format!("cannot encode the request: {e}"),
+                };
+            }
         };
         let raw = channel.raw.clone();
         let call = tokio::task::spawn_blocking(move || {
@@ -224,7 +243,9 @@ impl PluginHost {
                     crate::duration::format(channel.timeout)
                 ),
             },
-            Ok(Err(join)) => DeliveryResponse::Permanent { error: format!("plugin '{plugin}' call failed: {join}") },
+            Ok(Err(join)) => DeliveryResponse::Permanent {
+                error: format!("plugin '{plugin}' call failed: {join}"),
+            },
             Ok(Ok(result)) => interpret(&plugin, result),
         }
     }
@@ -239,12 +260,18 @@ fn interpret(plugin: &str, result: Result<Vec<u8>, CallError>) -> DeliveryRespon
                 let excerpt: String = String::from_utf8_lossy(&bytes).chars().take(80).collect();
                 // The plugin ran; whether it sent is unknown.
                 DeliveryResponse::Unknown {
-                    error: format!("plugin '{plugin}' returned an invalid response ({e}): {excerpt:?}"),
+                    error: format!(
+                        "plugin '{plugin}' returned an invalid response ({e}): {excerpt:?}"
+                    ),
                 }
             }
         },
-        Err(CallError::Panicked(message)) => DeliveryResponse::Permanent { error: format!("plugin '{plugin}': {message}") },
-        Err(CallError::Error(message)) => DeliveryResponse::Permanent { error: format!("plugin '{plugin}' error: {message}") },
+        Err(CallError::Panicked(message)) => DeliveryResponse::Permanent {
+            error: format!("plugin '{plugin}': {message}"),
+        },
+        Err(CallError::Error(message)) => DeliveryResponse::Permanent {
+            error: format!("plugin '{plugin}' error: {message}"),
+        },
         Err(CallError::BadStatus(status)) => DeliveryResponse::Unknown {
             error: format!("plugin '{plugin}' returned undefined status {status}"),
         },
@@ -260,9 +287,18 @@ mod tests {
         let table: Vec<(Result<Vec<u8>, CallError>, &str)> = vec![
             (Ok(br#"{"outcome":"sent","receipt":"r1"}"#.to_vec()), "Sent"),
             (Ok(b"{not json".to_vec()), "returned an invalid response"),
-            (Ok(br#"{"outcome":"teleported"}"#.to_vec()), "returned an invalid response"),
-            (Err(CallError::Panicked("plugin panicked: boom".into())), "plugin 'p': plugin panicked: boom"),
-            (Err(CallError::Error("bad request".into())), "plugin 'p' error: bad request"),
+            (
+                Ok(br#"{"outcome":"teleported"}"#.to_vec()),
+                "returned an invalid response",
+            ),
+            (
+                Err(CallError::Panicked("plugin panicked: boom".into())),
+                "plugin 'p': plugin panicked: boom",
+            ),
+            (
+                Err(CallError::Error("bad request".into())),
+                "plugin 'p' error: bad request",
+            ),
             (Err(CallError::BadStatus(7)), "undefined status 7"),
         ];
         for (input, want) in table {

@@ -36,7 +36,10 @@ pub enum StoreError {
     #[error("database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("corrupt row in table '{table}': {message}")]
-    Corrupt { table: &'static str, message: String },
+    Corrupt {
+        table: &'static str,
+        message: String,
+    },
     #[error("case '{0}' not found")]
     CaseNotFound(String),
     #[error("case '{id}' is {state}; cannot {action} it")]
@@ -115,14 +118,25 @@ pub struct Claimed {
 /// How a claimed delivery ended, as the engine decided from the plugin's answer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Completion {
-    Sent { receipt: Option<String> },
+    Sent {
+        receipt: Option<String>,
+    },
     /// Try again at `at` (a retryable failure).
-    Retry { error: String, at: DateTime<Utc> },
-    Failed { error: String },
-    Skipped { reason: String },
+    Retry {
+        error: String,
+        at: DateTime<Utc>,
+    },
+    Failed {
+        error: String,
+    },
+    Skipped {
+        reason: String,
+    },
     /// Not attempted after all (outside its send window): back to
     /// `scheduled` at `at`, and the claim does not count as an attempt.
-    Defer { at: DateTime<Utc> },
+    Defer {
+        at: DateTime<Utc>,
+    },
 }
 
 /// Claim parameters, from the scheduler configuration.

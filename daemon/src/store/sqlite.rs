@@ -44,14 +44,12 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file, applies migrations and
     /// releases leases a previous process left behind.
     pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        if let Some(parent) = path.parent() {
-            if !parent.as_os_str().is_empty() {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    sqlx::Error::Configuration(
-                        format!("cannot create '{}': {e}", parent.display()).into(),
-                    )
-                })?;
-            }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                sqlx::Error::Configuration(
+                    format!("cannot create '{}': {e}", parent.display()).into(),
+                )
+            })?;
         }
         let options = SqliteConnectOptions::new()
             .filename(path)
@@ -97,7 +95,10 @@ fn json_ids(ids: &[String]) -> String {
 }
 
 fn corrupt(table: &'static str, message: impl ToString) -> StoreError {
-    StoreError::Corrupt { table, message: message.to_string() }
+    StoreError::Corrupt {
+        table,
+        message: message.to_string(),
+    }
 }
 
 fn case_from_row(row: &SqliteRow) -> Result<Case, StoreError> {
@@ -225,7 +226,8 @@ impl Store for SqliteStore {
             for start in plan.starts {
                 // A later exit event already seen (webhooks arrive out of
                 // order) means this trigger is stale: the customer has paid.
-                let exit_on = serde_json::to_string(&start.exit_on).map_err(|e| corrupt("cases", e))?;
+                let exit_on =
+                    serde_json::to_string(&start.exit_on).map_err(|e| corrupt("cases", e))?;
                 let later_exit: Option<String> = sqlx::query_scalar(
                     "SELECT id FROM events
                      WHERE customer_id = ? AND subject = ? AND occurred_ms > ?
@@ -402,7 +404,9 @@ impl Store for SqliteStore {
             .bind(&ids)
             .fetch_all(&mut *tx)
             .await?;
-            rows.iter().map(claimed_from_row).collect::<Result<Vec<_>, _>>()?
+            rows.iter()
+                .map(claimed_from_row)
+                .collect::<Result<Vec<_>, _>>()?
         };
         tx.commit().await?;
         Ok(claimed)
@@ -458,7 +462,12 @@ impl Store for SqliteStore {
                 .bind(to_ms(*at))
                 .bind(now_ms),
             };
-            let affected = query.bind(&id).bind(owner).execute(&mut *tx).await?.rows_affected();
+            let affected = query
+                .bind(&id)
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
             if affected == 0 {
                 lost.push(id);
             } else {
@@ -531,12 +540,14 @@ impl Store for SqliteStore {
         };
         match (action, case.state) {
             (CaseAction::Pause, CaseState::Active) => {
-                sqlx::query("UPDATE cases SET state = 'paused', paused_ms = ?, updated_ms = ? WHERE id = ?")
-                    .bind(now_ms)
-                    .bind(now_ms)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "UPDATE cases SET state = 'paused', paused_ms = ?, updated_ms = ? WHERE id = ?",
+                )
+                .bind(now_ms)
+                .bind(now_ms)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
             }
             (CaseAction::Resume, CaseState::Paused) => {
                 // The sequence continues where it stopped: pending steps move
@@ -567,9 +578,17 @@ impl Store for SqliteStore {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-                skip_pending(&mut tx, &json_ids(&[id.to_string()]), "case cancelled", now_ms).await?;
+                skip_pending(
+                    &mut tx,
+                    &json_ids(&[id.to_string()]),
+                    "case cancelled",
+                    now_ms,
+                )
+                .await?;
             }
-            (CaseAction::Pause | CaseAction::Resume | CaseAction::Cancel, _) => return Err(refuse()),
+            (CaseAction::Pause | CaseAction::Resume | CaseAction::Cancel, _) => {
+                return Err(refuse());
+            }
         }
         let row = sqlx::query("SELECT * FROM cases WHERE id = ?")
             .bind(id)
@@ -603,11 +622,15 @@ impl Store for SqliteStore {
             .await?
             .ok_or_else(|| StoreError::CaseNotFound(id.to_string()))?;
         let case = case_from_row(&row)?;
-        let rows = sqlx::query("SELECT * FROM deliveries WHERE case_id = ? ORDER BY step_index, channel")
-            .bind(id)
-            .fetch_all(&self.reader)
-            .await?;
-        let deliveries = rows.iter().map(delivery_from_row).collect::<Result<_, _>>()?;
+        let rows =
+            sqlx::query("SELECT * FROM deliveries WHERE case_id = ? ORDER BY step_index, channel")
+                .bind(id)
+                .fetch_all(&self.reader)
+                .await?;
+        let deliveries = rows
+            .iter()
+            .map(delivery_from_row)
+            .collect::<Result<_, _>>()?;
         Ok(CaseDetail { case, deliveries })
     }
 
@@ -619,7 +642,10 @@ impl Store for SqliteStore {
         for row in rows {
             let state: String = row.try_get("state")?;
             let n: i64 = row.try_get("n")?;
-            counts.insert(CaseState::from_str(&state).map_err(|e| corrupt("cases", e))?, n as u64);
+            counts.insert(
+                CaseState::from_str(&state).map_err(|e| corrupt("cases", e))?,
+                n as u64,
+            );
         }
         Ok(counts)
     }
@@ -638,10 +664,12 @@ impl Store for SqliteStore {
     }
 
     async fn workflow_source(&self, version: &str) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT source FROM workflow_versions WHERE version = ?")
-            .bind(version)
-            .fetch_optional(&self.reader)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT source FROM workflow_versions WHERE version = ?")
+                .bind(version)
+                .fetch_optional(&self.reader)
+                .await?,
+        )
     }
 }
 

@@ -43,7 +43,14 @@ impl fmt::Display for Diagnostic {
         if self.line == 0 {
             write!(f, "{}: {}", self.path.display(), self.message)
         } else {
-            write!(f, "{}:{}:{}: {}", self.path.display(), self.line, self.column, self.message)
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.path.display(),
+                self.line,
+                self.column,
+                self.message
+            )
         }
     }
 }
@@ -148,7 +155,9 @@ fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok,
 #[derive(Debug, Clone)]
 enum WindowZone {
     /// The customer's own zone, else `fallback`.
-    Customer { fallback: Tz },
+    Customer {
+        fallback: Tz,
+    },
     Fixed(Tz),
 }
 
@@ -171,14 +180,25 @@ impl SendWindow {
     }
 
     /// The first instant at or after `due` inside the window, and the zone used.
-    fn next_open(&self, due: DateTime<Utc>, customer_timezone: Option<&str>) -> (DateTime<Utc>, Tz) {
+    fn next_open(
+        &self,
+        due: DateTime<Utc>,
+        customer_timezone: Option<&str>,
+    ) -> (DateTime<Utc>, Tz) {
         let tz = self.zone_for(customer_timezone);
         let local = due.with_timezone(&tz);
-        let minute = local.with_second(0).and_then(|t| t.with_nanosecond(0)).unwrap_or(local);
+        let minute = local
+            .with_second(0)
+            .and_then(|t| t.with_nanosecond(0))
+            .unwrap_or(local);
         if self.schedule.includes(minute) {
             return (due, tz);
         }
-        let next = self.schedule.after(&local).next().map(|t| t.with_timezone(&Utc));
+        let next = self
+            .schedule
+            .after(&local)
+            .next()
+            .map(|t| t.with_timezone(&Utc));
         (next.unwrap_or(due), tz)
     }
 }
@@ -277,7 +297,11 @@ impl Workflow {
                     .location()
                     .map(|l| (l.line() as u32, l.column() as u32))
                     .unwrap_or((0, 0));
-                return Err(vec![at(line, column, crate::config::strip_location(&e.to_string()))]);
+                return Err(vec![at(
+                    line,
+                    column,
+                    crate::config::strip_location(&e.to_string()),
+                )]);
             }
         };
         let find = |keys: &[&str]| locate::find(source, keys);
@@ -288,37 +312,58 @@ impl Workflow {
         };
 
         if !valid_name(&raw.name) {
-            err(&["name:"], format!("name '{}' must be lowercase letters, digits, '-' or '_'", raw.name));
+            err(
+                &["name:"],
+                format!(
+                    "name '{}' must be lowercase letters, digits, '-' or '_'",
+                    raw.name
+                ),
+            );
         }
         if raw.trigger.event.trim().is_empty() {
-            err(&["trigger:", "event:"], "trigger.event must not be empty".into());
+            err(
+                &["trigger:", "event:"],
+                "trigger.event must not be empty".into(),
+            );
         }
         let mut env = new_environment();
-        if let Some(when) = &raw.trigger.when {
-            if let Err(e) = env.compile_expression(when) {
-                err(&["trigger:", "when:"], format!("trigger condition '{when}': {}", minijinja_message(&e)));
-            }
+        if let Some(when) = &raw.trigger.when
+            && let Err(e) = env.compile_expression(when)
+        {
+            err(
+                &["trigger:", "when:"],
+                format!("trigger condition '{when}': {}", minijinja_message(&e)),
+            );
         }
         let send_window = match &raw.send_window {
             None => None,
-            Some(w) => parse_window(w).map_err(|(key, message)| err(&["send_window:", key], message)).ok(),
+            Some(w) => parse_window(w)
+                .map_err(|(key, message)| err(&["send_window:", key], message))
+                .ok(),
         };
 
         // Templates first: steps refer to them.
         let mut templates = BTreeMap::new();
         for (name, fields) in &raw.templates {
             if fields.is_empty() {
-                err(&["templates:", &format!("{name}:")], format!("template '{name}' has no fields"));
+                err(
+                    &["templates:", &format!("{name}:")],
+                    format!("template '{name}' has no fields"),
+                );
             }
             for (field, text) in fields {
                 let key = format!("{name}.{field}");
                 if let Err(e) = env.add_template_owned(key, text.clone()) {
-                    let (line, column) = find(&["templates:", &format!("{name}:"), &format!("{field}:")]);
+                    let (line, column) =
+                        find(&["templates:", &format!("{name}:"), &format!("{field}:")]);
                     let offset = e.line().map(|l| l.saturating_sub(1) as u32).unwrap_or(0);
                     errors.borrow_mut().push(at(
                         line + offset,
                         column,
-                        format!("template '{name}', field '{field}': {}", minijinja_message(&e)),
+                        format!(
+                            "template '{name}', field '{field}': {}",
+                            minijinja_message(&e)
+                        ),
                     ));
                 }
             }
@@ -335,12 +380,18 @@ impl Workflow {
             let here = format!("name: {}", step.name);
             if !seen.insert(step.name.clone()) {
                 // Point at the second definition, not the first.
-                err(&["steps:", &here, &here], format!("step '{}' is defined twice", step.name));
+                err(
+                    &["steps:", &here, &here],
+                    format!("step '{}' is defined twice", step.name),
+                );
             }
             let after = match crate::duration::parse(&step.after) {
                 Ok(after) => after,
                 Err(e) => {
-                    err(&["steps:", &here, "after:"], format!("step '{}': after: {e}", step.name));
+                    err(
+                        &["steps:", &here, "after:"],
+                        format!("step '{}': after: {e}", step.name),
+                    );
                     previous_after
                 }
             };
@@ -357,7 +408,10 @@ impl Workflow {
             }
             previous_after = previous_after.max(after);
             if step.send.is_empty() {
-                err(&["steps:", &here, "send:"], format!("step '{}' sends nothing", step.name));
+                err(
+                    &["steps:", &here, "send:"],
+                    format!("step '{}' sends nothing", step.name),
+                );
             }
             for send in &step.send {
                 let known = |c: &str| channels.is_none_or(|set| set.contains(c));
@@ -377,12 +431,18 @@ impl Workflow {
                     if fallback == &send.channel {
                         err(
                             &["steps:", &here, "fallback:"],
-                            format!("step '{}': fallback '{fallback}' is the channel itself", step.name),
+                            format!(
+                                "step '{}': fallback '{fallback}' is the channel itself",
+                                step.name
+                            ),
                         );
                     } else if !known(fallback) {
                         err(
                             &["steps:", &here, "fallback:"],
-                            format!("step '{}': unknown fallback channel '{fallback}'", step.name),
+                            format!(
+                                "step '{}': unknown fallback channel '{fallback}'",
+                                step.name
+                            ),
                         );
                     }
                 }
@@ -412,7 +472,10 @@ impl Workflow {
             version: hex::encode(&digest[..8]),
             source: source.to_string(),
             path: path.to_path_buf(),
-            trigger: Trigger { event: raw.trigger.event, when: raw.trigger.when },
+            trigger: Trigger {
+                event: raw.trigger.event,
+                when: raw.trigger.when,
+            },
             exit_on: raw.exit_on,
             steps,
             send_window,
@@ -434,7 +497,9 @@ impl Workflow {
             message: minijinja_message(&e),
         };
         let expr = self.env.compile_expression(when).map_err(condition_error)?;
-        let value = expr.eval(context_value(event, None)).map_err(condition_error)?;
+        let value = expr
+            .eval(context_value(event, None))
+            .map_err(condition_error)?;
         Ok(value.is_true())
     }
 
@@ -448,10 +513,12 @@ impl Workflow {
         template: &str,
         ctx: &RenderContext<'_>,
     ) -> Result<BTreeMap<String, String>, WorkflowError> {
-        let fields = self
-            .templates
-            .get(template)
-            .ok_or_else(|| WorkflowError::UnknownTemplate { template: template.to_string() })?;
+        let fields =
+            self.templates
+                .get(template)
+                .ok_or_else(|| WorkflowError::UnknownTemplate {
+                    template: template.to_string(),
+                })?;
         let value = context_value(ctx.event, Some(ctx));
         let mut out = BTreeMap::new();
         for field in fields {
@@ -460,8 +527,14 @@ impl Workflow {
                 field: field.clone(),
                 message: minijinja_message(&e),
             };
-            let compiled = self.env.get_template(&format!("{template}.{field}")).map_err(render_error)?;
-            out.insert(field.clone(), compiled.render(&value).map_err(render_error)?);
+            let compiled = self
+                .env
+                .get_template(&format!("{template}.{field}"))
+                .map_err(render_error)?;
+            out.insert(
+                field.clone(),
+                compiled.render(&value).map_err(render_error)?,
+            );
         }
         Ok(out)
     }
@@ -477,7 +550,9 @@ impl Workflow {
 
     /// The zone the send window is read in for this customer, if any.
     pub fn window_zone(&self, customer_timezone: Option<&str>) -> Option<Tz> {
-        self.send_window.as_ref().map(|w| w.zone_for(customer_timezone))
+        self.send_window
+            .as_ref()
+            .map(|w| w.zone_for(customer_timezone))
     }
 }
 
@@ -496,7 +571,12 @@ fn parse_window(raw: &RawWindow) -> Result<SendWindow, (&'static str, String)> {
     let schedule = cron::Schedule::from_str(&format!("0 {}", raw.cron))
         .map_err(|e| ("cron:", format!("send_window.cron '{}': {e}", raw.cron)))?;
     let zone = |name: &str, key: &'static str| {
-        Tz::from_str(name).map_err(|_| (key, format!("unknown time zone '{name}' (use an IANA name such as Europe/Berlin)")))
+        Tz::from_str(name).map_err(|_| {
+            (
+                key,
+                format!("unknown time zone '{name}' (use an IANA name such as Europe/Berlin)"),
+            )
+        })
     };
     let zone = match raw.timezone.as_str() {
         "customer" => WindowZone::Customer {
@@ -507,12 +587,19 @@ fn parse_window(raw: &RawWindow) -> Result<SendWindow, (&'static str, String)> {
         },
         name => {
             if raw.default_timezone.is_some() {
-                return Err(("default_timezone:", "default_timezone applies only to 'timezone: customer'".into()));
+                return Err((
+                    "default_timezone:",
+                    "default_timezone applies only to 'timezone: customer'".into(),
+                ));
             }
             WindowZone::Fixed(zone(name, "timezone:")?)
         }
     };
-    Ok(SendWindow { cron: raw.cron.clone(), schedule, zone })
+    Ok(SendWindow {
+        cron: raw.cron.clone(),
+        schedule,
+        zone,
+    })
 }
 
 /// minijinja's message without its "(in template …)" tail: we say where.
@@ -543,7 +630,11 @@ impl WorkflowSet {
 
     /// Loads every `*.yaml`/`*.yml` of `dir` (not recursive, hidden files
     /// ignored). A refused file keeps the workflow it held in `previous`.
-    pub fn load_dir(dir: &Path, channels: &BTreeSet<String>, previous: &WorkflowSet) -> WorkflowSet {
+    pub fn load_dir(
+        dir: &Path,
+        channels: &BTreeSet<String>,
+        previous: &WorkflowSet,
+    ) -> WorkflowSet {
         let mut set = WorkflowSet::default();
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
@@ -568,14 +659,28 @@ impl WorkflowSet {
         let mut candidates: BTreeMap<String, Vec<Arc<Workflow>>> = BTreeMap::new();
         for path in &files {
             let parsed = std::fs::read_to_string(path)
-                .map_err(|e| vec![Diagnostic { path: path.clone(), line: 0, column: 0, message: format!("cannot read: {e}") }])
+                .map_err(|e| {
+                    vec![Diagnostic {
+                        path: path.clone(),
+                        line: 0,
+                        column: 0,
+                        message: format!("cannot read: {e}"),
+                    }]
+                })
                 .and_then(|source| Workflow::parse(path, &source, Some(channels)));
             match parsed {
-                Ok(workflow) => candidates.entry(workflow.name.clone()).or_default().push(Arc::new(workflow)),
+                Ok(workflow) => candidates
+                    .entry(workflow.name.clone())
+                    .or_default()
+                    .push(Arc::new(workflow)),
                 Err(diagnostics) => {
                     if let Some(last_good) = previous.workflows.values().find(|w| &w.path == path) {
-                        set.stale.insert(last_good.name.clone(), diagnostics[0].clone());
-                        candidates.entry(last_good.name.clone()).or_default().push(last_good.clone());
+                        set.stale
+                            .insert(last_good.name.clone(), diagnostics[0].clone());
+                        candidates
+                            .entry(last_good.name.clone())
+                            .or_default()
+                            .push(last_good.clone());
                     }
                     set.errors.extend(diagnostics);
                 }
@@ -584,7 +689,10 @@ impl WorkflowSet {
         for (name, mut list) in candidates {
             // The file that held the name before keeps it; else the first path.
             let held = previous.workflows.get(&name).map(|w| w.path.clone());
-            let winner = list.iter().position(|w| Some(&w.path) == held.as_ref()).unwrap_or(0);
+            let winner = list
+                .iter()
+                .position(|w| Some(&w.path) == held.as_ref())
+                .unwrap_or(0);
             let chosen = list.remove(winner);
             for loser in list {
                 let (line, column) = locate::find(&loser.source, &["name:"]);
@@ -592,7 +700,10 @@ impl WorkflowSet {
                     path: loser.path.clone(),
                     line,
                     column,
-                    message: format!("workflow name '{name}' is already defined in '{}'", chosen.path.display()),
+                    message: format!(
+                        "workflow name '{name}' is already defined in '{}'",
+                        chosen.path.display()
+                    ),
                 });
             }
             set.workflows.insert(name, chosen);
@@ -621,7 +732,11 @@ impl WorkflowSet {
     pub fn changes_from(&self, previous: &WorkflowSet) -> Vec<String> {
         let mut names: BTreeSet<String> = BTreeSet::new();
         for (name, workflow) in &self.workflows {
-            if previous.workflows.get(name).is_none_or(|old| old.version != workflow.version) {
+            if previous
+                .workflows
+                .get(name)
+                .is_none_or(|old| old.version != workflow.version)
+            {
                 names.insert(name.clone());
             }
         }
@@ -652,7 +767,12 @@ pub fn validate_files(paths: &[PathBuf], channels: Option<&BTreeSet<String>>) ->
         let source = match std::fs::read_to_string(path) {
             Ok(source) => source,
             Err(e) => {
-                diagnostics.push(Diagnostic { path: path.clone(), line: 0, column: 0, message: format!("cannot read: {e}") });
+                diagnostics.push(Diagnostic {
+                    path: path.clone(),
+                    line: 0,
+                    column: 0,
+                    message: format!("cannot read: {e}"),
+                });
                 continue;
             }
         };
@@ -664,7 +784,11 @@ pub fn validate_files(paths: &[PathBuf], channels: Option<&BTreeSet<String>>) ->
                         path: path.clone(),
                         line,
                         column,
-                        message: format!("workflow name '{}' is already defined in '{}'", workflow.name, first.display()),
+                        message: format!(
+                            "workflow name '{}' is already defined in '{}'",
+                            workflow.name,
+                            first.display()
+                        ),
                     });
                 } else {
                     names.insert(workflow.name.clone(), path.clone());

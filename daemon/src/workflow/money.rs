@@ -37,11 +37,15 @@ pub fn money(amount: Value, currency: Option<String>) -> Result<String, Error> {
         None => {
             return Err(Error::new(
                 ErrorKind::InvalidOperation,
-                format!("money: amount must be a whole number of minor units (e.g. 4900 for 49.00), got {amount}"),
+                format!(
+                    "money: amount must be a whole number of minor units (e.g. 4900 for 49.00), got {amount}"
+                ),
             ));
         }
     };
-    let code = currency.unwrap_or_else(|| "USD".to_string()).to_ascii_uppercase();
+    let code = currency
+        .unwrap_or_else(|| "USD".to_string())
+        .to_ascii_uppercase();
     if code.len() != 3 || !code.chars().all(|c| c.is_ascii_alphabetic()) {
         return Err(Error::new(
             ErrorKind::InvalidOperation,
@@ -55,7 +59,12 @@ pub fn money(amount: Value, currency: Option<String>) -> Result<String, Error> {
         abs.to_string()
     } else {
         let scale = 10u64.pow(exp);
-        format!("{}.{:0width$}", abs / scale, abs % scale, width = exp as usize)
+        format!(
+            "{}.{:0width$}",
+            abs / scale,
+            abs % scale,
+            width = exp as usize
+        )
     };
     Ok(match symbol(&code) {
         Some(symbol) => format!("{sign}{symbol}{number}"),
@@ -79,9 +88,22 @@ mod tests {
             (7, "SEK", "SEK 0.07"),
         ];
         for (amount, currency, want) in table {
-            assert_eq!(money(Value::from(amount), Some(currency.into())).unwrap(), want);
+            assert_eq!(
+                money(Value::from(amount), Some(currency.into())).unwrap(),
+                want
+            );
         }
-        assert!(money(Value::from(49.5), Some("USD".into())).unwrap_err().to_string().contains("whole number"));
-        assert!(money(Value::from(1), Some("dollars".into())).unwrap_err().to_string().contains("ISO 4217"));
+        assert!(
+            money(Value::from(49.5), Some("USD".into()))
+                .unwrap_err()
+                .to_string()
+                .contains("whole number")
+        );
+        assert!(
+            money(Value::from(1), Some("dollars".into()))
+                .unwrap_err()
+                .to_string()
+                .contains("ISO 4217")
+        );
     }
 }

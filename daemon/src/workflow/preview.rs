@@ -45,7 +45,11 @@ pub struct PreviewSend {
     pub error: Option<String>,
 }
 
-pub fn preview(workflow: &Workflow, event: &Event, start: DateTime<Utc>) -> Result<Preview, WorkflowError> {
+pub fn preview(
+    workflow: &Workflow,
+    event: &Event,
+    start: DateTime<Utc>,
+) -> Result<Preview, WorkflowError> {
     let mut preview = Preview {
         workflow: workflow.name.clone(),
         version: workflow.version.clone(),
@@ -72,11 +76,15 @@ pub fn preview(workflow: &Workflow, event: &Event, start: DateTime<Utc>) -> Resu
     preview.triggered = true;
     let timezone = event.customer.timezone.as_deref();
     for step in &workflow.steps {
-        let due_at = start + chrono::Duration::from_std(step.after).unwrap_or(chrono::Duration::MAX);
+        let due_at =
+            start + chrono::Duration::from_std(step.after).unwrap_or(chrono::Duration::MAX);
         let planned_at = workflow.plan(due_at, timezone);
-        let planned_local = workflow
-            .window_zone(timezone)
-            .map(|tz| format!("{} {tz}", planned_at.with_timezone(&tz).format("%a %Y-%m-%d %H:%M")));
+        let planned_local = workflow.window_zone(timezone).map(|tz| {
+            format!(
+                "{} {tz}",
+                planned_at.with_timezone(&tz).format("%a %Y-%m-%d %H:%M")
+            )
+        });
         let sends = step
             .send
             .iter()

@@ -35,7 +35,10 @@ templates:
 "#;
 
 fn channels() -> BTreeSet<String> {
-    ["email", "sms", "in_app", "webhook"].into_iter().map(String::from).collect()
+    ["email", "sms", "in_app", "webhook"]
+        .into_iter()
+        .map(String::from)
+        .collect()
 }
 
 fn t(text: &str) -> DateTime<Utc> {
@@ -46,7 +49,12 @@ fn event(kind: &str, amount: i64, tz: Option<&str>) -> Event {
     Event {
         id: "e1".into(),
         event_type: kind.into(),
-        customer: Customer { id: "c1".into(), name: Some("Ada".into()), timezone: tz.map(String::from), ..Default::default() },
+        customer: Customer {
+            id: "c1".into(),
+            name: Some("Ada".into()),
+            timezone: tz.map(String::from),
+            ..Default::default()
+        },
         subject: "inv_1".into(),
         data: serde_json::json!({ "amount": amount, "currency": "EUR" }),
         occurred_at: None,
@@ -60,29 +68,80 @@ fn parse(source: &str) -> Result<Workflow, Vec<Diagnostic>> {
 #[test]
 fn every_problem_is_reported_with_file_line_and_column() {
     let table: Vec<(String, &str)> = vec![
-        (GOOD.replace("trigger:\n  event", "trigger:\n  evnt"), "wf.yaml:4:3: trigger: unknown field `evnt`"),
-        (GOOD.replace("exit_on:", "exits:"), "wf.yaml:6:1: unknown field `exits`"),
-        (GOOD.replace("after: 3d", "after: 3 days"), "wf.yaml:17:5: step 'reminder': after: invalid duration '3 days'"),
-        (GOOD.replace("after: 3d", "after: soon"), "wf.yaml:17:5: step 'reminder': after: invalid duration 'soon'"),
-        (GOOD.replace("after: 0s", "after: 5d"), "wf.yaml:17:5: step 'reminder': after 3d comes before the previous step's 5d"),
-        (GOOD.replace("channel: sms", "channel: fax"), "wf.yaml:19:11: step 'reminder': unknown channel 'fax'"),
-        (GOOD.replace("template: reminder_sms", "template: nope"), "wf.yaml:19:25: step 'reminder': unknown template 'nope'"),
-        (GOOD.replace("fallback: email", "fallback: sms"), "wf.yaml:19:49: step 'reminder': fallback 'sms' is the channel itself"),
-        (GOOD.replace("fallback: email", "fallback: pigeon"), "step 'reminder': unknown fallback channel 'pigeon'"),
-        (GOOD.replace("* 9-19 * * Mon-Sat", "* 9-19 * *"), "wf.yaml:8:3: send_window.cron '* 9-19 * *' has 4 fields"),
-        (GOOD.replace("* 9-19 * * Mon-Sat", "* 9-25 * * Mon-Sat"), "wf.yaml:8:3: send_window.cron '* 9-25 * * Mon-Sat'"),
-        (GOOD.replace("Europe/Berlin", "Mars/Olympus"), "wf.yaml:10:3: unknown time zone 'Mars/Olympus'"),
-        (GOOD.replace("data.amount >= 500", "data.amount >= >= 500"), "wf.yaml:5:3: trigger condition 'data.amount >= >= 500': syntax error"),
-        (GOOD.replace("{{ customer.name }}: still", "{{ customer.name }: still"), "wf.yaml:25:5: template 'reminder_sms', field 'body': syntax error"),
-        (GOOD.replace("name: payment-failed", "name: Payment Failed"), "wf.yaml:1:1: name 'Payment Failed' must be lowercase"),
-        (GOOD.replace("  - name: reminder", "  - name: first"), "wf.yaml:16:5: step 'first' is defined twice"),
+        (
+            GOOD.replace("trigger:\n  event", "trigger:\n  evnt"),
+            "wf.yaml:4:3: trigger: unknown field `evnt`",
+        ),
+        (
+            GOOD.replace("exit_on:", "exits:"),
+            "wf.yaml:6:1: unknown field `exits`",
+        ),
+        (
+            GOOD.replace("after: 3d", "after: 3 days"),
+            "wf.yaml:17:5: step 'reminder': after: invalid duration '3 days'",
+        ),
+        (
+            GOOD.replace("after: 3d", "after: soon"),
+            "wf.yaml:17:5: step 'reminder': after: invalid duration 'soon'",
+        ),
+        (
+            GOOD.replace("after: 0s", "after: 5d"),
+            "wf.yaml:17:5: step 'reminder': after 3d comes before the previous step's 5d",
+        ),
+        (
+            GOOD.replace("channel: sms", "channel: fax"),
+            "wf.yaml:19:11: step 'reminder': unknown channel 'fax'",
+        ),
+        (
+            GOOD.replace("template: reminder_sms", "template: nope"),
+            "wf.yaml:19:25: step 'reminder': unknown template 'nope'",
+        ),
+        (
+            GOOD.replace("fallback: email", "fallback: sms"),
+            "wf.yaml:19:49: step 'reminder': fallback 'sms' is the channel itself",
+        ),
+        (
+            GOOD.replace("fallback: email", "fallback: pigeon"),
+            "step 'reminder': unknown fallback channel 'pigeon'",
+        ),
+        (
+            GOOD.replace("* 9-19 * * Mon-Sat", "* 9-19 * *"),
+            "wf.yaml:8:3: send_window.cron '* 9-19 * *' has 4 fields",
+        ),
+        (
+            GOOD.replace("* 9-19 * * Mon-Sat", "* 9-25 * * Mon-Sat"),
+            "wf.yaml:8:3: send_window.cron '* 9-25 * * Mon-Sat'",
+        ),
+        (
+            GOOD.replace("Europe/Berlin", "Mars/Olympus"),
+            "wf.yaml:10:3: unknown time zone 'Mars/Olympus'",
+        ),
+        (
+            GOOD.replace("data.amount >= 500", "data.amount >= >= 500"),
+            "wf.yaml:5:3: trigger condition 'data.amount >= >= 500': syntax error",
+        ),
+        (
+            GOOD.replace("{{ customer.name }}: still", "{{ customer.name }: still"),
+            "wf.yaml:25:5: template 'reminder_sms', field 'body': syntax error",
+        ),
+        (
+            GOOD.replace("name: payment-failed", "name: Payment Failed"),
+            "wf.yaml:1:1: name 'Payment Failed' must be lowercase",
+        ),
+        (
+            GOOD.replace("  - name: reminder", "  - name: first"),
+            "wf.yaml:16:5: step 'first' is defined twice",
+        ),
         ("name: x\nsteps: [\n".to_string(), "wf.yaml:3:1: "),
         ("name: x\n".to_string(), "missing field `trigger`"),
     ];
     for (source, want) in table {
         let errors = parse(&source).expect_err(want);
         let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        assert!(shown.iter().any(|e| e.contains(want)), "want {want:?} in {shown:#?}");
+        assert!(
+            shown.iter().any(|e| e.contains(want)),
+            "want {want:?} in {shown:#?}"
+        );
     }
 }
 
@@ -96,7 +155,10 @@ fn the_shipped_workflows_validate() {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 3, "payment-failed, card-expired, card-expiring: {files:?}");
+    assert!(
+        files.len() >= 3,
+        "payment-failed, card-expired, card-expiring: {files:?}"
+    );
     let problems = validate_files(&files, Some(&channels()));
     assert!(problems.is_empty(), "{problems:#?}");
 }
@@ -104,12 +166,24 @@ fn the_shipped_workflows_validate() {
 #[test]
 fn triggers_respect_type_and_condition() {
     let wf = parse(GOOD).expect("valid");
-    assert!(wf.triggers_on(&event("payment_failed", 4900, None)).expect("eval"));
-    assert!(!wf.triggers_on(&event("payment_failed", 100, None)).expect("eval"));
-    assert!(!wf.triggers_on(&event("card_expired", 4900, None)).expect("eval"));
+    assert!(
+        wf.triggers_on(&event("payment_failed", 4900, None))
+            .expect("eval")
+    );
+    assert!(
+        !wf.triggers_on(&event("payment_failed", 100, None))
+            .expect("eval")
+    );
+    assert!(
+        !wf.triggers_on(&event("card_expired", 4900, None))
+            .expect("eval")
+    );
     let mut no_amount = event("payment_failed", 0, None);
     no_amount.data = serde_json::json!({});
-    assert!(wf.triggers_on(&no_amount).is_err(), "a missing field is an error, not false");
+    assert!(
+        wf.triggers_on(&no_amount).is_err(),
+        "a missing field is an error, not false"
+    );
     assert!(wf.is_exit_event("payment_succeeded"));
 }
 
@@ -117,15 +191,31 @@ fn triggers_respect_type_and_condition() {
 fn renders_with_money_and_refuses_typos() {
     let wf = parse(GOOD).expect("valid");
     let ev = event("payment_failed", 4900, None);
-    let ctx = RenderContext { event: &ev, case_id: "case-1", case_started_at: t("2026-01-05T09:00:00Z"), step: "reminder", channel: "sms" };
+    let ctx = RenderContext {
+        event: &ev,
+        case_id: "case-1",
+        case_started_at: t("2026-01-05T09:00:00Z"),
+        step: "reminder",
+        channel: "sms",
+    };
     let email = wf.render("first_email", &ctx).expect("render");
     assert_eq!(email["subject"], "Your payment of €49.00 failed");
     assert_eq!(email["text"], "Hi Ada, invoice inv_1. ");
-    assert_eq!(wf.render("reminder_sms", &ctx).expect("render")["body"], "Ada: still due (case-1, reminder)");
+    assert_eq!(
+        wf.render("reminder_sms", &ctx).expect("render")["body"],
+        "Ada: still due (case-1, reminder)"
+    );
 
-    let typo = parse(&GOOD.replace("{{ customer.name }}: still", "{{ custmer.name }}: still")).expect("compiles");
-    let err = typo.render("reminder_sms", &ctx).expect_err("undefined").to_string();
-    assert!(err.starts_with("template 'reminder_sms', field 'body': undefined value"), "{err}");
+    let typo = parse(&GOOD.replace("{{ customer.name }}: still", "{{ custmer.name }}: still"))
+        .expect("compiles");
+    let err = typo
+        .render("reminder_sms", &ctx)
+        .expect_err("undefined")
+        .to_string();
+    assert!(
+        err.starts_with("template 'reminder_sms', field 'body': undefined value"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -139,7 +229,11 @@ fn send_windows_move_deliveries_to_the_next_opening() {
         // Saturday 21:00 Berlin → Monday 09:00 Berlin (Sunday is closed).
         ("2026-01-10T20:00:00Z", None, "2026-01-12T08:00:00Z"),
         // The customer's own zone: 03:00 in New York → 09:00 New York.
-        ("2026-01-05T08:00:00Z", Some("America/New_York"), "2026-01-05T14:00:00Z"),
+        (
+            "2026-01-05T08:00:00Z",
+            Some("America/New_York"),
+            "2026-01-05T14:00:00Z",
+        ),
         // DST spring-forward in Berlin (Sun 29 March 2026): Sunday closed,
         // Monday 09:00 is now UTC+2.
         ("2026-03-28T19:00:00Z", None, "2026-03-30T07:00:00Z"),
@@ -148,7 +242,10 @@ fn send_windows_move_deliveries_to_the_next_opening() {
         assert_eq!(wf.plan(t(due), tz), t(want), "due {due} in {tz:?}");
     }
     let no_window = parse(&GOOD.replace("send_window:\n  cron: \"* 9-19 * * Mon-Sat\"\n  timezone: customer\n  default_timezone: Europe/Berlin\n", "")).expect("valid");
-    assert_eq!(no_window.plan(t("2026-01-10T20:00:00Z"), None), t("2026-01-10T20:00:00Z"));
+    assert_eq!(
+        no_window.plan(t("2026-01-10T20:00:00Z"), None),
+        t("2026-01-10T20:00:00Z")
+    );
 }
 
 #[test]
@@ -160,7 +257,10 @@ fn a_folder_keeps_last_good_versions_refuses_duplicates_and_forgets_deleted_file
     std::fs::write(dir.path().join("notes.txt"), "not a workflow").expect("write");
     let first = WorkflowSet::load_dir(dir.path(), &channels(), &WorkflowSet::empty());
     assert!(first.errors().is_empty(), "{:?}", first.errors());
-    assert_eq!(first.changes_from(&WorkflowSet::empty()), vec!["payment-failed"]);
+    assert_eq!(
+        first.changes_from(&WorkflowSet::empty()),
+        vec!["payment-failed"]
+    );
     let v1 = first.get("payment-failed").expect("loaded").version.clone();
 
     std::fs::write(&file, GOOD.replace("after: 3d", "after: later")).expect("break");
@@ -172,9 +272,17 @@ fn a_folder_keeps_last_good_versions_refuses_duplicates_and_forgets_deleted_file
     std::fs::write(&file, GOOD.replace("description: test", "description: new")).expect("fix");
     std::fs::write(dir.path().join("a-copy.yaml"), GOOD).expect("dup");
     let fixed = WorkflowSet::load_dir(dir.path(), &channels(), &broken);
-    assert_eq!(fixed.get("payment-failed").expect("loaded").path, file, "the file that held the name keeps it");
+    assert_eq!(
+        fixed.get("payment-failed").expect("loaded").path,
+        file,
+        "the file that held the name keeps it"
+    );
     assert_eq!(fixed.errors().len(), 1);
-    assert!(fixed.errors()[0].to_string().contains("a-copy.yaml:1:1: workflow name 'payment-failed' is already defined in"));
+    assert!(
+        fixed.errors()[0]
+            .to_string()
+            .contains("a-copy.yaml:1:1: workflow name 'payment-failed' is already defined in")
+    );
 
     std::fs::remove_file(&file).expect("rm");
     std::fs::remove_file(dir.path().join("a-copy.yaml")).expect("rm");
@@ -192,18 +300,29 @@ fn the_watcher_fires_after_a_write() {
     })
     .expect("watch");
     std::fs::write(dir.path().join("new.yaml"), GOOD).expect("write");
-    assert!(rx.recv_timeout(Duration::from_secs(5)).is_ok(), "no change reported");
+    assert!(
+        rx.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "no change reported"
+    );
 }
 
 #[test]
 fn preview_plans_and_renders_every_step() {
     let wf = parse(GOOD).expect("valid");
     let start = t("2026-01-05T05:00:00Z");
-    let plan = preview::preview(&wf, &event("payment_failed", 4900, Some("Europe/London")), start).expect("preview");
+    let plan = preview::preview(
+        &wf,
+        &event("payment_failed", 4900, Some("Europe/London")),
+        start,
+    )
+    .expect("preview");
     assert!(plan.triggered);
     assert_eq!(plan.steps.len(), 2);
     assert_eq!(plan.steps[0].planned_at, t("2026-01-05T09:00:00Z"));
-    assert_eq!(plan.steps[0].planned_local.as_deref(), Some("Mon 2026-01-05 09:00 Europe/London"));
+    assert_eq!(
+        plan.steps[0].planned_local.as_deref(),
+        Some("Mon 2026-01-05 09:00 Europe/London")
+    );
     assert_eq!(plan.steps[1].due_at, t("2026-01-08T05:00:00Z"));
     let body = &plan.steps[0].sends[0].message.as_ref().expect("rendered")["subject"];
     assert_eq!(body, "Your payment of €49.00 failed");

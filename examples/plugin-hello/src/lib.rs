@@ -37,9 +37,18 @@ impl Plugin for Hello {
 
 impl Channel for HelloChannel {
     fn send(&self, request: &DeliveryRequest) -> DeliveryResponse {
-        let name = request.recipient.name.as_deref().unwrap_or(&request.recipient.customer_id);
-        eprintln!("{}, {name}! ({} / {})", self.greeting, request.workflow, request.step);
-        DeliveryResponse::Sent { receipt: Some(format!("hello:{}", request.idempotency_key)) }
+        let name = request
+            .recipient
+            .name
+            .as_deref()
+            .unwrap_or(&request.recipient.customer_id);
+        eprintln!(
+            "{}, {name}! ({} / {})",
+            self.greeting, request.workflow, request.step
+        );
+        DeliveryResponse::Sent {
+            receipt: Some(format!("hello:{}", request.idempotency_key)),
+        }
     }
 }
 

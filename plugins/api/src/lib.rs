@@ -80,11 +80,17 @@ pub struct Bytes {
 
 impl Bytes {
     pub const fn from_static(s: &'static str) -> Bytes {
-        Bytes { ptr: s.as_ptr(), len: s.len() }
+        Bytes {
+            ptr: s.as_ptr(),
+            len: s.len(),
+        }
     }
 
     pub fn from_slice(s: &[u8]) -> Bytes {
-        Bytes { ptr: s.as_ptr(), len: s.len() }
+        Bytes {
+            ptr: s.as_ptr(),
+            len: s.len(),
+        }
     }
 
     /// # Safety
@@ -110,11 +116,19 @@ pub struct OwnedBytes {
 }
 
 impl OwnedBytes {
-    pub const EMPTY: OwnedBytes = OwnedBytes { ptr: std::ptr::null_mut(), len: 0, cap: 0 };
+    pub const EMPTY: OwnedBytes = OwnedBytes {
+        ptr: std::ptr::null_mut(),
+        len: 0,
+        cap: 0,
+    };
 
     pub fn from_vec(v: Vec<u8>) -> OwnedBytes {
         let mut v = std::mem::ManuallyDrop::new(v);
-        OwnedBytes { ptr: v.as_mut_ptr(), len: v.len(), cap: v.capacity() }
+        OwnedBytes {
+            ptr: v.as_mut_ptr(),
+            len: v.len(),
+            cap: v.capacity(),
+        }
     }
 
     /// # Safety
@@ -190,20 +204,23 @@ pub trait Channel: Send + Sync + 'static {
 #[macro_export]
 macro_rules! export_plugin {
     ($plugin:ty) => {
-        static __DUNNINGD_VTABLE: $crate::StaticVTable = $crate::StaticVTable($crate::PluginVTable {
-            abi_version: $crate::ABI_VERSION,
-            struct_size: ::std::mem::size_of::<$crate::PluginVTable>() as u32,
-            name: $crate::Bytes::from_static(<$plugin as $crate::Plugin>::NAME),
-            version: $crate::Bytes::from_static(<$plugin as $crate::Plugin>::VERSION),
-            open: $crate::__private::open::<$plugin>,
-            send: $crate::__private::send::<$plugin>,
-            close: $crate::__private::close::<$plugin>,
-            free_bytes: $crate::__private::free_bytes,
-        });
+        static __DUNNINGD_VTABLE: $crate::StaticVTable =
+            $crate::StaticVTable($crate::PluginVTable {
+                abi_version: $crate::ABI_VERSION,
+                struct_size: ::std::mem::size_of::<$crate::PluginVTable>() as u32,
+                name: $crate::Bytes::from_static(<$plugin as $crate::Plugin>::NAME),
+                version: $crate::Bytes::from_static(<$plugin as $crate::Plugin>::VERSION),
+                open: $crate::__private::open::<$plugin>,
+                send: $crate::__private::send::<$plugin>,
+                close: $crate::__private::close::<$plugin>,
+                free_bytes: $crate::__private::free_bytes,
+            });
 
         /// The plugin's entry point (see `ABI.md`).
         #[unsafe(no_mangle)]
-        pub extern "C" fn dunningd_plugin_entry_v1(host_abi_version: u32) -> *const $crate::PluginVTable {
+        pub extern "C" fn dunningd_plugin_entry_v1(
+            host_abi_version: u32,
+        ) -> *const $crate::PluginVTable {
             if host_abi_version != $crate::ABI_VERSION {
                 return ::std::ptr::null();
             }
@@ -250,8 +267,8 @@ pub mod __private {
         // SAFETY: the host keeps `config` alive for the duration of the call.
         let input = unsafe { config.as_slice() };
         let result = catch_unwind(AssertUnwindSafe(|| {
-            let config: wire::ChannelConfig =
-                serde_json::from_slice(input).map_err(|e| format!("invalid channel config JSON: {e}"))?;
+            let config: wire::ChannelConfig = serde_json::from_slice(input)
+                .map_err(|e| format!("invalid channel config JSON: {e}"))?;
             P::open(config)
         }));
         match result {
@@ -288,8 +305,8 @@ pub mod __private {
         // references are made, and Channel is Sync.
         let channel = unsafe { &*(channel as *const P::Channel) };
         let result = catch_unwind(AssertUnwindSafe(|| {
-            let request: wire::DeliveryRequest =
-                serde_json::from_slice(input).map_err(|e| format!("invalid delivery request JSON: {e}"))?;
+            let request: wire::DeliveryRequest = serde_json::from_slice(input)
+                .map_err(|e| format!("invalid delivery request JSON: {e}"))?;
             let response = channel.send(&request);
             serde_json::to_vec(&response).map_err(|e| format!("cannot encode the response: {e}"))
         }));
@@ -358,7 +375,9 @@ mod tests {
             if request.step == "boom" {
                 panic!("step {} exploded", request.step);
             }
-            DeliveryResponse::Sent { receipt: Some(format!("{}:{}", self.0, request.idempotency_key)) }
+            DeliveryResponse::Sent {
+                receipt: Some(format!("{}:{}", self.0, request.idempotency_key)),
+            }
         }
     }
 
@@ -393,8 +412,15 @@ mod tests {
         (status, String::from_utf8(text).unwrap())
     }
 
-    fn open(vtable: &PluginVTable, settings: serde_json::Value) -> Result<*mut c_void, (Status, String)> {
-        let config = serde_json::to_vec(&ChannelConfig { channel: "email".into(), settings }).unwrap();
+    fn open(
+        vtable: &PluginVTable,
+        settings: serde_json::Value,
+    ) -> Result<*mut c_void, (Status, String)> {
+        let config = serde_json::to_vec(&ChannelConfig {
+            channel: "email".into(),
+            settings,
+        })
+        .unwrap();
         let mut handle = std::ptr::null_mut();
         let mut err = OwnedBytes::EMPTY;
         // SAFETY: borrowed config, writable slots.
@@ -409,41 +435,96 @@ mod tests {
 
     #[test]
     fn the_exported_table_sends_refuses_and_contains_panics() {
-        assert!(dunningd_plugin_entry_v1(ABI_VERSION + 1).is_null(), "a wrong version is refused");
+        assert!(
+            dunningd_plugin_entry_v1(ABI_VERSION + 1).is_null(),
+            "a wrong version is refused"
+        );
         // SAFETY: the entry returned a pointer to a static vtable.
         let vtable = unsafe { &*dunningd_plugin_entry_v1(ABI_VERSION) };
-        assert_eq!(vtable.struct_size as usize, std::mem::size_of::<PluginVTable>());
+        assert_eq!(
+            vtable.struct_size as usize,
+            std::mem::size_of::<PluginVTable>()
+        );
         assert_eq!(unsafe { vtable.name.as_slice() }, b"echo");
 
         let channel = open(vtable, serde_json::json!({})).expect("open");
         let (status, json) = call(vtable, channel, &request("first"));
         assert_eq!(status, STATUS_OK);
         let response: DeliveryResponse = serde_json::from_str(&json).unwrap();
-        assert_eq!(response, DeliveryResponse::Sent { receipt: Some("email:k1".into()) });
+        assert_eq!(
+            response,
+            DeliveryResponse::Sent {
+                receipt: Some("email:k1".into())
+            }
+        );
 
-        assert_eq!(call(vtable, channel, &request("boom")), (STATUS_PANICKED, "plugin panicked: step boom exploded".into()));
+        assert_eq!(
+            call(vtable, channel, &request("boom")),
+            (
+                STATUS_PANICKED,
+                "plugin panicked: step boom exploded".into()
+            )
+        );
         let (status, message) = call(vtable, channel, b"{not json");
         assert_eq!(status, STATUS_ERROR);
-        assert!(message.starts_with("invalid delivery request JSON"), "{message}");
+        assert!(
+            message.starts_with("invalid delivery request JSON"),
+            "{message}"
+        );
         // SAFETY: opened above, nothing in flight.
         unsafe { (vtable.close)(channel) };
 
-        assert_eq!(open(vtable, serde_json::json!({"mode": "refuse"})).err(), Some((STATUS_ERROR, "mode 'refuse' refuses".into())));
-        assert_eq!(open(vtable, serde_json::json!({"mode": "panic-open"})).err(), Some((STATUS_PANICKED, "plugin panicked: cannot open".into())));
+        assert_eq!(
+            open(vtable, serde_json::json!({"mode": "refuse"})).err(),
+            Some((STATUS_ERROR, "mode 'refuse' refuses".into()))
+        );
+        assert_eq!(
+            open(vtable, serde_json::json!({"mode": "panic-open"})).err(),
+            Some((STATUS_PANICKED, "plugin panicked: cannot open".into()))
+        );
     }
 
     #[test]
     fn responses_have_a_stable_json_shape() {
         let table = [
-            (DeliveryResponse::Sent { receipt: Some("r".into()) }, r#"{"outcome":"sent","receipt":"r"}"#),
-            (DeliveryResponse::Retryable { error: "429".into(), retry_after_secs: Some(30) }, r#"{"outcome":"retryable","error":"429","retry_after_secs":30}"#),
-            (DeliveryResponse::Permanent { error: "21211".into() }, r#"{"outcome":"permanent","error":"21211"}"#),
-            (DeliveryResponse::Unknown { error: "timeout".into() }, r#"{"outcome":"unknown","error":"timeout"}"#),
-            (DeliveryResponse::Skipped { reason: "no phone".into() }, r#"{"outcome":"skipped","reason":"no phone"}"#),
+            (
+                DeliveryResponse::Sent {
+                    receipt: Some("r".into()),
+                },
+                r#"{"outcome":"sent","receipt":"r"}"#,
+            ),
+            (
+                DeliveryResponse::Retryable {
+                    error: "429".into(),
+                    retry_after_secs: Some(30),
+                },
+                r#"{"outcome":"retryable","error":"429","retry_after_secs":30}"#,
+            ),
+            (
+                DeliveryResponse::Permanent {
+                    error: "21211".into(),
+                },
+                r#"{"outcome":"permanent","error":"21211"}"#,
+            ),
+            (
+                DeliveryResponse::Unknown {
+                    error: "timeout".into(),
+                },
+                r#"{"outcome":"unknown","error":"timeout"}"#,
+            ),
+            (
+                DeliveryResponse::Skipped {
+                    reason: "no phone".into(),
+                },
+                r#"{"outcome":"skipped","reason":"no phone"}"#,
+            ),
         ];
         for (response, json) in table {
             assert_eq!(serde_json::to_string(&response).unwrap(), json);
-            assert_eq!(serde_json::from_str::<DeliveryResponse>(json).unwrap(), response);
+            assert_eq!(
+                serde_json::from_str::<DeliveryResponse>(json).unwrap(),
+                response
+            );
         }
     }
 }

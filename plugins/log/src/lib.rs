@@ -36,8 +36,9 @@ impl Plugin for Log {
             Some(serde_json::Value::String(path)) => {
                 let path = std::path::Path::new(path);
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|e| format!("settings.path: cannot create '{}': {e}", parent.display()))?;
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        format!("settings.path: cannot create '{}': {e}", parent.display())
+                    })?;
                 }
                 let file = OpenOptions::new()
                     .create(true)
@@ -48,13 +49,19 @@ impl Plugin for Log {
             }
             Some(other) => return Err(format!("settings.path must be a string, got {other}")),
         };
-        Ok(LogChannel { channel: config.channel, sink })
+        Ok(LogChannel {
+            channel: config.channel,
+            sink,
+        })
     }
 }
 
 impl Channel for LogChannel {
     fn send(&self, request: &DeliveryRequest) -> DeliveryResponse {
-        let at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
         let line = serde_json::json!({
             "logged_at_unix_ms": at_ms as u64,
             "channel": self.channel,
@@ -85,8 +92,13 @@ impl Channel for LogChannel {
             },
         };
         match written {
-            Ok(()) => DeliveryResponse::Sent { receipt: Some(format!("log:{}", request.idempotency_key)) },
-            Err(e) => DeliveryResponse::Retryable { error: format!("cannot write the log line: {e}"), retry_after_secs: None },
+            Ok(()) => DeliveryResponse::Sent {
+                receipt: Some(format!("log:{}", request.idempotency_key)),
+            },
+            Err(e) => DeliveryResponse::Retryable {
+                error: format!("cannot write the log line: {e}"),
+                retry_after_secs: None,
+            },
         }
     }
 }

@@ -31,7 +31,15 @@ struct TestChannel {
     calls: Mutex<HashMap<String, u64>>,
 }
 
-const BEHAVIOURS: &[&str] = &["ok", "panic", "hang", "permanent", "retryable", "unknown", "skipped"];
+const BEHAVIOURS: &[&str] = &[
+    "ok",
+    "panic",
+    "hang",
+    "permanent",
+    "retryable",
+    "unknown",
+    "skipped",
+];
 
 impl Plugin for Testkit {
     const NAME: &'static str = "testkit";
@@ -40,14 +48,25 @@ impl Plugin for Testkit {
 
     fn open(config: ChannelConfig) -> Result<TestChannel, String> {
         let s = &config.settings;
-        let behaviour = s.get("behaviour").and_then(|v| v.as_str()).unwrap_or("ok").to_string();
+        let behaviour = s
+            .get("behaviour")
+            .and_then(|v| v.as_str())
+            .unwrap_or("ok")
+            .to_string();
         if !BEHAVIOURS.contains(&behaviour.as_str()) {
-            return Err(format!("settings.behaviour: unknown behaviour '{behaviour}' (expected one of: {})", BEHAVIOURS.join(", ")));
+            return Err(format!(
+                "settings.behaviour: unknown behaviour '{behaviour}' (expected one of: {})",
+                BEHAVIOURS.join(", ")
+            ));
         }
         let record = match s.get("record").and_then(|v| v.as_str()) {
             None => None,
             Some(path) => Some(Mutex::new(
-                OpenOptions::new().create(true).append(true).open(path).map_err(|e| format!("settings.record: cannot open '{path}': {e}"))?,
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| format!("settings.record: cannot open '{path}': {e}"))?,
             )),
         };
         Ok(TestChannel {
@@ -88,19 +107,35 @@ impl Channel for TestChannel {
             *n
         };
         if call <= self.fail_first {
-            return DeliveryResponse::Retryable { error: format!("testkit: failing call {call} of {}", self.fail_first), retry_after_secs: None };
+            return DeliveryResponse::Retryable {
+                error: format!("testkit: failing call {call} of {}", self.fail_first),
+                retry_after_secs: None,
+            };
         }
         match self.behaviour.as_str() {
             "panic" => panic!("testkit told to panic on delivery {}", request.delivery_id),
             "hang" => {
                 std::thread::sleep(self.hang);
-                DeliveryResponse::Sent { receipt: Some("testkit:late".into()) }
+                DeliveryResponse::Sent {
+                    receipt: Some("testkit:late".into()),
+                }
             }
-            "permanent" => DeliveryResponse::Permanent { error: "testkit: permanent failure".into() },
-            "retryable" => DeliveryResponse::Retryable { error: "testkit: retryable failure".into(), retry_after_secs: None },
-            "unknown" => DeliveryResponse::Unknown { error: "testkit: outcome unknown".into() },
-            "skipped" => DeliveryResponse::Skipped { reason: "testkit: skipped".into() },
-            _ => DeliveryResponse::Sent { receipt: Some(format!("testkit:{}", request.idempotency_key)) },
+            "permanent" => DeliveryResponse::Permanent {
+                error: "testkit: permanent failure".into(),
+            },
+            "retryable" => DeliveryResponse::Retryable {
+                error: "testkit: retryable failure".into(),
+                retry_after_secs: None,
+            },
+            "unknown" => DeliveryResponse::Unknown {
+                error: "testkit: outcome unknown".into(),
+            },
+            "skipped" => DeliveryResponse::Skipped {
+                reason: "testkit: skipped".into(),
+            },
+            _ => DeliveryResponse::Sent {
+                receipt: Some(format!("testkit:{}", request.idempotency_key)),
+            },
         }
     }
 }
