@@ -261,7 +261,7 @@ impl Config {
             Some(text) => duration::parse(text).map_err(|e| invalid(format!("{field}: {e}"))),
         };
 
-        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let resolve = |p: PathBuf| normalize(&if p.is_absolute() { p } else { base.join(p) });
         let state_dir = resolve(raw.state_dir.unwrap_or_else(|| "/var/lib/dunningd".into()));
         let database = match raw.database {
             Some(url) if url.starts_with("sqlite://") => {
@@ -413,6 +413,32 @@ fn read_secret(
     }
 }
 
+/// Removes `.` and `name/..` pairs without touching the file system, so
+/// paths read well in logs (`examples/../.dunningd` → `.dunningd`).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                let last = out.components().next_back();
+                if matches!(last, Some(Component::Normal(_))) {
+                    out.pop();
+                } else if !matches!(last, Some(Component::RootDir)) {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        out
+    }
+}
+
 /// serde_norway appends " at line X column Y" to messages; we print the
 /// location in front instead (`file:line:col: message`).
 pub(crate) fn strip_location(message: &str) -> String {
@@ -478,6 +504,19 @@ mod tests {
                 .to_string();
             assert!(err.contains(want), "{text:?}: got {err:?}, want {want:?}");
         }
+    }
+
+    #[test]
+    fn relative_paths_start_at_the_config_file() {
+        let config = Config::parse(
+            Path::new("examples/dunningd.yaml"),
+            "state_dir: ../.dunningd\nworkflows_dir: ./wf\n",
+        )
+        .unwrap();
+        assert_eq!(config.state_dir, Path::new(".dunningd"));
+        assert_eq!(config.workflows_dir, Path::new("examples/wf"));
+        assert_eq!(normalize(Path::new("/a/../../b")), Path::new("/b"));
+        assert_eq!(normalize(Path::new("../x/./y")), Path::new("../x/y"));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! reachable), 2 a usage error.
 
 use std::collections::BTreeSet;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -20,6 +20,14 @@ use serde::Serialize;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+/// `println!` that ignores a closed stdout (`dunningctl … | head`) instead of
+/// panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 
 #[derive(Parser)]
 #[command(
@@ -219,7 +227,7 @@ fn rpc(status: tonic::Status) -> anyhow::Error {
 }
 
 fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    out!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -242,7 +250,7 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
                 out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
             }
         }
-        println!("{}", out.trim_end());
+        out!("{}", out.trim_end());
     };
     line(headers.to_vec());
     for row in rows {
@@ -352,21 +360,21 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
                 print_json(&detail)?;
             } else {
                 if let Some(s) = &detail.summary {
-                    println!("{} (version {}) from {}", s.name, s.version, s.path);
+                    out!("{} (version {}) from {}", s.name, s.version, s.path);
                     if !s.description.is_empty() {
-                        println!("{}", s.description);
+                        out!("{}", s.description);
                     }
                     let when = if s.condition.is_empty() {
                         String::new()
                     } else {
                         format!(" when {}", s.condition)
                     };
-                    println!(
+                    out!(
                         "trigger: {}{when}; exits on: {}",
                         s.trigger,
                         s.exit_on.join(", ")
                     );
-                    println!();
+                    out!();
                 }
                 let rows: Vec<Vec<String>> = detail
                     .steps
@@ -391,7 +399,7 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
                 } else {
                     format!("changed: {}", result.changed.join(", "))
                 };
-                println!("{} workflows loaded; {changed}", result.workflows_loaded);
+                out!("{} workflows loaded; {changed}", result.workflows_loaded);
                 print_file_errors(&result.errors);
             }
             Ok(result.ok)
@@ -448,7 +456,7 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
             if cli.json {
                 print_json(&clock)?;
             } else {
-                println!("{} ({} clock)", short_time(&clock.now), clock.kind);
+                out!("{} ({} clock)", short_time(&clock.now), clock.kind);
             }
             Ok(true)
         }
@@ -476,27 +484,28 @@ async fn status(cli: &Cli, client: &mut Client) -> anyhow::Result<bool> {
         return Ok(true);
     }
     let up = s.uptime_seconds;
-    println!(
+    out!(
         "dunningd {}, up {}h{:02}m (since {})",
         s.version,
         up / 3600,
         (up % 3600) / 60,
         short_time(&s.started_at)
     );
-    println!("database   {}", s.database);
-    println!("clock      {} ({})", short_time(&s.now), s.clock);
-    println!(
+    out!("database   {}", s.database);
+    out!("clock      {} ({})", short_time(&s.now), s.clock);
+    out!(
         "workflows  {} loaded, {} file errors",
-        s.workflows, s.workflows_with_errors
+        s.workflows,
+        s.workflows_with_errors
     );
     let order = ["active", "paused", "recovered", "exhausted", "cancelled"];
     let cases: Vec<String> = order
         .iter()
         .map(|k| format!("{k} {}", s.cases_by_state.get(*k).copied().unwrap_or(0)))
         .collect();
-    println!("cases      {}", cases.join(", "));
+    out!("cases      {}", cases.join(", "));
     for p in &s.plugins {
-        println!(
+        out!(
             "plugin     {} {} ({})",
             p.name,
             p.version,
@@ -504,14 +513,14 @@ async fn status(cli: &Cli, client: &mut Client) -> anyhow::Result<bool> {
         );
     }
     if let Some(r) = &s.last_reload {
-        println!(
+        out!(
             "reload     {} {}, {} workflows",
             short_time(&r.at),
             if r.ok { "ok" } else { "with errors" },
             r.workflows_loaded
         );
         for e in &r.errors {
-            println!("  {}", e.display);
+            out!("  {}", e.display);
         }
     }
     Ok(true)
@@ -601,9 +610,9 @@ async fn send_events(cli: &Cli, client: &mut Client, file: &str) -> anyhow::Resu
             }
             parts.join("; ")
         };
-        println!("{}  {what}", r.event_id);
+        out!("{}  {what}", r.event_id);
         for note in &r.notes {
-            println!("  note: {note}");
+            out!("  note: {note}");
         }
     }
     Ok(true)
@@ -662,22 +671,22 @@ async fn cases(cli: &Cli, client: &mut Client, command: &CasesCommand) -> anyhow
             if cli.json {
                 print_json(&detail)?;
             } else if let Some(c) = &detail.case {
-                println!("case {} — {}", c.id, c.state);
-                println!("workflow   {} (version {})", c.workflow, c.workflow_version);
-                println!("customer   {}, subject {}", c.customer_id, c.subject);
-                println!(
+                out!("case {} — {}", c.id, c.state);
+                out!("workflow   {} (version {})", c.workflow, c.workflow_version);
+                out!("customer   {}, subject {}", c.customer_id, c.subject);
+                out!(
                     "started    {} by event {}",
                     short_time(&c.started_at),
                     c.trigger_event_id
                 );
                 if !c.ended_reason.is_empty() {
-                    println!(
+                    out!(
                         "ended      {} ({})",
                         short_time(&c.updated_at),
                         c.ended_reason
                     );
                 }
-                println!();
+                out!();
                 let rows: Vec<Vec<String>> = detail
                     .deliveries
                     .iter()
@@ -725,7 +734,7 @@ async fn cases(cli: &Cli, client: &mut Client, command: &CasesCommand) -> anyhow
     if cli.json {
         print_json(&case)?;
     } else {
-        println!("case {} is {}", case.id, case.state);
+        out!("case {} is {}", case.id, case.state);
     }
     Ok(true)
 }
@@ -753,10 +762,10 @@ fn validate(cli: &Cli, files: &[PathBuf], config: Option<&Path>) -> anyhow::Resu
     if cli.json {
         print_json(&problems)?;
     } else if problems.is_empty() {
-        println!("{} file(s) valid", files.len());
+        out!("{} file(s) valid", files.len());
     } else {
         for p in &problems {
-            println!("{p}");
+            out!("{p}");
         }
     }
     Ok(problems.is_empty())
@@ -794,26 +803,28 @@ fn preview(
         print_json(&plan)?;
         return Ok(true);
     }
-    println!(
+    out!(
         "workflow {} (version {}), event {}",
-        plan.workflow, plan.version, plan.event_id
+        plan.workflow,
+        plan.version,
+        plan.event_id
     );
     if !plan.triggered {
-        println!(
+        out!(
             "no case would start: {}",
             plan.reason.as_deref().unwrap_or("")
         );
         return Ok(true);
     }
-    println!("case starts {}", plan.start.format("%Y-%m-%d %H:%M UTC"));
+    out!("case starts {}", plan.start.format("%Y-%m-%d %H:%M UTC"));
     for step in &plan.steps {
-        println!();
+        out!();
         let local = step
             .planned_local
             .as_deref()
             .map(|l| format!(" ({l})"))
             .unwrap_or_default();
-        println!(
+        out!(
             "step {} (after {}): due {}, sent {}{local}",
             step.name,
             step.after,
@@ -826,18 +837,18 @@ fn preview(
                 .as_deref()
                 .map(|f| format!(", fallback {f}"))
                 .unwrap_or_default();
-            println!("  {} [{}{fallback}]", send.channel, send.template);
+            out!("  {} [{}{fallback}]", send.channel, send.template);
             if let Some(message) = &send.message {
                 for (field, text) in message {
                     let mut lines = text.lines();
-                    println!("    {field}: {}", lines.next().unwrap_or(""));
+                    out!("    {field}: {}", lines.next().unwrap_or(""));
                     for line in lines {
-                        println!("    {:width$}  {line}", "", width = field.len());
+                        out!("    {:width$}  {line}", "", width = field.len());
                     }
                 }
             }
             if let Some(error) = &send.error {
-                println!("    error: {error}");
+                out!("    error: {error}");
             }
         }
     }
