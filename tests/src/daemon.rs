@@ -189,8 +189,19 @@ impl TestDaemon {
     }
 
     async fn try_client(&self) -> Result<AdminClient<Channel>, tonic::transport::Error> {
+        Ok(AdminClient::new(self.try_channel().await?))
+    }
+
+    /// A raw gRPC channel on the admin socket, for the health and reflection services.
+    pub async fn channel(&self) -> Channel {
+        self.try_channel()
+            .await
+            .expect("connect to the admin socket")
+    }
+
+    async fn try_channel(&self) -> Result<Channel, tonic::transport::Error> {
         let socket = self.socket.clone();
-        let channel = Endpoint::try_from("http://[::]:50051")?
+        Endpoint::try_from("http://[::]:50051")?
             .connect_with_connector(tower::service_fn(move |_| {
                 let socket = socket.clone();
                 async move {
@@ -199,8 +210,7 @@ impl TestDaemon {
                     ))
                 }
             }))
-            .await?;
-        Ok(AdminClient::new(channel))
+            .await
     }
 
     /// A gRPC client on the admin socket.
@@ -314,6 +324,17 @@ impl TestDaemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Sends a signal (`HUP`, `TERM` …) to the daemon.
+    pub fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("daemon running");
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name} failed");
     }
 
     /// Sends SIGTERM and waits for the exit code (without blocking the

@@ -90,6 +90,7 @@ pub async fn bind(
     health.set_serving::<AdminServer<AdminService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| AdminError::Reflection(e.to_string()))?;
     let service = AdminService::new(shared);
