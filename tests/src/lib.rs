@@ -12,6 +12,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 pub mod daemon;
+pub mod peers;
 
 /// The packages whose artifacts the end-to-end tests run.
 const ARTIFACT_PACKAGES: &[&str] = &[
@@ -19,6 +20,8 @@ const ARTIFACT_PACKAGES: &[&str] = &[
     "dunningd-plugin-log",
     "dunningd-plugin-testkit",
     "dunningd-plugin-hello",
+    "dunningd-plugin-twilio",
+    "dunningd-plugin-webhook",
 ];
 
 /// The workspace root (the folder holding the top-level `Cargo.toml`).

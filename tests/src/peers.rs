@@ -1,0 +1,324 @@
+//! Real HTTP peers on loopback for the channel plugins: a Twilio-compatible
+//! Messages API and a webhook receiver. Each records what it received and
+//! answers like the real thing, including its errors.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+async fn serve(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    addr
+}
+
+/// A Twilio-compatible `Messages.json` endpoint.
+///
+/// Checks HTTP basic auth and the form fields as Twilio documents them, and
+/// answers Twilio's magic test numbers with Twilio's own errors:
+/// `+15005550001` → 21211 (invalid number), `+15005550009` → 21614 (not a
+/// mobile number), `+15005550004` → 21610 (unsubscribed); and ours:
+/// `+15005550429` → 429 with `Retry-After: 7`, `+15005550500` → HTTP 500.
+#[derive(Clone)]
+pub struct TwilioPeer {
+    pub addr: SocketAddr,
+    pub account_sid: String,
+    /// Every accepted message: its form fields plus `_user` (the auth user).
+    pub messages: Arc<Mutex<Vec<BTreeMap<String, String>>>>,
+    /// Every request, accepted or not.
+    pub requests: Arc<Mutex<u32>>,
+}
+
+struct TwilioState {
+    account_sid: String,
+    user: String,
+    password: String,
+    messages: Arc<Mutex<Vec<BTreeMap<String, String>>>>,
+    requests: Arc<Mutex<u32>>,
+}
+
+fn twilio_error(status: u16, code: u32, message: &str) -> Response {
+    let body = serde_json::json!({
+        "code": code,
+        "message": message,
+        "more_info": format!("https://www.twilio.com/docs/errors/{code}"),
+        "status": status,
+    });
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    (
+        status,
+        [("Content-Type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn twilio_messages(
+    State(state): State<Arc<TwilioState>>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    *state.requests.lock().expect("lock") += 1;
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", state.user, state.password))
+    );
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+        return twilio_error(401, 20003, "Authenticate");
+    }
+    if account != state.account_sid {
+        return twilio_error(404, 20404, "The requested resource was not found");
+    }
+    if headers.get("content-type").and_then(|v| v.to_str().ok())
+        != Some("application/x-www-form-urlencoded")
+    {
+        return twilio_error(400, 21000, "expected a form-encoded body");
+    }
+    let mut form = BTreeMap::new();
+    for (key, value) in url::form_urlencoded::parse(&body) {
+        if form.insert(key.to_string(), value.to_string()).is_some() {
+            return twilio_error(400, 21000, &format!("parameter {key} given twice"));
+        }
+    }
+    let Some(to) = form.get("To").cloned() else {
+        return twilio_error(400, 21604, "A 'To' phone number is required.");
+    };
+    if form.get("Body").is_none_or(|b| b.is_empty()) {
+        return twilio_error(400, 21602, "Message body is required.");
+    }
+    match (
+        form.contains_key("From"),
+        form.contains_key("MessagingServiceSid"),
+    ) {
+        (true, false) | (false, true) => {}
+        _ => {
+            return twilio_error(
+                400,
+                21603,
+                "A 'From' phone number or MessagingServiceSid is required.",
+            );
+        }
+    }
+    match to.as_str() {
+        "+15005550001" => {
+            return twilio_error(
+                400,
+                21211,
+                &format!("The 'To' number {to} is not a valid phone number."),
+            );
+        }
+        "+15005550009" => {
+            return twilio_error(
+                400,
+                21614,
+                &format!("'To' number {to} is not a valid mobile number"),
+            );
+        }
+        "+15005550004" => {
+            return twilio_error(400, 21610, "Attempt to send to unsubscribed recipient");
+        }
+        "+15005550429" => {
+            let mut response = twilio_error(429, 20429, "Too Many Requests");
+            response
+                .headers_mut()
+                .insert("Retry-After", axum::http::HeaderValue::from_static("7"));
+            return response;
+        }
+        "+15005550500" => return twilio_error(500, 20500, "Internal Server Error"),
+        _ => {}
+    }
+    let mut messages = state.messages.lock().expect("lock");
+    let sid = format!("SM{:032x}", messages.len() + 1);
+    form.insert("_user".into(), state.user.clone());
+    form.insert("_sid".into(), sid.clone());
+    messages.push(form.clone());
+    let body =
+        serde_json::json!({ "sid": sid, "status": "queued", "to": to, "body": form["Body"] });
+    (
+        StatusCode::CREATED,
+        [("Content-Type", "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+impl TwilioPeer {
+    /// Starts the peer; requests must authenticate as `user:password`.
+    pub async fn start(account_sid: &str, user: &str, password: &str) -> TwilioPeer {
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let requests = Arc::new(Mutex::new(0));
+        let state = Arc::new(TwilioState {
+            account_sid: account_sid.into(),
+            user: user.into(),
+            password: password.into(),
+            messages: messages.clone(),
+            requests: requests.clone(),
+        });
+        let router = Router::new()
+            .route(
+                "/2010-04-01/Accounts/{account}/Messages.json",
+                post(twilio_messages),
+            )
+            .with_state(state);
+        let addr = serve(router).await;
+        TwilioPeer {
+            addr,
+            account_sid: account_sid.into(),
+            messages,
+            requests,
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn messages(&self) -> Vec<BTreeMap<String, String>> {
+        self.messages.lock().expect("lock").clone()
+    }
+
+    pub fn requests(&self) -> u32 {
+        *self.requests.lock().expect("lock")
+    }
+}
+
+/// A webhook receiver that verifies `Dunningd-Signature` itself.
+#[derive(Clone)]
+pub struct WebhookPeer {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    /// The HTTP status the next requests get (200 unless a test changes it).
+    pub answer: Arc<Mutex<u16>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub body: serde_json::Value,
+    pub idempotency_key: String,
+    /// Whether the signature matched HMAC-SHA256(secret, "<t>.<body>").
+    pub signature_valid: bool,
+}
+
+struct WebhookState {
+    secret: String,
+    received: Arc<Mutex<Vec<Received>>>,
+    answer: Arc<Mutex<u16>>,
+}
+
+fn verify(secret: &str, header: &str, body: &[u8]) -> bool {
+    let mut t = None;
+    let mut v1 = None;
+    for part in header.split(',') {
+        match part.split_once('=') {
+            Some(("t", value)) => t = Some(value),
+            Some(("v1", value)) => v1 = Some(value),
+            _ => {}
+        }
+    }
+    let (Some(t), Some(v1)) = (t, v1) else {
+        return false;
+    };
+    let Ok(expected) = hex::decode(v1) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
+        return false;
+    };
+    mac.update(t.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac.verify_slice(&expected).is_ok()
+}
+
+async fn webhook(
+    State(state): State<Arc<WebhookState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let signature = headers
+        .get("dunningd-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let received = Received {
+        body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        idempotency_key: headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
+        signature_valid: verify(&state.secret, signature, &body),
+    };
+    let n = {
+        let mut all = state.received.lock().expect("lock");
+        all.push(received);
+        all.len()
+    };
+    let status = *state.answer.lock().expect("lock");
+    let mut response = (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+        format!("answer {status}"),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        "X-Request-Id",
+        format!("req-{n}").parse().expect("header value"),
+    );
+    if status == 429 {
+        response
+            .headers_mut()
+            .insert("Retry-After", axum::http::HeaderValue::from_static("11"));
+    }
+    response
+}
+
+impl WebhookPeer {
+    pub async fn start(secret: &str) -> WebhookPeer {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let answer = Arc::new(Mutex::new(200));
+        let state = Arc::new(WebhookState {
+            secret: secret.into(),
+            received: received.clone(),
+            answer: answer.clone(),
+        });
+        let addr = serve(
+            Router::new()
+                .route("/hook", post(webhook))
+                .with_state(state),
+        )
+        .await;
+        WebhookPeer {
+            addr,
+            received,
+            answer,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().expect("lock").clone()
+    }
+
+    pub fn answer_with(&self, status: u16) {
+        *self.answer.lock().expect("lock") = status;
+    }
+}
