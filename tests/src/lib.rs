@@ -20,6 +20,7 @@ const ARTIFACT_PACKAGES: &[&str] = &[
     "dunningd-plugin-log",
     "dunningd-plugin-testkit",
     "dunningd-plugin-hello",
+    "dunningd-plugin-smtp",
     "dunningd-plugin-twilio",
     "dunningd-plugin-webhook",
 ];

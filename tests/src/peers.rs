@@ -322,3 +322,83 @@ impl WebhookPeer {
         *self.answer.lock().expect("lock") = status;
     }
 }
+
+/// A real SMTP server on loopback: `tests/peers/smtp_server.py` on aiosmtpd.
+pub struct SmtpPeer {
+    pub port: u16,
+    pub out: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl SmtpPeer {
+    /// Starts the server, or returns `None` (with a note) where aiosmtpd is
+    /// not installed. Under CI a missing aiosmtpd is a failure: `.ci/run`
+    /// installs `tests/requirements.txt`.
+    pub fn start() -> Option<SmtpPeer> {
+        use std::io::BufRead;
+        let available = std::process::Command::new("python3")
+            .args(["-c", "import aiosmtpd"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !available {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "aiosmtpd is missing; .ci/run should have installed tests/requirements.txt"
+            );
+            eprintln!(
+                "SMTP suite not run: install its server with `python3 -m pip install -r tests/requirements.txt`"
+            );
+            return None;
+        }
+        // A free port: bind, read it, release it for the server.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let out = tempfile::tempdir().expect("tempdir");
+        let mut child = std::process::Command::new("python3")
+            .arg(crate::workspace_root().join("tests/peers/smtp_server.py"))
+            .args(["--port", &port.to_string(), "--out"])
+            .arg(out.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the SMTP server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the server's first line");
+        assert_eq!(line.trim(), "ready", "the SMTP server did not start");
+        Some(SmtpPeer { port, out, child })
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// Every message the server accepted, in order.
+    pub fn messages(&self) -> Vec<serde_json::Value> {
+        let mut files: Vec<_> = std::fs::read_dir(self.out.path())
+            .expect("read out dir")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|p| {
+                serde_json::from_str(&std::fs::read_to_string(p).expect("read message"))
+                    .expect("message JSON")
+            })
+            .collect()
+    }
+}
+
+impl Drop for SmtpPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
