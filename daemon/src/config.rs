@@ -230,8 +230,19 @@ impl Config {
         Config::parse(path, &text)
     }
 
-    /// Resolves `text` as if read from `path` (relative paths start there).
+    /// Resolves `text` as if read from `path` (relative paths start there),
+    /// with systemd credentials from `$CREDENTIALS_DIRECTORY`.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        Config::parse_with_credentials(path, text, credentials.as_deref())
+    }
+
+    /// [`Config::parse`] with the credentials folder given explicitly.
+    pub fn parse_with_credentials(
+        path: &Path,
+        text: &str,
+        credentials: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
         let raw: RawConfig = if text.trim().is_empty() {
             RawConfig::default()
         } else {
@@ -343,7 +354,7 @@ impl Config {
                         field("secrets")
                     )));
                 }
-                let value = read_secret(&source, &resolve)
+                let value = read_secret(&source, &resolve, credentials)
                     .map_err(|e| invalid(format!("{}: {e}", field(&format!("secrets.{key}")))))?;
                 settings.insert(key, Value::String(value));
             }
@@ -392,6 +403,7 @@ impl Config {
 fn read_secret(
     source: &SecretSource,
     resolve: &dyn Fn(PathBuf) -> PathBuf,
+    credentials: Option<&Path>,
 ) -> Result<String, String> {
     let from_file = |path: PathBuf| {
         std::fs::read_to_string(&path)
@@ -403,8 +415,8 @@ fn read_secret(
         (None, Some(var), None) => {
             std::env::var(var).map_err(|_| format!("environment variable '{var}' is not set"))
         }
-        (None, None, Some(name)) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
-            Some(dir) => from_file(PathBuf::from(dir).join(name)),
+        (None, None, Some(name)) => match credentials {
+            Some(dir) => from_file(dir.join(name)),
             None => Err(format!(
                 "credential '{name}': CREDENTIALS_DIRECTORY is not set (use LoadCredential= in the unit)"
             )),
@@ -517,6 +529,27 @@ mod tests {
         assert_eq!(config.workflows_dir, Path::new("examples/wf"));
         assert_eq!(normalize(Path::new("/a/../../b")), Path::new("/b"));
         assert_eq!(normalize(Path::new("../x/./y")), Path::new("../x/y"));
+    }
+
+    #[test]
+    fn the_shipped_examples_are_valid() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        Config::load(&examples.join("dunningd.yaml")).expect("quick-start config");
+
+        // The production example reads its secrets from systemd credentials.
+        let credentials = tempfile::tempdir().unwrap();
+        for name in ["smtp-password", "twilio-auth-token", "webhook-secret"] {
+            std::fs::write(credentials.path().join(name), "x").unwrap();
+        }
+        let text = std::fs::read_to_string(examples.join("dunningd.production.yaml")).unwrap();
+        let config = Config::parse_with_credentials(
+            &examples.join("dunningd.production.yaml"),
+            &text,
+            Some(credentials.path()),
+        )
+        .expect("production config");
+        assert_eq!(config.channels["email"].plugin, "smtp");
+        assert_eq!(config.channels["sms"].settings["auth_token"], "x");
     }
 
     #[test]

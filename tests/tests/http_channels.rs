@@ -381,3 +381,69 @@ async fn a_sequence_texts_through_twilio_and_suspends_through_a_webhook() {
         .collect();
     assert_eq!(customers.len(), 3);
 }
+
+#[tokio::test]
+async fn webhooks_do_not_follow_redirects() {
+    let peer = WebhookPeer::start("s").await;
+    let webhook = host(
+        "webhook",
+        serde_json::json!({ "url": peer.url(), "secret": "s" }),
+    );
+    peer.answer_with(307);
+    let got = format!("{:?}", webhook.send(request(None, "x")).await);
+    assert!(
+        got.starts_with("Permanent") && got.contains("HTTP 307"),
+        "{got}"
+    );
+    assert_eq!(peer.received().len(), 1, "the redirect was not followed");
+}
+
+#[tokio::test]
+async fn the_shipped_workflow_runs_its_actions_through_the_webhook() {
+    let hooks = WebhookPeer::start("hook-secret").await;
+    let setup = Setup::shipped_workflows().channel(
+        "webhook",
+        &format!(
+            "{{ plugin: webhook, settings: {{ url: '{}', secret: hook-secret }} }}",
+            hooks.url()
+        ),
+    );
+    let daemon = TestDaemon::start(setup).await;
+    let event = std::fs::read_to_string(
+        dunningd_e2e::workspace_root().join("examples/events/payment-failed.json"),
+    )
+    .expect("event");
+    daemon
+        .client()
+        .await
+        .send_events(proto::SendEventsRequest {
+            events: vec![event],
+        })
+        .await
+        .expect("send");
+    daemon.settle().await;
+    for step in ["3d", "11d", "16d"] {
+        daemon.advance(step).await;
+    }
+    let actions: Vec<String> = hooks
+        .received()
+        .iter()
+        .map(|h| {
+            h.body["message"]["action"]
+                .as_str()
+                .unwrap_or("?")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        ["retry_payment", "suspend_account", "send_to_collections"]
+    );
+    assert!(
+        hooks
+            .received()
+            .iter()
+            .all(|h| h.signature_valid && h.body["customer"]["customer_id"] == "cus_ada")
+    );
+    assert_eq!(hooks.received()[2].body["message"]["amount"], "£49.00");
+}

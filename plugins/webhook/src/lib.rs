@@ -16,7 +16,8 @@
 //! 2xx → sent (receipt: the `X-Request-Id` header, else the status);
 //! 408, 425, 429 (with `Retry-After`), connection failures → retryable;
 //! 5xx and timeouts → unknown (the action may have run; retried with the same
-//! key); any other 4xx → permanent, with the receiver's answer.
+//! key); any other status, redirects included (they are not followed), →
+//! permanent, with the receiver's answer.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -74,6 +75,8 @@ impl Plugin for Webhook {
             .unwrap_or(20);
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(timeout))
+            // A redirect would re-send a signed action to a URL nobody configured.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("dunningd-webhook/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
