@@ -538,7 +538,12 @@ mod tests {
 
         // The production example reads its secrets from systemd credentials.
         let credentials = tempfile::tempdir().unwrap();
-        for name in ["smtp-password", "twilio-auth-token", "webhook-secret"] {
+        for name in [
+            "smtp-password",
+            "twilio-auth-token",
+            "webhook-secret",
+            "inapp-secret",
+        ] {
             std::fs::write(credentials.path().join(name), "x").unwrap();
         }
         let text = std::fs::read_to_string(examples.join("dunningd.production.yaml")).unwrap();

@@ -17,6 +17,7 @@ pub mod peers;
 /// The packages whose artifacts the end-to-end tests run.
 const ARTIFACT_PACKAGES: &[&str] = &[
     "dunningd",
+    "dunningd-plugin-inapp",
     "dunningd-plugin-log",
     "dunningd-plugin-testkit",
     "dunningd-plugin-hello",

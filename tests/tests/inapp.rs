@@ -1,0 +1,382 @@
+//! The `inapp` plugin: the inbox's HTTP API with its customer tokens, and the
+//! embeddable banner in a real headless browser (Debian's chromium, driven
+//! over WebDriver) on the example page.
+
+use std::time::{Duration, Instant};
+
+use dunningd::proto;
+use dunningd_e2e::daemon::{Setup, TestDaemon};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+const SECRET: &str = "inapp-test-secret";
+
+const WORKFLOW: &str = r#"
+name: payment-failed
+trigger: { event: payment_failed }
+exit_on: [payment_succeeded]
+steps:
+  - name: banner
+    after: 0s
+    send:
+      - { channel: in_app, template: banner }
+templates:
+  banner:
+    title: "Payment of {{ data.amount | money(data.currency) }} failed"
+    body: "Please update your card for invoice {{ subject }}."
+    url: "https://billing.example.com/update/{{ customer.id }}"
+"#;
+
+/// What the product's backend computes for a signed-in customer.
+fn token(customer: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
+    mac.update(customer.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+async fn start() -> (TestDaemon, String) {
+    let port = free_port();
+    let setup = Setup::default().workflow("payment-failed.yaml", WORKFLOW).channel(
+        "in_app",
+        &format!("{{ plugin: inapp, settings: {{ listen: '127.0.0.1:{port}', database: '{{dir}}/inbox.db', secret: {SECRET} }} }}"),
+    );
+    (
+        TestDaemon::start(setup).await,
+        format!("http://127.0.0.1:{port}"),
+    )
+}
+
+async fn fail_payment(daemon: &TestDaemon, id: &str, subject: &str, amount: u64) {
+    let event = serde_json::json!({
+        "id": id, "type": "payment_failed",
+        "customer": { "id": "cus_ada", "name": "Ada" },
+        "subject": subject, "data": { "amount": amount, "currency": "GBP" }
+    });
+    daemon
+        .client()
+        .await
+        .send_events(proto::SendEventsRequest {
+            events: vec![event.to_string()],
+        })
+        .await
+        .expect("send");
+    daemon.settle().await;
+}
+
+#[tokio::test]
+async fn the_inbox_api_needs_the_customers_token_and_tracks_read_and_dismissed() {
+    let (daemon, base) = start().await;
+    fail_payment(&daemon, "e1", "inv_1", 4900).await;
+    let http = reqwest::Client::new();
+    let inbox = format!("{base}/v1/customers/cus_ada");
+
+    for (what, url) in [
+        ("no token", format!("{inbox}/messages")),
+        (
+            "wrong token",
+            format!("{inbox}/messages?token={}", token("cus_eve")),
+        ),
+        ("garbage token", format!("{inbox}/messages?token=zz")),
+        ("stream without token", format!("{inbox}/stream")),
+    ] {
+        let response = http.get(&url).send().await.expect("request");
+        assert_eq!(response.status(), 401, "{what}");
+        assert_eq!(
+            response.text().await.expect("body"),
+            "unauthorized",
+            "{what}: reveals nothing"
+        );
+    }
+
+    let list: serde_json::Value = http
+        .get(format!("{inbox}/messages"))
+        .bearer_auth(token("cus_ada"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(list[0]["title"], "Payment of £49.00 failed");
+    assert_eq!(list[0]["url"], "https://billing.example.com/update/cus_ada");
+    let id = list[0]["id"].as_i64().expect("id");
+
+    let t = token("cus_ada");
+    assert_eq!(
+        http.post(format!("{inbox}/messages/{id}/read?token={t}"))
+            .send()
+            .await
+            .expect("read")
+            .status(),
+        204
+    );
+    let unread: Vec<serde_json::Value> = http
+        .get(format!("{inbox}/messages?token={t}"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert!(unread.is_empty());
+    let all: Vec<serde_json::Value> = http
+        .get(format!("{inbox}/messages?status=all&token={t}"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!((all.len(), all[0]["read"].as_bool()), (1, Some(true)));
+
+    assert_eq!(
+        http.post(format!("{inbox}/messages/{id}/dismiss?token={t}"))
+            .send()
+            .await
+            .expect("dismiss")
+            .status(),
+        204
+    );
+    let all: Vec<serde_json::Value> = http
+        .get(format!("{inbox}/messages?status=all&token={t}"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert!(all.is_empty(), "dismissed messages are gone");
+    assert_eq!(
+        http.post(format!("{inbox}/messages/999/dismiss?token={t}"))
+            .send()
+            .await
+            .expect("dismiss")
+            .status(),
+        404
+    );
+    assert_eq!(
+        http.get(format!("{inbox}/messages?status=bogus&token={t}"))
+            .send()
+            .await
+            .expect("list")
+            .status(),
+        400
+    );
+
+    // Live updates: the stream opens with the inbox and follows changes.
+    let mut stream = http
+        .get(format!("{inbox}/stream?token={t}"))
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let first =
+        String::from_utf8_lossy(&stream.chunk().await.expect("chunk").expect("data")).to_string();
+    assert!(
+        first.contains("event: inbox") && first.contains("data: []"),
+        "{first}"
+    );
+    fail_payment(&daemon, "e2", "inv_2", 1200).await;
+    let next =
+        String::from_utf8_lossy(&stream.chunk().await.expect("chunk").expect("data")).to_string();
+    assert!(next.contains("Payment of £12.00 failed"), "{next}");
+}
+
+/// Finds chromium and chromedriver, installing Debian's packages where they
+/// are missing and that is possible. `None` (with a note) where impossible;
+/// under CI that is a failure.
+fn browser() -> Option<(String, String)> {
+    let find = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| format!("/usr/bin/{n}"))
+            .find(|p| std::path::Path::new(p).exists())
+    };
+    let found = || {
+        Some((
+            find(&["chromium", "chromium-browser"])?,
+            find(&["chromedriver"])?,
+        ))
+    };
+    if let Some(found) = found() {
+        return Some(found);
+    }
+    for args in [
+        &["update", "-qq"][..],
+        &["install", "-y", "-qq", "chromium", "chromium-driver"][..],
+    ] {
+        let _ = std::process::Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status();
+    }
+    match found() {
+        Some(found) => Some(found),
+        None => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "chromium and chromedriver are missing and could not be installed"
+            );
+            eprintln!(
+                "browser test not run: install Debian's chromium and chromium-driver packages to run it"
+            );
+            None
+        }
+    }
+}
+
+struct Driver(std::process::Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !check().await {
+        assert!(Instant::now() < deadline, "the page never showed: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_banner_shows_updates_live_and_hides_when_dismissed() {
+    let Some((chromium, chromedriver)) = browser() else {
+        return;
+    };
+    let (daemon, base) = start().await;
+    fail_payment(&daemon, "e1", "inv_1", 4900).await;
+
+    let port = free_port();
+    let _driver = Driver(
+        std::process::Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start chromedriver"),
+    );
+    let profile = tempfile::tempdir().expect("profile dir");
+    let capabilities = serde_json::json!({
+        "goog:chromeOptions": {
+            "binary": chromium,
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     format!("--user-data-dir={}", profile.path().display())]
+        }
+    });
+    let capabilities = match capabilities {
+        serde_json::Value::Object(map) => map,
+        _ => unreachable!("a JSON object literal"),
+    };
+    let mut connected = None;
+    for _ in 0..50 {
+        match fantoccini::ClientBuilder::rustls()
+            .expect("TLS")
+            .capabilities(capabilities.clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+        {
+            Ok(client) => {
+                connected = Some(client);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let browser = connected.expect("connect to chromedriver");
+    let page = format!(
+        "file://{}?inbox={base}&customer=cus_ada&token={}",
+        dunningd_e2e::workspace_root()
+            .join("examples/inapp/index.html")
+            .display(),
+        token("cus_ada")
+    );
+    browser.goto(&page).await.expect("open the example page");
+
+    let banner = |browser: fantoccini::Client| async move {
+        let state = browser
+            .execute(
+                "var b = document.getElementById('dunningd-banner');
+                 return b ? [String(b.hidden), b.querySelector('.dunningd-title').textContent, b.querySelector('.dunningd-action').href] : null;",
+                vec![],
+            )
+            .await
+            .ok()?;
+        serde_json::from_value::<(String, String, String)>(state).ok()
+    };
+    until("the first message", || {
+        let b = browser.clone();
+        async move {
+            banner(b).await.is_some_and(|(hidden, title, _)| {
+                hidden == "false" && title == "Payment of £49.00 failed"
+            })
+        }
+    })
+    .await;
+    let (_, _, link) = banner(browser.clone()).await.expect("banner");
+    assert_eq!(link, "https://billing.example.com/update/cus_ada");
+
+    // A second message arrives while the page is open: shown without a reload.
+    fail_payment(&daemon, "e2", "inv_2", 1200).await;
+    until("the live update", || {
+        let b = browser.clone();
+        async move {
+            banner(b)
+                .await
+                .is_some_and(|(_, title, _)| title == "Payment of £12.00 failed")
+        }
+    })
+    .await;
+    let png = browser.screenshot().await.expect("screenshot");
+    std::fs::write(std::env::temp_dir().join("dunningd-banner.png"), png).expect("save screenshot");
+
+    // Dismissed one by one: the older message comes back, then nothing.
+    browser
+        .find(fantoccini::Locator::Css(".dunningd-dismiss"))
+        .await
+        .expect("dismiss button")
+        .click()
+        .await
+        .expect("click");
+    until("the older message after a dismiss", || {
+        let b = browser.clone();
+        async move {
+            banner(b).await.is_some_and(|(hidden, title, _)| {
+                hidden == "false" && title == "Payment of £49.00 failed"
+            })
+        }
+    })
+    .await;
+    browser
+        .find(fantoccini::Locator::Css(".dunningd-dismiss"))
+        .await
+        .expect("dismiss button")
+        .click()
+        .await
+        .expect("click");
+    until("the banner hidden", || {
+        let b = browser.clone();
+        async move {
+            banner(b)
+                .await
+                .is_some_and(|(hidden, _, _)| hidden == "true")
+        }
+    })
+    .await;
+    browser.close().await.expect("close the browser");
+}
