@@ -535,6 +535,7 @@ mod tests {
     fn the_shipped_examples_are_valid() {
         let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
         Config::load(&examples.join("dunningd.yaml")).expect("quick-start config");
+        Config::load(&examples.join("dunningd.local.yaml")).expect("local-peers config");
 
         // The production example reads its secrets from systemd credentials.
         let credentials = tempfile::tempdir().unwrap();
