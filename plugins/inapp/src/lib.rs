@@ -173,12 +173,8 @@ impl Inbox {
                 get(list).options(preflight),
             )
             .route(
-                "/v1/customers/{customer}/messages/{id}/read",
-                post(mark_read).options(preflight),
-            )
-            .route(
-                "/v1/customers/{customer}/messages/{id}/dismiss",
-                post(dismiss).options(preflight),
+                "/v1/customers/{customer}/messages/{id}/{mark}",
+                post(mark).options(preflight),
             )
             .route("/v1/customers/{customer}/stream", get(stream))
             .with_state(inbox.clone());
@@ -344,19 +340,36 @@ async fn list(
     response
 }
 
-async fn update(inbox: &Inbox, customer: &str, id: i64, column: &'static str) -> Response {
-    let sql = match column {
-        "read_ms" => {
+/// What a customer can do to a message.
+#[derive(Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Mark {
+    Read,
+    Dismiss,
+}
+
+/// `POST /v1/customers/{customer}/messages/{id}/{read|dismiss}`.
+async fn mark(
+    State(inbox): State<Arc<Inbox>>,
+    Path((customer, id, mark)): Path<(String, i64, Mark)>,
+    Query(query): Query<TokenQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if !inbox.authorized(&customer, &headers, &query) {
+        return unauthorized();
+    }
+    let sql = match mark {
+        Mark::Read => {
             "UPDATE messages SET read_ms = COALESCE(read_ms, ?) WHERE id = ? AND customer_id = ?"
         }
-        _ => {
+        Mark::Dismiss => {
             "UPDATE messages SET dismissed_ms = COALESCE(dismissed_ms, ?) WHERE id = ? AND customer_id = ?"
         }
     };
-    match sqlx::query(sql)
+    let mut response = match sqlx::query(sql)
         .bind(now_ms())
         .bind(id)
-        .bind(customer)
+        .bind(&customer)
         .execute(&inbox.pool)
         .await
     {
@@ -364,7 +377,7 @@ async fn update(inbox: &Inbox, customer: &str, id: i64, column: &'static str) ->
             (StatusCode::NOT_FOUND, "no such message").into_response()
         }
         Ok(_) => {
-            let _ = inbox.changes.send(customer.to_string());
+            let _ = inbox.changes.send(customer.clone());
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => (
@@ -372,33 +385,7 @@ async fn update(inbox: &Inbox, customer: &str, id: i64, column: &'static str) ->
             format!("inbox unavailable: {e}"),
         )
             .into_response(),
-    }
-}
-
-async fn mark_read(
-    State(inbox): State<Arc<Inbox>>,
-    Path((customer, id)): Path<(String, i64)>,
-    Query(query): Query<TokenQuery>,
-    headers: HeaderMap,
-) -> Response {
-    if !inbox.authorized(&customer, &headers, &query) {
-        return unauthorized();
-    }
-    let mut response = update(&inbox, &customer, id, "read_ms").await;
-    inbox.cors(&headers, &mut response);
-    response
-}
-
-async fn dismiss(
-    State(inbox): State<Arc<Inbox>>,
-    Path((customer, id)): Path<(String, i64)>,
-    Query(query): Query<TokenQuery>,
-    headers: HeaderMap,
-) -> Response {
-    if !inbox.authorized(&customer, &headers, &query) {
-        return unauthorized();
-    }
-    let mut response = update(&inbox, &customer, id, "dismissed_ms").await;
+    };
     inbox.cors(&headers, &mut response);
     response
 }
