@@ -52,6 +52,8 @@ pub struct Shared {
     last_reload: RwLock<ReloadReport>,
     /// One reload at a time: the watcher, SIGHUP and the API may ask at once.
     reloading: tokio::sync::Mutex<()>,
+    /// Set once start-up is done: only later reloads are announced to systemd.
+    ready: std::sync::atomic::AtomicBool,
     started_at: DateTime<Utc>,
 }
 
@@ -99,6 +101,10 @@ impl Shared {
     /// validates. Returns once applied or refused.
     pub async fn reload(&self) -> ReloadReport {
         let _one_at_a_time = self.reloading.lock().await;
+        let announce = self.ready.load(std::sync::atomic::Ordering::SeqCst);
+        if announce {
+            crate::systemd::reloading();
+        }
         let current = self.config();
         let report = match current.path.as_deref().map(Config::load) {
             None => self.apply(current.clone(), &current),
@@ -113,7 +119,33 @@ impl Shared {
         };
         log_report(&report);
         write(&self.last_reload, report.clone());
+        if announce {
+            crate::systemd::ready(&self.status_line().await);
+        }
         report
+    }
+
+    /// One line for `systemctl status`: what the daemon is doing.
+    pub async fn status_line(&self) -> String {
+        let active = match self.engine.case_counts().await {
+            Ok(counts) => counts
+                .get(&crate::model::CaseState::Active)
+                .copied()
+                .unwrap_or(0)
+                .to_string(),
+            Err(_) => "?".to_string(),
+        };
+        let reload = self.last_reload();
+        format!(
+            "{active} active cases, {} workflows; last reload {} at {}",
+            reload.workflows_loaded,
+            if reload.ok {
+                "ok"
+            } else {
+                "refused some files"
+            },
+            reload.at.format("%Y-%m-%d %H:%M:%S UTC")
+        )
     }
 
     fn apply(&self, new: Config, current: &Config) -> ReloadReport {
@@ -271,6 +303,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             changed: Vec::new(),
         }),
         reloading: tokio::sync::Mutex::new(()),
+        ready: std::sync::atomic::AtomicBool::new(false),
         started_at,
     });
     // Start-up is a reload from nothing.
@@ -304,6 +337,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| ConfigurationError(e.to_string()))?;
     let admin_task = tokio::spawn(admin);
+    shared
+        .ready
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    crate::systemd::ready(&shared.status_line().await);
+    tokio::spawn(crate::systemd::watchdog(
+        scheduler.heartbeat(),
+        crate::engine::scheduler::POLL_CAP,
+    ));
+    {
+        // Refresh the status line now and then; reloads refresh it too.
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(15)).await;
+                crate::systemd::status(&shared.status_line().await);
+            }
+        });
+    }
     tracing::info!(
         version = crate::VERSION,
         socket = %config.admin.socket.display(),
@@ -313,6 +364,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     wait_for_stop(reload_tx).await?;
+    crate::systemd::stopping();
     tracing::info!("stopping: no new claims, waiting for in-flight sends");
     let _ = stop_tx.send(true);
     if let Err(error) = scheduler_task.await {

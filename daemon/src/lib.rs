@@ -12,6 +12,7 @@
 //! - [`plugin_host`]: loads channel plugins and calls them safely.
 //! - [`admin`]: the gRPC admin API, the only module that knows protobuf.
 //! - [`daemon`]: wiring: start-up (a reload from nothing), reloads, shutdown.
+//! - [`systemd`]: the notify protocol (readiness, reloads, watchdog, status).
 //!
 //! The binaries are `dunningd` (the daemon) and `dunningctl` (its client).
 #![deny(unsafe_code)]
@@ -25,6 +26,7 @@ pub mod model;
 #[allow(unsafe_code)]
 pub mod plugin_host;
 pub mod store;
+pub mod systemd;
 pub mod workflow;
 
 /// The generated protobuf and gRPC code. Only `admin` and `dunningctl` use it.

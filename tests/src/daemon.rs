@@ -29,6 +29,8 @@ pub struct Setup {
     pub channels: BTreeMap<String, String>,
     /// Extra top-level YAML appended to the configuration.
     pub extra_config: String,
+    /// Extra environment for the daemon process (e.g. `NOTIFY_SOCKET`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Setup {
@@ -45,6 +47,7 @@ impl Default for Setup {
                 })
                 .collect(),
             extra_config: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -89,6 +92,7 @@ pub struct TestDaemon {
     child: Option<Child>,
     /// How many times the daemon was started (each start appends its log).
     starts: u32,
+    env: Vec<(String, String)>,
 }
 
 impl TestDaemon {
@@ -121,6 +125,7 @@ impl TestDaemon {
             config: config_path,
             child: None,
             starts: 0,
+            env: setup.env.clone(),
         };
         daemon.spawn().await;
         daemon
@@ -140,6 +145,7 @@ impl TestDaemon {
             .arg(&self.config)
             .current_dir(self.dir.path())
             .env("RUST_LOG", "info,dunningd=debug")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -24,8 +24,9 @@ use crate::plugin_host::PluginHost;
 use crate::store::{ClaimOptions, Claimed, Completion};
 use crate::workflow::RenderContext;
 
-/// Longest the loop sleeps without looking at the store.
-const POLL_CAP: Duration = Duration::from_secs(1);
+/// Longest the loop sleeps without looking at the store (and without moving
+/// its heartbeat).
+pub const POLL_CAP: Duration = Duration::from_secs(1);
 /// Most dispatches in flight across all channels; channels have their own,
 /// smaller limits in the plugin host.
 const MAX_IN_FLIGHT: usize = 1024;
@@ -190,9 +191,12 @@ impl Scheduler {
             tracing::warn!(
                 still_running = tasks.len(),
                 grace = ?grace,
-                "in-flight sends did not finish in time; their leases will expire and they will be retried"
+                "in-flight sends did not finish in time; they stay claimable and will be sent again with the same idempotency key"
             );
-            tasks.detach_all();
+            // Stop waiting for them: their plugin threads run on (they cannot
+            // be cancelled), but their outcomes will not be recorded.
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
         }
         drop(done_tx);
         if let Err(error) = writer.await {

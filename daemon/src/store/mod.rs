@@ -198,7 +198,8 @@ pub trait Store: Send + Sync {
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
 
     /// Gives up this owner's leases at once (clean shutdown), so restarted or
-    /// other daemons need not wait for them to expire.
+    /// other daemons need not wait for them to expire. Their attempts still
+    /// count.
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
 
     async fn case_action(

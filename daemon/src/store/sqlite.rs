@@ -505,10 +505,9 @@ impl Store for SqliteStore {
 
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
         let mut tx = self.write_tx().await?;
-        // The claim counted as an attempt; an unstarted release gives it back.
+        // The attempt keeps counting: the plugin may have been called.
         let released = sqlx::query(
-            "UPDATE deliveries SET status = 'scheduled', lease_owner = NULL, lease_expires_ms = NULL,
-                    attempts = MAX(attempts - 1, 0)
+            "UPDATE deliveries SET status = 'scheduled', lease_owner = NULL, lease_expires_ms = NULL
              WHERE status = 'sending' AND lease_owner = ?",
         )
         .bind(owner)
