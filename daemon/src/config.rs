@@ -184,7 +184,7 @@ impl fmt::Debug for ChannelSpec {
 }
 
 /// Scheduler tuning. The defaults suit one daemon on one machine.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchedulerConfig {
     /// How long a claim lasts (wall-clock) before another daemon, or this one
     /// after a restart, may take the delivery over.

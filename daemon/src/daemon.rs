@@ -160,10 +160,7 @@ impl Shared {
             ),
             ("clock", new.clock != current.clock),
             ("workflows_dir", new.workflows_dir != current.workflows_dir),
-            (
-                "scheduler",
-                format!("{:?}", new.scheduler) != format!("{:?}", current.scheduler),
-            ),
+            ("scheduler", new.scheduler != current.scheduler),
         ] {
             if changed {
                 tracing::warn!(
