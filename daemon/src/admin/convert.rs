@@ -121,12 +121,229 @@ pub fn plugin(p: &PluginInfo) -> proto::PluginInfo {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
+    use crate::model::{CaseState, Customer, DeliveryStatus, Event};
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().expect("time")
+    }
 
     #[test]
     fn times_have_one_fixed_width() {
-        let t: DateTime<Utc> = "2026-01-05T09:00:00Z".parse().unwrap();
-        assert_eq!(time(t), "2026-01-05T09:00:00.000Z");
+        for (input, expected) in [
+            ("2026-01-05T09:00:00Z", "2026-01-05T09:00:00.000Z"),
+            ("2026-01-05T09:00:00.5Z", "2026-01-05T09:00:00.500Z"),
+            (
+                "2026-01-05T10:00:00.123456+01:00",
+                "2026-01-05T09:00:00.123Z",
+            ),
+        ] {
+            assert_eq!(time(at(input)), expected, "{input}");
+        }
         assert_eq!(opt_time(None), "");
+        assert_eq!(
+            opt_time(Some(at("2026-01-05T09:00:00Z"))),
+            "2026-01-05T09:00:00.000Z"
+        );
+    }
+
+    fn diagnostic(line: u32) -> Diagnostic {
+        Diagnostic {
+            path: PathBuf::from("workflows/late.yaml"),
+            line,
+            column: if line == 0 { 0 } else { 5 },
+            message: "step 'reminder': unknown channel 'fax'".into(),
+        }
+    }
+
+    #[test]
+    fn file_errors_carry_a_printable_line() {
+        for (line, display) in [
+            (
+                12,
+                "workflows/late.yaml:12:5: step 'reminder': unknown channel 'fax'",
+            ),
+            (
+                0,
+                "workflows/late.yaml: step 'reminder': unknown channel 'fax'",
+            ),
+        ] {
+            let e = file_error(&diagnostic(line));
+            assert_eq!(e.path, "workflows/late.yaml");
+            assert_eq!(e.line, line);
+            assert_eq!(e.message, "step 'reminder': unknown channel 'fax'");
+            assert_eq!(e.display, display);
+        }
+    }
+
+    #[test]
+    fn reload_reports() {
+        let r = reload(&ReloadReport {
+            at: at("2026-01-05T09:00:00Z"),
+            ok: false,
+            errors: vec![diagnostic(12)],
+            workflows_loaded: 3,
+            changed: vec!["payment-failed".into()],
+        });
+        assert_eq!(r.at, "2026-01-05T09:00:00.000Z");
+        assert!(!r.ok);
+        assert_eq!(r.errors.len(), 1);
+        assert_eq!(r.workflows_loaded, 3);
+        assert_eq!(r.changed, ["payment-failed"]);
+    }
+
+    fn sample_case(ended: Option<&str>) -> Case {
+        Case {
+            id: "c1".into(),
+            workflow: "payment-failed".into(),
+            workflow_version: "abc123".into(),
+            customer_id: "cus_1".into(),
+            subject: "inv_1".into(),
+            state: CaseState::Recovered,
+            trigger_event: Event {
+                id: "e1".into(),
+                event_type: "payment_failed".into(),
+                customer: Customer {
+                    id: "cus_1".into(),
+                    ..Customer::default()
+                },
+                subject: "inv_1".into(),
+                data: serde_json::json!({ "amount": 4900 }),
+                occurred_at: None,
+            },
+            started_at: at("2026-01-05T09:00:00Z"),
+            updated_at: at("2026-01-08T09:00:00Z"),
+            paused_at: None,
+            ended_reason: ended.map(String::from),
+        }
+    }
+
+    #[test]
+    fn cases() {
+        for (ended, expected) in [(Some("event e7"), "event e7"), (None, "")] {
+            let c = case(&sample_case(ended));
+            assert_eq!(
+                c,
+                proto::Case {
+                    id: "c1".into(),
+                    workflow: "payment-failed".into(),
+                    workflow_version: "abc123".into(),
+                    customer_id: "cus_1".into(),
+                    subject: "inv_1".into(),
+                    state: "recovered".into(),
+                    started_at: "2026-01-05T09:00:00.000Z".into(),
+                    updated_at: "2026-01-08T09:00:00.000Z".into(),
+                    ended_reason: expected.into(),
+                    trigger_event_id: "e1".into(),
+                }
+            );
+        }
+    }
+
+    fn sample_delivery(status: DeliveryStatus, sent: bool) -> Delivery {
+        Delivery {
+            id: "d1".into(),
+            case_id: "c1".into(),
+            step_index: 1,
+            step: "reminder".into(),
+            channel: "sms".into(),
+            template: "reminder_sms".into(),
+            status,
+            due_at: at("2026-01-08T09:00:00Z"),
+            planned_at: at("2026-01-08T10:00:00Z"),
+            attempts: if sent { 1 } else { 0 },
+            idempotency_key: "c1:1:sms".into(),
+            receipt: sent.then(|| "SM123".into()),
+            last_error: None,
+            skip_reason: (status == DeliveryStatus::Skipped).then(|| "opted out".into()),
+            sent_at: sent.then(|| at("2026-01-08T10:00:01Z")),
+            updated_at: at("2026-01-08T10:00:01Z"),
+        }
+    }
+
+    #[test]
+    fn deliveries() {
+        let table = [
+            (
+                sample_delivery(DeliveryStatus::Sent, true),
+                ("sent", "SM123", "", "2026-01-08T10:00:01.000Z"),
+            ),
+            (
+                sample_delivery(DeliveryStatus::Skipped, false),
+                ("skipped", "", "opted out", ""),
+            ),
+            (
+                sample_delivery(DeliveryStatus::Scheduled, false),
+                ("scheduled", "", "", ""),
+            ),
+        ];
+        for (model, (status, receipt, skip, sent_at)) in table {
+            let d = delivery(&model);
+            assert_eq!(d.status, status);
+            assert_eq!(d.receipt, receipt);
+            assert_eq!(d.skip_reason, skip);
+            assert_eq!(d.sent_at, sent_at);
+            assert_eq!(d.due_at, "2026-01-08T09:00:00.000Z");
+            assert_eq!(d.planned_at, "2026-01-08T10:00:00.000Z");
+            assert_eq!(d.step_index, 1);
+            assert_eq!(d.idempotency_key, "c1:1:sms");
+        }
+    }
+
+    #[test]
+    fn case_details_carry_the_trigger_event() {
+        let detail = case_detail(&CaseDetail {
+            case: sample_case(None),
+            deliveries: vec![sample_delivery(DeliveryStatus::Sent, true)],
+        });
+        assert_eq!(detail.case.as_ref().map(|c| c.id.as_str()), Some("c1"));
+        assert_eq!(detail.deliveries.len(), 1);
+        let event = Event::from_json(&detail.trigger_event_json).expect("round trip");
+        assert_eq!(event, sample_case(None).trigger_event);
+    }
+
+    #[test]
+    fn workflow_summaries() {
+        let source = "name: late\ndescription: Late payers\ntrigger:\n  event: payment_failed\n  when: \"data.amount >= 500\"\nexit_on: [payment_succeeded]\nsteps:\n  - name: first\n    after: 0s\n    send: [{ channel: email, template: t }]\n  - name: second\n    after: 3d\n    send: [{ channel: email, template: t }]\ntemplates:\n  t: { subject: hi, text: hello }\n";
+        let path = PathBuf::from("workflows/late.yaml");
+        let w = Workflow::parse(&path, source, None).expect("valid workflow");
+        for (error, expected_error) in [(None, None), (Some(diagnostic(3)), Some(3))] {
+            let s = workflow_summary(&w, 7, error.as_ref());
+            assert_eq!(s.name, "late");
+            assert_eq!(s.description, "Late payers");
+            assert_eq!(s.path, "workflows/late.yaml");
+            assert_eq!(s.trigger, "payment_failed");
+            assert_eq!(s.condition, "data.amount >= 500");
+            assert_eq!(s.exit_on, ["payment_succeeded"]);
+            assert_eq!(s.steps, 2);
+            assert_eq!(s.active_cases, 7);
+            assert_eq!(s.version, w.version);
+            assert_eq!(s.error.map(|e| e.line), expected_error);
+        }
+    }
+
+    #[test]
+    fn event_results_and_plugins() {
+        let r = event_result(IngestOutcome {
+            event_id: "e1".into(),
+            duplicate: false,
+            cases_started: vec!["c1".into()],
+            cases_recovered: vec![],
+            notes: vec!["an active case exists".into()],
+        });
+        assert_eq!(r.event_id, "e1");
+        assert_eq!(r.cases_started, ["c1"]);
+        assert_eq!(r.notes, ["an active case exists"]);
+        let p = plugin(&PluginInfo {
+            name: "smtp".into(),
+            version: "0.1.0".into(),
+            path: PathBuf::from("/usr/lib/dunningd/plugins/libsmtp.so"),
+            abi_version: 1,
+            channels: vec!["email".into()],
+        });
+        assert_eq!(p.path, "/usr/lib/dunningd/plugins/libsmtp.so");
+        assert_eq!((p.abi_version, p.channels.len()), (1, 1));
     }
 }

@@ -1,17 +1,27 @@
 //! The gRPC admin API: the only module that knows protobuf.
 //!
-//! Serves `dunningd.v1.Admin`, server reflection and `grpc.health.v1` on the
-//! Unix socket (access is the socket file's permissions: owner and group) and,
-//! when configured, on TCP, where every call must carry
+//! Serves `dunningd.v1.Admin`, server reflection (v1 and v1alpha) and
+//! `grpc.health.v1` on the Unix socket (access is the socket file's
+//! permissions: owner and group) and, when configured, on TCP, where every
+//! call, health and reflection included, must carry
 //! `authorization: Bearer <token>`.
+//!
+//! Invariants: protobuf types never leave this module (conversion is in
+//! `convert`); every request field is validated here before the engine sees
+//! it; a bad request changes nothing.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 use crate::config::AdminConfig;
 use crate::daemon::Shared;
@@ -22,6 +32,9 @@ mod service;
 
 pub use service::AdminService;
 
+/// The fully qualified name health checks ask about.
+pub const SERVICE_NAME: &str = "dunningd.v1.Admin";
+
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error("admin socket '{path}': {message}")]
@@ -30,10 +43,40 @@ pub enum AdminError {
     Tcp { addr: String, message: String },
     #[error("admin token file '{path}': {message}")]
     Token { path: String, message: String },
+    #[error("admin.tcp: a TCP listener needs admin.token_file (a bearer token clients must send)")]
+    NoToken,
     #[error("reflection: {0}")]
     Reflection(String),
     #[error("admin API: {0}")]
     Transport(#[from] tonic::transport::Error),
+}
+
+/// What `grpc.health.v1` answers, for the daemon to change while it runs
+/// (e.g. NOT_SERVING while the database is unreachable). Cheap to clone.
+#[derive(Clone)]
+pub struct Health(HealthReporter);
+
+impl Health {
+    /// Sets both the whole server (`""`) and `dunningd.v1.Admin`.
+    pub async fn set_serving(&self, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.0.set_service_status("", status).await;
+        self.0.set_service_status(SERVICE_NAME, status).await;
+    }
+}
+
+/// The future that serves the API until the stop signal, then drains.
+pub type Serving = Pin<Box<dyn Future<Output = Result<(), AdminError>> + Send + 'static>>;
+
+/// Bound listeners: serve them by awaiting (or spawning) `serve`.
+pub struct Listening {
+    /// Health status, SERVING from the start.
+    pub health: Health,
+    pub serve: Serving,
 }
 
 /// Binds the listeners (so the caller knows the API is reachable once this
@@ -41,43 +84,25 @@ pub enum AdminError {
 pub async fn bind(
     shared: Arc<Shared>,
     config: &AdminConfig,
-    mut stop: watch::Receiver<bool>,
-) -> Result<impl Future<Output = Result<(), AdminError>> + Send + 'static, AdminError> {
+    stop: watch::Receiver<bool>,
+) -> Result<Serving, AdminError> {
+    Ok(listen(shared, config, stop).await?.serve)
+}
+
+/// Like [`bind`], and also hands out the health handle. Health turns
+/// NOT_SERVING by itself when `stop` turns true.
+pub async fn listen(
+    shared: Arc<Shared>,
+    config: &AdminConfig,
+    stop: watch::Receiver<bool>,
+) -> Result<Listening, AdminError> {
     let socket = config.socket.clone();
-    let socket_error = |message: String| AdminError::Socket {
-        path: socket.display().to_string(),
-        message,
-    };
-    if let Some(parent) = socket.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| socket_error(format!("cannot create its folder: {e}")))?;
-    }
-    // A socket file left by a previous run would make bind fail.
-    if socket.exists() {
-        std::fs::remove_file(&socket)
-            .map_err(|e| socket_error(format!("cannot remove the stale socket: {e}")))?;
-    }
-    let unix = UnixListener::bind(&socket).map_err(|e| socket_error(e.to_string()))?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))
-        .map_err(|e| socket_error(format!("cannot set permissions: {e}")))?;
+    let unix = bind_socket(&socket)?;
 
     let tcp = match &config.tcp {
         None => None,
         Some(addr) => {
-            let token_path = config.token_file.clone().unwrap_or_default();
-            let token = std::fs::read_to_string(&token_path)
-                .map_err(|e| AdminError::Token {
-                    path: token_path.display().to_string(),
-                    message: e.to_string(),
-                })?
-                .trim()
-                .to_string();
-            if token.len() < 16 {
-                return Err(AdminError::Token {
-                    path: token_path.display().to_string(),
-                    message: "the token must be at least 16 characters".into(),
-                });
-            }
+            let token = read_token(config.token_file.as_deref())?;
             let listener = TcpListener::bind(addr).await.map_err(|e| AdminError::Tcp {
                 addr: addr.clone(),
                 message: e.to_string(),
@@ -86,42 +111,33 @@ pub async fn bind(
         }
     };
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<AdminServer<AdminService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| AdminError::Reflection(e.to_string()))?;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health(reporter);
+    health.set_serving(true).await;
+    let (reflection, reflection_alpha) = reflection()?;
     let service = AdminService::new(shared);
 
-    let unix_server = {
-        let mut stop = stop.clone();
-        Server::builder()
-            .add_service(health_service.clone())
-            .add_service(reflection.clone())
-            .add_service(AdminServer::new(service.clone()))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(unix), async move {
+    // Both listeners stop on the same signal; health says NOT_SERVING first,
+    // so a client watching it moves away before connections close.
+    let stopped = {
+        let health = health.clone();
+        move |mut stop: watch::Receiver<bool>| {
+            let health = health.clone();
+            async move {
                 let _ = stop.wait_for(|s| *s).await;
-            })
+                health.set_serving(false).await;
+            }
+        }
     };
+
+    let unix_server = Server::builder()
+        .add_service(health_service.clone())
+        .add_service(reflection.clone())
+        .add_service(reflection_alpha.clone())
+        .add_service(AdminServer::new(service.clone()))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(stop.clone()));
     let tcp_server = tcp.map(|(listener, token)| {
-        let expected = format!("Bearer {token}");
-        let check =
-            move |request: tonic::Request<()>| -> Result<tonic::Request<()>, tonic::Status> {
-                let given = request
-                    .metadata()
-                    .get("authorization")
-                    .map(|v| v.as_bytes())
-                    .unwrap_or(b"");
-                if constant_time_eq(given, expected.as_bytes()) {
-                    Ok(request)
-                } else {
-                    Err(tonic::Status::unauthenticated(
-                        "missing or wrong bearer token",
-                    ))
-                }
-            };
+        let check = BearerCheck::new(&token);
         Server::builder()
             .add_service(tonic::service::interceptor::InterceptedService::new(
                 health_service,
@@ -131,12 +147,14 @@ pub async fn bind(
                 reflection,
                 check.clone(),
             ))
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                reflection_alpha,
+                check.clone(),
+            ))
             .add_service(AdminServer::with_interceptor(service, check))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop))
     });
-    Ok(async move {
+    let serve = async move {
         match tcp_server {
             None => unix_server.await?,
             Some(tcp_server) => {
@@ -147,13 +165,294 @@ pub async fn bind(
         }
         let _ = std::fs::remove_file(&socket);
         Ok(())
+    };
+    Ok(Listening {
+        health,
+        serve: Box::pin(serve),
     })
 }
 
-/// Compares without an early exit, so timing does not reveal the token.
+/// Server reflection describing the Admin and health services, in both
+/// protocol versions: older grpcurl and grpcui builds only speak v1alpha.
+fn reflection() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    AdminError,
+> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = builder()
+        .build_v1()
+        .map_err(|e| AdminError::Reflection(e.to_string()))?;
+    let v1alpha = builder()
+        .build_v1alpha()
+        .map_err(|e| AdminError::Reflection(e.to_string()))?;
+    Ok((v1, v1alpha))
+}
+
+/// Creates the socket's folder, takes over a stale socket file, binds, and
+/// limits access to owner and group.
+fn bind_socket(socket: &Path) -> Result<UnixListener, AdminError> {
+    let socket_error = |message: String| AdminError::Socket {
+        path: socket.display().to_string(),
+        message,
+    };
+    if let Some(parent) = socket.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| socket_error(format!("cannot create its folder: {e}")))?;
+    }
+    // A socket file left by a previous run would make bind fail; but one that
+    // answers belongs to a running daemon, and anything else is not ours.
+    if let Ok(meta) = std::fs::symlink_metadata(socket) {
+        if !meta.file_type().is_socket() {
+            return Err(socket_error(
+                "exists and is not a socket; refusing to replace it".into(),
+            ));
+        }
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            return Err(socket_error(
+                "another process is listening on it (is dunningd already running?)".into(),
+            ));
+        }
+        std::fs::remove_file(socket)
+            .map_err(|e| socket_error(format!("cannot remove the stale socket: {e}")))?;
+    }
+    let unix = UnixListener::bind(socket).map_err(|e| socket_error(e.to_string()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| socket_error(format!("cannot set permissions: {e}")))?;
+    Ok(unix)
+}
+
+/// The shortest token accepted: guessing 16 random characters is hopeless.
+const MIN_TOKEN_LEN: usize = 16;
+
+fn read_token(path: Option<&Path>) -> Result<String, AdminError> {
+    // Config::load refuses this already; a hand-built AdminConfig may not.
+    let Some(path) = path else {
+        return Err(AdminError::NoToken);
+    };
+    let token_error = |message: String| AdminError::Token {
+        path: path.display().to_string(),
+        message,
+    };
+    let token = std::fs::read_to_string(path)
+        .map_err(|e| token_error(e.to_string()))?
+        .trim()
+        .to_string();
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(token_error(format!(
+            "the token must be at least {MIN_TOKEN_LEN} characters"
+        )));
+    }
+    Ok(token)
+}
+
+/// Requires `authorization: Bearer <token>` on every call.
+#[derive(Clone)]
+struct BearerCheck {
+    /// SHA-256 of the whole expected header value: comparing digests of equal
+    /// length reveals neither the token's bytes nor its length through timing.
+    expected: [u8; 32],
+}
+
+impl BearerCheck {
+    fn new(token: &str) -> BearerCheck {
+        BearerCheck {
+            expected: Sha256::digest(format!("Bearer {token}")).into(),
+        }
+    }
+
+    fn allows(&self, header: Option<&[u8]>) -> bool {
+        let given: [u8; 32] = Sha256::digest(header.unwrap_or(b"")).into();
+        constant_time_eq(&given, &self.expected) && header.is_some()
+    }
+}
+
+impl tonic::service::Interceptor for BearerCheck {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes());
+        if self.allows(header) {
+            Ok(request)
+        } else {
+            Err(tonic::Status::unauthenticated(
+                "missing or wrong bearer token",
+            ))
+        }
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal where they differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_check() {
+        let check = BearerCheck::new("0123456789abcdef");
+        let cases: &[(Option<&[u8]>, bool)] = &[
+            (Some(b"Bearer 0123456789abcdef"), true),
+            (Some(b"Bearer 0123456789abcdeF"), false),
+            (Some(b"bearer 0123456789abcdef"), false),
+            (Some(b"0123456789abcdef"), false),
+            (Some(b"Bearer 0123456789abcdef "), false),
+            (Some(b""), false),
+            (None, false),
+        ];
+        for (header, allowed) in cases {
+            assert_eq!(check.allows(*header), *allowed, "{header:?}");
+        }
+    }
+
+    #[test]
+    fn constant_time_eq_is_eq() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn tokens_must_exist_and_be_long() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let short = dir.path().join("short");
+        std::fs::write(&short, "abc\n").expect("write");
+        let good = dir.path().join("good");
+        std::fs::write(&good, "  0123456789abcdef\n").expect("write");
+        assert_eq!(read_token(Some(&good)).expect("good"), "0123456789abcdef");
+        let e = read_token(Some(&short)).expect_err("short").to_string();
+        assert!(e.contains("at least 16 characters"), "{e}");
+        let e = read_token(Some(&dir.path().join("missing")))
+            .expect_err("missing")
+            .to_string();
+        assert!(e.starts_with("admin token file '"), "{e}");
+        let e = read_token(None).expect_err("none").to_string();
+        assert!(e.contains("admin.token_file"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn socket_takeover() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("run/admin.sock");
+
+        // A missing folder is created; the mode is 0660.
+        let listener = bind_socket(&socket).expect("bind");
+        let mode = std::fs::metadata(&socket)
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o660);
+
+        // A live socket is not stolen.
+        let e = bind_socket(&socket).expect_err("live").to_string();
+        assert!(e.contains("another process is listening"), "{e}");
+
+        // A stale one is replaced.
+        drop(listener);
+        bind_socket(&socket).expect("stale socket replaced");
+
+        // A regular file is never deleted.
+        let file = dir.path().join("not-a-socket");
+        std::fs::write(&file, "keep me").expect("write");
+        let e = bind_socket(&file).expect_err("file").to_string();
+        assert!(e.contains("is not a socket"), "{e}");
+        assert_eq!(std::fs::read_to_string(&file).expect("kept"), "keep me");
+    }
+
+    /// v1alpha reflection (the protocol older grpcurl speaks) and the health
+    /// handle, over a real socket.
+    #[tokio::test]
+    async fn reflection_v1alpha_and_health_answer() {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("admin.sock");
+        let listener = bind_socket(&socket).expect("bind");
+        let (v1, v1alpha) = reflection().expect("reflection");
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let health = Health(reporter);
+        health.set_serving(true).await;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            Server::builder()
+                .add_service(health_service)
+                .add_service(v1)
+                .add_service(v1alpha)
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                }),
+        );
+        let path = socket.clone();
+        let channel = tonic::transport::Endpoint::from_static("http://[::]:50051")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await
+            .expect("connect");
+
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = ServerReflectionClient::new(channel.clone())
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .expect("reflection call")
+            .into_inner();
+        let answer = answers.message().await.expect("answer").expect("one");
+        let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+            panic!("unexpected answer {answer:?}");
+        };
+        let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+        for expected in [SERVICE_NAME, "grpc.health.v1.Health"] {
+            assert!(names.contains(&expected), "{names:?}");
+        }
+
+        let mut client = HealthClient::new(channel);
+        for (serving, expected) in [
+            (true, ServingStatus::Serving),
+            (false, ServingStatus::NotServing),
+        ] {
+            health.set_serving(serving).await;
+            for service in ["", SERVICE_NAME] {
+                let status = client
+                    .check(HealthCheckRequest {
+                        service: service.into(),
+                    })
+                    .await
+                    .expect("health check")
+                    .into_inner()
+                    .status;
+                assert_eq!(status, expected as i32, "{service:?}");
+            }
+        }
+        let _ = stop.send(());
+        server.await.expect("join").expect("serve");
+    }
 }

@@ -1,5 +1,10 @@
 //! The `dunningd.v1.Admin` service: validates every request field, calls the
 //! engine or the daemon, converts the answer.
+//!
+//! Validation is plain functions (`case_filter`, `events`, `clock_move`) so
+//! it is tested without a daemon; an invalid field answers INVALID_ARGUMENT
+//! naming it, before anything is changed. `Reload` answers OK even when files
+//! are refused: the `ReloadResult` (ok = false, every error) is the answer.
 
 use std::sync::Arc;
 
@@ -17,10 +22,15 @@ use crate::store::{CaseAction, StoreError};
 
 /// Most events accepted in one call; larger batches should be split.
 const MAX_BATCH: usize = 10_000;
+/// Most cases listed in one call.
 const MAX_LIST: u32 = 10_000;
+/// `ListCases.limit` 0 means this many (as the proto says).
+const DEFAULT_LIST: u32 = 100;
 
+/// The Admin implementation; cheap to clone (one per listener).
 #[derive(Clone)]
 pub struct AdminService {
+    /// The engine, workflows, plugins and reload path the daemon shares.
     shared: Arc<Shared>,
 }
 
@@ -30,6 +40,7 @@ impl AdminService {
     }
 }
 
+/// Engine errors as gRPC codes; exhaustive, so a new variant needs a decision.
 fn engine_status(error: EngineError) -> Status {
     match error {
         EngineError::Store(StoreError::CaseNotFound(id)) => {
@@ -61,6 +72,76 @@ fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
 fn optional(value: &str) -> Option<String> {
     let value = value.trim();
     (!value.is_empty()).then(|| value.to_string())
+}
+
+/// `ListCases` checked: an unknown state or an absurd limit is refused.
+fn case_filter(r: &proto::ListCasesRequest) -> Result<CaseFilter, Status> {
+    let state = match optional(&r.state) {
+        None => None,
+        Some(s) => Some(
+            s.parse::<CaseState>()
+                .map_err(|e| Status::invalid_argument(format!("state: {e}")))?,
+        ),
+    };
+    if r.limit > MAX_LIST {
+        return Err(Status::invalid_argument(format!(
+            "limit: at most {MAX_LIST}, got {}",
+            r.limit
+        )));
+    }
+    Ok(CaseFilter {
+        workflow: optional(&r.workflow),
+        state,
+        customer: optional(&r.customer),
+        limit: if r.limit == 0 { DEFAULT_LIST } else { r.limit },
+    })
+}
+
+/// `SendEvents` checked: every event parses, or none is taken.
+fn events(texts: &[String]) -> Result<Vec<Event>, Status> {
+    if texts.is_empty() {
+        return Err(Status::invalid_argument(
+            "events: the batch is empty; send at least one event",
+        ));
+    }
+    if texts.len() > MAX_BATCH {
+        return Err(Status::invalid_argument(format!(
+            "events: {} events in one call; send at most {MAX_BATCH}",
+            texts.len()
+        )));
+    }
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            Event::from_json(text)
+                .map_err(|e| Status::invalid_argument(format!("events[{i}]: {e}")))
+        })
+        .collect()
+}
+
+/// Where `AdvanceClock` asks the clock to go.
+#[derive(Debug, PartialEq)]
+enum ClockMove {
+    By(std::time::Duration),
+    To(DateTime<Utc>),
+}
+
+fn clock_move(target: Option<proto::advance_clock_request::Target>) -> Result<ClockMove, Status> {
+    use proto::advance_clock_request::Target;
+    match target {
+        None => Err(Status::invalid_argument(
+            "target: give 'by' (a duration) or 'to' (an RFC 3339 time)",
+        )),
+        Some(Target::By(by)) => crate::duration::parse(&by)
+            .map(ClockMove::By)
+            .map_err(|e| Status::invalid_argument(format!("by: {e}"))),
+        Some(Target::To(to)) => DateTime::parse_from_rfc3339(to.trim())
+            .map(|t| ClockMove::To(t.with_timezone(&Utc)))
+            .map_err(|e| {
+                Status::invalid_argument(format!("to: invalid RFC 3339 time '{to}': {e}"))
+            }),
+    }
 }
 
 impl AdminService {
@@ -195,25 +276,8 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::SendEventsRequest>,
     ) -> Result<Response<proto::SendEventsResponse>, Status> {
-        let texts = request.into_inner().events;
-        if texts.is_empty() {
-            return Err(Status::invalid_argument("events: the batch is empty"));
-        }
-        if texts.len() > MAX_BATCH {
-            return Err(Status::invalid_argument(format!(
-                "events: {} events in one call; send at most {MAX_BATCH}",
-                texts.len()
-            )));
-        }
         // Every event is checked before any is stored.
-        let events = texts
-            .iter()
-            .enumerate()
-            .map(|(i, text)| {
-                Event::from_json(text)
-                    .map_err(|e| Status::invalid_argument(format!("events[{i}]: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let events = events(&request.into_inner().events)?;
         let outcomes = self
             .shared
             .engine
@@ -229,26 +293,7 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::ListCasesRequest>,
     ) -> Result<Response<proto::ListCasesResponse>, Status> {
-        let r = request.get_ref();
-        let state = match optional(&r.state) {
-            None => None,
-            Some(s) => Some(
-                s.parse::<CaseState>()
-                    .map_err(|e| Status::invalid_argument(format!("state: {e}")))?,
-            ),
-        };
-        if r.limit > MAX_LIST {
-            return Err(Status::invalid_argument(format!(
-                "limit: at most {MAX_LIST}, got {}",
-                r.limit
-            )));
-        }
-        let filter = CaseFilter {
-            workflow: optional(&r.workflow),
-            state,
-            customer: optional(&r.customer),
-            limit: r.limit,
-        };
+        let filter = case_filter(request.get_ref())?;
         let cases = self
             .shared
             .engine
@@ -321,25 +366,10 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::AdvanceClockRequest>,
     ) -> Result<Response<proto::Clock>, Status> {
-        use proto::advance_clock_request::Target;
         let clock = self.shared.engine.clock();
-        let result = match request.into_inner().target {
-            None => {
-                return Err(Status::invalid_argument(
-                    "target: give 'by' (a duration) or 'to' (an RFC 3339 time)",
-                ));
-            }
-            Some(Target::By(by)) => {
-                let by = crate::duration::parse(&by)
-                    .map_err(|e| Status::invalid_argument(format!("by: {e}")))?;
-                clock.advance(by)
-            }
-            Some(Target::To(to)) => {
-                let to: DateTime<Utc> = to.parse().map_err(|e| {
-                    Status::invalid_argument(format!("to: invalid RFC 3339 time '{to}': {e}"))
-                })?;
-                clock.set(to)
-            }
+        let result = match clock_move(request.into_inner().target)? {
+            ClockMove::By(by) => clock.advance(by),
+            ClockMove::To(to) => clock.set(to),
         };
         match result {
             Ok(now) => {
@@ -352,6 +382,215 @@ impl Admin for AdminService {
                 Err(Status::invalid_argument(format!("to: {e}")))
             }
             Err(e @ ClockError::Persist { .. }) => Err(Status::internal(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::advance_clock_request::Target;
+    use tonic::Code;
+
+    fn list(workflow: &str, state: &str, customer: &str, limit: u32) -> proto::ListCasesRequest {
+        proto::ListCasesRequest {
+            workflow: workflow.into(),
+            state: state.into(),
+            customer: customer.into(),
+            limit,
+        }
+    }
+
+    #[test]
+    fn required_fields() {
+        for (value, expected) in [
+            ("abc", Ok("abc")),
+            ("  abc ", Ok("abc")),
+            ("", Err("id: must not be empty")),
+            ("   ", Err("id: must not be empty")),
+        ] {
+            let got = required("id", value).map_err(|s| {
+                assert_eq!(s.code(), Code::InvalidArgument);
+                s.message().to_string()
+            });
+            assert_eq!(got, expected.map_err(String::from), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn case_filters() {
+        let ok = [
+            (list("", "", "", 0), None, None, None, DEFAULT_LIST),
+            (
+                list(" payment-failed ", "active", "cus_1", 5),
+                Some("payment-failed"),
+                Some(CaseState::Active),
+                Some("cus_1"),
+                5,
+            ),
+            (
+                list("", " paused ", "  ", 10_000),
+                None,
+                Some(CaseState::Paused),
+                None,
+                10_000,
+            ),
+        ];
+        for (request, workflow, state, customer, limit) in ok {
+            let f = case_filter(&request).expect("valid filter");
+            assert_eq!(f.workflow.as_deref(), workflow, "{request:?}");
+            assert_eq!(f.state, state, "{request:?}");
+            assert_eq!(f.customer.as_deref(), customer, "{request:?}");
+            assert_eq!(f.limit, limit, "{request:?}");
+        }
+        let bad = [
+            (
+                list("", "zombie", "", 0),
+                "state: unknown CaseState 'zombie' (expected one of: active, paused, recovered, exhausted, cancelled)",
+            ),
+            (
+                list("", "Active", "", 0),
+                "state: unknown CaseState 'Active'",
+            ),
+            (list("", "", "", 10_001), "limit: at most 10000, got 10001"),
+        ];
+        for (request, message) in bad {
+            let status = case_filter(&request).expect_err("invalid filter");
+            assert_eq!(status.code(), Code::InvalidArgument);
+            assert!(
+                status.message().starts_with(message),
+                "{:?} for {request:?}",
+                status.message()
+            );
+        }
+    }
+
+    const GOOD: &str =
+        r#"{"id":"e1","type":"payment_failed","customer":{"id":"cus_1"},"subject":"inv_1"}"#;
+
+    #[test]
+    fn event_batches() {
+        let good = GOOD.to_string();
+        assert_eq!(
+            events(&[good.clone(), good.clone()]).expect("valid").len(),
+            2
+        );
+
+        let no_customer = GOOD.replace(r#""cus_1""#, r#""""#);
+        let bad: [(Vec<String>, &str); 4] = [
+            (vec![], "events: the batch is empty"),
+            (
+                vec![good.clone(), good.clone(), good.clone(), no_customer],
+                "events[3]: field 'customer.id' must not be empty",
+            ),
+            (vec!["{".into()], "events[0]: invalid event JSON"),
+            (
+                vec![good.clone(); MAX_BATCH + 1],
+                "events: 10001 events in one call",
+            ),
+        ];
+        for (batch, message) in bad {
+            let status = events(&batch).expect_err("invalid batch");
+            assert_eq!(status.code(), Code::InvalidArgument);
+            assert!(
+                status.message().starts_with(message),
+                "{:?}, expected {message:?}",
+                status.message()
+            );
+        }
+    }
+
+    #[test]
+    fn clock_moves() {
+        let at = |s: &str| s.parse::<DateTime<Utc>>().expect("time");
+        let ok = [
+            (
+                Target::By("3d".into()),
+                ClockMove::By(std::time::Duration::from_secs(3 * 86_400)),
+            ),
+            (
+                Target::By("90s".into()),
+                ClockMove::By(std::time::Duration::from_secs(90)),
+            ),
+            (
+                Target::To("2026-01-05T09:00:00Z".into()),
+                ClockMove::To(at("2026-01-05T09:00:00Z")),
+            ),
+            (
+                Target::To("2026-01-05T10:00:00+01:00".into()),
+                ClockMove::To(at("2026-01-05T09:00:00Z")),
+            ),
+        ];
+        for (target, expected) in ok {
+            assert_eq!(clock_move(Some(target)).expect("valid"), expected);
+        }
+        let bad = [
+            (None, "target: give 'by'"),
+            (Some(Target::By("".into())), "by: empty duration"),
+            (
+                Some(Target::By("3 days".into())),
+                "by: invalid duration '3 days'",
+            ),
+            (
+                Some(Target::To("tomorrow".into())),
+                "to: invalid RFC 3339 time 'tomorrow'",
+            ),
+            (
+                Some(Target::To("2026-01-05".into())),
+                "to: invalid RFC 3339 time '2026-01-05'",
+            ),
+        ];
+        for (target, message) in bad {
+            let status = clock_move(target.clone()).expect_err("invalid move");
+            assert_eq!(status.code(), Code::InvalidArgument);
+            assert!(
+                status.message().starts_with(message),
+                "{:?}, expected {message:?}",
+                status.message()
+            );
+        }
+    }
+
+    #[test]
+    fn engine_errors_map_to_codes() {
+        let cases = [
+            (
+                EngineError::Store(StoreError::CaseNotFound("x".into())),
+                Code::NotFound,
+                "case 'x' not found",
+            ),
+            (
+                EngineError::Store(StoreError::InvalidTransition {
+                    id: "x".into(),
+                    state: CaseState::Recovered,
+                    action: "resume",
+                }),
+                Code::FailedPrecondition,
+                "case 'x' is recovered; cannot resume it",
+            ),
+            (
+                EngineError::Store(StoreError::Database(sqlx::Error::PoolClosed)),
+                Code::Unavailable,
+                "database: ",
+            ),
+            (
+                EngineError::Store(StoreError::Corrupt {
+                    table: "cases",
+                    message: "bad".into(),
+                }),
+                Code::Internal,
+                "corrupt row in table 'cases': bad",
+            ),
+            (
+                EngineError::UnknownVersion("v1".into()),
+                Code::Internal,
+                "workflow version 'v1'",
+            ),
+        ];
+        for (error, code, message) in cases {
+            let status = engine_status(error);
+            assert_eq!(status.code(), code, "{status:?}");
+            assert!(status.message().starts_with(message), "{status:?}");
         }
     }
 }

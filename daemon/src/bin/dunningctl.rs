@@ -5,14 +5,14 @@
 //! reachable), 2 a usage error.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand};
 use dunningd::config::{Config, DEFAULT_SOCKET};
-use dunningd::model::Event;
+use dunningd::model::{CaseState, Event};
 use dunningd::proto::{self, admin_client::AdminClient};
 use dunningd::workflow::{self, Workflow};
 use hyper_util::rt::TokioIo;
@@ -25,7 +25,14 @@ use tonic::transport::{Channel, Endpoint};
 /// panicking.
 macro_rules! out {
     ($($arg:tt)*) => {{
-        let _ = writeln!(std::io::stdout(), $($arg)*);
+        #[cfg(not(test))]
+        {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stdout(), $($arg)*);
+        }
+        // The test harness captures only the print macros.
+        #[cfg(test)]
+        println!($($arg)*);
     }};
 }
 
@@ -33,7 +40,9 @@ macro_rules! out {
 #[command(
     name = "dunningctl",
     version,
-    about = "Administer a running dunningd (and check workflows offline)"
+    about = "Administer a running dunningd (and check workflows offline)",
+    after_help = "Exit status: 0 success, 1 an error or a refusal, 2 a usage error.\n\
+                  `workflows validate` and `preview` work offline, without a daemon."
 )]
 struct Cli {
     /// The daemon's admin socket.
@@ -45,7 +54,7 @@ struct Cli {
     /// A file holding the bearer token for --addr.
     #[arg(long, global = true, env = "DUNNINGD_TOKEN_FILE")]
     token_file: Option<PathBuf>,
-    /// Print JSON instead of tables.
+    /// Print JSON instead of tables (field names as in the gRPC API).
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -69,9 +78,11 @@ enum Command {
     Cases(CasesCommand),
     /// Offline: what a workflow would send for an event, when, rendered.
     Preview {
+        /// The workflow file (YAML).
         workflow: PathBuf,
+        /// One event (JSON).
         event: PathBuf,
-        /// When the case would start (RFC 3339); default now.
+        /// When the case would start (RFC 3339, e.g. 2026-01-05T09:00:00Z); default now.
         #[arg(long)]
         at: Option<String>,
     },
@@ -85,15 +96,19 @@ enum Command {
 
 #[derive(Subcommand)]
 enum WorkflowsCommand {
-    /// The workflows in use, and the files refused right now.
+    /// The workflows in use, and the files refused right now (exit 1 if any).
     List,
-    /// One workflow: its steps and source.
-    Show { name: String },
+    /// One workflow: its trigger, steps and channels.
+    Show {
+        /// The workflow's name (not its file name).
+        name: String,
+    },
     /// Offline: check files; exit 1 with file:line:col errors.
     Validate {
+        /// Workflow files (YAML).
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// The daemon configuration, to check channel names too.
+        /// The daemon configuration, to check channel names too (unchecked without it).
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -102,51 +117,77 @@ enum WorkflowsCommand {
 #[derive(Subcommand)]
 enum EventsCommand {
     /// Send events from a file or `-` (stdin): one JSON event, JSON lines, or a JSON array.
-    Send { file: String },
+    ///
+    /// Every event is checked before any is sent. Prints, per event, whether it
+    /// was accepted or a duplicate, and the cases it started or recovered.
+    Send {
+        /// The file, or `-` for stdin.
+        file: String,
+    },
+}
+
+/// Case states, as `--state` accepts them.
+fn case_states() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(CaseState::ALL.iter().map(|s| s.as_str()))
 }
 
 #[derive(Subcommand)]
 enum CasesCommand {
+    /// Cases, newest first.
     List {
+        /// Only this workflow's cases.
         #[arg(long)]
         workflow: Option<String>,
-        /// active, paused, recovered, exhausted or cancelled.
-        #[arg(long)]
+        /// Only cases in this state.
+        #[arg(long, value_parser = case_states())]
         state: Option<String>,
+        /// Only this customer's cases (the customer id from the events).
         #[arg(long)]
         customer: Option<String>,
-        #[arg(long, default_value_t = 100)]
+        /// At most this many.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
     },
     /// A case's timeline: steps, deliveries, errors.
     Show {
+        /// The case id.
         id: String,
     },
+    /// Stop sending for a case until it is resumed; the schedule shifts by the pause.
     Pause {
+        /// The case id.
         id: String,
     },
+    /// Resume a paused case.
     Resume {
+        /// The case id.
         id: String,
     },
+    /// End a case for good; nothing more is sent.
     Cancel {
+        /// The case id.
         id: String,
     },
 }
 
 #[derive(Subcommand)]
 enum PluginsCommand {
+    /// Loaded plugins, their ABI version and the channels they serve.
     List,
 }
 
 #[derive(Subcommand)]
 enum ClockCommand {
+    /// The engine's current time, and whether it is the system or a manual clock.
     Show,
-    /// Move a manual clock forward by a duration (e.g. 3d).
+    /// Move a manual clock forward by a duration (e.g. 3d, 90s); for daemons run with `clock: manual`.
     Advance {
+        /// How far: 90s, 15m, 3d, 1d12h …
         by: String,
     },
-    /// Move a manual clock forward to a time (RFC 3339).
+    /// Move a manual clock forward to a time; for daemons run with `clock: manual`.
     Set {
+        /// An RFC 3339 time, not earlier than the clock's now.
         to: String,
     },
 }
@@ -176,38 +217,36 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
         Some(addr) => {
             let token = match &cli.token_file {
                 None => None,
-                Some(path) => {
-                    let text = std::fs::read_to_string(path)
-                        .with_context(|| format!("cannot read token file '{}'", path.display()))?;
-                    Some(format!("Bearer {}", text.trim()).parse().map_err(|_| {
-                        anyhow!(
-                            "token file '{}' holds characters not allowed in a header",
-                            path.display()
-                        )
-                    })?)
-                }
+                Some(path) => Some(read_token(path)?),
             };
-            let channel = Endpoint::from_shared(addr.clone())
-                .with_context(|| format!("invalid --addr '{addr}'"))?
-                .connect()
-                .await
-                .with_context(|| {
-                    format!("cannot connect to {addr}: is dunningd listening there?")
-                })?;
+            let endpoint = Endpoint::from_shared(addr.clone()).map_err(|_| {
+                anyhow!("invalid --addr '{addr}' (expected e.g. http://127.0.0.1:7070)")
+            })?;
+            let channel = endpoint.connect().await.map_err(|e| {
+                anyhow!(
+                    "cannot connect to {addr}: {}; is dunningd listening there (admin.tcp)?",
+                    root_cause(&e)
+                )
+            })?;
             (channel, Auth(token))
         }
         None => {
             let socket = cli.socket.clone();
+            // The URI is a placeholder: the connector below ignores it.
             let channel = Endpoint::from_static("http://[::]:50051")
                 .connect_with_connector(tower::service_fn(move |_| {
                     let socket = socket.clone();
-                    async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
+                    async move {
+                        let stream = tokio::net::UnixStream::connect(socket).await?;
+                        Ok::<_, std::io::Error>(TokioIo::new(stream))
+                    }
                 }))
                 .await
-                .with_context(|| {
-                    format!(
-                        "cannot connect to '{}': is dunningd running, and is --socket (or DUNNINGD_SOCKET) right?",
-                        cli.socket.display()
+                .map_err(|e| {
+                    anyhow!(
+                        "cannot connect to '{}': {}; is dunningd running? is --socket (or DUNNINGD_SOCKET) right?",
+                        cli.socket.display(),
+                        root_cause(&e)
                     )
                 })?;
             (channel, Auth(None))
@@ -216,13 +255,47 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
     Ok(AdminClient::with_interceptor(channel, auth))
 }
 
-/// A gRPC error as the one line a user needs: the daemon's own message.
+fn read_token(path: &Path) -> anyhow::Result<MetadataValue<tonic::metadata::Ascii>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read token file '{}'", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("token file '{}' is empty", path.display());
+    }
+    format!("Bearer {token}").parse().map_err(|_| {
+        anyhow!(
+            "token file '{}' holds characters not allowed in a header",
+            path.display()
+        )
+    })
+}
+
+/// The innermost error: for a refused connection, "No such file or directory
+/// (os error 2)" says more than tonic's "transport error".
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut error = error;
+    while let Some(source) = error.source() {
+        error = source;
+    }
+    error.to_string()
+}
+
+/// A gRPC error as the one line a user needs: the daemon's own message, with
+/// a hint where the fix is on this side.
 fn rpc(status: tonic::Status) -> anyhow::Error {
+    let message = if status.message().is_empty() {
+        status.code().description()
+    } else {
+        status.message()
+    };
     match status.code() {
-        tonic::Code::Unavailable if status.message().contains("transport") => {
-            anyhow!("the daemon is not reachable: {}", status.message())
+        tonic::Code::Unauthenticated => {
+            anyhow!("{message} (is --token-file or DUNNINGD_TOKEN_FILE right?)")
         }
-        _ => anyhow!("{}", status.message()),
+        tonic::Code::Unavailable if message.contains("transport") => {
+            anyhow!("the daemon is not reachable: {message}")
+        }
+        _ => anyhow!("{message}"),
     }
 }
 
@@ -233,40 +306,46 @@ fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 
 /// Prints aligned columns.
 fn table(headers: &[&str], rows: &[Vec<String>]) {
+    out!("{}", render_table(headers, rows).trim_end_matches('\n'));
+}
+
+/// Aligned columns, two spaces apart, no trailing spaces; widths count
+/// characters, as `format!` pads by them.
+fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(cell.chars().count());
+            match widths.get_mut(i) {
+                Some(w) => *w = (*w).max(cell.chars().count()),
+                None => widths.push(cell.chars().count()),
             }
         }
     }
-    let line = |cells: Vec<&str>| {
-        let mut out = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
-            }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let mut text = String::new();
+        for (cell, width) in cells.iter().zip(&widths) {
+            text.push_str(&format!("{cell:<width$}  "));
         }
-        out!("{}", out.trim_end());
+        out.push_str(text.trim_end());
+        out.push('\n');
     };
-    line(headers.to_vec());
+    line(headers);
     for row in rows {
-        line(row.iter().map(String::as_str).collect());
+        line(&row.iter().map(String::as_str).collect::<Vec<_>>());
     }
+    out
 }
 
-/// `2026-01-05T09:00:00.000Z` → `2026-01-05 09:00:00`.
+/// `2026-01-05T09:00:00.000Z` → `2026-01-05 09:00:00`: seconds are plenty
+/// for a person; `--json` keeps the milliseconds.
 fn short_time(t: &str) -> String {
     if t.is_empty() {
         return "-".into();
     }
+    let t = t.trim_end_matches('Z');
+    let t = t.split_once('.').map_or(t, |(whole, _)| whole);
     t.replacen('T', " ", 1)
-        .trim_end_matches('Z')
-        .trim_end_matches(".000")
-        .to_string()
 }
 
 fn dash(s: &str) -> String {
@@ -276,6 +355,10 @@ fn dash(s: &str) -> String {
         s.to_string()
     }
 }
+
+#[cfg(test)]
+#[path = "dunningctl/tests.rs"]
+mod tests;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -483,12 +566,16 @@ async fn status(cli: &Cli, client: &mut Client) -> anyhow::Result<bool> {
         print_json(&s)?;
         return Ok(true);
     }
-    let up = s.uptime_seconds;
+    // Minutes are enough for an uptime.
+    let up = std::time::Duration::from_secs(s.uptime_seconds / 60 * 60);
     out!(
-        "dunningd {}, up {}h{:02}m (since {})",
+        "dunningd {}, up {} (since {})",
         s.version,
-        up / 3600,
-        (up % 3600) / 60,
+        if up.is_zero() {
+            "under a minute".to_string()
+        } else {
+            dunningd::duration::format(up)
+        },
         short_time(&s.started_at)
     );
     out!("database   {}", s.database);
@@ -526,8 +613,7 @@ async fn status(cli: &Cli, client: &mut Client) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// Reads events: one JSON object, a JSON array, or JSON lines. Each event is
-/// checked here first, so an error names the file and line.
+/// Reads events from a file or `-` (stdin); see [`parse_events`].
 fn read_events(file: &str) -> anyhow::Result<Vec<String>> {
     let (name, text) = if file == "-" {
         let mut text = String::new();
@@ -541,22 +627,44 @@ fn read_events(file: &str) -> anyhow::Result<Vec<String>> {
             std::fs::read_to_string(file).with_context(|| format!("cannot read '{file}'"))?,
         )
     };
+    parse_events(&name, &text)
+}
+
+/// Splits one JSON object, a JSON array, or JSON lines into events, each
+/// checked here first, so an error names the file and line (or position in
+/// the array) before anything is sent.
+fn parse_events(name: &str, text: &str) -> anyhow::Result<Vec<String>> {
+    // (line, event); line 0 for array elements, which have no line of their own.
     let mut events: Vec<(usize, serde_json::Value)> = Vec::new();
-    let trimmed = text.trim_start();
-    if trimmed.starts_with('[') {
-        let all: Vec<serde_json::Value> = serde_json::from_str(&text)
-            .map_err(|e| anyhow!("{name}:{}:{}: {e}", e.line(), e.column()))?;
-        events.extend(all.into_iter().map(|v| (0, v)));
-    } else if let Ok(one) = serde_json::from_str::<serde_json::Value>(&text) {
-        events.push((1, one));
-    } else {
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
+    let whole = serde_json::from_str::<serde_json::Value>(text);
+    match whole {
+        Ok(serde_json::Value::Array(all)) => events.extend(all.into_iter().map(|v| (0, v))),
+        Ok(one) => events.push((1, one)),
+        Err(whole_error) => {
+            for (i, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match serde_json::from_str(line) {
+                    Ok(value) => events.push((i + 1, value)),
+                    // One object spread over several lines, broken somewhere:
+                    // the error over the whole text says where.
+                    Err(e) if events.is_empty() && e.is_eof() => {
+                        bail!(
+                            "{name}:{}:{}: invalid JSON: {}",
+                            whole_error.line(),
+                            whole_error.column(),
+                            json_message(&whole_error)
+                        );
+                    }
+                    Err(e) => bail!(
+                        "{name}:{}:{}: invalid JSON: {}",
+                        i + 1,
+                        e.column(),
+                        json_message(&e)
+                    ),
+                }
             }
-            let value = serde_json::from_str(line)
-                .map_err(|e| anyhow!("{name}:{}: invalid JSON: {e}", i + 1))?;
-            events.push((i + 1, value));
         }
     }
     if events.is_empty() {
@@ -578,44 +686,71 @@ fn read_events(file: &str) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
+/// serde_json's message without its " at line L column C" suffix, which we
+/// print as `file:line:col` instead.
+fn json_message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
+}
+
+/// Events per call: well under the daemon's limit, and small enough that one
+/// call stays quick.
+const BATCH: usize = 500;
+
 async fn send_events(cli: &Cli, client: &mut Client, file: &str) -> anyhow::Result<bool> {
     let events = read_events(file)?;
     let mut results = Vec::with_capacity(events.len());
-    for batch in events.chunks(500) {
+    for (n, batch) in events.chunks(BATCH).enumerate() {
+        let first = n * BATCH;
         let response = client
             .send_events(proto::SendEventsRequest {
                 events: batch.to_vec(),
             })
             .await
-            .map_err(rpc)?;
+            .map_err(rpc)
+            .map_err(|e| {
+                // A refused batch is refused whole; earlier batches are stored.
+                let range = format!("events {}-{}", first + 1, first + batch.len());
+                if first == 0 {
+                    e.context(range)
+                } else {
+                    e.context(format!("{range} (events 1-{first} were accepted)"))
+                }
+            })?;
         results.extend(response.into_inner().results);
     }
     if cli.json {
-        print_json(&results)?;
+        print_json(&proto::SendEventsResponse { results })?;
         return Ok(true);
     }
     for r in &results {
-        let what = if r.duplicate {
-            "duplicate (already received; ignored)".to_string()
-        } else {
-            let mut parts = Vec::new();
-            if !r.cases_started.is_empty() {
-                parts.push(format!("started {}", r.cases_started.join(", ")));
-            }
-            if !r.cases_recovered.is_empty() {
-                parts.push(format!("recovered {}", r.cases_recovered.join(", ")));
-            }
-            if parts.is_empty() {
-                parts.push("accepted; no case started or ended".into());
-            }
-            parts.join("; ")
-        };
-        out!("{}  {what}", r.event_id);
+        out!("{}  {}", r.event_id, event_outcome(r));
         for note in &r.notes {
             out!("  note: {note}");
         }
     }
     Ok(true)
+}
+
+/// One event's outcome in a few words.
+fn event_outcome(r: &proto::EventResult) -> String {
+    if r.duplicate {
+        return "duplicate: already received, ignored".into();
+    }
+    let mut parts = Vec::new();
+    if !r.cases_started.is_empty() {
+        parts.push(format!("started {}", r.cases_started.join(", ")));
+    }
+    if !r.cases_recovered.is_empty() {
+        parts.push(format!("recovered {}", r.cases_recovered.join(", ")));
+    }
+    if parts.is_empty() {
+        parts.push("no case started or ended".into());
+    }
+    format!("accepted: {}", parts.join("; "))
 }
 
 async fn cases(cli: &Cli, client: &mut Client, command: &CasesCommand) -> anyhow::Result<bool> {
@@ -681,7 +816,7 @@ async fn cases(cli: &Cli, client: &mut Client, command: &CasesCommand) -> anyhow
                 );
                 if !c.ended_reason.is_empty() {
                     out!(
-                        "ended      {} ({})",
+                        "ended      {}: {}",
                         short_time(&c.updated_at),
                         c.ended_reason
                     );
@@ -760,7 +895,12 @@ fn validate(cli: &Cli, files: &[PathBuf], config: Option<&Path>) -> anyhow::Resu
     };
     let problems = workflow::validate_files(files, channels.as_ref());
     if cli.json {
-        print_json(&problems)?;
+        print_json(&serde_json::json!({
+            "ok": problems.is_empty(),
+            "files": files,
+            "channels_checked": channels.is_some(),
+            "errors": problems,
+        }))?;
     } else if problems.is_empty() {
         out!("{} file(s) valid", files.len());
     } else {
@@ -841,9 +981,11 @@ fn preview(
             if let Some(message) = &send.message {
                 for (field, text) in message {
                     let mut lines = text.lines();
-                    out!("    {field}: {}", lines.next().unwrap_or(""));
+                    out!("    {field}: {}", lines.next().unwrap_or("").trim_end());
                     for line in lines {
-                        out!("    {:width$}  {line}", "", width = field.len());
+                        // Blank lines stay blank: no trailing spaces.
+                        let line = format!("    {:width$}  {line}", "", width = field.len());
+                        out!("{}", line.trim_end());
                     }
                 }
             }

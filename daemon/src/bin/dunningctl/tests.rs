@@ -1,0 +1,357 @@
+//! Unit tests of `dunningctl`: the command line, reading events, output
+//! helpers, and the offline commands on the shipped workflows and examples.
+//! Commands that need a daemon are tested end to end in `tests/`.
+
+use clap::CommandFactory;
+use clap::error::ErrorKind;
+
+use super::*;
+
+/// The repository root (the daemon crate is one level down).
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn files(dir: &str, ext: &str) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(repo().join(dir))
+        .expect("read dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn the_command_line_is_consistent() {
+    Cli::command().debug_assert();
+}
+
+/// Every command and subcommand answers `--help` (and so does the top).
+#[test]
+fn help_everywhere() {
+    fn walk(command: &clap::Command, path: &mut Vec<String>, seen: &mut usize) {
+        let mut args = vec!["dunningctl".to_string()];
+        args.extend(path.iter().cloned());
+        args.push("--help".into());
+        let error = Cli::try_parse_from(&args)
+            .err()
+            .unwrap_or_else(|| panic!("{args:?} parsed"));
+        assert_eq!(error.kind(), ErrorKind::DisplayHelp, "{args:?}");
+        assert!(
+            error.to_string().contains("Usage: dunningctl"),
+            "{args:?}: {error}"
+        );
+        *seen += 1;
+        for sub in command.get_subcommands() {
+            if sub.get_name() == "help" {
+                continue;
+            }
+            path.push(sub.get_name().to_string());
+            walk(sub, path, seen);
+            path.pop();
+        }
+    }
+    let mut seen = 0;
+    walk(&Cli::command(), &mut Vec::new(), &mut seen);
+    // top, status, workflows (+3), reload, events (+1), cases (+5), preview,
+    // plugins (+1), clock (+3)
+    assert_eq!(seen, 22);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let bad: &[&[&str]] = &[
+        &[],
+        &["bogus"],
+        &["cases", "list", "--state", "zombie"],
+        &["cases", "list", "--limit", "0"],
+        &["cases", "list", "--limit", "10001"],
+        &["cases", "list", "--limit", "-1"],
+        &["cases", "show"],
+        &["cases", "pause"],
+        &["workflows", "validate"],
+        &["workflows", "show"],
+        &["events", "send"],
+        &["preview", "only-one.yaml"],
+        &["clock", "advance"],
+        &["clock", "set"],
+    ];
+    for args in bad {
+        let argv = std::iter::once("dunningctl").chain(args.iter().copied());
+        match Cli::try_parse_from(argv) {
+            Ok(_) => panic!("{args:?} parsed"),
+            Err(e) => assert_eq!(e.exit_code(), 2, "{args:?}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn arguments_parse() {
+    let cli = Cli::try_parse_from([
+        "dunningctl",
+        "cases",
+        "list",
+        "--state",
+        "paused",
+        "--limit",
+        "5",
+        "--json",
+        "--socket",
+        "/tmp/x.sock",
+    ])
+    .expect("parses");
+    assert!(cli.json);
+    assert_eq!(cli.socket, Path::new("/tmp/x.sock"));
+    match cli.command {
+        Command::Cases(CasesCommand::List {
+            state,
+            limit,
+            workflow,
+            customer,
+        }) => {
+            assert_eq!(state.as_deref(), Some("paused"));
+            assert_eq!(limit, 5);
+            assert_eq!((workflow, customer), (None, None));
+        }
+        _ => panic!("wrong command"),
+    }
+    // Every state the daemon knows is accepted.
+    for state in CaseState::ALL {
+        Cli::try_parse_from(["dunningctl", "cases", "list", "--state", state.as_str()])
+            .unwrap_or_else(|e| panic!("{state}: {e}"));
+    }
+}
+
+const EVENT: &str =
+    r#"{"id":"e1","type":"payment_failed","customer":{"id":"cus_1"},"subject":"inv_1"}"#;
+
+#[test]
+fn events_are_read_in_every_shape() {
+    let pretty = "{\n  \"id\": \"e1\",\n  \"type\": \"payment_failed\",\n  \"customer\": { \"id\": \"cus_1\" },\n  \"subject\": \"inv_1\"\n}\n";
+    let e2 = EVENT.replace("e1", "e2");
+    let lines = format!("{EVENT}\n\n{e2}\n");
+    let array = format!("[\n{EVENT},\n{e2}\n]");
+    let ok: [(&str, &str, &[&str]); 4] = [
+        ("one line", EVENT, &["e1"]),
+        ("pretty", pretty, &["e1"]),
+        ("lines", &lines, &["e1", "e2"]),
+        ("array", &array, &["e1", "e2"]),
+    ];
+    for (what, text, ids) in ok {
+        let events = parse_events("f.json", text).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        let got: Vec<String> = events
+            .iter()
+            .map(|e| Event::from_json(e).expect("valid").id)
+            .collect();
+        assert_eq!(got, *ids, "{what}");
+    }
+}
+
+#[test]
+fn bad_events_name_file_and_line() {
+    let no_customer = EVENT.replace("cus_1", "");
+    let cases = [
+        ("", "f.json: no events"),
+        ("\n  \n", "f.json: no events"),
+        ("[]", "f.json: no events"),
+        (
+            &format!("{EVENT}\n{{\"id\": \n"),
+            "f.json:2:7: invalid JSON: EOF while parsing a value",
+        ),
+        (
+            &format!("{EVENT}\nnot json\n"),
+            "f.json:2:2: invalid JSON: expected ident",
+        ),
+        (
+            "{\n  \"id\": \"e1\",\n  \"type\": oops\n}\n",
+            "f.json:3:11: invalid JSON: expected value",
+        ),
+        (
+            &format!("{EVENT}\n{no_customer}\n"),
+            "f.json:2: field 'customer.id' must not be empty",
+        ),
+        (
+            &format!("[{EVENT}, {no_customer}]"),
+            "f.json: event 2: field 'customer.id' must not be empty",
+        ),
+        ("42", "f.json:1: invalid event JSON"),
+    ];
+    for (text, expected) in cases {
+        let error = parse_events("f.json", text).expect_err(text).to_string();
+        assert!(
+            error.starts_with(expected),
+            "{text:?}: got {error:?}, expected {expected:?}"
+        );
+    }
+}
+
+#[test]
+fn event_outcomes_read_as_words() {
+    let result = |duplicate, started: &[&str], recovered: &[&str]| proto::EventResult {
+        event_id: "e1".into(),
+        duplicate,
+        cases_started: started.iter().map(|s| s.to_string()).collect(),
+        cases_recovered: recovered.iter().map(|s| s.to_string()).collect(),
+        notes: vec![],
+    };
+    let cases = [
+        (
+            result(true, &[], &[]),
+            "duplicate: already received, ignored",
+        ),
+        (
+            result(false, &[], &[]),
+            "accepted: no case started or ended",
+        ),
+        (
+            result(false, &["c1", "c2"], &[]),
+            "accepted: started c1, c2",
+        ),
+        (
+            result(false, &["c3"], &["c1"]),
+            "accepted: started c3; recovered c1",
+        ),
+    ];
+    for (r, expected) in cases {
+        assert_eq!(event_outcome(&r), expected);
+    }
+}
+
+#[test]
+fn tables_align_without_trailing_spaces() {
+    let rows = vec![
+        vec!["c1".to_string(), "payment-failed".into(), "".into()],
+        vec!["c22".to_string(), "é".into(), "x".into()],
+    ];
+    assert_eq!(
+        render_table(&["CASE", "WORKFLOW", "NOTE"], &rows),
+        "CASE  WORKFLOW        NOTE\n\
+         c1    payment-failed\n\
+         c22   é               x\n"
+    );
+    // A row longer than the header does not panic.
+    assert_eq!(
+        render_table(&["A"], &[vec!["1".into(), "2".into()]]),
+        "A\n1  2\n"
+    );
+    assert_eq!(render_table(&["A", "B"], &[]), "A  B\n");
+}
+
+#[test]
+fn short_times() {
+    for (input, expected) in [
+        ("2026-01-05T09:00:00.000Z", "2026-01-05 09:00:00"),
+        ("2026-01-05T09:00:00.250Z", "2026-01-05 09:00:00"),
+        ("2026-01-05T09:00:00Z", "2026-01-05 09:00:00"),
+        ("", "-"),
+    ] {
+        assert_eq!(short_time(input), expected);
+    }
+}
+
+#[test]
+fn grpc_errors_print_the_message() {
+    let cases = [
+        (
+            tonic::Status::not_found("case 'x' not found"),
+            "case 'x' not found",
+        ),
+        (
+            tonic::Status::unauthenticated("missing or wrong bearer token"),
+            "missing or wrong bearer token (is --token-file or DUNNINGD_TOKEN_FILE right?)",
+        ),
+        (
+            tonic::Status::new(tonic::Code::Internal, ""),
+            "Internal error",
+        ),
+    ];
+    for (status, expected) in cases {
+        assert_eq!(rpc(status).to_string(), expected);
+    }
+}
+
+fn cli(args: &[&str]) -> Cli {
+    Cli::try_parse_from(std::iter::once("dunningctl").chain(args.iter().copied())).expect("parses")
+}
+
+#[test]
+fn shipped_workflows_validate_offline() {
+    let workflows = files("workflows", "yaml");
+    assert!(!workflows.is_empty(), "no shipped workflows");
+    let config = repo().join("examples/dunningd.yaml");
+    for json in ["", "--json"] {
+        let args: Vec<&str> = [json, "workflows", "validate", "x.yaml"]
+            .into_iter()
+            .filter(|a| !a.is_empty())
+            .collect();
+        let cli = cli(&args);
+        assert!(validate(&cli, &workflows, None).expect("runs"), "{json}");
+        assert!(
+            validate(&cli, &workflows, Some(&config)).expect("runs"),
+            "{json} with --config"
+        );
+    }
+}
+
+#[test]
+fn broken_workflows_fail_validation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "name: x\ntrigger: { event: a }\nsteps:\n  - name: s\n    after: 3 days\n    send: [{ channel: email, template: t }]\n",
+    )
+    .expect("write");
+    let cli = cli(&["workflows", "validate", "x.yaml"]);
+    assert!(!validate(&cli, &[bad], None).expect("runs"));
+    let missing = dir.path().join("missing.yaml");
+    assert!(!validate(&cli, &[missing], None).expect("runs"));
+}
+
+#[test]
+fn shipped_examples_preview_offline() {
+    let workflows = files("workflows", "yaml");
+    let events = files("examples/events", "json");
+    assert!(!events.is_empty(), "no example events");
+    for json in [false, true] {
+        let cli = if json {
+            cli(&["--json", "status"])
+        } else {
+            cli(&["status"])
+        };
+        for workflow in &workflows {
+            for event in &events {
+                let ok = preview(&cli, workflow, event, Some("2026-01-05T09:00:00Z"))
+                    .unwrap_or_else(|e| {
+                        panic!("{} with {}: {e:#}", workflow.display(), event.display())
+                    });
+                assert!(ok);
+            }
+        }
+    }
+}
+
+#[test]
+fn preview_refuses_bad_input() {
+    let workflow = repo().join("workflows/payment-failed.yaml");
+    let event = repo().join("examples/events/payment-failed.json");
+    let cli = cli(&["status"]);
+    let error = preview(&cli, &workflow, &event, Some("tomorrow"))
+        .expect_err("bad --at")
+        .to_string();
+    assert!(
+        error.starts_with("--at: invalid RFC 3339 time 'tomorrow'"),
+        "{error}"
+    );
+    let error = preview(&cli, &workflow, Path::new("/nonexistent.json"), None)
+        .expect_err("no event")
+        .to_string();
+    assert!(
+        error.starts_with("cannot read '/nonexistent.json'"),
+        "{error}"
+    );
+}
