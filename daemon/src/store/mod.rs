@@ -16,6 +16,9 @@
 //!   parked as failed after `max_claims` claims instead of crash-looping.
 //!
 //! Times in the database are milliseconds since the Unix epoch (UTC).
+//!
+//! Backends: [`sqlite`] (embedded, the default) and [`postgres`] (several
+//! daemons on one database); both run the same behaviour tests (`tests.rs`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -25,6 +28,8 @@ use chrono::{DateTime, Utc};
 
 use crate::model::{Case, CaseDetail, CaseFilter, CaseState, Event};
 
+pub mod postgres;
+mod rows;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;

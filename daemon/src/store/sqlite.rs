@@ -20,16 +20,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
 
+use super::rows::{case_from_row, claimed_from_row, corrupt, delivery_from_row};
 use super::{
     CaseAction, ClaimOptions, Claimed, Completion, EventPlan, IngestOutcome, Store, StoreError,
     from_ms, idempotency_key, to_ms,
 };
-use crate::model::{Case, CaseDetail, CaseFilter, CaseState, Delivery, DeliveryStatus, Event};
+use crate::model::{Case, CaseDetail, CaseFilter, CaseState};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -92,53 +92,6 @@ impl SqliteStore {
 
 fn json_ids(ids: &[String]) -> String {
     serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_string())
-}
-
-fn corrupt(table: &'static str, message: impl ToString) -> StoreError {
-    StoreError::Corrupt {
-        table,
-        message: message.to_string(),
-    }
-}
-
-fn case_from_row(row: &SqliteRow) -> Result<Case, StoreError> {
-    let state: String = row.try_get("state")?;
-    let event: String = row.try_get("trigger_event")?;
-    Ok(Case {
-        id: row.try_get("id")?,
-        workflow: row.try_get("workflow")?,
-        workflow_version: row.try_get("workflow_version")?,
-        customer_id: row.try_get("customer_id")?,
-        subject: row.try_get("subject")?,
-        state: CaseState::from_str(&state).map_err(|e| corrupt("cases", e))?,
-        trigger_event: serde_json::from_str::<Event>(&event).map_err(|e| corrupt("cases", e))?,
-        started_at: from_ms(row.try_get("started_ms")?),
-        updated_at: from_ms(row.try_get("updated_ms")?),
-        paused_at: row.try_get::<Option<i64>, _>("paused_ms")?.map(from_ms),
-        ended_reason: row.try_get("ended_reason")?,
-    })
-}
-
-fn delivery_from_row(row: &SqliteRow) -> Result<Delivery, StoreError> {
-    let status: String = row.try_get("status")?;
-    Ok(Delivery {
-        id: row.try_get("id")?,
-        case_id: row.try_get("case_id")?,
-        step_index: row.try_get::<i64, _>("step_index")? as u32,
-        step: row.try_get("step")?,
-        channel: row.try_get("channel")?,
-        template: row.try_get("template")?,
-        status: DeliveryStatus::from_str(&status).map_err(|e| corrupt("deliveries", e))?,
-        due_at: from_ms(row.try_get("due_ms")?),
-        planned_at: from_ms(row.try_get("planned_ms")?),
-        attempts: row.try_get::<i64, _>("attempts")? as u32,
-        idempotency_key: row.try_get("idempotency_key")?,
-        receipt: row.try_get("receipt")?,
-        last_error: row.try_get("last_error")?,
-        skip_reason: row.try_get("skip_reason")?,
-        sent_at: row.try_get::<Option<i64>, _>("sent_ms")?.map(from_ms),
-        updated_at: from_ms(row.try_get("updated_ms")?),
-    })
 }
 
 /// Marks the still-pending deliveries of the given cases skipped.
@@ -670,24 +623,4 @@ impl Store for SqliteStore {
                 .await?,
         )
     }
-}
-
-fn claimed_from_row(row: &SqliteRow) -> Result<Claimed, StoreError> {
-    let event: String = row.try_get("trigger_event")?;
-    Ok(Claimed {
-        delivery_id: row.try_get("id")?,
-        case_id: row.try_get("case_id")?,
-        workflow: row.try_get("workflow")?,
-        workflow_version: row.try_get("workflow_version")?,
-        step_index: row.try_get::<i64, _>("step_index")? as u32,
-        step: row.try_get("step")?,
-        channel: row.try_get("channel")?,
-        template: row.try_get("template")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        attempt: row.try_get::<i64, _>("attempts")? as u32,
-        due_at: from_ms(row.try_get("due_ms")?),
-        planned_at: from_ms(row.try_get("planned_ms")?),
-        case_started_at: from_ms(row.try_get("started_ms")?),
-        trigger_event: serde_json::from_str(&event).map_err(|e| corrupt("cases", e))?,
-    })
 }

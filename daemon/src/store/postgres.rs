@@ -1,0 +1,563 @@
+//! The PostgreSQL backend: the same behaviour as SQLite, for several daemons
+//! sharing one database.
+//!
+//! Differences from SQLite, all about concurrent writers:
+//! - Due deliveries are claimed with `FOR UPDATE OF d SKIP LOCKED` in a short
+//!   transaction, so two daemons never claim the same row and never wait for
+//!   each other; the claim is a lease, not a held transaction.
+//! - A second open case for the same (workflow, customer, subject), which two
+//!   daemons could try to start at the same moment, is refused by the partial
+//!   unique index (`ON CONFLICT … DO NOTHING`) rather than by a read first.
+//! - Leases are never released at start: another daemon may own them. They
+//!   expire by themselves.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Row, Transaction};
+
+use super::rows::{case_from_row, claimed_from_row, corrupt, delivery_from_row};
+use super::{
+    CaseAction, ClaimOptions, Claimed, Completion, EventPlan, IngestOutcome, Store, StoreError,
+    from_ms, idempotency_key, to_ms,
+};
+use crate::model::{Case, CaseDetail, CaseFilter, CaseState};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects and applies migrations (under PostgreSQL's advisory lock, so
+    /// daemons starting together migrate once).
+    pub async fn open(url: &str) -> Result<PostgresStore, StoreError> {
+        PostgresStore::connect(PgConnectOptions::from_str(url)?).await
+    }
+
+    pub async fn connect(options: PgConnectOptions) -> Result<PostgresStore, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(PostgresStore { pool })
+    }
+
+    async fn tx(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+}
+
+async fn skip_pending(
+    tx: &mut Transaction<'static, Postgres>,
+    case_ids: &[String],
+    reason: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE deliveries SET status = 'skipped', skip_reason = $1, lease_owner = NULL,
+                lease_expires_ms = NULL, updated_ms = $2
+         WHERE case_id = ANY($3) AND status IN ('scheduled', 'retrying')",
+    )
+    .bind(reason)
+    .bind(now_ms)
+    .bind(case_ids)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn ingest(
+        &self,
+        plans: Vec<EventPlan>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<IngestOutcome>, StoreError> {
+        let now_ms = to_ms(now);
+        let mut tx = self.tx().await?;
+        let mut outcomes = Vec::with_capacity(plans.len());
+        for plan in plans {
+            let event = &plan.event;
+            let mut outcome = IngestOutcome {
+                event_id: event.id.clone(),
+                notes: plan.notes.clone(),
+                ..Default::default()
+            };
+            let body = serde_json::to_string(event).map_err(|e| corrupt("events", e))?;
+            let inserted = sqlx::query(
+                "INSERT INTO events (id, type, customer_id, subject, occurred_ms, received_ms, body)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&event.id)
+            .bind(&event.event_type)
+            .bind(&event.customer.id)
+            .bind(&event.subject)
+            .bind(to_ms(plan.occurred_at))
+            .bind(now_ms)
+            .bind(&body)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                outcome.duplicate = true;
+                outcome.notes.clear();
+                outcomes.push(outcome);
+                continue;
+            }
+
+            let recovered: Vec<String> = sqlx::query_scalar(
+                "UPDATE cases SET state = 'recovered', updated_ms = $1, paused_ms = NULL,
+                        ended_reason = 'exit event ' || $2 || ' (' || $3 || ')'
+                 WHERE customer_id = $4 AND subject = $5 AND state IN ('active', 'paused') AND $3 = ANY(exit_on)
+                 RETURNING id",
+            )
+            .bind(now_ms)
+            .bind(&event.id)
+            .bind(&event.event_type)
+            .bind(&event.customer.id)
+            .bind(&event.subject)
+            .fetch_all(&mut *tx)
+            .await?;
+            if !recovered.is_empty() {
+                skip_pending(&mut tx, &recovered, "case recovered", now_ms).await?;
+                outcome.cases_recovered = recovered;
+            }
+
+            for start in plan.starts {
+                let later_exit: Option<String> = sqlx::query_scalar(
+                    "SELECT id FROM events
+                     WHERE customer_id = $1 AND subject = $2 AND occurred_ms > $3 AND type = ANY($4)
+                     ORDER BY occurred_ms DESC LIMIT 1",
+                )
+                .bind(&event.customer.id)
+                .bind(&event.subject)
+                .bind(to_ms(plan.occurred_at))
+                .bind(&start.exit_on)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(exit_id) = later_exit {
+                    outcome.notes.push(format!(
+                        "workflow '{}': no case started, exit event '{exit_id}' occurred later",
+                        start.workflow
+                    ));
+                    continue;
+                }
+                sqlx::query(
+                    "INSERT INTO workflow_versions (version, name, source, first_seen_ms)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (version) DO NOTHING",
+                )
+                .bind(&start.workflow_version)
+                .bind(&start.workflow)
+                .bind(&start.workflow_source)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+
+                let case_id = uuid::Uuid::now_v7().to_string();
+                let inserted = sqlx::query(
+                    "INSERT INTO cases (id, workflow, workflow_version, customer_id, subject, state,
+                                        exit_on, trigger_event_id, trigger_event, started_ms, updated_ms)
+                     VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $9)
+                     ON CONFLICT (workflow, customer_id, subject) WHERE state IN ('active', 'paused') DO NOTHING",
+                )
+                .bind(&case_id)
+                .bind(&start.workflow)
+                .bind(&start.workflow_version)
+                .bind(&event.customer.id)
+                .bind(&event.subject)
+                .bind(&start.exit_on)
+                .bind(&event.id)
+                .bind(&body)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if inserted == 0 {
+                    let open: Option<String> = sqlx::query_scalar(
+                        "SELECT id FROM cases WHERE workflow = $1 AND customer_id = $2 AND subject = $3
+                           AND state IN ('active', 'paused')",
+                    )
+                    .bind(&start.workflow)
+                    .bind(&event.customer.id)
+                    .bind(&event.subject)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    outcome.notes.push(format!(
+                        "workflow '{}': no case started, case '{}' is already open for this customer and subject",
+                        start.workflow,
+                        open.unwrap_or_default()
+                    ));
+                    continue;
+                }
+                for d in &start.deliveries {
+                    sqlx::query(
+                        "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
+                                                 due_ms, planned_ms, idempotency_key, updated_ms)
+                         VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', $7, $8, $9, $10)",
+                    )
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(&case_id)
+                    .bind(d.step_index as i64)
+                    .bind(&d.step)
+                    .bind(&d.channel)
+                    .bind(&d.template)
+                    .bind(to_ms(d.due_at))
+                    .bind(to_ms(d.planned_at))
+                    .bind(idempotency_key(&case_id, d.step_index, &d.channel))
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                outcome.cases_started.push(case_id);
+            }
+            outcomes.push(outcome);
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        options: &ClaimOptions,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let now_ms = to_ms(now);
+        let wall_ms = to_ms(Utc::now());
+        let lease_ms = wall_ms + options.lease.as_millis() as i64;
+        let mut tx = self.tx().await?;
+        // Rows another daemon is claiming right now are skipped, not waited for.
+        let mut rows = sqlx::query(
+            "SELECT d.id, d.attempts FROM deliveries d JOIN cases c ON c.id = d.case_id
+             WHERE d.status IN ('scheduled', 'retrying') AND d.planned_ms <= $1 AND c.state = 'active'
+             ORDER BY d.planned_ms LIMIT $2
+             FOR UPDATE OF d SKIP LOCKED",
+        )
+        .bind(now_ms)
+        .bind(options.limit as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        let room = options.limit as i64 - rows.len() as i64;
+        if room > 0 {
+            rows.extend(
+                sqlx::query(
+                    "SELECT d.id, d.attempts FROM deliveries d JOIN cases c ON c.id = d.case_id
+                     WHERE d.status = 'sending' AND d.lease_expires_ms <= $1 AND c.state = 'active'
+                     LIMIT $2
+                     FOR UPDATE OF d SKIP LOCKED",
+                )
+                .bind(wall_ms)
+                .bind(room)
+                .fetch_all(&mut *tx)
+                .await?,
+            );
+        }
+        let mut claim = Vec::new();
+        let mut park = Vec::new();
+        for row in &rows {
+            let id: String = row.try_get("id")?;
+            let attempts: i64 = row.try_get("attempts")?;
+            if attempts >= options.max_claims as i64 {
+                park.push(id)
+            } else {
+                claim.push(id)
+            }
+        }
+        if !park.is_empty() {
+            tracing::error!(
+                deliveries = park.len(),
+                max_claims = options.max_claims,
+                "parking deliveries claimed too often without an outcome (did a plugin crash the daemon?)"
+            );
+            sqlx::query(
+                "UPDATE deliveries SET status = 'failed', lease_owner = NULL, lease_expires_ms = NULL,
+                        last_error = 'gave up after ' || attempts || ' claims without an outcome; the daemon stopped during each attempt',
+                        updated_ms = $1
+                 WHERE id = ANY($2)",
+            )
+            .bind(now_ms)
+            .bind(&park)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let claimed = if claim.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query(
+                "UPDATE deliveries SET status = 'sending', lease_owner = $1, lease_expires_ms = $2,
+                        attempts = attempts + 1, updated_ms = $3
+                 WHERE id = ANY($4)",
+            )
+            .bind(&options.owner)
+            .bind(lease_ms)
+            .bind(now_ms)
+            .bind(&claim)
+            .execute(&mut *tx)
+            .await?;
+            let rows = sqlx::query(
+                "SELECT d.id, d.case_id, d.step_index, d.step, d.channel, d.template, d.idempotency_key,
+                        d.attempts, d.due_ms, d.planned_ms, c.workflow, c.workflow_version,
+                        c.started_ms, c.trigger_event
+                 FROM deliveries d JOIN cases c ON c.id = d.case_id
+                 WHERE d.id = ANY($1) ORDER BY d.planned_ms",
+            )
+            .bind(&claim)
+            .fetch_all(&mut *tx)
+            .await?;
+            rows.iter()
+                .map(claimed_from_row)
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn complete(
+        &self,
+        owner: &str,
+        results: Vec<(String, Completion)>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        let now_ms = to_ms(now);
+        let mut tx = self.tx().await?;
+        let mut lost = Vec::new();
+        let mut done = Vec::with_capacity(results.len());
+        for (id, completion) in results {
+            // $1 = delivery, $2 = owner; the rest per outcome.
+            let query = match &completion {
+                Completion::Sent { receipt } => sqlx::query(
+                    "UPDATE deliveries SET status = 'sent', receipt = $3, sent_ms = $4, last_error = NULL,
+                            lease_owner = NULL, lease_expires_ms = NULL, updated_ms = $4
+                     WHERE id = $1 AND lease_owner = $2 AND status = 'sending'",
+                )
+                .bind(&id)
+                .bind(owner)
+                .bind(receipt.clone())
+                .bind(now_ms),
+                Completion::Retry { error, at } => sqlx::query(
+                    "UPDATE deliveries SET status = 'retrying', last_error = $3, planned_ms = $4,
+                            lease_owner = NULL, lease_expires_ms = NULL, updated_ms = $5
+                     WHERE id = $1 AND lease_owner = $2 AND status = 'sending'",
+                )
+                .bind(&id)
+                .bind(owner)
+                .bind(error.clone())
+                .bind(to_ms(*at))
+                .bind(now_ms),
+                Completion::Failed { error } => sqlx::query(
+                    "UPDATE deliveries SET status = 'failed', last_error = $3,
+                            lease_owner = NULL, lease_expires_ms = NULL, updated_ms = $4
+                     WHERE id = $1 AND lease_owner = $2 AND status = 'sending'",
+                )
+                .bind(&id)
+                .bind(owner)
+                .bind(error.clone())
+                .bind(now_ms),
+                Completion::Skipped { reason } => sqlx::query(
+                    "UPDATE deliveries SET status = 'skipped', skip_reason = $3,
+                            lease_owner = NULL, lease_expires_ms = NULL, updated_ms = $4
+                     WHERE id = $1 AND lease_owner = $2 AND status = 'sending'",
+                )
+                .bind(&id)
+                .bind(owner)
+                .bind(reason.clone())
+                .bind(now_ms),
+                Completion::Defer { at } => sqlx::query(
+                    "UPDATE deliveries SET status = 'scheduled', planned_ms = $3, attempts = attempts - 1,
+                            lease_owner = NULL, lease_expires_ms = NULL, updated_ms = $4
+                     WHERE id = $1 AND lease_owner = $2 AND status = 'sending'",
+                )
+                .bind(&id)
+                .bind(owner)
+                .bind(to_ms(*at))
+                .bind(now_ms),
+            };
+            if query.execute(&mut *tx).await?.rows_affected() == 0 {
+                lost.push(id);
+            } else {
+                done.push(id);
+            }
+        }
+        if !done.is_empty() {
+            sqlx::query(
+                "UPDATE cases SET state = 'exhausted', ended_reason = 'all steps ran', updated_ms = $1
+                 WHERE id IN (SELECT case_id FROM deliveries WHERE id = ANY($2))
+                   AND state = 'active'
+                   AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.case_id = cases.id
+                                   AND p.status IN ('scheduled', 'sending', 'retrying'))",
+            )
+            .bind(now_ms)
+            .bind(&done)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(lost)
+    }
+
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(d.planned_ms) FROM deliveries d JOIN cases c ON c.id = d.case_id
+             WHERE d.status IN ('scheduled', 'retrying') AND c.state = 'active'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(next.map(from_ms))
+    }
+
+    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE deliveries SET status = 'scheduled', lease_owner = NULL, lease_expires_ms = NULL
+             WHERE status = 'sending' AND lease_owner = $1",
+        )
+        .bind(owner)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn case_action(
+        &self,
+        id: &str,
+        action: CaseAction,
+        now: DateTime<Utc>,
+    ) -> Result<Case, StoreError> {
+        let now_ms = to_ms(now);
+        let mut tx = self.tx().await?;
+        let row = sqlx::query("SELECT * FROM cases WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::CaseNotFound(id.to_string()))?;
+        let case = case_from_row(&row)?;
+        match (action, case.state) {
+            (CaseAction::Pause, CaseState::Active) => {
+                sqlx::query("UPDATE cases SET state = 'paused', paused_ms = $1, updated_ms = $1 WHERE id = $2")
+                    .bind(now_ms)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            (CaseAction::Resume, CaseState::Paused) => {
+                let paused_for = (now_ms - case.paused_at.map(to_ms).unwrap_or(now_ms)).max(0);
+                sqlx::query(
+                    "UPDATE deliveries SET due_ms = due_ms + $1, planned_ms = planned_ms + $1, updated_ms = $2
+                     WHERE case_id = $3 AND status IN ('scheduled', 'retrying')",
+                )
+                .bind(paused_for)
+                .bind(now_ms)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("UPDATE cases SET state = 'active', paused_ms = NULL, updated_ms = $1 WHERE id = $2")
+                    .bind(now_ms)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            (CaseAction::Cancel, CaseState::Active | CaseState::Paused) => {
+                sqlx::query(
+                    "UPDATE cases SET state = 'cancelled', paused_ms = NULL, ended_reason = 'cancelled by an operator',
+                            updated_ms = $1 WHERE id = $2",
+                )
+                .bind(now_ms)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                skip_pending(&mut tx, &[id.to_string()], "case cancelled", now_ms).await?;
+            }
+            (CaseAction::Pause | CaseAction::Resume | CaseAction::Cancel, state) => {
+                return Err(StoreError::InvalidTransition {
+                    id: id.to_string(),
+                    state,
+                    action: action.verb(),
+                });
+            }
+        }
+        let row = sqlx::query("SELECT * FROM cases WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let updated = case_from_row(&row)?;
+        tx.commit().await?;
+        Ok(updated)
+    }
+
+    async fn list_cases(&self, filter: &CaseFilter) -> Result<Vec<Case>, StoreError> {
+        let limit = if filter.limit == 0 { 100 } else { filter.limit };
+        let rows = sqlx::query(
+            "SELECT * FROM cases
+             WHERE ($1::text IS NULL OR workflow = $1) AND ($2::text IS NULL OR state = $2) AND ($3::text IS NULL OR customer_id = $3)
+             ORDER BY started_ms DESC, id DESC LIMIT $4",
+        )
+        .bind(filter.workflow.as_deref())
+        .bind(filter.state.map(CaseState::as_str))
+        .bind(filter.customer.as_deref())
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(case_from_row).collect()
+    }
+
+    async fn get_case(&self, id: &str) -> Result<CaseDetail, StoreError> {
+        let row = sqlx::query("SELECT * FROM cases WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::CaseNotFound(id.to_string()))?;
+        let case = case_from_row(&row)?;
+        let rows =
+            sqlx::query("SELECT * FROM deliveries WHERE case_id = $1 ORDER BY step_index, channel")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
+        let deliveries = rows
+            .iter()
+            .map(delivery_from_row)
+            .collect::<Result<_, _>>()?;
+        Ok(CaseDetail { case, deliveries })
+    }
+
+    async fn case_counts(&self) -> Result<BTreeMap<CaseState, u64>, StoreError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM cases GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut counts = BTreeMap::new();
+        for row in rows {
+            let state: String = row.try_get("state")?;
+            let n: i64 = row.try_get("n")?;
+            counts.insert(
+                CaseState::from_str(&state).map_err(|e| corrupt("cases", e))?,
+                n as u64,
+            );
+        }
+        Ok(counts)
+    }
+
+    async fn open_cases_by_workflow(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT workflow, COUNT(*) AS n FROM cases WHERE state IN ('active', 'paused') GROUP BY workflow",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts = BTreeMap::new();
+        for row in rows {
+            counts.insert(row.try_get("workflow")?, row.try_get::<i64, _>("n")? as u64);
+        }
+        Ok(counts)
+    }
+
+    async fn workflow_source(&self, version: &str) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT source FROM workflow_versions WHERE version = $1")
+                .bind(version)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+}

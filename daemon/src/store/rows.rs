@@ -1,0 +1,117 @@
+//! Row → model conversions shared by the backends. Both store integers as
+//! 64-bit and times as milliseconds, so one generic decoder serves both.
+
+use std::str::FromStr;
+
+use sqlx::{ColumnIndex, Decode, Row, Type};
+
+use super::{Claimed, StoreError, from_ms};
+use crate::model::{Case, CaseState, Delivery, DeliveryStatus, Event};
+
+/// A row type whose columns decode as the types the store uses.
+pub(crate) trait StoreRow: Row
+where
+    for<'a> &'a str: ColumnIndex<Self>,
+{
+    fn text(&self, column: &str) -> Result<String, StoreError>;
+    fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError>;
+    fn int(&self, column: &str) -> Result<i64, StoreError>;
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError>;
+}
+
+impl<R> StoreRow for R
+where
+    R: Row,
+    for<'a> &'a str: ColumnIndex<R>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    fn text(&self, column: &str) -> Result<String, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn int(&self, column: &str) -> Result<i64, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.try_get(column)?)
+    }
+}
+
+pub(crate) fn corrupt(table: &'static str, message: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        message: message.to_string(),
+    }
+}
+
+pub(crate) fn case_from_row<R: StoreRow>(row: &R) -> Result<Case, StoreError>
+where
+    for<'a> &'a str: ColumnIndex<R>,
+{
+    let state = row.text("state")?;
+    let event = row.text("trigger_event")?;
+    Ok(Case {
+        id: row.text("id")?,
+        workflow: row.text("workflow")?,
+        workflow_version: row.text("workflow_version")?,
+        customer_id: row.text("customer_id")?,
+        subject: row.text("subject")?,
+        state: CaseState::from_str(&state).map_err(|e| corrupt("cases", e))?,
+        trigger_event: serde_json::from_str::<Event>(&event).map_err(|e| corrupt("cases", e))?,
+        started_at: from_ms(row.int("started_ms")?),
+        updated_at: from_ms(row.int("updated_ms")?),
+        paused_at: row.opt_int("paused_ms")?.map(from_ms),
+        ended_reason: row.opt_text("ended_reason")?,
+    })
+}
+
+pub(crate) fn delivery_from_row<R: StoreRow>(row: &R) -> Result<Delivery, StoreError>
+where
+    for<'a> &'a str: ColumnIndex<R>,
+{
+    let status = row.text("status")?;
+    Ok(Delivery {
+        id: row.text("id")?,
+        case_id: row.text("case_id")?,
+        step_index: row.int("step_index")? as u32,
+        step: row.text("step")?,
+        channel: row.text("channel")?,
+        template: row.text("template")?,
+        status: DeliveryStatus::from_str(&status).map_err(|e| corrupt("deliveries", e))?,
+        due_at: from_ms(row.int("due_ms")?),
+        planned_at: from_ms(row.int("planned_ms")?),
+        attempts: row.int("attempts")? as u32,
+        idempotency_key: row.text("idempotency_key")?,
+        receipt: row.opt_text("receipt")?,
+        last_error: row.opt_text("last_error")?,
+        skip_reason: row.opt_text("skip_reason")?,
+        sent_at: row.opt_int("sent_ms")?.map(from_ms),
+        updated_at: from_ms(row.int("updated_ms")?),
+    })
+}
+
+pub(crate) fn claimed_from_row<R: StoreRow>(row: &R) -> Result<Claimed, StoreError>
+where
+    for<'a> &'a str: ColumnIndex<R>,
+{
+    let event = row.text("trigger_event")?;
+    Ok(Claimed {
+        delivery_id: row.text("id")?,
+        case_id: row.text("case_id")?,
+        workflow: row.text("workflow")?,
+        workflow_version: row.text("workflow_version")?,
+        step_index: row.int("step_index")? as u32,
+        step: row.text("step")?,
+        channel: row.text("channel")?,
+        template: row.text("template")?,
+        idempotency_key: row.text("idempotency_key")?,
+        attempt: row.int("attempts")? as u32,
+        due_at: from_ms(row.int("due_ms")?),
+        planned_at: from_ms(row.int("planned_ms")?),
+        case_started_at: from_ms(row.int("started_ms")?),
+        trigger_event: serde_json::from_str(&event).map_err(|e| corrupt("cases", e))?,
+    })
+}
