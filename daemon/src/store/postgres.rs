@@ -19,7 +19,9 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
-use super::rows::{case_from_row, claimed_from_row, corrupt, delivery_from_row};
+use super::rows::{
+    case_from_row, claimed_from_row, corrupt, delivery_from_row, state_counts, workflow_counts,
+};
 use super::{
     CaseAction, ClaimOptions, Claimed, Completion, EventPlan, IngestOutcome, Store, StoreError,
     from_ms, idempotency_key, to_ms,
@@ -527,16 +529,7 @@ impl Store for PostgresStore {
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM cases GROUP BY state")
             .fetch_all(&self.pool)
             .await?;
-        let mut counts = BTreeMap::new();
-        for row in rows {
-            let state: String = row.try_get("state")?;
-            let n: i64 = row.try_get("n")?;
-            counts.insert(
-                CaseState::from_str(&state).map_err(|e| corrupt("cases", e))?,
-                n as u64,
-            );
-        }
-        Ok(counts)
+        state_counts(&rows)
     }
 
     async fn open_cases_by_workflow(&self) -> Result<BTreeMap<String, u64>, StoreError> {
@@ -545,11 +538,7 @@ impl Store for PostgresStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut counts = BTreeMap::new();
-        for row in rows {
-            counts.insert(row.try_get("workflow")?, row.try_get::<i64, _>("n")? as u64);
-        }
-        Ok(counts)
+        workflow_counts(&rows)
     }
 
     async fn workflow_source(&self, version: &str) -> Result<Option<String>, StoreError> {

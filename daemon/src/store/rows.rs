@@ -1,6 +1,7 @@
 //! Row → model conversions shared by the backends. Both store integers as
 //! 64-bit and times as milliseconds, so one generic decoder serves both.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use sqlx::{ColumnIndex, Decode, Row, Type};
@@ -114,4 +115,27 @@ where
         case_started_at: from_ms(row.int("started_ms")?),
         trigger_event: serde_json::from_str(&event).map_err(|e| corrupt("cases", e))?,
     })
+}
+
+/// `SELECT state, COUNT(*) AS n … GROUP BY state` rows as a map.
+pub(crate) fn state_counts<R: StoreRow>(rows: &[R]) -> Result<BTreeMap<CaseState, u64>, StoreError>
+where
+    for<'a> &'a str: ColumnIndex<R>,
+{
+    let mut counts = BTreeMap::new();
+    for row in rows {
+        let state = CaseState::from_str(&row.text("state")?).map_err(|e| corrupt("cases", e))?;
+        counts.insert(state, row.int("n")? as u64);
+    }
+    Ok(counts)
+}
+
+/// `SELECT workflow, COUNT(*) AS n … GROUP BY workflow` rows as a map.
+pub(crate) fn workflow_counts<R: StoreRow>(rows: &[R]) -> Result<BTreeMap<String, u64>, StoreError>
+where
+    for<'a> &'a str: ColumnIndex<R>,
+{
+    rows.iter()
+        .map(|row| Ok((row.text("workflow")?, row.int("n")? as u64)))
+        .collect()
 }
