@@ -88,6 +88,15 @@ struct RawChannel {
     concurrency: Option<usize>,
     max_attempts: Option<u32>,
     retry_backoff: Option<String>,
+    send_window: Option<crate::workflow::RawWindow>,
+    frequency_cap: Option<RawCap>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCap {
+    max: u32,
+    per: String,
 }
 
 /// Where one secret comes from: exactly one of `file`, `env`, `credential`.
@@ -164,6 +173,12 @@ pub struct ChannelSpec {
     pub max_attempts: u32,
     /// First retry delay; doubles with each attempt, with jitter.
     pub retry_backoff: Duration,
+    /// Quiet hours for every delivery on this channel (e.g. SMS only in the
+    /// daytime), on top of any window of the workflow or step.
+    pub send_window: Option<crate::workflow::SendWindow>,
+    /// At most so many deliveries per customer on this channel per period,
+    /// across all workflows; more wait (critical steps excepted).
+    pub frequency_cap: Option<crate::store::FrequencyCap>,
 }
 
 impl fmt::Debug for ChannelSpec {
@@ -179,6 +194,8 @@ impl fmt::Debug for ChannelSpec {
             .field("timeout", &self.timeout)
             .field("concurrency", &self.concurrency)
             .field("max_attempts", &self.max_attempts)
+            .field("send_window", &self.send_window.as_ref().map(|w| &w.cron))
+            .field("frequency_cap", &self.frequency_cap)
             .finish()
     }
 }
@@ -280,14 +297,11 @@ impl Config {
                 DatabaseUrl(format!("sqlite://{}", resolve(file).display()))
             }
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                return Err(invalid(format!(
-                    "database: PostgreSQL ('{}') is not supported by this build yet; use sqlite://",
-                    DatabaseUrl(url)
-                )));
+                DatabaseUrl(url)
             }
             Some(url) => {
                 return Err(invalid(format!(
-                    "database: unsupported URL '{}' (expected sqlite://PATH)",
+                    "database: unsupported URL '{}' (expected sqlite://PATH or postgres://USER@HOST/DB)",
                     DatabaseUrl(url)
                 )));
             }
@@ -369,6 +383,38 @@ impl Config {
                     &ch.retry_backoff,
                     Duration::from_secs(60),
                 )?,
+                send_window: match &ch.send_window {
+                    None => None,
+                    Some(raw) => Some(crate::workflow::SendWindow::parse(raw).map_err(
+                        |(key, message)| {
+                            invalid(format!(
+                                "{}.{}: {message}",
+                                field("send_window"),
+                                key.trim_end_matches(':')
+                            ))
+                        },
+                    )?),
+                },
+                frequency_cap: match &ch.frequency_cap {
+                    None => None,
+                    Some(cap) => {
+                        if cap.max == 0 {
+                            return Err(invalid(format!(
+                                "{}.max: must be at least 1 (to stop a channel, remove it from the workflows)",
+                                field("frequency_cap")
+                            )));
+                        }
+                        let per = duration::parse(&cap.per)
+                            .map_err(|e| invalid(format!("{}.per: {e}", field("frequency_cap"))))?;
+                        if per.is_zero() {
+                            return Err(invalid(format!(
+                                "{}.per: must be longer than 0s",
+                                field("frequency_cap")
+                            )));
+                        }
+                        Some(crate::store::FrequencyCap { max: cap.max, per })
+                    }
+                },
             };
             // A claim must outlive the call it covers, or a slow send could
             // be claimed (and sent) a second time while still running.

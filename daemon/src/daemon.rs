@@ -24,6 +24,7 @@ use crate::engine::clock::Clock;
 use crate::engine::scheduler::Scheduler;
 use crate::plugin_host::PluginHost;
 use crate::store::Store;
+use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::workflow::{self, Diagnostic, WorkflowSet};
 
@@ -184,6 +185,12 @@ impl Shared {
             };
         }
         self.scheduler.set_channels(&new.channels);
+        self.engine.set_channel_windows(
+            new.channels
+                .iter()
+                .filter_map(|(name, spec)| Some((name.clone(), spec.send_window.clone()?)))
+                .collect(),
+        );
         let channels: BTreeSet<String> = new.channels.keys().cloned().collect();
         let previous = self.workflows();
         // The folder stays the one the daemon started with (the watcher watches it).
@@ -253,6 +260,12 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
                 .with_context(|| format!("cannot open database '{}'", config.database))?;
             Ok(Arc::new(store))
         }
+        None if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let store = PostgresStore::open(url)
+                .await
+                .with_context(|| format!("cannot open database '{}'", config.database))?;
+            Ok(Arc::new(store))
+        }
         None => anyhow::bail!("unsupported database URL '{}'", config.database),
     }
 }
@@ -265,6 +278,7 @@ pub struct ConfigurationError(pub String);
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let mut signals = Signals::listen()?;
     let started_at = Utc::now();
     let store = open_store(&config).await?;
     let clock = match config.clock {
@@ -282,6 +296,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .configure(&config.channels)
         .map_err(|e| ConfigurationError(format!("channels: {e}")))?;
     let engine = Arc::new(Engine::new(store.clone(), clock));
+    store.listen_for_work(Box::new({
+        let engine = Arc::downgrade(&engine);
+        move || {
+            if let Some(engine) = engine.upgrade() {
+                engine.wake();
+            }
+        }
+    }));
     let scheduler = Arc::new(Scheduler::new(
         engine.clone(),
         plugins.clone(),
@@ -330,10 +352,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let scheduler_task = tokio::spawn(scheduler.clone().run(stop_rx.clone()));
     // Bound before "ready": once this returns, dunningctl can connect.
-    let admin = crate::admin::bind(shared.clone(), &config.admin, stop_rx.clone())
+    let admin = crate::admin::listen(shared.clone(), &config.admin, stop_rx.clone())
         .await
         .map_err(|e| ConfigurationError(e.to_string()))?;
-    let admin_task = tokio::spawn(admin);
+    let admin_task = tokio::spawn(admin.serve);
+    tokio::spawn(report_store_health(
+        scheduler.store_ok(),
+        admin.health,
+        stop_rx.clone(),
+    ));
     shared
         .ready
         .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -360,7 +387,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "dunningd ready"
     );
 
-    wait_for_stop(reload_tx).await?;
+    signals.wait_for_stop(reload_tx).await;
     crate::systemd::stopping();
     tracing::info!("stopping: no new claims, waiting for in-flight sends");
     let _ = stop_tx.send(true);
@@ -389,19 +416,70 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT; SIGHUP asks for a reload meanwhile.
-async fn wait_for_stop(reload: mpsc::Sender<()>) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+/// Health follows the database: NOT_SERVING while it cannot be reached (a
+/// load balancer or supervisor should send events elsewhere; nothing already
+/// accepted is lost), SERVING again once it answers. Stops when the daemon
+/// stops, whose NOT_SERVING must stay.
+async fn report_store_health(
+    mut store_ok: watch::Receiver<bool>,
+    health: crate::admin::Health,
+    mut stop: watch::Receiver<bool>,
+) {
+    let stopping = stop.clone();
     loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading");
-                let _ = reload.try_send(());
+        let changed = tokio::select! {
+            changed = store_ok.changed() => changed.is_ok(),
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => false,
+        };
+        let ok = *store_ok.borrow_and_update();
+        if !changed || *stopping.borrow() {
+            return;
+        }
+        if ok {
+            tracing::info!("database reachable again: health SERVING");
+            crate::systemd::status("database reachable again");
+        } else {
+            tracing::error!("database unreachable: health NOT_SERVING until it answers");
+            crate::systemd::status("database unreachable; retrying");
+        }
+        health.set_serving(ok).await;
+        if *stopping.borrow() {
+            // Stopped meanwhile: NOT_SERVING wins.
+            health.set_serving(false).await;
+            return;
+        }
+    }
+}
+
+/// SIGTERM, SIGINT and SIGHUP, listened for from the start: a signal that
+/// arrives while the daemon is still starting (systemd may stop it right
+/// after READY=1) waits here instead of killing the process.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT; SIGHUP asks for a reload meanwhile.
+    async fn wait_for_stop(&mut self, reload: mpsc::Sender<()>) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP: reloading");
+                    let _ = reload.try_send(());
+                }
             }
         }
     }

@@ -8,7 +8,7 @@
 //! - [`workflow`]: YAML workflows: parse, validate, render, watch the folder.
 //! - [`engine`]: ingest events into cases, schedule and dispatch deliveries,
 //!   the clock.
-//! - [`store`]: durable state behind one interface (SQLite today).
+//! - [`store`]: durable state behind one interface (SQLite or PostgreSQL).
 //! - [`plugin_host`]: loads channel plugins and calls them safely.
 //! - [`admin`]: the gRPC admin API, the only module that knows protobuf.
 //! - [`daemon`]: wiring: start-up (a reload from nothing), reloads, shutdown.
@@ -27,6 +27,8 @@ pub mod model;
 pub mod plugin_host;
 pub mod store;
 pub mod systemd;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 pub mod workflow;
 
 /// The generated protobuf and gRPC code. Only `admin` and `dunningctl` use it.

@@ -222,6 +222,10 @@ pub struct Delivery {
     pub skip_reason: Option<String>,
     pub sent_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    /// On a fallback delivery: the channel it stands in for.
+    pub fallback_for: Option<String>,
+    /// Why it waited (e.g. held by a frequency cap until a time).
+    pub note: Option<String>,
 }
 
 /// A case with its deliveries: what `dunningctl cases show` prints.
@@ -297,4 +301,15 @@ mod tests {
                 .contains("expected one of")
         );
     }
+}
+
+/// A customer's request not to be contacted on a channel.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OptOut {
+    pub customer_id: String,
+    pub channel: String,
+    /// Who recorded it: `operator`, `sms-stop`, `email-unsubscribe` …
+    pub source: String,
+    pub reason: String,
+    pub created_at: DateTime<Utc>,
 }

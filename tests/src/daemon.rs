@@ -9,9 +9,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dunningd::proto::admin_client::AdminClient;
+pub use dunningd::testing::PgDatabase;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
 
@@ -31,6 +33,34 @@ pub struct Setup {
     pub extra_config: String,
     /// Extra environment for the daemon process (e.g. `NOTIFY_SOCKET`).
     pub env: Vec<(String, String)>,
+    /// Where the daemon keeps its state: SQLite in its scratch folder, or a
+    /// test's own PostgreSQL database (shared by the daemons given it).
+    pub backend: Backend,
+}
+
+/// The store a test daemon runs on.
+#[derive(Clone, Default)]
+pub enum Backend {
+    #[default]
+    Sqlite,
+    Postgres(Arc<PgDatabase>),
+}
+
+impl Backend {
+    /// A PostgreSQL backend on a database of the test's own, or `None` where
+    /// the PostgreSQL suite is not enabled (see [`PgDatabase::create`]).
+    pub async fn postgres() -> Option<Backend> {
+        Some(Backend::Postgres(Arc::new(PgDatabase::create().await?)))
+    }
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Sqlite => f.write_str("Sqlite"),
+            Backend::Postgres(db) => write!(f, "Postgres({})", db.url()),
+        }
+    }
 }
 
 impl Default for Setup {
@@ -48,6 +78,7 @@ impl Default for Setup {
                 .collect(),
             extra_config: String::new(),
             env: Vec::new(),
+            backend: Backend::Sqlite,
         }
     }
 }
@@ -82,6 +113,11 @@ impl Setup {
         self.channels.insert(name.to_string(), yaml.to_string());
         self
     }
+
+    pub fn on(mut self, backend: &Backend) -> Setup {
+        self.backend = backend.clone();
+        self
+    }
 }
 
 pub struct TestDaemon {
@@ -93,6 +129,8 @@ pub struct TestDaemon {
     /// How many times the daemon was started (each start appends its log).
     starts: u32,
     env: Vec<(String, String)>,
+    /// Keeps a PostgreSQL test database alive while the daemon may use it.
+    _backend: Backend,
 }
 
 impl TestDaemon {
@@ -116,6 +154,9 @@ impl TestDaemon {
             let yaml = yaml.replace("{dir}", &root.display().to_string());
             config.push_str(&format!("  {name}: {yaml}\n"));
         }
+        if let Backend::Postgres(database) = &setup.backend {
+            config.push_str(&format!("database: {}\n", database.url()));
+        }
         config.push_str(&setup.extra_config);
         let config_path = root.join("dunningd.yaml");
         std::fs::write(&config_path, config).expect("write config");
@@ -126,6 +167,7 @@ impl TestDaemon {
             child: None,
             starts: 0,
             env: setup.env.clone(),
+            _backend: setup.backend.clone(),
         };
         daemon.spawn().await;
         daemon

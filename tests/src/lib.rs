@@ -12,6 +12,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 pub mod daemon;
+pub mod fixtures;
 pub mod peers;
 
 /// The packages whose artifacts the end-to-end tests run.
@@ -92,4 +93,33 @@ pub fn plugin_library(name: &str) -> PathBuf {
         std::env::consts::DLL_PREFIX,
         std::env::consts::DLL_SUFFIX
     ))
+}
+
+/// Runs each named `async fn(Backend)` as two tests, `sqlite::NAME` and
+/// `postgres::NAME`: the same behaviour, proven on both stores. The
+/// PostgreSQL half returns early (saying how to enable it) where
+/// `DUNNINGD_TEST_POSTGRES` is not set, and fails under `CI` then.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::daemon::Backend::Sqlite).await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(backend) = $crate::daemon::Backend::postgres().await else {
+                        return;
+                    };
+                    super::$name(backend).await;
+                }
+            )+
+        }
+    };
 }

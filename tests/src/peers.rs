@@ -402,3 +402,61 @@ impl Drop for SmtpPeer {
         let _ = self.child.wait();
     }
 }
+
+/// A TCP proxy on loopback that a test can cut and restore, to make a server
+/// (PostgreSQL) unreachable for a while without touching the server itself.
+/// While cut, open connections are dropped and new ones refused.
+pub struct TcpProxy {
+    pub addr: SocketAddr,
+    upstream: SocketAddr,
+    running: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl TcpProxy {
+    pub async fn start(upstream: SocketAddr) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let proxy = TcpProxy {
+            addr: listener.local_addr().expect("local addr"),
+            upstream,
+            running: Mutex::new(None),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let upstream = self.upstream;
+        let task = tokio::spawn(async move {
+            // Dropping the set (when this task is aborted) aborts every
+            // connection, which closes both of its sockets.
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        *self.running.lock().expect("proxy lock") = Some(task);
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub async fn cut(&self) {
+        let task = self.running.lock().expect("proxy lock").take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Accepts connections again, on the same address.
+    pub async fn restore(&self) {
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .expect("bind the proxy's address again");
+        self.serve(listener);
+    }
+}

@@ -24,6 +24,8 @@ fn host(plugin: &str, settings: serde_json::Value) -> PluginHost {
         concurrency: 4,
         max_attempts: 3,
         retry_backoff: Duration::from_secs(60),
+        send_window: None,
+        frequency_cap: None,
     };
     host.configure(&BTreeMap::from([("ch".to_string(), spec)]))
         .expect("configure");
@@ -182,6 +184,8 @@ async fn twilio_settings_are_checked_when_the_channel_opens() {
             concurrency: 1,
             max_attempts: 1,
             retry_backoff: Duration::from_secs(1),
+            send_window: None,
+            frequency_cap: None,
         };
         let err = host
             .configure(&BTreeMap::from([("sms".to_string(), spec)]))

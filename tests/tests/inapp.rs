@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use dunningd::proto;
-use dunningd_e2e::daemon::{Setup, TestDaemon};
+use dunningd_e2e::daemon::{Backend, Setup, TestDaemon};
+use dunningd_e2e::on_both_backends;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -41,12 +42,22 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn start() -> (TestDaemon, String) {
+/// A daemon whose `in_app` channel serves the inbox on a port of its own:
+/// kept in a SQLite file beside it, or on PostgreSQL in the daemons' own
+/// database.
+async fn start(backend: &Backend) -> (TestDaemon, String) {
     let port = free_port();
-    let setup = Setup::default().workflow("payment-failed.yaml", WORKFLOW).channel(
-        "in_app",
-        &format!("{{ plugin: inapp, settings: {{ listen: '127.0.0.1:{port}', database: '{{dir}}/inbox.db', secret: {SECRET} }} }}"),
-    );
+    let inbox = match backend {
+        Backend::Sqlite => "'{dir}/inbox.db'".to_string(),
+        Backend::Postgres(database) => format!("'{}'", database.url()),
+    };
+    let setup = Setup::default()
+        .workflow("payment-failed.yaml", WORKFLOW)
+        .on(backend)
+        .channel(
+            "in_app",
+            &format!("{{ plugin: inapp, settings: {{ listen: '127.0.0.1:{port}', database: {inbox}, secret: {SECRET} }} }}"),
+        );
     (
         TestDaemon::start(setup).await,
         format!("http://127.0.0.1:{port}"),
@@ -70,9 +81,10 @@ async fn fail_payment(daemon: &TestDaemon, id: &str, subject: &str, amount: u64)
     daemon.settle().await;
 }
 
-#[tokio::test]
-async fn the_inbox_api_needs_the_customers_token_and_tracks_read_and_dismissed() {
-    let (daemon, base) = start().await;
+on_both_backends!(the_inbox_api_needs_the_customers_token_and_tracks_read_and_dismissed);
+
+async fn the_inbox_api_needs_the_customers_token_and_tracks_read_and_dismissed(backend: Backend) {
+    let (daemon, base) = start(&backend).await;
     fail_payment(&daemon, "e1", "inv_1", 4900).await;
     let http = reqwest::Client::new();
     let inbox = format!("{base}/v1/customers/cus_ada");
@@ -177,16 +189,24 @@ async fn the_inbox_api_needs_the_customers_token_and_tracks_read_and_dismissed()
         .await
         .expect("stream");
     assert_eq!(stream.headers()["content-type"], "text/event-stream");
-    let first =
-        String::from_utf8_lossy(&stream.chunk().await.expect("chunk").expect("data")).to_string();
+    let first = next_event(&mut stream).await;
     assert!(
         first.contains("event: inbox") && first.contains("data: []"),
         "{first}"
     );
     fail_payment(&daemon, "e2", "inv_2", 1200).await;
-    let next =
-        String::from_utf8_lossy(&stream.chunk().await.expect("chunk").expect("data")).to_string();
+    let next = next_event(&mut stream).await;
     assert!(next.contains("Payment of £12.00 failed"), "{next}");
+}
+
+/// The next chunk of a Server-Sent Events stream (10 s at most).
+async fn next_event(stream: &mut reqwest::Response) -> String {
+    let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
+        .await
+        .expect("an event within 10s")
+        .expect("chunk")
+        .expect("data");
+    String::from_utf8_lossy(&chunk).to_string()
 }
 
 /// Finds chromium and chromedriver, installing Debian's packages where they
@@ -258,7 +278,7 @@ async fn the_banner_shows_updates_live_and_hides_when_dismissed() {
     let Some((chromium, chromedriver)) = browser() else {
         return;
     };
-    let (daemon, base) = start().await;
+    let (daemon, base) = start(&Backend::Sqlite).await;
     fail_payment(&daemon, "e1", "inv_1", 4900).await;
 
     let port = free_port();
@@ -379,4 +399,50 @@ async fn the_banner_shows_updates_live_and_hides_when_dismissed() {
     })
     .await;
     browser.close().await.expect("close the browser");
+}
+
+/// Several daemons on one PostgreSQL share one inbox: a message one daemon
+/// delivered is listed by another's inbox server, and a browser streaming
+/// from that other server sees it arrive live.
+#[tokio::test]
+async fn daemons_sharing_postgresql_share_the_inbox_and_its_live_updates() {
+    let Some(backend) = Backend::postgres().await else {
+        return;
+    };
+    let (first, _) = start(&backend).await;
+    let (second, second_base) = start(&backend).await;
+    let http = reqwest::Client::new();
+    let t = token("cus_ada");
+    let inbox = format!("{second_base}/v1/customers/cus_ada");
+    let mut stream = http
+        .get(format!("{inbox}/stream?token={t}"))
+        .send()
+        .await
+        .expect("stream");
+    let opening = next_event(&mut stream).await;
+    assert!(opening.contains("data: []"), "{opening}");
+
+    // The first daemon's clock is an hour ahead, so the message is due for
+    // it alone: the second learns of it only through the shared inbox.
+    first.advance("1h").await;
+    fail_payment(&first, "e1", "inv_1", 4900).await;
+    let sent_by = |daemon: &TestDaemon| daemon.log().matches("delivery sent").count();
+    assert_eq!(
+        (sent_by(&first), sent_by(&second)),
+        (1, 0),
+        "{}",
+        first.log()
+    );
+    let next = next_event(&mut stream).await;
+    assert!(next.contains("Payment of £49.00 failed"), "{next}");
+    let list: Vec<serde_json::Value> = http
+        .get(format!("{inbox}/messages?token={t}"))
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(list.len(), 1, "{list:?}");
+    drop(second);
 }

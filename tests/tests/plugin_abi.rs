@@ -38,6 +38,8 @@ fn spec(plugin: &str, timeout: Duration) -> ChannelSpec {
         concurrency: 2,
         max_attempts: 3,
         retry_backoff: Duration::from_secs(60),
+        send_window: None,
+        frequency_cap: None,
     }
 }
 

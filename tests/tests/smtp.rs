@@ -21,6 +21,8 @@ fn host(url: &str) -> PluginHost {
         concurrency: 2,
         max_attempts: 3,
         retry_backoff: Duration::from_secs(60),
+        send_window: None,
+        frequency_cap: None,
     };
     host.configure(&BTreeMap::from([("email".to_string(), spec)]))
         .expect("configure");

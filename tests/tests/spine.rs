@@ -6,54 +6,20 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use dunningd::proto;
-use dunningd_e2e::daemon::{Setup, TestDaemon};
+use dunningd_e2e::daemon::{Backend, Setup, TestDaemon};
+use dunningd_e2e::fixtures::{WORKFLOW, event};
+use dunningd_e2e::on_both_backends;
 use serde_json::Value;
 use tonic::Code;
 
-const WORKFLOW: &str = r#"
-name: payment-failed
-description: Recover failed renewal payments
-trigger:
-  event: payment_failed
-  when: "data.amount >= 500"
-exit_on: [payment_succeeded]
-steps:
-  - name: first-notice
-    after: 0s
-    send:
-      - { channel: email, template: first_email }
-      - { channel: in_app, template: banner }
-  - name: reminder
-    after: 3d
-    send:
-      - { channel: sms, template: reminder_sms }
-  - name: suspend
-    after: 14d
-    send:
-      - { channel: webhook, template: suspend }
-templates:
-  first_email:
-    subject: "Your payment of {{ data.amount | money(data.currency) }} didn't go through"
-    text: "Hi {{ customer.name }}, we couldn't charge your card for invoice {{ subject }}."
-  banner:
-    title: "Payment failed"
-    body: "Please update your payment method."
-  reminder_sms:
-    body: "{{ customer.name }}, your payment for {{ subject }} is still due."
-  suspend:
-    body: "suspend {{ customer.id }}"
-"#;
-
-fn event(id: &str, kind: &str, customer: &str, subject: &str, amount: u64) -> String {
-    serde_json::json!({
-        "id": id,
-        "type": kind,
-        "customer": { "id": customer, "name": format!("Name of {customer}"), "email": format!("{customer}@example.com"), "phone": "+15005550006" },
-        "subject": subject,
-        "data": { "amount": amount, "currency": "USD" }
-    })
-    .to_string()
-}
+on_both_backends!(
+    a_payment_failed_sequence_runs_fourteen_days_in_moments,
+    payment_ends_the_case_and_nothing_more_is_sent,
+    repeated_event_ids_and_unmatched_conditions_start_nothing,
+    kill_9_between_steps_loses_nothing_and_repeats_nothing,
+    kill_9_right_after_the_acknowledgement_loses_nothing,
+    pause_holds_the_sequence_and_resume_continues_it,
+);
 
 async fn send(daemon: &TestDaemon, events: Vec<String>) -> Vec<proto::EventResult> {
     daemon
@@ -90,10 +56,13 @@ fn keys(deliveries: &[Value]) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_payment_failed_sequence_runs_fourteen_days_in_moments() {
-    let daemon =
-        TestDaemon::start(Setup::default().workflow("payment-failed.yaml", WORKFLOW)).await;
+async fn a_payment_failed_sequence_runs_fourteen_days_in_moments(backend: Backend) {
+    let daemon = TestDaemon::start(
+        Setup::default()
+            .workflow("payment-failed.yaml", WORKFLOW)
+            .on(&backend),
+    )
+    .await;
     let results = send(
         &daemon,
         vec![event("e1", "payment_failed", "cus_1", "inv_1", 4900)],
@@ -164,10 +133,13 @@ async fn a_payment_failed_sequence_runs_fourteen_days_in_moments() {
     }
 }
 
-#[tokio::test]
-async fn payment_ends_the_case_and_nothing_more_is_sent() {
-    let daemon =
-        TestDaemon::start(Setup::default().workflow("payment-failed.yaml", WORKFLOW)).await;
+async fn payment_ends_the_case_and_nothing_more_is_sent(backend: Backend) {
+    let daemon = TestDaemon::start(
+        Setup::default()
+            .workflow("payment-failed.yaml", WORKFLOW)
+            .on(&backend),
+    )
+    .await;
     let started = send(
         &daemon,
         vec![event("f1", "payment_failed", "cus_1", "inv_1", 4900)],
@@ -208,10 +180,13 @@ async fn payment_ends_the_case_and_nothing_more_is_sent() {
     assert!(results[0].cases_started.is_empty(), "{results:?}");
 }
 
-#[tokio::test]
-async fn repeated_event_ids_and_unmatched_conditions_start_nothing() {
-    let daemon =
-        TestDaemon::start(Setup::default().workflow("payment-failed.yaml", WORKFLOW)).await;
+async fn repeated_event_ids_and_unmatched_conditions_start_nothing(backend: Backend) {
+    let daemon = TestDaemon::start(
+        Setup::default()
+            .workflow("payment-failed.yaml", WORKFLOW)
+            .on(&backend),
+    )
+    .await;
     let first = event("e1", "payment_failed", "cus_1", "inv_1", 4900);
     let results = send(
         &daemon,
@@ -265,10 +240,13 @@ async fn repeated_event_ids_and_unmatched_conditions_start_nothing() {
     assert_eq!(cases.len(), 2, "cus_1 and cus_9");
 }
 
-#[tokio::test]
-async fn kill_9_between_steps_loses_nothing_and_repeats_nothing() {
-    let mut daemon =
-        TestDaemon::start(Setup::default().workflow("payment-failed.yaml", WORKFLOW)).await;
+async fn kill_9_between_steps_loses_nothing_and_repeats_nothing(backend: Backend) {
+    let mut daemon = TestDaemon::start(
+        Setup::default()
+            .workflow("payment-failed.yaml", WORKFLOW)
+            .on(&backend),
+    )
+    .await;
     let events = (0..20)
         .map(|i| {
             event(
@@ -310,10 +288,13 @@ async fn kill_9_between_steps_loses_nothing_and_repeats_nothing() {
     assert_eq!(exhausted.len(), 20);
 }
 
-#[tokio::test]
-async fn kill_9_right_after_the_acknowledgement_loses_nothing() {
-    let mut daemon =
-        TestDaemon::start(Setup::default().workflow("payment-failed.yaml", WORKFLOW)).await;
+async fn kill_9_right_after_the_acknowledgement_loses_nothing(backend: Backend) {
+    let mut daemon = TestDaemon::start(
+        Setup::default()
+            .workflow("payment-failed.yaml", WORKFLOW)
+            .on(&backend),
+    )
+    .await;
     let events = (0..50)
         .map(|i| {
             event(
@@ -597,10 +578,13 @@ async fn bad_api_calls_get_clear_errors_and_change_nothing() {
     );
 }
 
-#[tokio::test]
-async fn pause_holds_the_sequence_and_resume_continues_it() {
-    let daemon =
-        TestDaemon::start(Setup::default().workflow("payment-failed.yaml", WORKFLOW)).await;
+async fn pause_holds_the_sequence_and_resume_continues_it(backend: Backend) {
+    let daemon = TestDaemon::start(
+        Setup::default()
+            .workflow("payment-failed.yaml", WORKFLOW)
+            .on(&backend),
+    )
+    .await;
     let results = send(
         &daemon,
         vec![event("e1", "payment_failed", "cus_1", "inv_1", 4900)],

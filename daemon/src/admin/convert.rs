@@ -4,7 +4,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::daemon::ReloadReport;
-use crate::model::{Case, CaseDetail, Delivery};
+use crate::model::{Case, CaseDetail, Delivery, OptOut};
 use crate::plugin_host::PluginInfo;
 use crate::proto;
 use crate::store::IngestOutcome;
@@ -88,6 +88,8 @@ pub fn delivery(d: &Delivery) -> proto::Delivery {
         skip_reason: d.skip_reason.clone().unwrap_or_default(),
         sent_at: opt_time(d.sent_at),
         step_index: d.step_index,
+        fallback_for: d.fallback_for.clone().unwrap_or_default(),
+        note: d.note.clone().unwrap_or_default(),
     }
 }
 
@@ -116,6 +118,16 @@ pub fn plugin(p: &PluginInfo) -> proto::PluginInfo {
         path: p.path.display().to_string(),
         abi_version: p.abi_version,
         channels: p.channels.clone(),
+    }
+}
+
+pub fn optout(o: &OptOut) -> proto::OptOutRecord {
+    proto::OptOutRecord {
+        customer_id: o.customer_id.clone(),
+        channel: o.channel.clone(),
+        source: o.source.clone(),
+        reason: o.reason.clone(),
+        created_at: time(o.created_at),
     }
 }
 
@@ -260,6 +272,8 @@ mod tests {
             skip_reason: (status == DeliveryStatus::Skipped).then(|| "opted out".into()),
             sent_at: sent.then(|| at("2026-01-08T10:00:01Z")),
             updated_at: at("2026-01-08T10:00:01Z"),
+            fallback_for: None,
+            note: None,
         }
     }
 

@@ -50,9 +50,11 @@ fn engine_status(error: EngineError) -> Status {
             Status::failed_precondition(e.to_string())
         }
         EngineError::Store(e @ StoreError::Database(_)) => Status::unavailable(e.to_string()),
-        EngineError::Store(e @ (StoreError::Migrate(_) | StoreError::Corrupt { .. })) => {
-            Status::internal(e.to_string())
-        }
+        EngineError::Store(
+            e @ (StoreError::Migrate(_)
+            | StoreError::SchemaTooNew { .. }
+            | StoreError::Corrupt { .. }),
+        ) => Status::internal(e.to_string()),
         e @ (EngineError::UnknownVersion(_) | EngineError::StoredVersion { .. }) => {
             Status::internal(e.to_string())
         }
@@ -95,6 +97,25 @@ fn case_filter(r: &proto::ListCasesRequest) -> Result<CaseFilter, Status> {
         customer: optional(&r.customer),
         limit: if r.limit == 0 { DEFAULT_LIST } else { r.limit },
     })
+}
+
+/// A channel named in an opt-out request: required, and configured (an
+/// opt-out of a misspelt channel would silently protect nobody).
+fn configured_channel<'a>(shared: &Shared, value: &'a str) -> Result<&'a str, Status> {
+    let channel = required("channel", value)?;
+    let config = shared.config();
+    if !config.channels.contains_key(channel) {
+        return Err(Status::invalid_argument(format!(
+            "channel: '{channel}' is not a configured channel (configured: {})",
+            config
+                .channels
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(channel)
 }
 
 /// `SendEvents` checked: every event parses, or none is taken.
@@ -338,6 +359,62 @@ impl Admin for AdminService {
         request: Request<proto::CaseRef>,
     ) -> Result<Response<proto::Case>, Status> {
         self.case_action(request, CaseAction::Cancel).await
+    }
+
+    async fn opt_out(
+        &self,
+        request: Request<proto::OptOutRequest>,
+    ) -> Result<Response<proto::OptOutRecord>, Status> {
+        let r = request.into_inner();
+        let customer = required("customer_id", &r.customer_id)?;
+        let channel = configured_channel(&self.shared, &r.channel)?;
+        let reason = optional(&r.reason).unwrap_or_else(|| "opted out".to_string());
+        let optout = self
+            .shared
+            .engine
+            .opt_out(customer, channel, "operator", &reason)
+            .await
+            .map_err(engine_status)?;
+        Ok(Response::new(convert::optout(&optout)))
+    }
+
+    async fn opt_in(
+        &self,
+        request: Request<proto::OptInRequest>,
+    ) -> Result<Response<proto::OptInResponse>, Status> {
+        let r = request.into_inner();
+        let customer = required("customer_id", &r.customer_id)?;
+        let channel = configured_channel(&self.shared, &r.channel)?;
+        let removed = self
+            .shared
+            .engine
+            .opt_in(customer, channel)
+            .await
+            .map_err(engine_status)?;
+        Ok(Response::new(proto::OptInResponse { removed }))
+    }
+
+    async fn list_opt_outs(
+        &self,
+        request: Request<proto::ListOptOutsRequest>,
+    ) -> Result<Response<proto::ListOptOutsResponse>, Status> {
+        let r = request.into_inner();
+        if r.limit > MAX_LIST {
+            return Err(Status::invalid_argument(format!(
+                "limit: at most {MAX_LIST}, got {}",
+                r.limit
+            )));
+        }
+        let limit = if r.limit == 0 { DEFAULT_LIST } else { r.limit };
+        let optouts = self
+            .shared
+            .engine
+            .list_optouts(optional(&r.customer_id).as_deref(), limit)
+            .await
+            .map_err(engine_status)?;
+        Ok(Response::new(proto::ListOptOutsResponse {
+            optouts: optouts.iter().map(convert::optout).collect(),
+        }))
     }
 
     async fn list_plugins(

@@ -4,7 +4,7 @@
 //! 1 an error (the daemon refused, a file is invalid, the daemon is not
 //! reachable), 2 a usage error.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -85,6 +85,38 @@ enum Command {
         /// When the case would start (RFC 3339, e.g. 2026-01-05T09:00:00Z); default now.
         #[arg(long)]
         at: Option<String>,
+        /// The daemon configuration, to apply its channels' send windows too.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Stop contacting a customer on a channel: their deliveries there are
+    /// skipped (and the step's fallback channel used, if any).
+    Optout {
+        /// The customer id, as in events.
+        customer: String,
+        /// A configured channel, e.g. sms.
+        #[arg(long)]
+        channel: String,
+        /// Why, for the record (e.g. "asked by phone").
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Undo an opt-out.
+    Optin {
+        /// The customer id, as in events.
+        customer: String,
+        /// The channel to contact them on again.
+        #[arg(long)]
+        channel: String,
+    },
+    /// Opt-outs, newest first: one customer's, or everyone's.
+    Optouts {
+        /// Only this customer's.
+        #[arg(long)]
+        customer: Option<String>,
+        /// At most this many (default 100).
+        #[arg(long)]
+        limit: Option<u32>,
     },
     /// Channel plugins loaded by the daemon.
     #[command(subcommand)]
@@ -392,7 +424,8 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
             workflow,
             event,
             at,
-        } => return preview(cli, workflow, event, at.as_deref()),
+            config,
+        } => return preview(cli, workflow, event, at.as_deref(), config.as_deref()),
         _ => {}
     }
     let mut client = connect(cli).await?;
@@ -489,6 +522,79 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
         }
         Command::Events(EventsCommand::Send { file }) => send_events(cli, &mut client, file).await,
         Command::Cases(command) => cases(cli, &mut client, command).await,
+        Command::Optout {
+            customer,
+            channel,
+            reason,
+        } => {
+            let record = client
+                .opt_out(proto::OptOutRequest {
+                    customer_id: customer.clone(),
+                    channel: channel.clone(),
+                    reason: reason.clone().unwrap_or_default(),
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if cli.json {
+                print_json(&record)?;
+            } else {
+                out!(
+                    "{} opted out of {} ({})",
+                    record.customer_id,
+                    record.channel,
+                    record.reason
+                );
+            }
+            Ok(true)
+        }
+        Command::Optin { customer, channel } => {
+            let response = client
+                .opt_in(proto::OptInRequest {
+                    customer_id: customer.clone(),
+                    channel: channel.clone(),
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if cli.json {
+                print_json(&response)?;
+            } else if response.removed {
+                out!("{customer} opted in to {channel} again");
+            } else {
+                out!("{customer} had not opted out of {channel}; nothing changed");
+            }
+            Ok(true)
+        }
+        Command::Optouts { customer, limit } => {
+            let list = client
+                .list_opt_outs(proto::ListOptOutsRequest {
+                    customer_id: customer.clone().unwrap_or_default(),
+                    limit: limit.unwrap_or(0),
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if cli.json {
+                print_json(&list)?;
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .optouts
+                    .iter()
+                    .map(|o| {
+                        vec![
+                            o.customer_id.clone(),
+                            o.channel.clone(),
+                            o.source.clone(),
+                            short_time(&o.created_at),
+                            o.reason.clone(),
+                        ]
+                    })
+                    .collect();
+                table(&["CUSTOMER", "CHANNEL", "SOURCE", "SINCE", "REASON"], &rows);
+            }
+            Ok(true)
+        }
         Command::Plugins(PluginsCommand::List) => {
             let list = client
                 .list_plugins(proto::ListPluginsRequest {})
@@ -826,15 +932,24 @@ async fn cases(cli: &Cli, client: &mut Client, command: &CasesCommand) -> anyhow
                     .deliveries
                     .iter()
                     .map(|d| {
-                        let note = [d.last_error.as_str(), d.skip_reason.as_str()]
-                            .iter()
-                            .filter(|s| !s.is_empty())
-                            .copied()
-                            .collect::<Vec<_>>()
-                            .join("; ");
+                        let note = [
+                            d.last_error.as_str(),
+                            d.skip_reason.as_str(),
+                            d.note.as_str(),
+                        ]
+                        .iter()
+                        .filter(|s| !s.is_empty())
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                        let channel = if d.fallback_for.is_empty() {
+                            d.channel.clone()
+                        } else {
+                            format!("{} (for {})", d.channel, d.fallback_for)
+                        };
                         vec![
                             d.step.clone(),
-                            d.channel.clone(),
+                            channel,
                             d.status.clone(),
                             short_time(&d.due_at),
                             short_time(&d.planned_at),
@@ -916,6 +1031,7 @@ fn preview(
     workflow_path: &Path,
     event_path: &Path,
     at: Option<&str>,
+    config: Option<&Path>,
 ) -> anyhow::Result<bool> {
     let source = std::fs::read_to_string(workflow_path)
         .with_context(|| format!("cannot read '{}'", workflow_path.display()))?;
@@ -938,7 +1054,16 @@ fn preview(
             .parse()
             .map_err(|e| anyhow!("--at: invalid RFC 3339 time '{at}': {e}"))?,
     };
-    let plan = workflow::preview::preview(&workflow, &event, start)?;
+    let channel_windows = match config {
+        None => BTreeMap::new(),
+        Some(path) => Config::load(path)
+            .map_err(|e| anyhow!("{e}"))?
+            .channels
+            .into_iter()
+            .filter_map(|(name, spec)| Some((name, spec.send_window?)))
+            .collect(),
+    };
+    let plan = workflow::preview::preview(&workflow, &event, start, &channel_windows)?;
     if cli.json {
         print_json(&plan)?;
         return Ok(true);
@@ -959,17 +1084,26 @@ fn preview(
     out!("case starts {}", plan.start.format("%Y-%m-%d %H:%M UTC"));
     for step in &plan.steps {
         out!();
-        let local = step
-            .planned_local
-            .as_deref()
-            .map(|l| format!(" ({l})"))
-            .unwrap_or_default();
+        let mut notes = Vec::new();
+        if let Some(condition) = &step.condition {
+            notes.push(format!("when {condition}"));
+        }
+        if let Some(expires) = &step.expires_after {
+            notes.push(format!("expires after {expires}"));
+        }
+        if step.critical {
+            notes.push("critical".to_string());
+        }
+        let notes = if notes.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", notes.join(", "))
+        };
         out!(
-            "step {} (after {}): due {}, sent {}{local}",
+            "step {} (after {}): due {}{notes}",
             step.name,
             step.after,
             step.due_at.format("%Y-%m-%d %H:%M UTC"),
-            step.planned_at.format("%Y-%m-%d %H:%M UTC")
         );
         for send in &step.sends {
             let fallback = send
@@ -977,8 +1111,22 @@ fn preview(
                 .as_deref()
                 .map(|f| format!(", fallback {f}"))
                 .unwrap_or_default();
-            out!("  {} [{}{fallback}]", send.channel, send.template);
-            if let Some(message) = &send.message {
+            let when = match (&send.skipped, send.planned_at) {
+                (Some(reason), _) => format!("skipped: {reason}"),
+                (None, Some(at)) => {
+                    let local = send
+                        .planned_local
+                        .as_deref()
+                        .map(|l| format!(" ({l})"))
+                        .unwrap_or_default();
+                    format!("sent {}{local}", at.format("%Y-%m-%d %H:%M UTC"))
+                }
+                (None, None) => "not sent".to_string(),
+            };
+            out!("  {} [{}{fallback}]: {when}", send.channel, send.template);
+            if let Some(message) = &send.message
+                && send.skipped.is_none()
+            {
                 for (field, text) in message {
                     let mut lines = text.lines();
                     out!("    {field}: {}", lines.next().unwrap_or("").trim_end());

@@ -60,7 +60,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("dunningd: {error:#}");
+            eprintln!("dunningd: {}", describe(&error));
             if error.downcast_ref::<ConfigurationError>().is_some() {
                 ExitCode::from(64)
             } else {
@@ -68,4 +68,20 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The error and its causes, each said once: libraries often repeat their
+/// cause's text in their own message (`database: … refused: … refused`).
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
 }

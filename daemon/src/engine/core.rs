@@ -11,9 +11,9 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
 use super::clock::Clock;
-use crate::model::{Case, CaseDetail, CaseFilter, CaseState, Event};
+use crate::model::{Case, CaseDetail, CaseFilter, CaseState, Event, OptOut};
 use crate::store::{CaseAction, EventPlan, IngestOutcome, NewCase, NewDelivery, Store, StoreError};
-use crate::workflow::{Workflow, WorkflowSet};
+use crate::workflow::{SendWindow, Workflow, WorkflowSet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -36,6 +36,8 @@ pub struct Engine {
     versions: Mutex<HashMap<String, Arc<Workflow>>>,
     /// Wakes the scheduler: new deliveries, a moved clock, a resumed case.
     wake: Notify,
+    /// Each channel's default send window, from the configuration.
+    channel_windows: RwLock<Arc<BTreeMap<String, SendWindow>>>,
 }
 
 impl Engine {
@@ -46,6 +48,23 @@ impl Engine {
             workflows: RwLock::new(Arc::new(WorkflowSet::empty())),
             versions: Mutex::new(HashMap::new()),
             wake: Notify::new(),
+            channel_windows: RwLock::new(Arc::new(BTreeMap::new())),
+        }
+    }
+
+    /// Replaces the channels' default send windows (on reload).
+    pub fn set_channel_windows(&self, windows: BTreeMap<String, SendWindow>) {
+        match self.channel_windows.write() {
+            Ok(mut guard) => *guard = Arc::new(windows),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(windows),
+        }
+    }
+
+    /// Each channel's default send window.
+    pub fn channel_windows(&self) -> Arc<BTreeMap<String, SendWindow>> {
+        match self.channel_windows.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
@@ -128,13 +147,14 @@ impl Engine {
     pub async fn ingest(&self, events: Vec<Event>) -> Result<Vec<IngestOutcome>, EngineError> {
         let now = self.clock.now();
         let workflows = self.workflows();
+        let windows = self.channel_windows();
         let mut plans = Vec::with_capacity(events.len());
         for event in events {
             let mut starts = Vec::new();
             let mut notes = Vec::new();
             for workflow in workflows.iter() {
                 match workflow.triggers_on(&event) {
-                    Ok(true) => starts.push(plan_case(workflow, &event, now)),
+                    Ok(true) => starts.push(plan_case(workflow, &windows, &event, now)),
                     Ok(false) => {}
                     // Refusing the event would make billing retry it forever
                     // and keep it from every other workflow: it matches nothing
@@ -178,6 +198,45 @@ impl Engine {
         Ok(case)
     }
 
+    /// Records that a customer does not want to be contacted on a channel:
+    /// their pending deliveries there are skipped (falling back where the
+    /// step says so).
+    pub async fn opt_out(
+        &self,
+        customer_id: &str,
+        channel: &str,
+        source: &str,
+        reason: &str,
+    ) -> Result<OptOut, EngineError> {
+        let optout = OptOut {
+            customer_id: customer_id.to_string(),
+            channel: channel.to_string(),
+            source: source.to_string(),
+            reason: reason.to_string(),
+            created_at: self.clock.now(),
+        };
+        self.store.opt_out(&optout).await?;
+        tracing::info!(customer = customer_id, channel, source, "opted out");
+        Ok(optout)
+    }
+
+    /// Removes an opt-out; false if there was none.
+    pub async fn opt_in(&self, customer_id: &str, channel: &str) -> Result<bool, EngineError> {
+        let removed = self.store.opt_in(customer_id, channel).await?;
+        if removed {
+            tracing::info!(customer = customer_id, channel, "opted in");
+        }
+        Ok(removed)
+    }
+
+    pub async fn list_optouts(
+        &self,
+        customer_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<OptOut>, EngineError> {
+        Ok(self.store.list_optouts(customer_id, limit).await?)
+    }
+
     pub async fn case_counts(&self) -> Result<BTreeMap<CaseState, u64>, EngineError> {
         Ok(self.store.case_counts().await?)
     }
@@ -188,8 +247,15 @@ impl Engine {
 }
 
 /// Every delivery of a new case: one per (step, channel), due at start +
-/// `after`, planned at the first moment inside the send window.
-fn plan_case(workflow: &Arc<Workflow>, event: &Event, now: DateTime<Utc>) -> NewCase {
+/// `after`, planned at the first moment inside its send windows (the step's
+/// or workflow's, and the channel's). Windows that never meet leave it due;
+/// the scheduler then skips it and says why.
+fn plan_case(
+    workflow: &Arc<Workflow>,
+    windows: &BTreeMap<String, SendWindow>,
+    event: &Event,
+    now: DateTime<Utc>,
+) -> NewCase {
     let timezone = event.customer.timezone.as_deref();
     let mut deliveries = Vec::new();
     for (index, step) in workflow.steps.iter().enumerate() {
@@ -197,8 +263,10 @@ fn plan_case(workflow: &Arc<Workflow>, event: &Event, now: DateTime<Utc>) -> New
         let due_at = now
             .checked_add_signed(after)
             .unwrap_or(DateTime::<Utc>::MAX_UTC);
-        let planned_at = workflow.plan(due_at, timezone);
         for send in &step.send {
+            let planned_at = workflow
+                .plan(index, windows.get(&send.channel), due_at, timezone)
+                .unwrap_or(due_at);
             deliveries.push(NewDelivery {
                 step_index: index as u32,
                 step: step.name.clone(),
@@ -206,6 +274,7 @@ fn plan_case(workflow: &Arc<Workflow>, event: &Event, now: DateTime<Utc>) -> New
                 template: send.template.clone(),
                 due_at,
                 planned_at,
+                critical: step.critical,
             });
         }
     }

@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use super::core::Engine;
 use crate::config::{ChannelSpec, SchedulerConfig};
 use crate::plugin_host::PluginHost;
-use crate::store::{ClaimOptions, Claimed, Completion};
+use crate::store::{ClaimOptions, Claimed, Completion, FollowUp, FrequencyCap};
 use crate::workflow::RenderContext;
 
 /// Longest the loop sleeps without looking at the store (and without moving
@@ -57,8 +57,13 @@ pub struct Scheduler {
     /// never mistakes an old lease for its own.
     owner: String,
     policies: RwLock<Arc<BTreeMap<String, RetryPolicy>>>,
+    /// Frequency caps per channel, from the configuration; swapped on reload.
+    caps: RwLock<Arc<BTreeMap<String, FrequencyCap>>>,
     /// Set once the loop goes round, for the watchdog and status.
     heartbeat: watch::Sender<DateTime<Utc>>,
+    /// Whether the last look at the store worked: false while the database
+    /// is unreachable, for the health service.
+    store_ok: watch::Sender<bool>,
 }
 
 impl Scheduler {
@@ -73,7 +78,9 @@ impl Scheduler {
             config,
             owner: format!("dunningd-{}", uuid::Uuid::new_v4()),
             policies: RwLock::new(Arc::new(BTreeMap::new())),
+            caps: RwLock::new(Arc::new(BTreeMap::new())),
             heartbeat: watch::Sender::new(Utc::now()),
+            store_ok: watch::Sender::new(true),
         }
     }
 
@@ -86,6 +93,12 @@ impl Scheduler {
         self.heartbeat.subscribe()
     }
 
+    /// True while the store answers; turns false when claiming fails (the
+    /// database is down or unreachable) and true again once it works.
+    pub fn store_ok(&self) -> watch::Receiver<bool> {
+        self.store_ok.subscribe()
+    }
+
     pub fn set_channels(&self, channels: &BTreeMap<String, ChannelSpec>) {
         let policies = channels
             .iter()
@@ -95,6 +108,22 @@ impl Scheduler {
             Ok(mut guard) => *guard = Arc::new(policies),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(policies),
         }
+        let caps: BTreeMap<String, FrequencyCap> = channels
+            .iter()
+            .filter_map(|(name, spec)| Some((name.clone(), spec.frequency_cap?)))
+            .collect();
+        match self.caps.write() {
+            Ok(mut guard) => *guard = Arc::new(caps),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(caps),
+        }
+    }
+
+    fn caps(&self) -> BTreeMap<String, FrequencyCap> {
+        let caps = match self.caps.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        (*caps).clone()
     }
 
     fn policy(&self, channel: &str) -> RetryPolicy {
@@ -115,11 +144,12 @@ impl Scheduler {
         let writer = tokio::spawn(self.clone().write_completions(done_rx));
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let mut tasks = JoinSet::new();
-        let options = ClaimOptions {
+        let mut options = ClaimOptions {
             owner: self.owner.clone(),
             lease: self.config.lease,
             limit: self.config.batch_size,
             max_claims: self.config.max_claims,
+            caps: BTreeMap::new(),
         };
         let mut failures = 0u32;
 
@@ -127,13 +157,21 @@ impl Scheduler {
             self.heartbeat.send_replace(Utc::now());
             while tasks.try_join_next().is_some() {}
             let now = self.engine.clock().now();
+            options.caps = self.caps();
             let claimed = match self.engine.store().claim_due(now, &options).await {
                 Ok(claimed) => {
+                    if failures > 0 {
+                        tracing::info!(failures, "the database answers again; claiming resumes");
+                    }
                     failures = 0;
+                    self.store_ok
+                        .send_if_modified(|ok| !std::mem::replace(ok, true));
                     claimed
                 }
                 Err(error) => {
                     failures += 1;
+                    self.store_ok
+                        .send_if_modified(|ok| std::mem::replace(ok, false));
                     let wait = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
                     tracing::error!(%error, retry_in = ?wait, "cannot claim due deliveries");
                     tokio::select! {
@@ -199,8 +237,18 @@ impl Scheduler {
             while tasks.join_next().await.is_some() {}
         }
         drop(done_tx);
-        if let Err(error) = writer.await {
-            tracing::error!(%error, "completion writer failed");
+        // The writer retries while the database is away; stopping does not
+        // wait for it forever.
+        let writer_abort = writer.abort_handle();
+        match tokio::time::timeout(grace, writer).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "completion writer failed"),
+            Err(_) => {
+                writer_abort.abort();
+                tracing::error!(
+                    "stopping without recording some delivery outcomes (the database does not answer); those deliveries will be sent again with the same idempotency key"
+                );
+            }
         }
     }
 
@@ -224,12 +272,16 @@ impl Scheduler {
                     .await
                 {
                     Ok(lost) => {
+                        self.store_ok
+                            .send_if_modified(|ok| !std::mem::replace(ok, true));
                         for id in lost {
                             tracing::warn!(delivery = %id, "lease lost before the outcome was recorded; another claim owns it");
                         }
                         break;
                     }
                     Err(error) => {
+                        self.store_ok
+                            .send_if_modified(|ok| std::mem::replace(ok, false));
                         attempt += 1;
                         let wait = Duration::from_millis(100 * 2u64.pow(attempt.min(6)));
                         tracing::error!(%error, deliveries = batch.len(), retry_in = ?wait, "cannot record delivery outcomes");
@@ -243,7 +295,9 @@ impl Scheduler {
         }
     }
 
-    /// Renders and sends one claimed delivery and decides what became of it.
+    /// Applies the sending policy to one claimed delivery (step condition,
+    /// opt-out, send windows, expiry), renders and sends it, and decides what
+    /// became of it.
     async fn dispatch(&self, claimed: Claimed) -> Completion {
         let now = self.engine.clock().now();
         let workflow = match self
@@ -255,15 +309,91 @@ impl Scheduler {
             Err(error) => {
                 return Completion::Failed {
                     error: error.to_string(),
+                    fallback: None,
                 };
             }
         };
         let event = &claimed.trigger_event;
+        let timezone = event.customer.timezone.as_deref();
+        let index = claimed.step_index as usize;
+        let step = workflow.steps.get(index);
+        let windows = self.engine.channel_windows();
+        // Where this delivery goes if it fails for good or is skipped: the
+        // step's fallback for its channel (a fallback delivery has none).
+        let fallback = step
+            .filter(|_| claimed.fallback_for.is_none())
+            .and_then(|s| s.send.iter().find(|send| send.channel == claimed.channel))
+            .and_then(|send| send.fallback.as_ref())
+            .map(|f| FollowUp {
+                channel: f.channel.clone(),
+                template: f.template.clone(),
+                due_at: now,
+                planned_at: workflow
+                    .plan(index, windows.get(&f.channel), now, timezone)
+                    .unwrap_or(now),
+            });
 
-        // Retries and resumed cases can fall outside the send window.
-        let opens = workflow.plan(now, event.customer.timezone.as_deref());
-        if opens > now {
-            return Completion::Defer { at: opens };
+        match workflow.step_applies(index, event) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Completion::Skipped {
+                    reason: format!(
+                        "condition '{}' is false",
+                        step.and_then(|s| s.when.as_deref()).unwrap_or("")
+                    ),
+                    fallback: None,
+                };
+            }
+            Err(error) => {
+                return Completion::Skipped {
+                    reason: format!("cannot evaluate the step's condition: {error}"),
+                    fallback: None,
+                };
+            }
+        }
+        if let Some(source) = &claimed.opted_out {
+            return Completion::Skipped {
+                reason: format!("opted out of {} ({source})", claimed.channel),
+                fallback,
+            };
+        }
+        // A stale message is worse than none.
+        let expires = step.and_then(|s| s.expires_after).map(|after| {
+            (
+                claimed.due_at + chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX),
+                after,
+            )
+        });
+        let expired = |when: &str| Completion::Skipped {
+            reason: format!(
+                "expired: due {}, {when}, past its expires_after of {}",
+                claimed.due_at.format("%Y-%m-%d %H:%M UTC"),
+                crate::duration::format(expires.map(|(_, after)| after).unwrap_or_default())
+            ),
+            fallback: None,
+        };
+        // Retries, resumed cases and reloads can fall outside a window.
+        match workflow.plan(index, windows.get(&claimed.channel), now, timezone) {
+            None => {
+                return Completion::Skipped {
+                    reason: "its send windows do not open together within a year".into(),
+                    fallback,
+                };
+            }
+            Some(opens) if opens > now && expires.is_some_and(|(deadline, _)| opens > deadline) => {
+                return expired(&format!(
+                    "the send window opens only at {}",
+                    opens.format("%Y-%m-%d %H:%M UTC")
+                ));
+            }
+            Some(opens) if opens > now => return Completion::Defer { at: opens },
+            Some(_) => {}
+        }
+        if expires.is_some_and(|(deadline, _)| now > deadline) {
+            return expired(&format!(
+                "could go out only at {}",
+                now.format("%Y-%m-%d %H:%M UTC")
+            ));
         }
 
         let context = RenderContext {
@@ -277,8 +407,11 @@ impl Scheduler {
             Ok(message) => message,
             Err(error) => {
                 tracing::error!(delivery = %claimed.delivery_id, workflow = %claimed.workflow, %error, "cannot render template");
+                // The fallback renders its own template: it may still reach
+                // the customer.
                 return Completion::Failed {
                     error: error.to_string(),
+                    fallback,
                 };
             }
         };
@@ -305,7 +438,7 @@ impl Scheduler {
             subject: event.subject.clone(),
         };
         let response = self.plugins.send(request).await;
-        let completion = self.decide(&claimed, response);
+        let completion = self.decide(&claimed, response, fallback);
         match &completion {
             Completion::Sent { receipt } => tracing::info!(
                 delivery = %claimed.delivery_id, case = %claimed.case_id, step = %claimed.step,
@@ -315,12 +448,15 @@ impl Scheduler {
                 delivery = %claimed.delivery_id, channel = %claimed.channel, attempt = claimed.attempt,
                 %error, retry_at = %at, "delivery failed, will retry"
             ),
-            Completion::Failed { error } => tracing::error!(
+            Completion::Failed { error, fallback } => tracing::error!(
                 delivery = %claimed.delivery_id, channel = %claimed.channel, attempt = claimed.attempt,
-                %error, "delivery failed"
+                %error, fallback = fallback.as_ref().map(|f| f.channel.as_str()).unwrap_or(""),
+                "delivery failed"
             ),
-            Completion::Skipped { reason } => tracing::info!(
-                delivery = %claimed.delivery_id, channel = %claimed.channel, %reason, "delivery skipped"
+            Completion::Skipped { reason, fallback } => tracing::info!(
+                delivery = %claimed.delivery_id, channel = %claimed.channel, %reason,
+                fallback = fallback.as_ref().map(|f| f.channel.as_str()).unwrap_or(""),
+                "delivery skipped"
             ),
             Completion::Defer { at } => {
                 tracing::debug!(delivery = %claimed.delivery_id, %at, "delivery deferred")
@@ -331,13 +467,21 @@ impl Scheduler {
 
     /// Turns a plugin's answer into the delivery's next state. Retryable and
     /// unknown outcomes are retried with the same idempotency key until the
-    /// channel's attempt limit; then the delivery is failed.
-    fn decide(&self, claimed: &Claimed, response: DeliveryResponse) -> Completion {
+    /// channel's attempt limit; then the delivery is failed. A delivery that
+    /// fails for good, or that the plugin skips (no address), hands over to
+    /// `fallback`.
+    fn decide(
+        &self,
+        claimed: &Claimed,
+        response: DeliveryResponse,
+        fallback: Option<FollowUp>,
+    ) -> Completion {
         let policy = self.policy(&claimed.channel);
-        let retry = |error: String, hint: Option<u64>| {
+        let retry = |error: String, hint: Option<u64>, fallback: Option<FollowUp>| {
             if claimed.attempt >= policy.max_attempts {
                 return Completion::Failed {
                     error: format!("gave up after {} attempts: {error}", claimed.attempt),
+                    fallback,
                 };
             }
             let delay = backoff(policy.backoff, claimed.attempt)
@@ -351,10 +495,12 @@ impl Scheduler {
             DeliveryResponse::Retryable {
                 error,
                 retry_after_secs,
-            } => retry(error, retry_after_secs),
-            DeliveryResponse::Unknown { error } => retry(format!("outcome unknown: {error}"), None),
-            DeliveryResponse::Permanent { error } => Completion::Failed { error },
-            DeliveryResponse::Skipped { reason } => Completion::Skipped { reason },
+            } => retry(error, retry_after_secs, fallback),
+            DeliveryResponse::Unknown { error } => {
+                retry(format!("outcome unknown: {error}"), None, fallback)
+            }
+            DeliveryResponse::Permanent { error } => Completion::Failed { error, fallback },
+            DeliveryResponse::Skipped { reason } => Completion::Skipped { reason, fallback },
         }
     }
 }

@@ -11,7 +11,8 @@
 //!   scheduled or skipped) commit together or not at all.
 //! - At most one open (`active` or `paused`) case per (workflow, customer, subject).
 //! - A delivery is claimed only while its case is `active`, under a lease that
-//!   expires in wall-clock time; only the lease owner may complete it.
+//!   expires in wall-clock time; only the lease owner may complete it, and
+//!   only another owner may take over an expired lease.
 //! - Claiming increments `attempts`, so a delivery that crashes the process is
 //!   parked as failed after `max_claims` claims instead of crash-looping.
 //!
@@ -26,7 +27,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::model::{Case, CaseDetail, CaseFilter, CaseState, Event};
+use crate::model::{Case, CaseDetail, CaseFilter, CaseState, Event, OptOut};
 
 pub mod postgres;
 mod rows;
@@ -45,6 +46,11 @@ pub enum StoreError {
         table: &'static str,
         message: String,
     },
+    #[error(
+        "the database schema is at version {found}, newer than this dunningd knows (version {known}): \
+         a newer dunningd has migrated it; run that version, or point this one at another database"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
     #[error("case '{0}' not found")]
     CaseNotFound(String),
     #[error("case '{id}' is {state}; cannot {action} it")]
@@ -75,6 +81,8 @@ pub struct NewDelivery {
     pub template: String,
     pub due_at: DateTime<Utc>,
     pub planned_at: DateTime<Utc>,
+    /// The step is `critical`: exempt from frequency caps.
+    pub critical: bool,
 }
 
 /// An accepted event with the cases it may start.
@@ -118,6 +126,20 @@ pub struct Claimed {
     pub planned_at: DateTime<Utc>,
     pub case_started_at: DateTime<Utc>,
     pub trigger_event: Event,
+    /// On a fallback delivery: the channel it stands in for.
+    pub fallback_for: Option<String>,
+    /// Set when the customer opted out of this channel: how (`source`).
+    pub opted_out: Option<String>,
+}
+
+/// A delivery on another channel that takes over when one fails for good or
+/// is skipped (a step's `fallback`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FollowUp {
+    pub channel: String,
+    pub template: String,
+    pub due_at: DateTime<Utc>,
+    pub planned_at: DateTime<Utc>,
 }
 
 /// How a claimed delivery ended, as the engine decided from the plugin's answer.
@@ -133,9 +155,11 @@ pub enum Completion {
     },
     Failed {
         error: String,
+        fallback: Option<FollowUp>,
     },
     Skipped {
         reason: String,
+        fallback: Option<FollowUp>,
     },
     /// Not attempted after all (outside its send window): back to
     /// `scheduled` at `at`, and the claim does not count as an attempt.
@@ -151,6 +175,44 @@ pub struct ClaimOptions {
     pub lease: Duration,
     pub limit: u32,
     pub max_claims: u32,
+    /// Frequency caps per channel name.
+    pub caps: BTreeMap<String, FrequencyCap>,
+}
+
+/// At most `max` deliveries per customer on a channel within any `per`
+/// (engine time), across all workflows. Critical steps are exempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrequencyCap {
+    pub max: u32,
+    pub per: Duration,
+}
+
+impl FrequencyCap {
+    /// Whether one more send may go at `now_ms`, given the customer's recent
+    /// sends on the channel (times in ms, any order; in-flight sends count
+    /// as `now_ms`). `None`: it may, and it is counted; `Some(t)`: not
+    /// before `t`, when enough of the recent sends have left the period.
+    pub(crate) fn next_allowed(&self, recent: &mut Vec<i64>, now_ms: i64) -> Option<i64> {
+        let per = self.per.as_millis() as i64;
+        recent.retain(|&t| t > now_ms - per);
+        recent.sort_unstable();
+        let max = self.max.max(1) as usize;
+        if recent.len() < max {
+            recent.push(now_ms);
+            return None;
+        }
+        Some(recent[recent.len() - max] + per)
+    }
+
+    /// How the hold reads in a case's timeline.
+    pub(crate) fn note(&self, channel: &str, until_ms: i64) -> String {
+        format!(
+            "held by the {channel} frequency cap ({} per {}) until {}",
+            self.max,
+            crate::duration::format(self.per),
+            from_ms(until_ms).format("%Y-%m-%d %H:%M UTC")
+        )
+    }
 }
 
 /// The operator's case actions.
@@ -181,8 +243,11 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<IngestOutcome>, StoreError>;
 
     /// Claims up to `limit` deliveries that are due at `now` (engine time) or
-    /// whose lease expired (wall-clock time). Deliveries over `max_claims` are
-    /// parked as failed instead of returned.
+    /// whose lease, held by another owner, expired (wall-clock time). Expired
+    /// leases of `options.owner` itself are left alone: this process still
+    /// owes their outcomes (e.g. while the database was away) and would
+    /// otherwise send them twice. Deliveries over `max_claims` are parked as
+    /// failed instead of returned.
     async fn claim_due(
         &self,
         now: DateTime<Utc>,
@@ -207,12 +272,31 @@ pub trait Store: Send + Sync {
     /// count.
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
 
+    /// Arranges for `on_work` to be called whenever another process may have
+    /// created work due sooner than this one knows (a new case, a resumed
+    /// case, released leases). Backends with a single process (SQLite) have
+    /// nothing to announce and need not do anything.
+    fn listen_for_work(&self, on_work: Box<dyn Fn() + Send + Sync>) {
+        let _ = on_work;
+    }
+
     async fn case_action(
         &self,
         id: &str,
         action: CaseAction,
         now: DateTime<Utc>,
     ) -> Result<Case, StoreError>;
+
+    /// Records (or replaces) a customer's opt-out of a channel.
+    async fn opt_out(&self, optout: &OptOut) -> Result<(), StoreError>;
+    /// Removes an opt-out; false if there was none.
+    async fn opt_in(&self, customer_id: &str, channel: &str) -> Result<bool, StoreError>;
+    /// A customer's opt-outs, or everyone's (newest first, at most `limit`).
+    async fn list_optouts(
+        &self,
+        customer_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<OptOut>, StoreError>;
 
     async fn list_cases(&self, filter: &CaseFilter) -> Result<Vec<Case>, StoreError>;
     async fn get_case(&self, id: &str) -> Result<CaseDetail, StoreError>;
@@ -222,6 +306,20 @@ pub trait Store: Send + Sync {
     /// The stored source of a workflow version, for cases whose version is no
     /// longer (or not yet) loaded from the folder.
     async fn workflow_source(&self, version: &str) -> Result<Option<String>, StoreError>;
+}
+
+/// Refuses a database that a newer dunningd has migrated: its rows may mean
+/// things this build does not know. `applied` is the highest migration
+/// version recorded in the database (`None` for a new database).
+pub(crate) fn check_schema(
+    applied: Option<i64>,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<(), StoreError> {
+    let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    match applied {
+        Some(found) if found > known => Err(StoreError::SchemaTooNew { found, known }),
+        _ => Ok(()),
+    }
 }
 
 pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {

@@ -10,23 +10,29 @@
 //!   unique index (`ON CONFLICT … DO NOTHING`) rather than by a read first.
 //! - Leases are never released at start: another daemon may own them. They
 //!   expire by themselves.
+//! - Work one daemon creates (new cases, resumed cases, released leases) is
+//!   announced with `NOTIFY dunningd_work` in the same transaction; every
+//!   daemon `LISTEN`s and looks for due work at once, instead of at its next
+//!   poll.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::rows::{
-    case_from_row, claimed_from_row, corrupt, delivery_from_row, state_counts, workflow_counts,
+    case_from_row, claimed_from_row, corrupt, delivery_from_row, optout_from_row, state_counts,
+    workflow_counts,
 };
 use super::{
     CaseAction, ClaimOptions, Claimed, Completion, EventPlan, IngestOutcome, Store, StoreError,
-    from_ms, idempotency_key, to_ms,
+    check_schema, from_ms, idempotency_key, to_ms,
 };
-use crate::model::{Case, CaseDetail, CaseFilter, CaseState};
+use crate::model::{Case, CaseDetail, CaseFilter, CaseState, OptOut};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -42,16 +48,95 @@ impl PostgresStore {
     }
 
     pub async fn connect(options: PgConnectOptions) -> Result<PostgresStore, StoreError> {
+        // One plain connection first: its error says what is wrong (refused,
+        // authentication, no such database), where the pool's would only
+        // say that it timed out.
+        {
+            use sqlx::Connection;
+            sqlx::PgConnection::connect_with(&options)
+                .await?
+                .close()
+                .await?;
+        }
         let pool = PgPoolOptions::new()
             .max_connections(8)
+            // While the database is unreachable, calls fail within seconds
+            // (the API answers UNAVAILABLE, the scheduler backs off) instead
+            // of hanging past the systemd watchdog.
+            .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
+        let has_migrations: bool =
+            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                .fetch_one(&pool)
+                .await?;
+        if has_migrations {
+            let applied: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+                    .fetch_one(&pool)
+                    .await?;
+            check_schema(applied, &MIGRATOR)?;
+        }
         MIGRATOR.run(&pool).await?;
         Ok(PostgresStore { pool })
     }
 
     async fn tx(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         Ok(self.pool.begin().await?)
+    }
+}
+
+/// The channel on which daemons announce work the others may not know of.
+const WORK_CHANNEL: &str = "dunningd_work";
+
+/// Tells every listening daemon, when (and only if) the transaction commits,
+/// that new deliveries may be due sooner than it thinks.
+async fn notify_work(tx: &mut Transaction<'static, Postgres>) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(WORK_CHANNEL)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Calls `on_work` for every announcement on [`WORK_CHANNEL`], and after a
+/// lost connection (announcements may have been missed meanwhile). Runs for
+/// the life of the process, reconnecting with backoff.
+async fn listen(pool: PgPool, on_work: Box<dyn Fn() + Send + Sync>) {
+    let mut failures = 0u32;
+    loop {
+        let listening = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(WORK_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = match listening.await {
+            Ok(listener) => listener,
+            Err(error) => {
+                failures += 1;
+                let wait = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
+                tracing::warn!(%error, retry_in = ?wait, "cannot listen for work announced by other daemons");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        };
+        if failures > 0 {
+            tracing::info!("listening for work announced by other daemons again");
+        }
+        on_work();
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(_)) => on_work(),
+                // Reconnected: whatever was announced meanwhile is lost.
+                Ok(None) => on_work(),
+                Err(error) => {
+                    tracing::warn!(%error, "lost the connection listening for work announced by other daemons");
+                    failures = 1;
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -200,8 +285,8 @@ impl Store for PostgresStore {
                 for d in &start.deliveries {
                     sqlx::query(
                         "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
-                                                 due_ms, planned_ms, idempotency_key, updated_ms)
-                         VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', $7, $8, $9, $10)",
+                                                 due_ms, planned_ms, idempotency_key, updated_ms, customer_id, critical)
+                         VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', $7, $8, $9, $10, $11, $12)",
                     )
                     .bind(uuid::Uuid::now_v7().to_string())
                     .bind(&case_id)
@@ -213,12 +298,17 @@ impl Store for PostgresStore {
                     .bind(to_ms(d.planned_at))
                     .bind(idempotency_key(&case_id, d.step_index, &d.channel))
                     .bind(now_ms)
+                    .bind(&event.customer.id)
+                    .bind(i64::from(d.critical))
                     .execute(&mut *tx)
                     .await?;
                 }
                 outcome.cases_started.push(case_id);
             }
             outcomes.push(outcome);
+        }
+        if outcomes.iter().any(|o| !o.cases_started.is_empty()) {
+            notify_work(&mut tx).await?;
         }
         tx.commit().await?;
         Ok(outcomes)
@@ -235,7 +325,7 @@ impl Store for PostgresStore {
         let mut tx = self.tx().await?;
         // Rows another daemon is claiming right now are skipped, not waited for.
         let mut rows = sqlx::query(
-            "SELECT d.id, d.attempts FROM deliveries d JOIN cases c ON c.id = d.case_id
+            "SELECT d.id, d.attempts, d.customer_id, d.channel, d.critical FROM deliveries d JOIN cases c ON c.id = d.case_id
              WHERE d.status IN ('scheduled', 'retrying') AND d.planned_ms <= $1 AND c.state = 'active'
              ORDER BY d.planned_ms LIMIT $2
              FOR UPDATE OF d SKIP LOCKED",
@@ -248,12 +338,14 @@ impl Store for PostgresStore {
         if room > 0 {
             rows.extend(
                 sqlx::query(
-                    "SELECT d.id, d.attempts FROM deliveries d JOIN cases c ON c.id = d.case_id
-                     WHERE d.status = 'sending' AND d.lease_expires_ms <= $1 AND c.state = 'active'
-                     LIMIT $2
+                    "SELECT d.id, d.attempts, d.customer_id, d.channel, d.critical FROM deliveries d JOIN cases c ON c.id = d.case_id
+                     WHERE d.status = 'sending' AND d.lease_expires_ms <= $1 AND d.lease_owner <> $2
+                       AND c.state = 'active'
+                     LIMIT $3
                      FOR UPDATE OF d SKIP LOCKED",
                 )
                 .bind(wall_ms)
+                .bind(&options.owner)
                 .bind(room)
                 .fetch_all(&mut *tx)
                 .await?,
@@ -261,14 +353,65 @@ impl Store for PostgresStore {
         }
         let mut claim = Vec::new();
         let mut park = Vec::new();
+        // Frequency caps: each customer's recent sends per capped channel
+        // (in-flight ones count as now), read once per batch.
+        let mut recent: HashMap<(String, String), Vec<i64>> = HashMap::new();
+        let mut held = Vec::new();
         for row in &rows {
             let id: String = row.try_get("id")?;
             let attempts: i64 = row.try_get("attempts")?;
             if attempts >= options.max_claims as i64 {
-                park.push(id)
-            } else {
-                claim.push(id)
+                park.push(id);
+                continue;
             }
+            let channel: String = row.try_get("channel")?;
+            let customer: Option<String> = row.try_get("customer_id")?;
+            let critical: i64 = row.try_get("critical")?;
+            if let (Some(cap), Some(customer), 0) = (options.caps.get(&channel), customer, critical)
+            {
+                let key = (customer, channel);
+                if !recent.contains_key(&key) {
+                    let (customer, channel) = &key;
+                    // Daemons claiming for the same customer and channel at
+                    // once take turns, so neither misses the other's sends.
+                    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                        .bind(format!("cap:{customer}:{channel}"))
+                        .execute(&mut *tx)
+                        .await?;
+                    let times: Vec<i64> = sqlx::query_scalar(
+                        "SELECT CASE WHEN status = 'sending' THEN $1 ELSE sent_ms END FROM deliveries
+                         WHERE customer_id = $2 AND channel = $3
+                           AND ((status = 'sent' AND sent_ms > $4) OR (status = 'sending' AND lease_expires_ms > $5))",
+                    )
+                    .bind(now_ms)
+                    .bind(customer)
+                    .bind(channel)
+                    .bind(now_ms - cap.per.as_millis() as i64)
+                    .bind(wall_ms)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    recent.insert(key.clone(), times);
+                }
+                let times = recent.entry(key.clone()).or_default();
+                if let Some(until) = cap.next_allowed(times, now_ms) {
+                    held.push((id, until, cap.note(&key.1, until)));
+                    continue;
+                }
+            }
+            claim.push(id);
+        }
+        for (id, until, note) in &held {
+            sqlx::query(
+                "UPDATE deliveries SET planned_ms = $1, note = $2, lease_owner = NULL, lease_expires_ms = NULL,
+                        updated_ms = $3, status = CASE WHEN status = 'sending' THEN 'scheduled' ELSE status END
+                 WHERE id = $4",
+            )
+            .bind(until)
+            .bind(note)
+            .bind(now_ms)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         }
         if !park.is_empty() {
             tracing::error!(
@@ -304,7 +447,9 @@ impl Store for PostgresStore {
             let rows = sqlx::query(
                 "SELECT d.id, d.case_id, d.step_index, d.step, d.channel, d.template, d.idempotency_key,
                         d.attempts, d.due_ms, d.planned_ms, c.workflow, c.workflow_version,
-                        c.started_ms, c.trigger_event
+                        c.started_ms, c.trigger_event, d.fallback_for,
+                        (SELECT o.source FROM optouts o
+                         WHERE o.customer_id = c.customer_id AND o.channel = d.channel) AS optout
                  FROM deliveries d JOIN cases c ON c.id = d.case_id
                  WHERE d.id = ANY($1) ORDER BY d.planned_ms",
             )
@@ -351,7 +496,7 @@ impl Store for PostgresStore {
                 .bind(error.clone())
                 .bind(to_ms(*at))
                 .bind(now_ms),
-                Completion::Failed { error } => sqlx::query(
+                Completion::Failed { error, .. } => sqlx::query(
                     "UPDATE deliveries SET status = 'failed', last_error = $3,
                             lease_owner = NULL, lease_expires_ms = NULL, updated_ms = $4
                      WHERE id = $1 AND lease_owner = $2 AND status = 'sending'",
@@ -360,7 +505,7 @@ impl Store for PostgresStore {
                 .bind(owner)
                 .bind(error.clone())
                 .bind(now_ms),
-                Completion::Skipped { reason } => sqlx::query(
+                Completion::Skipped { reason, .. } => sqlx::query(
                     "UPDATE deliveries SET status = 'skipped', skip_reason = $3,
                             lease_owner = NULL, lease_expires_ms = NULL, updated_ms = $4
                      WHERE id = $1 AND lease_owner = $2 AND status = 'sending'",
@@ -381,9 +526,39 @@ impl Store for PostgresStore {
             };
             if query.execute(&mut *tx).await?.rows_affected() == 0 {
                 lost.push(id);
-            } else {
-                done.push(id);
+                continue;
             }
+            if let Completion::Failed {
+                fallback: Some(follow),
+                ..
+            }
+            | Completion::Skipped {
+                fallback: Some(follow),
+                ..
+            } = &completion
+            {
+                // Once per (case, step, channel): the key is unique.
+                sqlx::query(
+                    "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
+                                             due_ms, planned_ms, idempotency_key, updated_ms, fallback_for,
+                                             customer_id, critical)
+                     SELECT $1, case_id, step_index, step, $2, $3, 'scheduled', $4, $5,
+                            'dunningd-' || case_id || '-' || step_index || '-' || $2, $6, channel,
+                            customer_id, critical
+                     FROM deliveries WHERE id = $7
+                     ON CONFLICT (idempotency_key) DO NOTHING",
+                )
+                .bind(uuid::Uuid::now_v7().to_string())
+                .bind(&follow.channel)
+                .bind(&follow.template)
+                .bind(to_ms(follow.due_at))
+                .bind(to_ms(follow.planned_at))
+                .bind(now_ms)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            done.push(id);
         }
         if !done.is_empty() {
             sqlx::query(
@@ -413,14 +588,24 @@ impl Store for PostgresStore {
     }
 
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
-        Ok(sqlx::query(
+        let mut tx = self.tx().await?;
+        let released = sqlx::query(
             "UPDATE deliveries SET status = 'scheduled', lease_owner = NULL, lease_expires_ms = NULL
              WHERE status = 'sending' AND lease_owner = $1",
         )
         .bind(owner)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
-        .rows_affected())
+        .rows_affected();
+        if released > 0 {
+            notify_work(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(released)
+    }
+
+    fn listen_for_work(&self, on_work: Box<dyn Fn() + Send + Sync>) {
+        tokio::spawn(listen(self.pool.clone(), on_work));
     }
 
     async fn case_action(
@@ -461,6 +646,7 @@ impl Store for PostgresStore {
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
+                notify_work(&mut tx).await?;
             }
             (CaseAction::Cancel, CaseState::Active | CaseState::Paused) => {
                 sqlx::query(
@@ -490,6 +676,48 @@ impl Store for PostgresStore {
         Ok(updated)
     }
 
+    async fn opt_out(&self, optout: &OptOut) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO optouts (customer_id, channel, source, reason, created_ms) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (customer_id, channel) DO UPDATE
+             SET source = excluded.source, reason = excluded.reason, created_ms = excluded.created_ms",
+        )
+        .bind(&optout.customer_id)
+        .bind(&optout.channel)
+        .bind(&optout.source)
+        .bind(&optout.reason)
+        .bind(to_ms(optout.created_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn opt_in(&self, customer_id: &str, channel: &str) -> Result<bool, StoreError> {
+        let removed = sqlx::query("DELETE FROM optouts WHERE customer_id = $1 AND channel = $2")
+            .bind(customer_id)
+            .bind(channel)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(removed > 0)
+    }
+
+    async fn list_optouts(
+        &self,
+        customer_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<OptOut>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM optouts WHERE ($1::text IS NULL OR customer_id = $1)
+             ORDER BY created_ms DESC, customer_id, channel LIMIT $2",
+        )
+        .bind(customer_id)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(optout_from_row).collect()
+    }
+
     async fn list_cases(&self, filter: &CaseFilter) -> Result<Vec<Case>, StoreError> {
         let limit = if filter.limit == 0 { 100 } else { filter.limit };
         let rows = sqlx::query(
@@ -514,7 +742,7 @@ impl Store for PostgresStore {
             .ok_or_else(|| StoreError::CaseNotFound(id.to_string()))?;
         let case = case_from_row(&row)?;
         let rows =
-            sqlx::query("SELECT * FROM deliveries WHERE case_id = $1 ORDER BY step_index, channel")
+            sqlx::query("SELECT * FROM deliveries WHERE case_id = $1 ORDER BY step_index, fallback_for IS NOT NULL, channel")
                 .bind(id)
                 .fetch_all(&self.pool)
                 .await?;

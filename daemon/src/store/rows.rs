@@ -7,7 +7,7 @@ use std::str::FromStr;
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use super::{Claimed, StoreError, from_ms};
-use crate::model::{Case, CaseState, Delivery, DeliveryStatus, Event};
+use crate::model::{Case, CaseState, Delivery, DeliveryStatus, Event, OptOut};
 
 /// A row type whose columns decode as the types the store uses.
 pub(crate) trait StoreRow: Row
@@ -91,6 +91,8 @@ where
         skip_reason: row.opt_text("skip_reason")?,
         sent_at: row.opt_int("sent_ms")?.map(from_ms),
         updated_at: from_ms(row.int("updated_ms")?),
+        fallback_for: row.opt_text("fallback_for")?,
+        note: row.opt_text("note")?,
     })
 }
 
@@ -114,6 +116,8 @@ where
         planned_at: from_ms(row.int("planned_ms")?),
         case_started_at: from_ms(row.int("started_ms")?),
         trigger_event: serde_json::from_str(&event).map_err(|e| corrupt("cases", e))?,
+        fallback_for: row.opt_text("fallback_for")?,
+        opted_out: row.opt_text("optout")?,
     })
 }
 
@@ -138,4 +142,17 @@ where
     rows.iter()
         .map(|row| Ok((row.text("workflow")?, row.int("n")? as u64)))
         .collect()
+}
+
+pub(crate) fn optout_from_row<R: StoreRow>(row: &R) -> Result<OptOut, StoreError>
+where
+    for<'a> &'a str: ColumnIndex<R>,
+{
+    Ok(OptOut {
+        customer_id: row.text("customer_id")?,
+        channel: row.text("channel")?,
+        source: row.text("source")?,
+        reason: row.text("reason")?,
+        created_at: from_ms(row.int("created_ms")?),
+    })
 }

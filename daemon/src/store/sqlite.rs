@@ -12,7 +12,7 @@
 //! One database file belongs to one daemon, so at start every lease left in
 //! the file belongs to a process that is gone and is released at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
@@ -24,13 +24,14 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::rows::{
-    case_from_row, claimed_from_row, corrupt, delivery_from_row, state_counts, workflow_counts,
+    case_from_row, claimed_from_row, corrupt, delivery_from_row, optout_from_row, state_counts,
+    workflow_counts,
 };
 use super::{
     CaseAction, ClaimOptions, Claimed, Completion, EventPlan, IngestOutcome, Store, StoreError,
-    from_ms, idempotency_key, to_ms,
+    check_schema, from_ms, idempotency_key, to_ms,
 };
-use crate::model::{Case, CaseDetail, CaseFilter, CaseState};
+use crate::model::{Case, CaseDetail, CaseFilter, CaseState, OptOut};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -64,6 +65,18 @@ impl SqliteStore {
             .min_connections(1)
             .connect_with(options.clone())
             .await?;
+        let has_migrations: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+        )
+        .fetch_one(&writer)
+        .await?;
+        if has_migrations {
+            let applied: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+                    .fetch_one(&writer)
+                    .await?;
+            check_schema(applied, &MIGRATOR)?;
+        }
         MIGRATOR.run(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
@@ -250,8 +263,8 @@ impl Store for SqliteStore {
                 for d in &start.deliveries {
                     sqlx::query(
                         "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
-                                                 due_ms, planned_ms, idempotency_key, updated_ms)
-                         VALUES (?, ?, ?, ?, ?, ?, 'scheduled', ?, ?, ?, ?)",
+                                                 due_ms, planned_ms, idempotency_key, updated_ms, customer_id, critical)
+                         VALUES (?, ?, ?, ?, ?, ?, 'scheduled', ?, ?, ?, ?, ?, ?)",
                     )
                     .bind(uuid::Uuid::now_v7().to_string())
                     .bind(&case_id)
@@ -263,6 +276,8 @@ impl Store for SqliteStore {
                     .bind(to_ms(d.planned_at))
                     .bind(idempotency_key(&case_id, d.step_index, &d.channel))
                     .bind(now_ms)
+                    .bind(&event.customer.id)
+                    .bind(i64::from(d.critical))
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -284,19 +299,23 @@ impl Store for SqliteStore {
         let lease_ms = wall_ms + options.lease.as_millis() as i64;
         let mut tx = self.write_tx().await?;
 
-        // Candidates: due deliveries and expired leases, of active cases only.
-        // The case state is read in this same transaction, so a case that
-        // exited a moment ago has no delivery claimed.
+        // Candidates: due deliveries and other owners' expired leases, of
+        // active cases only. (Our own leases, even expired, await outcomes we
+        // have yet to record.) The case state is read in this same
+        // transaction, so a case that exited a moment ago has no delivery
+        // claimed.
         let rows = sqlx::query(
-            "SELECT d.id, d.attempts FROM deliveries d JOIN cases c ON c.id = d.case_id
+            "SELECT d.id, d.attempts, d.customer_id, d.channel, d.critical FROM deliveries d JOIN cases c ON c.id = d.case_id
              WHERE d.status IN ('scheduled', 'retrying') AND d.planned_ms <= ? AND c.state = 'active'
              UNION ALL
-             SELECT d.id, d.attempts FROM deliveries d JOIN cases c ON c.id = d.case_id
-             WHERE d.status = 'sending' AND d.lease_expires_ms <= ? AND c.state = 'active'
+             SELECT d.id, d.attempts, d.customer_id, d.channel, d.critical FROM deliveries d JOIN cases c ON c.id = d.case_id
+             WHERE d.status = 'sending' AND d.lease_expires_ms <= ? AND d.lease_owner <> ?
+               AND c.state = 'active'
              LIMIT ?",
         )
         .bind(now_ms)
         .bind(wall_ms)
+        .bind(&options.owner)
         .bind(options.limit as i64)
         .fetch_all(&mut *tx)
         .await?;
@@ -306,14 +325,59 @@ impl Store for SqliteStore {
         }
         let mut claim = Vec::new();
         let mut park = Vec::new();
+        // Frequency caps: each customer's recent sends per capped channel
+        // (in-flight ones count as now), read once per batch.
+        let mut recent: HashMap<(String, String), Vec<i64>> = HashMap::new();
+        let mut held = Vec::new();
         for row in &rows {
             let id: String = row.try_get("id")?;
             let attempts: i64 = row.try_get("attempts")?;
             if attempts >= options.max_claims as i64 {
                 park.push(id);
-            } else {
-                claim.push(id);
+                continue;
             }
+            let channel: String = row.try_get("channel")?;
+            let customer: Option<String> = row.try_get("customer_id")?;
+            let critical: i64 = row.try_get("critical")?;
+            if let (Some(cap), Some(customer), 0) = (options.caps.get(&channel), customer, critical)
+            {
+                let key = (customer, channel);
+                if !recent.contains_key(&key) {
+                    let (customer, channel) = &key;
+                    let times: Vec<i64> = sqlx::query_scalar(
+                        "SELECT CASE WHEN status = 'sending' THEN ? ELSE sent_ms END FROM deliveries
+                         WHERE customer_id = ? AND channel = ?
+                           AND ((status = 'sent' AND sent_ms > ?) OR (status = 'sending' AND lease_expires_ms > ?))",
+                    )
+                    .bind(now_ms)
+                    .bind(customer)
+                    .bind(channel)
+                    .bind(now_ms - cap.per.as_millis() as i64)
+                    .bind(wall_ms)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    recent.insert(key.clone(), times);
+                }
+                let times = recent.entry(key.clone()).or_default();
+                if let Some(until) = cap.next_allowed(times, now_ms) {
+                    held.push((id, until, cap.note(&key.1, until)));
+                    continue;
+                }
+            }
+            claim.push(id);
+        }
+        for (id, until, note) in &held {
+            sqlx::query(
+                "UPDATE deliveries SET planned_ms = ?, note = ?, lease_owner = NULL, lease_expires_ms = NULL,
+                        updated_ms = ?, status = CASE WHEN status = 'sending' THEN 'scheduled' ELSE status END
+                 WHERE id = ?",
+            )
+            .bind(until)
+            .bind(note)
+            .bind(now_ms)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         }
         if !park.is_empty() {
             tracing::error!(
@@ -350,7 +414,9 @@ impl Store for SqliteStore {
             let rows = sqlx::query(
                 "SELECT d.id, d.case_id, d.step_index, d.step, d.channel, d.template, d.idempotency_key,
                         d.attempts, d.due_ms, d.planned_ms, c.workflow, c.workflow_version,
-                        c.started_ms, c.trigger_event
+                        c.started_ms, c.trigger_event, d.fallback_for,
+                        (SELECT o.source FROM optouts o
+                         WHERE o.customer_id = c.customer_id AND o.channel = d.channel) AS optout
                  FROM deliveries d JOIN cases c ON c.id = d.case_id
                  WHERE d.id IN (SELECT value FROM json_each(?))
                  ORDER BY d.planned_ms",
@@ -394,14 +460,14 @@ impl Store for SqliteStore {
                 .bind(error.clone())
                 .bind(to_ms(*at))
                 .bind(now_ms),
-                Completion::Failed { error } => sqlx::query(
+                Completion::Failed { error, .. } => sqlx::query(
                     "UPDATE deliveries SET status = 'failed', last_error = ?,
                             lease_owner = NULL, lease_expires_ms = NULL, updated_ms = ?
                      WHERE id = ? AND lease_owner = ? AND status = 'sending'",
                 )
                 .bind(error.clone())
                 .bind(now_ms),
-                Completion::Skipped { reason } => sqlx::query(
+                Completion::Skipped { reason, .. } => sqlx::query(
                     "UPDATE deliveries SET status = 'skipped', skip_reason = ?,
                             lease_owner = NULL, lease_expires_ms = NULL, updated_ms = ?
                      WHERE id = ? AND lease_owner = ? AND status = 'sending'",
@@ -424,9 +490,40 @@ impl Store for SqliteStore {
                 .rows_affected();
             if affected == 0 {
                 lost.push(id);
-            } else {
-                done.push(id);
+                continue;
             }
+            if let Completion::Failed {
+                fallback: Some(follow),
+                ..
+            }
+            | Completion::Skipped {
+                fallback: Some(follow),
+                ..
+            } = &completion
+            {
+                // Once per (case, step, channel): the key is unique.
+                sqlx::query(
+                    "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
+                                             due_ms, planned_ms, idempotency_key, updated_ms, fallback_for,
+                                             customer_id, critical)
+                     SELECT ?, case_id, step_index, step, ?, ?, 'scheduled', ?, ?,
+                            'dunningd-' || case_id || '-' || step_index || '-' || ?, ?, channel,
+                            customer_id, critical
+                     FROM deliveries WHERE id = ?
+                     ON CONFLICT (idempotency_key) DO NOTHING",
+                )
+                .bind(uuid::Uuid::now_v7().to_string())
+                .bind(&follow.channel)
+                .bind(&follow.template)
+                .bind(to_ms(follow.due_at))
+                .bind(to_ms(follow.planned_at))
+                .bind(&follow.channel)
+                .bind(now_ms)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            done.push(id);
         }
         // A case whose every delivery is final, and that nobody ended
         // otherwise, ran all its steps without a recovery.
@@ -552,6 +649,48 @@ impl Store for SqliteStore {
         Ok(updated)
     }
 
+    async fn opt_out(&self, optout: &OptOut) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO optouts (customer_id, channel, source, reason, created_ms) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (customer_id, channel) DO UPDATE
+             SET source = excluded.source, reason = excluded.reason, created_ms = excluded.created_ms",
+        )
+        .bind(&optout.customer_id)
+        .bind(&optout.channel)
+        .bind(&optout.source)
+        .bind(&optout.reason)
+        .bind(to_ms(optout.created_at))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn opt_in(&self, customer_id: &str, channel: &str) -> Result<bool, StoreError> {
+        let removed = sqlx::query("DELETE FROM optouts WHERE customer_id = ? AND channel = ?")
+            .bind(customer_id)
+            .bind(channel)
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+        Ok(removed > 0)
+    }
+
+    async fn list_optouts(
+        &self,
+        customer_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<OptOut>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM optouts WHERE (?1 IS NULL OR customer_id = ?1)
+             ORDER BY created_ms DESC, customer_id, channel LIMIT ?2",
+        )
+        .bind(customer_id)
+        .bind(limit as i64)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(optout_from_row).collect()
+    }
+
     async fn list_cases(&self, filter: &CaseFilter) -> Result<Vec<Case>, StoreError> {
         let limit = if filter.limit == 0 { 100 } else { filter.limit };
         let rows = sqlx::query(
@@ -576,7 +715,7 @@ impl Store for SqliteStore {
             .ok_or_else(|| StoreError::CaseNotFound(id.to_string()))?;
         let case = case_from_row(&row)?;
         let rows =
-            sqlx::query("SELECT * FROM deliveries WHERE case_id = ? ORDER BY step_index, channel")
+            sqlx::query("SELECT * FROM deliveries WHERE case_id = ? ORDER BY step_index, fallback_for IS NOT NULL, channel")
                 .bind(id)
                 .fetch_all(&self.reader)
                 .await?;

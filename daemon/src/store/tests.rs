@@ -1,6 +1,7 @@
 //! The store's behaviour, written once against `dyn Store` so every backend
 //! runs the same checks.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use chrono::{DateTime, Utc};
 
 use super::*;
 use crate::model::{CaseState, Customer, DeliveryStatus, Event};
+use crate::testing::PgDatabase;
 
 fn t(text: &str) -> DateTime<Utc> {
     text.parse().expect("test time")
@@ -36,6 +38,7 @@ fn new_case(workflow: &str, start: DateTime<Utc>) -> NewCase {
         template: format!("{name}_{channel}"),
         due_at: start + chrono::Duration::hours(after_h),
         planned_at: start + chrono::Duration::hours(after_h),
+        critical: false,
     };
     NewCase {
         workflow: workflow.into(),
@@ -61,6 +64,7 @@ fn options(owner: &str) -> ClaimOptions {
         lease: Duration::from_secs(60),
         limit: 100,
         max_claims: 3,
+        caps: BTreeMap::new(),
     }
 }
 
@@ -76,73 +80,14 @@ async fn sqlite_store() -> Fixture {
     Some((Box::new(dir), Arc::new(store)))
 }
 
-/// The environment variable naming a PostgreSQL server (and a role that may
-/// create databases) for the PostgreSQL suite.
-const POSTGRES_ENV: &str = "DUNNINGD_TEST_POSTGRES";
-
-/// Drops the test's own database when the test ends.
-struct PgDatabase {
-    admin: sqlx::postgres::PgConnectOptions,
-    name: String,
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let (admin, name) = (self.admin.clone(), self.name.clone());
-        // Drop cannot await; a small runtime on its own thread can.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                use sqlx::Connection;
-                if let Ok(mut conn) = sqlx::PgConnection::connect_with(&admin).await {
-                    let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
-                        .execute(&mut conn)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 /// A fresh database per test on the server `DUNNINGD_TEST_POSTGRES` names;
 /// `None` (the suite says how to enable it) where it is not set.
 async fn postgres_store() -> Fixture {
-    use std::str::FromStr;
-
-    use sqlx::Connection;
-    let Ok(url) = std::env::var(POSTGRES_ENV) else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{POSTGRES_ENV} must be set in CI (.ci/run sets it)"
-        );
-        eprintln!(
-            "PostgreSQL store tests not run: set {POSTGRES_ENV}=postgres://USER@HOST:5432/DB (a role that may create databases)"
-        );
-        return None;
-    };
-    let admin = sqlx::postgres::PgConnectOptions::from_str(&url).expect("a PostgreSQL URL");
-    let name = format!("dunningd_test_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect_with(&admin)
-        .await
-        .expect("connect to PostgreSQL");
-    let create = format!("CREATE DATABASE \"{name}\"");
-    sqlx::query(sqlx::AssertSqlSafe(create))
-        .execute(&mut conn)
-        .await
-        .expect("create database");
-    let guard = PgDatabase {
-        admin: admin.clone(),
-        name: name.clone(),
-    };
-    let store = crate::store::postgres::PostgresStore::connect(admin.database(&name))
+    let database = PgDatabase::create().await?;
+    let store = crate::store::postgres::PostgresStore::connect(database.options())
         .await
         .expect("open store");
-    Some((Box::new(guard), Arc::new(store)))
+    Some((Box::new(database), Arc::new(store)))
 }
 
 async fn events_are_accepted_once_and_cases_are_unique(store: Arc<dyn Store>) {
@@ -415,6 +360,7 @@ async fn claims_follow_due_times_leases_and_case_state(store: Arc<dyn Store>) {
                 id,
                 Completion::Failed {
                     error: "invalid number".into(),
+                    fallback: None,
                 },
             )],
             retry_at,
@@ -457,19 +403,34 @@ async fn a_delivery_that_keeps_crashing_is_parked(store: Arc<dyn Store>) {
         )
         .await
         .expect("ingest");
-    let zero_lease = ClaimOptions {
+    let zero_lease = |owner: &str| ClaimOptions {
         lease: Duration::ZERO,
-        ..options("a")
+        ..options(owner)
     };
-    // Each claim's lease expires at once, as if the process died mid-send.
+    // Each claim's lease expires at once, as if the process died mid-send
+    // and the next one (another owner) took over.
     for attempt in 1..=3 {
-        let claimed = store.claim_due(now, &zero_lease).await.expect("claim");
+        let owner = format!("process-{attempt}");
+        let claimed = store
+            .claim_due(now, &zero_lease(&owner))
+            .await
+            .expect("claim");
         assert_eq!(claimed.len(), 1, "claim {attempt}");
         assert_eq!(claimed[0].attempt, attempt);
+        // A live owner never takes back its own expired lease: it still owes
+        // that delivery's outcome.
+        assert!(
+            store
+                .claim_due(now, &zero_lease(&owner))
+                .await
+                .expect("claim")
+                .is_empty(),
+            "{owner} reclaimed its own lease"
+        );
     }
     assert!(
         store
-            .claim_due(now, &zero_lease)
+            .claim_due(now, &zero_lease("process-4"))
             .await
             .expect("claim")
             .is_empty()
@@ -518,6 +479,198 @@ async fn cancel_skips_what_is_left(store: Arc<dyn Store>) {
     assert_eq!(counts.get(&CaseState::Cancelled), Some(&1));
 }
 
+/// An opt-out reaches the claim; a failed or skipped delivery with a
+/// follow-up schedules it once, marked as standing in for its channel, and
+/// the case is not exhausted while the fallback is pending.
+async fn optouts_and_fallbacks(store: Arc<dyn Store>) {
+    let now = t("2026-01-05T09:00:00Z");
+    store
+        .ingest(
+            vec![plan(
+                event("e1", "payment_failed", "inv_1", None),
+                vec![new_case("pf", now)],
+            )],
+            now,
+        )
+        .await
+        .expect("ingest");
+    let optout = crate::model::OptOut {
+        customer_id: "cus_1".into(),
+        channel: "email".into(),
+        source: "operator".into(),
+        reason: "asked by phone".into(),
+        created_at: now,
+    };
+    store.opt_out(&optout).await.expect("opt out");
+    store
+        .opt_out(&optout)
+        .await
+        .expect("opting out twice is fine");
+    assert_eq!(
+        store.list_optouts(Some("cus_1"), 10).await.expect("list"),
+        vec![optout.clone()]
+    );
+    assert!(
+        store
+            .list_optouts(Some("cus_2"), 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+
+    let claimed = store.claim_due(now, &options("a")).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].opted_out.as_deref(), Some("operator"));
+    assert_eq!(claimed[0].fallback_for, None);
+    let follow = FollowUp {
+        channel: "sms".into(),
+        template: "first_sms".into(),
+        due_at: now,
+        planned_at: now,
+    };
+    let skipped = Completion::Skipped {
+        reason: "opted out of email (operator)".into(),
+        fallback: Some(follow.clone()),
+    };
+    let lost = store
+        .complete("a", vec![(claimed[0].delivery_id.clone(), skipped)], now)
+        .await
+        .expect("complete");
+    assert!(lost.is_empty());
+
+    let fallback = store.claim_due(now, &options("a")).await.expect("claim");
+    assert_eq!(fallback.len(), 1, "the fallback is due at once");
+    assert_eq!(fallback[0].channel, "sms");
+    assert_eq!(fallback[0].template, "first_sms");
+    assert_eq!(fallback[0].step_index, 0);
+    assert_eq!(fallback[0].fallback_for.as_deref(), Some("email"));
+    assert_eq!(fallback[0].opted_out, None, "not opted out of sms");
+    assert_eq!(
+        fallback[0].idempotency_key,
+        idempotency_key(&fallback[0].case_id, 0, "sms")
+    );
+    // A failed fallback with a follow-up of its own channel adds nothing.
+    store
+        .complete(
+            "a",
+            vec![(
+                fallback[0].delivery_id.clone(),
+                Completion::Failed {
+                    error: "invalid number".into(),
+                    fallback: Some(FollowUp {
+                        channel: "sms".into(),
+                        ..follow
+                    }),
+                },
+            )],
+            now,
+        )
+        .await
+        .expect("complete");
+    let detail = store.get_case(&fallback[0].case_id).await.expect("get");
+    assert_eq!(
+        detail.deliveries.len(),
+        3,
+        "email, sms fallback, sms reminder"
+    );
+    assert_eq!(
+        detail.case.state,
+        CaseState::Active,
+        "the reminder is pending"
+    );
+
+    assert!(store.opt_in("cus_1", "email").await.expect("opt in"));
+    assert!(!store.opt_in("cus_1", "email").await.expect("opt in twice"));
+    assert!(store.list_optouts(None, 10).await.expect("list").is_empty());
+}
+
+/// A capped channel lets a customer's deliveries through up to the cap and
+/// holds the rest (with a note) until the period allows; critical steps and
+/// other customers are not held.
+async fn frequency_caps_hold_what_exceeds_them(store: Arc<dyn Store>) {
+    let now = t("2026-01-05T09:00:00Z");
+    let case = |critical: bool| {
+        let mut c = new_case("pf", now);
+        c.deliveries.truncate(1);
+        c.deliveries[0].channel = "sms".into();
+        c.deliveries[0].critical = critical;
+        c
+    };
+    let customer_event = |id: &str, customer: &str, subject: &str| {
+        let mut e = event(id, "payment_failed", subject, None);
+        e.customer.id = customer.into();
+        e
+    };
+    let plans = vec![
+        plan(customer_event("e1", "cus_1", "inv_1"), vec![case(false)]),
+        plan(customer_event("e2", "cus_1", "inv_2"), vec![case(false)]),
+        plan(customer_event("e3", "cus_1", "inv_3"), vec![case(true)]),
+        plan(customer_event("e4", "cus_2", "inv_4"), vec![case(false)]),
+    ];
+    store.ingest(plans, now).await.expect("ingest");
+    let capped = ClaimOptions {
+        caps: BTreeMap::from([(
+            "sms".to_string(),
+            FrequencyCap {
+                max: 1,
+                per: Duration::from_secs(86_400),
+            },
+        )]),
+        ..options("a")
+    };
+    let claimed = store.claim_due(now, &capped).await.expect("claim");
+    let customers: Vec<&str> = claimed
+        .iter()
+        .map(|c| c.trigger_event.customer.id.as_str())
+        .collect();
+    assert_eq!(
+        claimed.len(),
+        3,
+        "one of cus_1's two non-critical SMS is held: {customers:?}"
+    );
+    let results = claimed
+        .iter()
+        .map(|c| (c.delivery_id.clone(), Completion::Sent { receipt: None }))
+        .collect();
+    store.complete("a", results, now).await.expect("complete");
+
+    let cases = store
+        .list_cases(&CaseFilter::default())
+        .await
+        .expect("list");
+    let mut held = Vec::new();
+    for c in &cases {
+        let detail = store.get_case(&c.id).await.expect("get");
+        held.extend(
+            detail
+                .deliveries
+                .into_iter()
+                .filter(|d| d.status == DeliveryStatus::Scheduled),
+        );
+    }
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].planned_at, t("2026-01-06T09:00:00Z"));
+    assert_eq!(held[0].due_at, now, "the due time stays as planned");
+    assert_eq!(
+        held[0].note.as_deref(),
+        Some("held by the sms frequency cap (1 per 1d) until 2026-01-06 09:00 UTC")
+    );
+    // Still held a minute before the period ends; let through at its end.
+    let almost = t("2026-01-06T08:59:00Z");
+    assert!(
+        store
+            .claim_due(almost, &capped)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    let later = t("2026-01-06T09:00:00Z");
+    assert_eq!(
+        store.claim_due(later, &capped).await.expect("claim").len(),
+        1
+    );
+}
+
 macro_rules! backend_tests {
     ($backend:ident = $fixture:ident: $($name:ident),+ $(,)?) => {
         mod $backend {
@@ -538,6 +691,8 @@ backend_tests!(sqlite = sqlite_store:
     claims_follow_due_times_leases_and_case_state,
     a_delivery_that_keeps_crashing_is_parked,
     cancel_skips_what_is_left,
+    optouts_and_fallbacks,
+    frequency_caps_hold_what_exceeds_them,
 );
 
 backend_tests!(postgres = postgres_store:
@@ -546,4 +701,164 @@ backend_tests!(postgres = postgres_store:
     claims_follow_due_times_leases_and_case_state,
     a_delivery_that_keeps_crashing_is_parked,
     cancel_skips_what_is_left,
+    optouts_and_fallbacks,
+    frequency_caps_hold_what_exceeds_them,
 );
+
+/// A database a newer dunningd migrated is refused with a message that says
+/// so, and left as it was.
+#[tokio::test]
+async fn sqlite_refuses_a_newer_schema() {
+    use crate::store::sqlite::SqliteStore;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("test.db");
+    drop(SqliteStore::open(&path).await.expect("open store"));
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .expect("connect");
+        // As a newer dunningd would have recorded its migration.
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES (9999, 'from a newer dunningd', TRUE, x'00', 0)",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("record a newer migration");
+    }
+    let error = SqliteStore::open(&path).await.err().expect("refused");
+    assert_newer_schema_refused(&error);
+}
+
+#[tokio::test]
+async fn postgres_refuses_a_newer_schema() {
+    use crate::store::postgres::PostgresStore;
+    let Some(database) = PgDatabase::create().await else {
+        return;
+    };
+    let options = database.options();
+    drop(
+        PostgresStore::connect(options.clone())
+            .await
+            .expect("open store"),
+    );
+    database.record_newer_migration().await;
+    let error = PostgresStore::connect(options)
+        .await
+        .err()
+        .expect("refused");
+    assert_newer_schema_refused(&error);
+}
+
+fn assert_newer_schema_refused(error: &StoreError) {
+    assert!(
+        matches!(error, StoreError::SchemaTooNew { found: 9999, known } if *known < 9999),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(message.contains("version 9999"), "{message}");
+    assert!(message.contains("newer than this dunningd"), "{message}");
+}
+
+/// Work one daemon creates is announced to the others at once: a new case,
+/// released leases and a resumed case each wake a listener on another
+/// connection pool, as a second daemon would have.
+#[tokio::test]
+async fn postgres_announces_new_work_to_other_daemons() {
+    use crate::store::postgres::PostgresStore;
+    let Some(database) = PgDatabase::create().await else {
+        return;
+    };
+    let writer = PostgresStore::connect(database.options())
+        .await
+        .expect("open store");
+    let other = PostgresStore::connect(database.options())
+        .await
+        .expect("open store");
+    let (tx, mut woken) = tokio::sync::mpsc::unbounded_channel();
+    other.listen_for_work(Box::new(move || {
+        let _ = tx.send(());
+    }));
+    let mut wait = async |what: &str| {
+        tokio::time::timeout(Duration::from_secs(10), woken.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no wake-up for {what}"))
+            .expect("listener alive");
+    };
+    // The listener wakes once when it starts listening (work may predate it).
+    wait("listening").await;
+
+    let now = t("2026-01-05T09:00:00Z");
+    let started = writer
+        .ingest(
+            vec![plan(
+                event("e1", "payment_failed", "inv_1", None),
+                vec![new_case("pf", now)],
+            )],
+            now,
+        )
+        .await
+        .expect("ingest");
+    wait("a new case").await;
+
+    let claimed = writer
+        .claim_due(now, &options("dead-daemon"))
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        writer.release_leases("dead-daemon").await.expect("release"),
+        1
+    );
+    wait("released leases").await;
+
+    let case_id = &started[0].cases_started[0];
+    writer
+        .case_action(case_id, CaseAction::Pause, now)
+        .await
+        .expect("pause");
+    writer
+        .case_action(case_id, CaseAction::Resume, now)
+        .await
+        .expect("resume");
+    wait("a resumed case").await;
+    assert!(
+        woken.try_recv().is_err(),
+        "pausing announces nothing: it creates no work"
+    );
+}
+
+/// Production databases want TLS: `sslmode=require` in the URL works (the
+/// build carries rustls), and the connection is encrypted.
+#[tokio::test]
+async fn postgres_connects_over_tls_when_the_url_asks() {
+    use sqlx::Connection;
+    let Some(database) = PgDatabase::create().await else {
+        return;
+    };
+    let mut plain = sqlx::PgConnection::connect_with(&database.options())
+        .await
+        .expect("connect");
+    let server_has_tls: bool = sqlx::query_scalar("SELECT current_setting('ssl') = 'on'")
+        .fetch_one(&mut plain)
+        .await
+        .expect("ssl setting");
+    if !server_has_tls {
+        eprintln!("TLS test not run: the PostgreSQL server has ssl = off");
+        return;
+    }
+    let url = format!("{}?sslmode=require", database.url());
+    let mut conn = sqlx::PgConnection::connect(&url)
+        .await
+        .expect("connect over TLS");
+    let encrypted: bool =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await
+            .expect("pg_stat_ssl");
+    assert!(encrypted, "the connection is encrypted");
+    crate::store::postgres::PostgresStore::open(&url)
+        .await
+        .expect("the store opens over TLS");
+}

@@ -95,9 +95,11 @@ struct RawTrigger {
     when: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A send window as written, in a workflow, a step or the daemon's channel
+/// configuration.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawWindow {
+pub struct RawWindow {
     cron: String,
     #[serde(default = "default_window_zone")]
     timezone: String,
@@ -113,6 +115,15 @@ fn default_window_zone() -> String {
 struct RawStep {
     name: String,
     after: String,
+    /// Send only if this holds (same expressions as `trigger.when`).
+    when: Option<String>,
+    /// How late the step may still go out after it was due.
+    expires_after: Option<String>,
+    /// This step's own window, instead of the workflow's.
+    send_window: Option<RawWindow>,
+    /// Exempt from frequency caps (never from opt-outs).
+    #[serde(default)]
+    critical: bool,
     send: Vec<RawSend>,
 }
 
@@ -121,7 +132,35 @@ struct RawStep {
 struct RawSend {
     channel: String,
     template: String,
-    fallback: Option<String>,
+    fallback: Option<RawFallback>,
+}
+
+/// `fallback: email` (same template) or `fallback: { channel: email,
+/// template: final_email }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawFallback {
+    Channel(String),
+    Full {
+        channel: String,
+        template: Option<String>,
+    },
+}
+
+impl RawFallback {
+    /// The fallback's channel and template (the send's own by default).
+    fn resolve(&self, own_template: &str) -> Fallback {
+        match self {
+            RawFallback::Channel(channel) => Fallback {
+                channel: channel.clone(),
+                template: own_template.to_string(),
+            },
+            RawFallback::Full { channel, template } => Fallback {
+                channel: channel.clone(),
+                template: template.clone().unwrap_or_else(|| own_template.to_string()),
+            },
+        }
+    }
 }
 
 // ---- The validated workflow ----------------------------------------------
@@ -132,11 +171,22 @@ pub struct Trigger {
     pub when: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Step {
     pub name: String,
     #[serde(serialize_with = "serialize_duration")]
     pub after: Duration,
+    /// Send only if this condition holds for the case.
+    pub when: Option<String>,
+    /// A delivery that cannot go out within this time after it was due is
+    /// skipped as expired instead of sent late.
+    #[serde(serialize_with = "serialize_opt_duration")]
+    pub expires_after: Option<Duration>,
+    /// The step's own window (else the workflow's).
+    #[serde(skip)]
+    pub send_window: Option<SendWindow>,
+    /// Exempt from frequency caps (never from opt-outs).
+    pub critical: bool,
     pub send: Vec<Send>,
 }
 
@@ -144,11 +194,35 @@ pub struct Step {
 pub struct Send {
     pub channel: String,
     pub template: String,
-    pub fallback: Option<String>,
+    /// Another channel (and template) that takes over when this delivery
+    /// fails for good or is skipped (opt-out, no address).
+    pub fallback: Option<Fallback>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Fallback {
+    pub channel: String,
+    pub template: String,
+}
+
+impl fmt::Display for Fallback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} [{}]", self.channel, self.template)
+    }
 }
 
 fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&crate::duration::format(*d))
+}
+
+fn serialize_opt_duration<S: serde::Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&crate::duration::format(*d)),
+        None => s.serialize_none(),
+    }
 }
 
 /// Where send windows are evaluated.
@@ -169,7 +243,17 @@ pub struct SendWindow {
     zone: WindowZone,
 }
 
+/// How far ahead a window's next opening is looked for: a window that never
+/// opens within a year (windows that do not overlap) means "never".
+const WINDOW_HORIZON_DAYS: i64 = 366;
+
 impl SendWindow {
+    /// Parses a window as written (`cron`, `timezone`, `default_timezone`);
+    /// an error names the key at fault.
+    pub fn parse(raw: &RawWindow) -> Result<SendWindow, (&'static str, String)> {
+        parse_window(raw)
+    }
+
     fn zone_for(&self, customer_timezone: Option<&str>) -> Tz {
         match &self.zone {
             WindowZone::Fixed(tz) => *tz,
@@ -179,12 +263,13 @@ impl SendWindow {
         }
     }
 
-    /// The first instant at or after `due` inside the window, and the zone used.
+    /// The first instant at or after `due` inside the window (`None` if the
+    /// schedule never matches again).
     fn next_open(
         &self,
         due: DateTime<Utc>,
         customer_timezone: Option<&str>,
-    ) -> (DateTime<Utc>, Tz) {
+    ) -> Option<DateTime<Utc>> {
         let tz = self.zone_for(customer_timezone);
         let local = due.with_timezone(&tz);
         let minute = local
@@ -192,14 +277,42 @@ impl SendWindow {
             .and_then(|t| t.with_nanosecond(0))
             .unwrap_or(local);
         if self.schedule.includes(minute) {
-            return (due, tz);
+            return Some(due);
         }
-        let next = self
-            .schedule
+        self.schedule
             .after(&local)
             .next()
-            .map(|t| t.with_timezone(&Utc));
-        (next.unwrap_or(due), tz)
+            .map(|t| t.with_timezone(&Utc))
+    }
+}
+
+/// The first instant at or after `due` inside every one of `windows` (each
+/// read in its own zone for this customer), or `None` if there is none within
+/// a year. `due` itself when there are no windows.
+pub fn next_open_in_all(
+    windows: &[&SendWindow],
+    due: DateTime<Utc>,
+    customer_timezone: Option<&str>,
+) -> Option<DateTime<Utc>> {
+    let horizon = due + chrono::Duration::days(WINDOW_HORIZON_DAYS);
+    let mut at = due;
+    // Each round moves `at` to the next opening of a window that excludes
+    // it; it stops when all agree.
+    loop {
+        let mut moved = false;
+        for window in windows {
+            let open = window.next_open(at, customer_timezone)?;
+            if open > at {
+                at = open;
+                moved = true;
+            }
+        }
+        if !moved {
+            return Some(at);
+        }
+        if at > horizon {
+            return None;
+        }
     }
 }
 
@@ -413,6 +526,47 @@ impl Workflow {
                     format!("step '{}' sends nothing", step.name),
                 );
             }
+            if let Some(when) = &step.when
+                && let Err(e) = env.compile_expression(when)
+            {
+                err(
+                    &["steps:", &here, "when:"],
+                    format!(
+                        "step '{}': condition '{when}': {}",
+                        step.name,
+                        minijinja_message(&e)
+                    ),
+                );
+            }
+            let expires_after = match step.expires_after.as_deref().map(crate::duration::parse) {
+                None => None,
+                Some(Ok(d)) if d.is_zero() => {
+                    err(
+                        &["steps:", &here, "expires_after:"],
+                        format!("step '{}': expires_after must be longer than 0s", step.name),
+                    );
+                    None
+                }
+                Some(Ok(d)) => Some(d),
+                Some(Err(e)) => {
+                    err(
+                        &["steps:", &here, "expires_after:"],
+                        format!("step '{}': expires_after: {e}", step.name),
+                    );
+                    None
+                }
+            };
+            let step_window = match &step.send_window {
+                None => None,
+                Some(w) => parse_window(w)
+                    .map_err(|(key, message)| {
+                        err(
+                            &["steps:", &here, "send_window:", key],
+                            format!("step '{}': {message}", step.name),
+                        )
+                    })
+                    .ok(),
+            };
             for send in &step.send {
                 let known = |c: &str| channels.is_none_or(|set| set.contains(c));
                 if !known(&send.channel) {
@@ -427,7 +581,21 @@ impl Workflow {
                         format!("step '{}': unknown template '{}'", step.name, send.template),
                     );
                 }
-                if let Some(fallback) = &send.fallback {
+                let fallback = send.fallback.as_ref().map(|f| f.resolve(&send.template));
+                if let Some(Fallback {
+                    channel: fallback,
+                    template,
+                }) = &fallback
+                {
+                    if !templates.contains_key(template) {
+                        err(
+                            &["steps:", &here, "fallback:"],
+                            format!(
+                                "step '{}': fallback: unknown template '{template}'",
+                                step.name
+                            ),
+                        );
+                    }
                     if fallback == &send.channel {
                         err(
                             &["steps:", &here, "fallback:"],
@@ -450,13 +618,17 @@ impl Workflow {
             steps.push(Step {
                 name: step.name.clone(),
                 after,
+                when: step.when.clone(),
+                expires_after,
+                send_window: step_window,
+                critical: step.critical,
                 send: step
                     .send
                     .iter()
                     .map(|s| Send {
                         channel: s.channel.clone(),
                         template: s.template.clone(),
-                        fallback: s.fallback.clone(),
+                        fallback: s.fallback.as_ref().map(|f| f.resolve(&s.template)),
                     })
                     .collect(),
             });
@@ -539,20 +711,62 @@ impl Workflow {
         Ok(out)
     }
 
-    /// The first instant at or after `due` inside the send window (`due`
-    /// itself when the workflow has none).
-    pub fn plan(&self, due: DateTime<Utc>, customer_timezone: Option<&str>) -> DateTime<Utc> {
-        match &self.send_window {
-            None => due,
-            Some(window) => window.next_open(due, customer_timezone).0,
-        }
+    /// The windows a delivery of step `step` on a channel must respect: the
+    /// step's own window (else the workflow's) and the channel's default.
+    pub fn windows<'a>(
+        &'a self,
+        step: usize,
+        channel_window: Option<&'a SendWindow>,
+    ) -> Vec<&'a SendWindow> {
+        let own = self
+            .steps
+            .get(step)
+            .and_then(|s| s.send_window.as_ref())
+            .or(self.send_window.as_ref());
+        own.into_iter().chain(channel_window).collect()
     }
 
-    /// The zone the send window is read in for this customer, if any.
-    pub fn window_zone(&self, customer_timezone: Option<&str>) -> Option<Tz> {
-        self.send_window
-            .as_ref()
+    /// When a delivery of step `step` due at `due` goes out: the first
+    /// instant inside all its windows, or `None` if they never meet within a
+    /// year.
+    pub fn plan(
+        &self,
+        step: usize,
+        channel_window: Option<&SendWindow>,
+        due: DateTime<Utc>,
+        customer_timezone: Option<&str>,
+    ) -> Option<DateTime<Utc>> {
+        next_open_in_all(&self.windows(step, channel_window), due, customer_timezone)
+    }
+
+    /// The zone a step's planned time is best shown in for this customer:
+    /// that of its first window, if it has any.
+    pub fn window_zone(
+        &self,
+        step: usize,
+        channel_window: Option<&SendWindow>,
+        customer_timezone: Option<&str>,
+    ) -> Option<Tz> {
+        self.windows(step, channel_window)
+            .first()
             .map(|w| w.zone_for(customer_timezone))
+    }
+
+    /// Does step `step`'s `when` condition hold for this case's trigger
+    /// event? (True for a step without one.)
+    pub fn step_applies(&self, step: usize, event: &Event) -> Result<bool, WorkflowError> {
+        let Some(when) = self.steps.get(step).and_then(|s| s.when.as_ref()) else {
+            return Ok(true);
+        };
+        let condition_error = |e: minijinja::Error| WorkflowError::Condition {
+            condition: when.clone(),
+            message: minijinja_message(&e),
+        };
+        let expr = self.env.compile_expression(when).map_err(condition_error)?;
+        let value = expr
+            .eval(context_value(event, None))
+            .map_err(condition_error)?;
+        Ok(value.is_true())
     }
 }
 

@@ -1,14 +1,15 @@
 //! Offline preview: what a workflow would send to one customer, and when.
 //!
-//! Runs the same trigger check, schedule, send-window planning and template
-//! rendering as the engine, without a daemon or a database.
+//! Runs the same trigger check, schedule, step conditions, send-window
+//! planning, expiry and template rendering as the engine, without a daemon
+//! or a database.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{RenderContext, Workflow, WorkflowError};
+use super::{RenderContext, SendWindow, Workflow, WorkflowError};
 use crate::model::Event;
 
 #[derive(Debug, Serialize)]
@@ -28,10 +29,10 @@ pub struct PreviewStep {
     pub name: String,
     pub after: String,
     pub due_at: DateTime<Utc>,
-    /// After the send window; equal to `due_at` without one.
-    pub planned_at: DateTime<Utc>,
-    /// `planned_at` in the send window's zone, when there is a window.
-    pub planned_local: Option<String>,
+    /// The step's `when`, if it has one.
+    pub condition: Option<String>,
+    pub expires_after: Option<String>,
+    pub critical: bool,
     pub sends: Vec<PreviewSend>,
 }
 
@@ -39,16 +40,29 @@ pub struct PreviewStep {
 pub struct PreviewSend {
     pub channel: String,
     pub template: String,
+    /// `channel [template]` that takes over if this fails or is skipped.
     pub fallback: Option<String>,
+    /// After the send windows (the step's or workflow's, and the channel's);
+    /// equal to `due_at` without any. `None` when it would be skipped.
+    pub planned_at: Option<DateTime<Utc>>,
+    /// `planned_at` in the first window's zone, when there is a window.
+    pub planned_local: Option<String>,
+    /// Why it would not be sent (step condition, windows, expiry).
+    pub skipped: Option<String>,
     pub message: Option<BTreeMap<String, String>>,
     /// Why the template would not render for this event.
     pub error: Option<String>,
 }
 
+/// What `workflow` would do for `event` if its case started at `start`.
+/// `channel_windows` are the channels' default windows from the daemon's
+/// configuration (empty without one). Opt-outs and frequency caps depend on
+/// the daemon's state and are applied when a delivery is sent.
 pub fn preview(
     workflow: &Workflow,
     event: &Event,
     start: DateTime<Utc>,
+    channel_windows: &BTreeMap<String, SendWindow>,
 ) -> Result<Preview, WorkflowError> {
     let mut preview = Preview {
         workflow: workflow.name.clone(),
@@ -75,20 +89,40 @@ pub fn preview(
     }
     preview.triggered = true;
     let timezone = event.customer.timezone.as_deref();
-    for step in &workflow.steps {
+    for (index, step) in workflow.steps.iter().enumerate() {
         let due_at =
             start + chrono::Duration::from_std(step.after).unwrap_or(chrono::Duration::MAX);
-        let planned_at = workflow.plan(due_at, timezone);
-        let planned_local = workflow.window_zone(timezone).map(|tz| {
-            format!(
-                "{} {tz}",
-                planned_at.with_timezone(&tz).format("%a %Y-%m-%d %H:%M")
-            )
-        });
+        let condition = match workflow.step_applies(index, event) {
+            Ok(true) => None,
+            Ok(false) => Some(format!(
+                "condition '{}' is false",
+                step.when.as_deref().unwrap_or("")
+            )),
+            Err(e) => Some(format!("cannot evaluate the step's condition: {e}")),
+        };
+        let deadline = step
+            .expires_after
+            .map(|e| due_at + chrono::Duration::from_std(e).unwrap_or(chrono::Duration::MAX));
         let sends = step
             .send
             .iter()
             .map(|send| {
+                let window = channel_windows.get(&send.channel);
+                let planned = workflow.plan(index, window, due_at, timezone);
+                let skipped = condition.clone().or_else(|| match planned {
+                    None => Some("its send windows do not open together within a year".into()),
+                    Some(at) if deadline.is_some_and(|d| at > d) => Some(format!(
+                        "expired: the send window opens only at {}",
+                        at.format("%Y-%m-%d %H:%M UTC")
+                    )),
+                    Some(_) => None,
+                });
+                let planned_at = planned.filter(|_| skipped.is_none());
+                let planned_local = planned_at.and_then(|at| {
+                    workflow.window_zone(index, window, timezone).map(|tz| {
+                        format!("{} {tz}", at.with_timezone(&tz).format("%a %Y-%m-%d %H:%M"))
+                    })
+                });
                 let ctx = RenderContext {
                     event,
                     case_id: "preview",
@@ -103,7 +137,10 @@ pub fn preview(
                 PreviewSend {
                     channel: send.channel.clone(),
                     template: send.template.clone(),
-                    fallback: send.fallback.clone(),
+                    fallback: send.fallback.as_ref().map(ToString::to_string),
+                    planned_at,
+                    planned_local,
+                    skipped,
                     message,
                     error,
                 }
@@ -113,8 +150,9 @@ pub fn preview(
             name: step.name.clone(),
             after: crate::duration::format(step.after),
             due_at,
-            planned_at,
-            planned_local,
+            condition: step.when.clone(),
+            expires_after: step.expires_after.map(crate::duration::format),
+            critical: step.critical,
             sends,
         });
     }

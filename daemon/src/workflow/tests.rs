@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 
 use super::*;
 use crate::model::{Customer, Event};
+use std::collections::BTreeMap;
 
 const GOOD: &str = r#"name: payment-failed
 description: test
@@ -103,6 +104,36 @@ fn every_problem_is_reported_with_file_line_and_column() {
         (
             GOOD.replace("fallback: email", "fallback: pigeon"),
             "step 'reminder': unknown fallback channel 'pigeon'",
+        ),
+        (
+            GOOD.replace(
+                "fallback: email",
+                "fallback: { channel: email, template: nope }",
+            ),
+            "wf.yaml:19:49: step 'reminder': fallback: unknown template 'nope'",
+        ),
+        (
+            GOOD.replace("    after: 3d\n", "    after: 3d\n    when: \"data.amount >\"\n"),
+            "wf.yaml:18:5: step 'reminder': condition 'data.amount >': syntax error",
+        ),
+        (
+            GOOD.replace("    after: 3d\n", "    after: 3d\n    expires_after: a while\n"),
+            "wf.yaml:18:5: step 'reminder': expires_after: invalid duration 'a while'",
+        ),
+        (
+            GOOD.replace("    after: 3d\n", "    after: 3d\n    expires_after: 0s\n"),
+            "wf.yaml:18:5: step 'reminder': expires_after must be longer than 0s",
+        ),
+        (
+            GOOD.replace(
+                "    after: 3d\n",
+                "    after: 3d\n    send_window: { cron: \"* 9-17 * * Mon-Fri\", timezone: Mars/Base }\n",
+            ),
+            "step 'reminder': unknown time zone 'Mars/Base'",
+        ),
+        (
+            GOOD.replace("    after: 3d\n", "    after: 3d\n    critical: maybe\n"),
+            "wf.yaml:18:15: steps[1].critical: invalid type",
         ),
         (
             GOOD.replace("* 9-19 * * Mon-Sat", "* 9-19 * *"),
@@ -239,12 +270,16 @@ fn send_windows_move_deliveries_to_the_next_opening() {
         ("2026-03-28T19:00:00Z", None, "2026-03-30T07:00:00Z"),
     ];
     for (due, tz, want) in table {
-        assert_eq!(wf.plan(t(due), tz), t(want), "due {due} in {tz:?}");
+        assert_eq!(
+            wf.plan(0, None, t(due), tz),
+            Some(t(want)),
+            "due {due} in {tz:?}"
+        );
     }
     let no_window = parse(&GOOD.replace("send_window:\n  cron: \"* 9-19 * * Mon-Sat\"\n  timezone: customer\n  default_timezone: Europe/Berlin\n", "")).expect("valid");
     assert_eq!(
-        no_window.plan(t("2026-01-10T20:00:00Z"), None),
-        t("2026-01-10T20:00:00Z")
+        no_window.plan(0, None, t("2026-01-10T20:00:00Z"), None),
+        Some(t("2026-01-10T20:00:00Z"))
     );
 }
 
@@ -314,20 +349,187 @@ fn preview_plans_and_renders_every_step() {
         &wf,
         &event("payment_failed", 4900, Some("Europe/London")),
         start,
+        &BTreeMap::new(),
     )
     .expect("preview");
     assert!(plan.triggered);
     assert_eq!(plan.steps.len(), 2);
-    assert_eq!(plan.steps[0].planned_at, t("2026-01-05T09:00:00Z"));
     assert_eq!(
-        plan.steps[0].planned_local.as_deref(),
+        plan.steps[0].sends[0].planned_at,
+        Some(t("2026-01-05T09:00:00Z"))
+    );
+    assert_eq!(
+        plan.steps[0].sends[0].planned_local.as_deref(),
         Some("Mon 2026-01-05 09:00 Europe/London")
     );
     assert_eq!(plan.steps[1].due_at, t("2026-01-08T05:00:00Z"));
     let body = &plan.steps[0].sends[0].message.as_ref().expect("rendered")["subject"];
     assert_eq!(body, "Your payment of €49.00 failed");
 
-    let small = preview::preview(&wf, &event("payment_failed", 1, None), start).expect("preview");
+    let small = preview::preview(
+        &wf,
+        &event("payment_failed", 1, None),
+        start,
+        &BTreeMap::new(),
+    )
+    .expect("preview");
     assert!(!small.triggered);
     assert!(small.reason.as_deref().unwrap_or("").contains("condition"));
+}
+
+/// The case's step conditions, expiry and windows as a workflow states them.
+const POLICY: &str = r#"name: policy
+trigger: { event: payment_failed }
+send_window: { cron: "* 9-19 * * Mon-Fri", timezone: customer, default_timezone: Europe/Berlin }
+steps:
+  - name: notice
+    after: 0s
+    send:
+      - { channel: email, template: mail, fallback: { channel: sms, template: text } }
+  - name: big-ones
+    after: 1d
+    when: "data.amount >= 5000"
+    expires_after: 1d
+    critical: true
+    send_window: { cron: "* 12-13 * * *", timezone: America/New_York }
+    send:
+      - { channel: sms, template: text, fallback: email }
+templates:
+  mail: { subject: "s", text: "t" }
+  text: { body: "b" }
+"#;
+
+#[test]
+fn steps_carry_conditions_expiry_windows_and_fallbacks() {
+    let wf = parse(POLICY).expect("valid");
+    let notice = &wf.steps[0];
+    assert_eq!(
+        notice.send[0].fallback,
+        Some(Fallback {
+            channel: "sms".into(),
+            template: "text".into()
+        })
+    );
+    let big = &wf.steps[1];
+    assert_eq!(big.when.as_deref(), Some("data.amount >= 5000"));
+    assert_eq!(big.expires_after, Some(Duration::from_secs(86_400)));
+    assert!(big.critical && !notice.critical);
+    // `fallback: email` keeps the send's own template.
+    assert_eq!(
+        big.send[0].fallback,
+        Some(Fallback {
+            channel: "email".into(),
+            template: "text".into()
+        })
+    );
+    assert!(
+        !wf.step_applies(1, &event("payment_failed", 4900, None))
+            .expect("evaluates")
+    );
+    assert!(
+        wf.step_applies(1, &event("payment_failed", 5000, None))
+            .expect("evaluates")
+    );
+    assert!(
+        wf.step_applies(0, &event("payment_failed", 1, None))
+            .expect("no condition")
+    );
+
+    // The step's own window replaces the workflow's: 12:00–13:59 New York,
+    // any day. Saturday 10:00 UTC (05:00 New York) → 12:00 New York.
+    assert_eq!(
+        wf.plan(1, None, t("2026-01-10T10:00:00Z"), None),
+        Some(t("2026-01-10T17:00:00Z"))
+    );
+    // The workflow's window: Saturday → Monday 09:00 Berlin.
+    assert_eq!(
+        wf.plan(0, None, t("2026-01-10T10:00:00Z"), None),
+        Some(t("2026-01-12T08:00:00Z"))
+    );
+}
+
+fn window(cron: &str, timezone: &str) -> SendWindow {
+    SendWindow::parse(&RawWindow {
+        cron: cron.into(),
+        timezone: timezone.into(),
+        default_timezone: None,
+    })
+    .expect("valid window")
+}
+
+#[test]
+fn a_channel_window_applies_on_top_of_the_workflows() {
+    let wf = parse(POLICY).expect("valid");
+    // SMS only 09:00–19:59 in the customer's zone (here New York).
+    let sms = window("* 9-19 * * *", "customer");
+    let tz = Some("America/New_York");
+    // Both windows are read in the customer's zone. Monday 14:00 UTC =
+    // 09:00 New York: inside both.
+    assert_eq!(
+        wf.plan(0, Some(&sms), t("2026-01-05T14:00:00Z"), tz),
+        Some(t("2026-01-05T14:00:00Z"))
+    );
+    // Saturday 02:00 UTC = Friday 21:00 New York: SMS closed until 09:00,
+    // and the workflow's window is closed all weekend → Monday 09:00 New
+    // York.
+    assert_eq!(
+        wf.plan(0, Some(&sms), t("2026-01-10T02:00:00Z"), tz),
+        Some(t("2026-01-12T14:00:00Z"))
+    );
+    // Windows that never meet: nothing plannable.
+    let nights = window("* 0-3 * * *", "America/New_York");
+    assert_eq!(
+        wf.plan(1, Some(&nights), t("2026-01-05T14:00:00Z"), tz),
+        None
+    );
+}
+
+#[test]
+fn windows_follow_daylight_saving_in_both_directions_and_zones() {
+    let daytime = window("* 9-19 * * *", "customer");
+    let windows = [&daytime];
+    let table = [
+        // Berlin spring forward (29 March 2026, 02:00 → 03:00): Sunday 05:00
+        // UTC is 07:00 CEST → 09:00 CEST = 07:00 UTC.
+        (
+            "2026-03-29T05:00:00Z",
+            "Europe/Berlin",
+            "2026-03-29T07:00:00Z",
+        ),
+        // Berlin fall back (25 October 2026): Sunday 06:00 UTC is 07:00 CET
+        // → 09:00 CET = 08:00 UTC.
+        (
+            "2026-10-25T06:00:00Z",
+            "Europe/Berlin",
+            "2026-10-25T08:00:00Z",
+        ),
+        // New York spring forward (8 March 2026): 10:00 UTC is 06:00 EDT →
+        // 09:00 EDT = 13:00 UTC.
+        (
+            "2026-03-08T10:00:00Z",
+            "America/New_York",
+            "2026-03-08T13:00:00Z",
+        ),
+        // New York fall back (1 November 2026): 10:00 UTC is 05:00 EST →
+        // 09:00 EST = 14:00 UTC.
+        (
+            "2026-11-01T10:00:00Z",
+            "America/New_York",
+            "2026-11-01T14:00:00Z",
+        ),
+        // The evening before fall back: 20:00 EDT is closed → next morning
+        // 09:00 EST.
+        (
+            "2026-11-01T00:00:00Z",
+            "America/New_York",
+            "2026-11-01T14:00:00Z",
+        ),
+    ];
+    for (due, tz, want) in table {
+        assert_eq!(
+            next_open_in_all(&windows, t(due), Some(tz)),
+            Some(t(want)),
+            "due {due} in {tz}"
+        );
+    }
 }

@@ -4,12 +4,14 @@
 //! Settings:
 //! - `listen` (required): the HTTP address, e.g. `127.0.0.1:8787` (put it
 //!   behind the product's reverse proxy).
-//! - `database` (required): the inbox's own SQLite file. Its own file, not the
-//!   daemon's database: the ABI gives plugins no access to the daemon's store
-//!   (which may be a PostgreSQL shared by several daemons), and the inbox is
-//!   front-end state with its own lifetime. Several daemons sharing work each
-//!   keep the inbox of what they delivered, so run `inapp` on one daemon or
-//!   point each at the same reachable endpoint.
+//! - `database` (required): where the inbox lives: a SQLite file (a path, or
+//!   `sqlite://PATH`) for a single daemon, or a PostgreSQL URL
+//!   (`postgres://…`) when several daemons share the work. The ABI gives
+//!   plugins no access to the daemon's store, so the inbox keeps its own
+//!   table (`inapp_messages` on PostgreSQL, which may be the daemons' own
+//!   database). On PostgreSQL every daemon's inbox server sees every
+//!   message, and live updates cross daemons with `NOTIFY dunningd_inapp`:
+//!   a browser may talk to any of them (behind one load-balanced address).
 //! - `secret` (required, under `secrets:`): the key the product's backend
 //!   signs customer tokens with: `token = hex(HMAC-SHA256(secret, customer_id))`.
 //! - `allowed_origins`: CORS origins of the product's pages (default `*`: the
@@ -44,6 +46,7 @@ use dunningd_plugin_api::{Channel, Plugin, export_plugin};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use tokio::sync::broadcast;
 use tokio_stream::StreamExt;
@@ -56,7 +59,7 @@ const BANNER_JS: &str = include_str!("../banner.js");
 /// running server instead of failing to bind the port a second time.
 struct Inbox {
     runtime: tokio::runtime::Runtime,
-    pool: SqlitePool,
+    db: InboxDb,
     /// Customer ids whose inbox changed.
     changes: broadcast::Sender<String>,
     /// Replaced on reload.
@@ -98,6 +101,301 @@ type MessageRow = (
     Option<i64>,
 );
 
+/// The channel on which PostgreSQL inboxes announce changes (payload: the
+/// customer id).
+const CHANGES_CHANNEL: &str = "dunningd_inapp";
+
+/// What a delivery puts in the inbox.
+struct NewMessage<'a> {
+    title: &'a str,
+    body: &'a str,
+    url: &'a str,
+}
+
+/// The inbox's storage: the same four operations on either database.
+enum InboxDb {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl InboxDb {
+    /// Connects and creates the table if needed.
+    async fn open(database: &str) -> Result<InboxDb, String> {
+        let failed =
+            |e: sqlx::Error| format!("settings.database: cannot open '{}': {e}", redact(database));
+        if database.starts_with("postgres://") || database.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(std::time::Duration::from_secs(5))
+                .connect(database)
+                .await
+                .map_err(failed)?;
+            // Daemons starting together must not race on the DDL.
+            let mut tx = pool.begin().await.map_err(failed)?;
+            for statement in [
+                "SELECT pg_advisory_xact_lock(7242069151)",
+                "CREATE TABLE IF NOT EXISTS inapp_messages (
+                    id BIGSERIAL PRIMARY KEY,
+                    idempotency_key TEXT NOT NULL UNIQUE,
+                    customer_id TEXT NOT NULL,
+                    workflow TEXT NOT NULL,
+                    step TEXT NOT NULL,
+                    title TEXT NOT NULL,
+                    body TEXT NOT NULL,
+                    url TEXT NOT NULL,
+                    created_ms BIGINT NOT NULL,
+                    read_ms BIGINT,
+                    dismissed_ms BIGINT
+                )",
+                "CREATE INDEX IF NOT EXISTS inapp_messages_by_customer ON inapp_messages (customer_id, id)",
+            ] {
+                sqlx::query(statement)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(failed)?;
+            }
+            tx.commit().await.map_err(failed)?;
+            return Ok(InboxDb::Postgres(pool));
+        }
+        let path = database.strip_prefix("sqlite://").unwrap_or(database);
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(failed)?;
+        for statement in [
+            "CREATE TABLE IF NOT EXISTS messages (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                idempotency_key TEXT NOT NULL UNIQUE,
+                customer_id TEXT NOT NULL,
+                workflow TEXT NOT NULL,
+                step TEXT NOT NULL,
+                title TEXT NOT NULL,
+                body TEXT NOT NULL,
+                url TEXT NOT NULL,
+                created_ms INTEGER NOT NULL,
+                read_ms INTEGER,
+                dismissed_ms INTEGER
+            )",
+            "CREATE INDEX IF NOT EXISTS messages_by_customer ON messages (customer_id, id)",
+        ] {
+            sqlx::query(statement)
+                .execute(&pool)
+                .await
+                .map_err(failed)?;
+        }
+        Ok(InboxDb::Sqlite(pool))
+    }
+
+    /// Stores a delivery's message once per idempotency key; returns its id.
+    async fn store(
+        &self,
+        request: &DeliveryRequest,
+        m: &NewMessage<'_>,
+    ) -> Result<i64, sqlx::Error> {
+        let customer = &request.recipient.customer_id;
+        match self {
+            InboxDb::Sqlite(pool) => {
+                sqlx::query(
+                    "INSERT INTO messages (idempotency_key, customer_id, workflow, step, title, body, url, created_ms)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
+                )
+                .bind(&request.idempotency_key)
+                .bind(customer)
+                .bind(&request.workflow)
+                .bind(&request.step)
+                .bind(m.title)
+                .bind(m.body)
+                .bind(m.url)
+                .bind(now_ms())
+                .execute(pool)
+                .await?;
+                sqlx::query_scalar("SELECT id FROM messages WHERE idempotency_key = ?")
+                    .bind(&request.idempotency_key)
+                    .fetch_one(pool)
+                    .await
+            }
+            InboxDb::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO inapp_messages (idempotency_key, customer_id, workflow, step, title, body, url, created_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (idempotency_key) DO NOTHING",
+                )
+                .bind(&request.idempotency_key)
+                .bind(customer)
+                .bind(&request.workflow)
+                .bind(&request.step)
+                .bind(m.title)
+                .bind(m.body)
+                .bind(m.url)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+                let id =
+                    sqlx::query_scalar("SELECT id FROM inapp_messages WHERE idempotency_key = $1")
+                        .bind(&request.idempotency_key)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                announce(&mut tx, customer).await?;
+                tx.commit().await?;
+                Ok(id)
+            }
+        }
+    }
+
+    /// The newest 100 undismissed messages (unread only, if asked).
+    async fn messages(
+        &self,
+        customer: &str,
+        unread_only: bool,
+    ) -> Result<Vec<MessageRow>, sqlx::Error> {
+        match self {
+            InboxDb::Sqlite(pool) => {
+                sqlx::query_as(
+                    "SELECT id, title, body, url, workflow, step, created_ms, read_ms FROM messages
+                     WHERE customer_id = ? AND dismissed_ms IS NULL AND (? = 0 OR read_ms IS NULL)
+                     ORDER BY id DESC LIMIT 100",
+                )
+                .bind(customer)
+                .bind(unread_only as i64)
+                .fetch_all(pool)
+                .await
+            }
+            InboxDb::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT id, title, body, url, workflow, step, created_ms, read_ms FROM inapp_messages
+                     WHERE customer_id = $1 AND dismissed_ms IS NULL AND (NOT $2 OR read_ms IS NULL)
+                     ORDER BY id DESC LIMIT 100",
+                )
+                .bind(customer)
+                .bind(unread_only)
+                .fetch_all(pool)
+                .await
+            }
+        }
+    }
+
+    /// Marks one of the customer's messages read or dismissed (the first
+    /// time counts); false if the customer has no such message.
+    async fn mark(&self, customer: &str, id: i64, mark: Mark) -> Result<bool, sqlx::Error> {
+        let column = match mark {
+            Mark::Read => "read_ms",
+            Mark::Dismiss => "dismissed_ms",
+        };
+        match self {
+            InboxDb::Sqlite(pool) => {
+                let sql = format!(
+                    "UPDATE messages SET {column} = COALESCE({column}, ?) WHERE id = ? AND customer_id = ?"
+                );
+                let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(now_ms())
+                    .bind(id)
+                    .bind(customer)
+                    .execute(pool)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+            InboxDb::Postgres(pool) => {
+                let sql = format!(
+                    "UPDATE inapp_messages SET {column} = COALESCE({column}, $1) WHERE id = $2 AND customer_id = $3"
+                );
+                let mut tx = pool.begin().await?;
+                let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(now_ms())
+                    .bind(id)
+                    .bind(customer)
+                    .execute(&mut *tx)
+                    .await?;
+                if done.rows_affected() > 0 {
+                    announce(&mut tx, customer).await?;
+                }
+                tx.commit().await?;
+                Ok(done.rows_affected() > 0)
+            }
+        }
+    }
+}
+
+/// A database URL fit for an error message: without its password.
+fn redact(database: &str) -> String {
+    match (database.find("://"), database.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &database[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => {
+                    format!("{}{user}:***{}", &database[..scheme + 3], &database[at..])
+                }
+                None => database.to_string(),
+            }
+        }
+        _ => database.to_string(),
+    }
+}
+
+/// Announces, when the transaction commits, that `customer`'s inbox changed.
+async fn announce(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    customer: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANGES_CHANNEL)
+        .bind(customer)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Starts listening for every daemon's inbox changes. Done before the inbox
+/// serves anything, so no stream can open while announcements would still
+/// be missed.
+async fn change_listener(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(CHANGES_CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Forwards every daemon's inbox changes to this server's open streams, for
+/// the life of the process, reconnecting after a lost connection (and then
+/// refreshing every stream, since announcements may have been missed).
+async fn forward_changes(
+    pool: PgPool,
+    mut listener: PgListener,
+    changes: broadcast::Sender<String>,
+) {
+    loop {
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => {
+                    let _ = changes.send(notification.payload().to_string());
+                }
+                // The connection was lost and re-established by sqlx.
+                Ok(None) => {
+                    let _ = changes.send(EVERYONE.to_string());
+                }
+                Err(e) => {
+                    eprintln!("dunningd inapp: lost the change listener: {e}");
+                    break;
+                }
+            }
+        }
+        listener = loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            match change_listener(&pool).await {
+                Ok(listener) => break listener,
+                Err(e) => eprintln!("dunningd inapp: cannot listen for inbox changes: {e}"),
+            }
+        };
+        let _ = changes.send(EVERYONE.to_string());
+    }
+}
+
+/// A change notice that refreshes every open stream.
+const EVERYONE: &str = "";
+
 #[derive(Debug, Serialize)]
 struct InboxMessage {
     id: i64,
@@ -118,49 +416,20 @@ impl Inbox {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the inbox runtime: {e}"))?;
-        let pool = runtime.block_on(async {
-            let options = SqliteConnectOptions::new()
-                .filename(database)
-                .create_if_missing(true)
-                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
-            let pool = SqlitePoolOptions::new()
-                .max_connections(4)
-                .connect_with(options)
-                .await
-                .map_err(|e| format!("settings.database: cannot open '{database}': {e}"))?;
-            sqlx::query(
-                "CREATE TABLE IF NOT EXISTS messages (
-                    id INTEGER PRIMARY KEY AUTOINCREMENT,
-                    idempotency_key TEXT NOT NULL UNIQUE,
-                    customer_id TEXT NOT NULL,
-                    workflow TEXT NOT NULL,
-                    step TEXT NOT NULL,
-                    title TEXT NOT NULL,
-                    body TEXT NOT NULL,
-                    url TEXT NOT NULL,
-                    created_ms INTEGER NOT NULL,
-                    read_ms INTEGER,
-                    dismissed_ms INTEGER
-                )",
-            )
-            .execute(&pool)
-            .await
-            .map_err(|e| format!("settings.database: cannot create the inbox table: {e}"))?;
-            sqlx::query(
-                "CREATE INDEX IF NOT EXISTS messages_by_customer ON messages (customer_id, id)",
-            )
-            .execute(&pool)
-            .await
-            .map_err(|e| format!("settings.database: {e}"))?;
-            Ok::<_, String>(pool)
-        })?;
+        let db = runtime.block_on(InboxDb::open(database))?;
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(listen))
             .map_err(|e| format!("settings.listen: cannot listen on {listen}: {e}"))?;
         let (changes, _) = broadcast::channel(1024);
+        if let InboxDb::Postgres(pool) = &db {
+            let listener = runtime
+                .block_on(change_listener(pool))
+                .map_err(|e| format!("settings.database: cannot listen for inbox changes: {e}"))?;
+            runtime.spawn(forward_changes(pool.clone(), listener, changes.clone()));
+        }
         let inbox = Arc::new(Inbox {
             runtime,
-            pool,
+            db,
             changes,
             secret: RwLock::new(Vec::new()),
             origins: RwLock::new(Vec::new()),
@@ -184,6 +453,15 @@ impl Inbox {
             }
         });
         Ok(inbox)
+    }
+
+    /// Tells open streams that `customer`'s inbox changed: directly on
+    /// SQLite; on PostgreSQL the change was announced in SQL and comes back,
+    /// to every daemon, through [`forward_changes`].
+    fn changed(&self, customer: &str) {
+        if let InboxDb::Sqlite(_) = self.db {
+            let _ = self.changes.send(customer.to_string());
+        }
     }
 
     fn authorized(&self, customer: &str, headers: &HeaderMap, query: &TokenQuery) -> bool {
@@ -244,15 +522,7 @@ impl Inbox {
         customer: &str,
         unread_only: bool,
     ) -> Result<Vec<InboxMessage>, sqlx::Error> {
-        let rows: Vec<MessageRow> = sqlx::query_as(
-            "SELECT id, title, body, url, workflow, step, created_ms, read_ms FROM messages
-             WHERE customer_id = ? AND dismissed_ms IS NULL AND (? = 0 OR read_ms IS NULL)
-             ORDER BY id DESC LIMIT 100",
-        )
-        .bind(customer)
-        .bind(unread_only as i64)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = self.db.messages(customer, unread_only).await?;
         Ok(rows
             .into_iter()
             .map(
@@ -358,26 +628,10 @@ async fn mark(
     if !inbox.authorized(&customer, &headers, &query) {
         return unauthorized();
     }
-    let sql = match mark {
-        Mark::Read => {
-            "UPDATE messages SET read_ms = COALESCE(read_ms, ?) WHERE id = ? AND customer_id = ?"
-        }
-        Mark::Dismiss => {
-            "UPDATE messages SET dismissed_ms = COALESCE(dismissed_ms, ?) WHERE id = ? AND customer_id = ?"
-        }
-    };
-    let mut response = match sqlx::query(sql)
-        .bind(now_ms())
-        .bind(id)
-        .bind(&customer)
-        .execute(&inbox.pool)
-        .await
-    {
-        Ok(done) if done.rows_affected() == 0 => {
-            (StatusCode::NOT_FOUND, "no such message").into_response()
-        }
-        Ok(_) => {
-            let _ = inbox.changes.send(customer.clone());
+    let mut response = match inbox.db.mark(&customer, id, mark).await {
+        Ok(false) => (StatusCode::NOT_FOUND, "no such message").into_response(),
+        Ok(true) => {
+            inbox.changed(&customer);
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => (
@@ -409,7 +663,11 @@ async fn stream(
     let events = first
         .chain(changes)
         // A lagged receiver missed some changes: send the inbox anew.
-        .filter(move |changed| changed.as_ref().map_or(true, |c| c == &who))
+        .filter(move |changed| {
+            changed
+                .as_ref()
+                .map_or(true, |c| c == &who || c == EVERYONE)
+        })
         .then(move |_| {
             let state = state.clone();
             let customer = customer.clone();
@@ -451,8 +709,8 @@ impl Plugin for InApp {
             .ok_or("settings.listen: missing (e.g. 127.0.0.1:8787)")?
             .parse()
             .map_err(|e| format!("settings.listen: {e}"))?;
-        let database =
-            text("database").ok_or("settings.database: missing (the inbox's SQLite file)")?;
+        let database = text("database")
+            .ok_or("settings.database: missing (the inbox's SQLite file, or a postgres:// URL)")?;
         let secret = text("secret")
             .ok_or("settings.secret: missing (give the token-signing key under secrets:)")?;
         let origins: Vec<String> = match s.get("allowed_origins") {
@@ -495,30 +753,18 @@ impl Channel for InAppChannel {
                 ),
             };
         }
-        let customer = request.recipient.customer_id.clone();
-        let stored = self.inbox.runtime.block_on(async {
-            sqlx::query(
-                "INSERT INTO messages (idempotency_key, customer_id, workflow, step, title, body, url, created_ms)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
-            )
-            .bind(&request.idempotency_key)
-            .bind(&customer)
-            .bind(&request.workflow)
-            .bind(&request.step)
-            .bind(&title)
-            .bind(&body)
-            .bind(field("url"))
-            .bind(now_ms())
-            .execute(&self.inbox.pool)
-            .await?;
-            sqlx::query_scalar::<_, i64>("SELECT id FROM messages WHERE idempotency_key = ?")
-                .bind(&request.idempotency_key)
-                .fetch_one(&self.inbox.pool)
-                .await
-        });
+        let customer = &request.recipient.customer_id;
+        let stored = self.inbox.runtime.block_on(self.inbox.db.store(
+            request,
+            &NewMessage {
+                title: &title,
+                body: &body,
+                url: &field("url"),
+            },
+        ));
         match stored {
             Ok(id) => {
-                let _ = self.inbox.changes.send(customer);
+                self.inbox.changed(customer);
                 DeliveryResponse::Sent {
                     receipt: Some(format!("inapp:{id}")),
                 }

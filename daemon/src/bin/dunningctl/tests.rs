@@ -58,8 +58,8 @@ fn help_everywhere() {
     let mut seen = 0;
     walk(&Cli::command(), &mut Vec::new(), &mut seen);
     // top, status, workflows (+3), reload, events (+1), cases (+5), preview,
-    // plugins (+1), clock (+3)
-    assert_eq!(seen, 22);
+    // optout, optin, optouts, plugins (+1), clock (+3)
+    assert_eq!(seen, 25);
 }
 
 #[test]
@@ -325,10 +325,17 @@ fn shipped_examples_preview_offline() {
         };
         for workflow in &workflows {
             for event in &events {
-                let ok = preview(&cli, workflow, event, Some("2026-01-05T09:00:00Z"))
-                    .unwrap_or_else(|e| {
-                        panic!("{} with {}: {e:#}", workflow.display(), event.display())
-                    });
+                let config = repo().join("examples/dunningd.yaml");
+                let ok = preview(
+                    &cli,
+                    workflow,
+                    event,
+                    Some("2026-01-05T09:00:00Z"),
+                    Some(&config),
+                )
+                .unwrap_or_else(|e| {
+                    panic!("{} with {}: {e:#}", workflow.display(), event.display())
+                });
                 assert!(ok);
             }
         }
@@ -340,14 +347,14 @@ fn preview_refuses_bad_input() {
     let workflow = repo().join("workflows/payment-failed.yaml");
     let event = repo().join("examples/events/payment-failed.json");
     let cli = cli(&["status"]);
-    let error = preview(&cli, &workflow, &event, Some("tomorrow"))
+    let error = preview(&cli, &workflow, &event, Some("tomorrow"), None)
         .expect_err("bad --at")
         .to_string();
     assert!(
         error.starts_with("--at: invalid RFC 3339 time 'tomorrow'"),
         "{error}"
     );
-    let error = preview(&cli, &workflow, Path::new("/nonexistent.json"), None)
+    let error = preview(&cli, &workflow, Path::new("/nonexistent.json"), None, None)
         .expect_err("no event")
         .to_string();
     assert!(
