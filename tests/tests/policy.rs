@@ -4,7 +4,7 @@
 //! expiry, send windows across a weekend and a daylight-saving change.
 
 use dunningd::proto;
-use dunningd_e2e::daemon::{Setup, TestDaemon};
+use dunningd_e2e::daemon::{Backend, Setup, TestDaemon};
 use dunningd_e2e::peers::TwilioPeer;
 
 const SID: &str = "AC00000000000000000000000000000001";
@@ -392,4 +392,114 @@ async fn windows_follow_the_customers_daylight_saving_changes() {
             .expect("email");
         assert_eq!(sent.status, "sent", "{zone} from {start}");
     }
+}
+
+/// Two workflows writing to the same customer: a failed payment (notice now,
+/// reminder after an hour) and an expiring card (notice now, a critical
+/// final notice after two hours).
+const PAYMENT: &str = r#"
+name: payment
+trigger: { event: payment_failed }
+steps:
+  - { name: notice, after: 0s, send: [{ channel: email, template: notice }] }
+  - { name: reminder, after: 1h, send: [{ channel: email, template: reminder }] }
+templates:
+  notice: { subject: "Payment notice", text: "t" }
+  reminder: { subject: "Payment reminder", text: "t" }
+"#;
+
+const CARD: &str = r#"
+name: card
+trigger: { event: card_expiring }
+steps:
+  - { name: notice, after: 0s, send: [{ channel: email, template: notice }] }
+  - { name: final, after: 2h, critical: true, send: [{ channel: email, template: final }] }
+templates:
+  notice: { subject: "Card notice", text: "t" }
+  final: { subject: "Card final", text: "t" }
+"#;
+
+dunningd_e2e::on_both_backends!(a_frequency_cap_spans_workflows_and_defers_what_exceeds_it);
+
+async fn a_frequency_cap_spans_workflows_and_defers_what_exceeds_it(backend: Backend) {
+    let mut setup = Setup::default()
+        .workflow("payment.yaml", PAYMENT)
+        .workflow("card.yaml", CARD)
+        .on(&backend);
+    setup.channels.insert(
+        "email".into(),
+        "{ plugin: log, settings: { path: '{dir}/deliveries.jsonl' }, frequency_cap: { max: 2, per: 1d } }".into(),
+    );
+    let daemon = TestDaemon::start(setup).await;
+    set_clock(&daemon, "2026-03-02T09:00:00Z").await;
+    let payment = start_case(&daemon, event("e1", "cus_1", "+447700900123", 100)).await;
+    let card = serde_json::json!({
+        "id": "e2", "type": "card_expiring",
+        "customer": { "id": "cus_1", "email": "cus_1@example.com" },
+        "subject": "card_1", "data": {}
+    });
+    start_case(&daemon, card.to_string()).await;
+    // Another customer is not held back by cus_1's messages.
+    start_case(&daemon, event("e3", "cus_2", "+447700900124", 100)).await;
+    daemon.settle().await;
+    // What a customer was sent, in order of subject (deliveries due at the
+    // same moment go out in any order).
+    let subjects = |customer: &str| -> Vec<String> {
+        let mut sent: Vec<String> = sent_to(&daemon, customer)
+            .into_iter()
+            .map(|(_, subject)| subject)
+            .collect();
+        sent.sort();
+        sent
+    };
+    assert_eq!(subjects("cus_1"), ["Card notice", "Payment notice"]);
+
+    // The payment reminder would be cus_1's third email today: held until
+    // the first two leave the day, and the timeline says so.
+    set_clock(&daemon, "2026-03-02T10:00:00Z").await;
+    assert_eq!(subjects("cus_1").len(), 2);
+    assert_eq!(subjects("cus_2"), ["Payment notice", "Payment reminder"]);
+    let reminder = case(&daemon, &payment)
+        .await
+        .deliveries
+        .into_iter()
+        .find(|d| d.step == "reminder")
+        .expect("reminder");
+    assert_eq!(
+        (
+            reminder.status.as_str(),
+            reminder.due_at.as_str(),
+            reminder.planned_at.as_str(),
+            reminder.note.as_str()
+        ),
+        (
+            "scheduled",
+            "2026-03-02T10:00:00.000Z",
+            "2026-03-03T09:00:00.000Z",
+            "held by the email frequency cap (2 per 1d) until 2026-03-03 09:00 UTC"
+        )
+    );
+    let shown = daemon.ctl_ok(&["cases", "show", &payment]);
+    assert!(shown.contains("held by the email frequency cap"), "{shown}");
+
+    // The critical final notice is exempt and goes on time.
+    set_clock(&daemon, "2026-03-02T11:00:00Z").await;
+    assert_eq!(
+        subjects("cus_1"),
+        ["Card final", "Card notice", "Payment notice"]
+    );
+    // A minute before the day is over the reminder still waits; then it
+    // goes, deferred and not dropped.
+    set_clock(&daemon, "2026-03-03T08:59:00Z").await;
+    assert_eq!(subjects("cus_1").len(), 3);
+    set_clock(&daemon, "2026-03-03T09:00:00Z").await;
+    assert_eq!(
+        subjects("cus_1"),
+        [
+            "Card final",
+            "Card notice",
+            "Payment notice",
+            "Payment reminder"
+        ]
+    );
 }
