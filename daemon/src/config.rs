@@ -56,6 +56,15 @@ struct RawConfig {
     scheduler: RawScheduler,
     #[serde(default)]
     channels: BTreeMap<String, RawChannel>,
+    webhooks: Option<RawWebhooks>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhooks {
+    listen: String,
+    public_url: String,
+    secret: SecretSource,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -222,6 +231,29 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
 }
 
+/// The daemon's inbound HTTP endpoints: providers' webhooks (Twilio's
+/// incoming messages and status callbacks) and one-click unsubscribe links.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhooksConfig {
+    /// Where the endpoints listen, e.g. `127.0.0.1:8788` behind a proxy.
+    pub listen: std::net::SocketAddr,
+    /// How providers and customers reach `listen`, without a trailing slash
+    /// (e.g. `https://billing.example.com/dunningd`): the URL Twilio signs
+    /// and the base of unsubscribe links.
+    pub public_url: String,
+    /// Signs unsubscribe links; the same on every daemon of one database.
+    pub secret: Vec<u8>,
+}
+
+impl fmt::Debug for WebhooksConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhooksConfig")
+            .field("listen", &self.listen)
+            .field("public_url", &self.public_url)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The resolved configuration the daemon runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -235,6 +267,7 @@ pub struct Config {
     pub clock: ClockKind,
     pub scheduler: SchedulerConfig,
     pub channels: BTreeMap<String, ChannelSpec>,
+    pub webhooks: Option<WebhooksConfig>,
 }
 
 impl Config {
@@ -357,6 +390,40 @@ impl Config {
             token_file: raw.admin.token_file.map(resolve),
         };
 
+        let webhooks = match raw.webhooks {
+            None => None,
+            Some(w) => {
+                let listen = w.listen.parse().map_err(|e| {
+                    invalid(format!(
+                        "webhooks.listen: '{}': {e} (expected an address like 127.0.0.1:8788)",
+                        w.listen
+                    ))
+                })?;
+                let public_url = w.public_url.trim_end_matches('/').to_string();
+                if !(public_url.starts_with("https://") || public_url.starts_with("http://"))
+                    || public_url.contains(['?', '#'])
+                {
+                    return Err(invalid(format!(
+                        "webhooks.public_url: '{}' is not an http(s) URL without query (e.g. https://billing.example.com/dunningd)",
+                        w.public_url
+                    )));
+                }
+                let secret = read_secret(&w.secret, &resolve, credentials)
+                    .map_err(|e| invalid(format!("webhooks.secret: {e}")))?;
+                if secret.len() < 16 {
+                    return Err(invalid(
+                        "webhooks.secret: at least 16 characters (e.g. `openssl rand -hex 32`)"
+                            .into(),
+                    ));
+                }
+                Some(WebhooksConfig {
+                    listen,
+                    public_url,
+                    secret: secret.into_bytes(),
+                })
+            }
+        };
+
         let mut channels = BTreeMap::new();
         for (name, ch) in raw.channels {
             let field = |f: &str| format!("channels.{name}.{f}");
@@ -371,6 +438,16 @@ impl Config {
                 let value = read_secret(&source, &resolve, credentials)
                     .map_err(|e| invalid(format!("{}: {e}", field(&format!("secrets.{key}")))))?;
                 settings.insert(key, Value::String(value));
+            }
+            // Twilio reports what became of each message to our webhook.
+            if let Some(webhooks) = &webhooks
+                && ch.plugin == "twilio"
+                && !settings.contains_key("status_callback")
+            {
+                settings.insert(
+                    "status_callback".into(),
+                    Value::String(format!("{}/twilio/{name}/status", webhooks.public_url)),
+                );
             }
             let spec = ChannelSpec {
                 plugin: ch.plugin,
@@ -442,6 +519,7 @@ impl Config {
             clock,
             scheduler,
             channels,
+            webhooks,
         })
     }
 }
@@ -555,6 +633,18 @@ mod tests {
                 "channels: { sms: { plugin: twilio, secrets: { token: { env: A, file: b } } } }\n",
                 "channels.sms.secrets.token: give exactly one of 'file', 'env' or 'credential'",
             ),
+            (
+                "webhooks: { listen: 'localhost', public_url: 'https://x.example', secret: { env: HOME } }\n",
+                "webhooks.listen: 'localhost': invalid socket address syntax",
+            ),
+            (
+                "webhooks: { listen: '127.0.0.1:8788', public_url: 'x.example', secret: { env: HOME } }\n",
+                "webhooks.public_url: 'x.example' is not an http(s) URL",
+            ),
+            (
+                "webhooks: { listen: '127.0.0.1:8788', public_url: 'https://x.example' }\n",
+                "missing field `secret`",
+            ),
         ];
         for (text, want) in table {
             let err = Config::parse(Path::new("dunningd.yaml"), text)
@@ -562,6 +652,51 @@ mod tests {
                 .to_string();
             assert!(err.contains(want), "{text:?}: got {err:?}, want {want:?}");
         }
+    }
+
+    #[test]
+    fn webhooks_give_twilio_channels_their_status_callback() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "0123456789abcdef0123\n").unwrap();
+        std::fs::write(dir.path().join("short"), "0123").unwrap();
+        let text = |secret: &str| {
+            format!(
+                "webhooks: {{ listen: '127.0.0.1:8788', public_url: 'https://billing.example.com/dunningd/', secret: {{ file: {secret} }} }}
+channels:
+  sms: {{ plugin: twilio }}
+  sms_own: {{ plugin: twilio, settings: {{ status_callback: 'https://elsewhere.example/cb' }} }}
+  email: {{ plugin: smtp }}
+"
+            )
+        };
+        let path = dir.path().join("dunningd.yaml");
+        let config = Config::parse(&path, &text("secret")).unwrap();
+        let webhooks = config.webhooks.as_ref().unwrap();
+        assert_eq!(webhooks.public_url, "https://billing.example.com/dunningd");
+        assert_eq!(webhooks.secret, b"0123456789abcdef0123");
+        assert!(!format!("{webhooks:?}").contains("0123456789"));
+        let callback = |channel: &str| {
+            config.channels[channel]
+                .settings
+                .get("status_callback")
+                .cloned()
+        };
+        assert_eq!(
+            callback("sms"),
+            Some("https://billing.example.com/dunningd/twilio/sms/status".into())
+        );
+        assert_eq!(
+            callback("sms_own"),
+            Some("https://elsewhere.example/cb".into())
+        );
+        assert_eq!(callback("email"), None);
+        let err = Config::parse(&path, &text("short"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("webhooks.secret: at least 16 characters"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -162,6 +162,7 @@ impl Shared {
             ("clock", new.clock != current.clock),
             ("workflows_dir", new.workflows_dir != current.workflows_dir),
             ("scheduler", new.scheduler != current.scheduler),
+            ("webhooks", new.webhooks != current.webhooks),
         ] {
             if changed {
                 tracing::warn!(
@@ -304,11 +305,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     }));
-    let scheduler = Arc::new(Scheduler::new(
-        engine.clone(),
-        plugins.clone(),
-        config.scheduler.clone(),
-    ));
+    let mut scheduler = Scheduler::new(engine.clone(), plugins.clone(), config.scheduler.clone());
+    if let Some(webhooks) = &config.webhooks {
+        scheduler = scheduler.with_unsubscribe_links(crate::webhooks::Links::new(webhooks));
+    }
+    let scheduler = Arc::new(scheduler);
     let shared = Arc::new(Shared {
         engine: engine.clone(),
         scheduler: scheduler.clone(),
@@ -356,6 +357,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| ConfigurationError(e.to_string()))?;
     let admin_task = tokio::spawn(admin.serve);
+    let webhooks_task = match config.webhooks.clone() {
+        Some(webhooks) => Some(
+            crate::webhooks::listen(shared.clone(), webhooks, stop_rx.clone())
+                .await
+                .map_err(ConfigurationError)?,
+        ),
+        None => None,
+    };
     tokio::spawn(report_store_health(
         scheduler.store_ok(),
         admin.health,
@@ -406,6 +415,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             admin_abort.abort();
             let _ = std::fs::remove_file(&config.admin.socket);
         }
+    }
+    if let Some(task) = webhooks_task
+        && tokio::time::timeout(ADMIN_DRAIN, task).await.is_err()
+    {
+        tracing::warn!(drain = ?ADMIN_DRAIN, "webhook requests still open; closing them");
     }
     match store.release_leases(scheduler.owner()).await {
         Ok(0) => {}

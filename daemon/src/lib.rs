@@ -13,6 +13,8 @@
 //! - [`admin`]: the gRPC admin API, the only module that knows protobuf.
 //! - [`daemon`]: wiring: start-up (a reload from nothing), reloads, shutdown.
 //! - [`systemd`]: the notify protocol (readiness, reloads, watchdog, status).
+//! - [`webhooks`]: inbound HTTP: Twilio's STOP replies and status callbacks,
+//!   one-click unsubscribe links.
 //!
 //! The binaries are `dunningd` (the daemon) and `dunningctl` (its client).
 #![deny(unsafe_code)]
@@ -29,6 +31,7 @@ pub mod store;
 pub mod systemd;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
+pub mod webhooks;
 pub mod workflow;
 
 /// The generated protobuf and gRPC code. Only `admin` and `dunningctl` use it.

@@ -226,6 +226,9 @@ pub struct Delivery {
     pub fallback_for: Option<String>,
     /// Why it waited (e.g. held by a frequency cap until a time).
     pub note: Option<String>,
+    /// What the provider reported later about the sent message, e.g.
+    /// `delivered` or `undelivered (error 30003)`.
+    pub provider_status: Option<String>,
 }
 
 /// A case with its deliveries: what `dunningctl cases show` prints.

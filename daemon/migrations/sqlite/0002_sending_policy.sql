@@ -24,3 +24,17 @@ CREATE TABLE optouts (
 
 -- Inbound SMS (STOP) names a phone number: find its customers.
 CREATE INDEX cases_by_phone ON cases (json_extract(trigger_event, '$.customer.phone'));
+
+-- What providers report later about sent messages (Twilio's status
+-- callbacks), by the channel and the receipt its send returned. Kept apart
+-- from deliveries: a report may arrive before the send is recorded, repeat,
+-- or come out of order; `rank` only ever rises (a final state stays final).
+CREATE TABLE provider_reports (
+    channel    TEXT NOT NULL,
+    receipt    TEXT NOT NULL,
+    status     TEXT NOT NULL,   -- queued, sent, delivered, undelivered, failed …
+    error_code TEXT,
+    rank       INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (channel, receipt)
+);

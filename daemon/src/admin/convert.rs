@@ -90,6 +90,7 @@ pub fn delivery(d: &Delivery) -> proto::Delivery {
         step_index: d.step_index,
         fallback_for: d.fallback_for.clone().unwrap_or_default(),
         note: d.note.clone().unwrap_or_default(),
+        provider_status: d.provider_status.clone().unwrap_or_default(),
     }
 }
 
@@ -274,6 +275,7 @@ mod tests {
             updated_at: at("2026-01-08T10:00:01Z"),
             fallback_for: None,
             note: None,
+            provider_status: sent.then(|| "delivered".into()),
         }
     }
 

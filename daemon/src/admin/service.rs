@@ -388,7 +388,7 @@ impl Admin for AdminService {
         let removed = self
             .shared
             .engine
-            .opt_in(customer, channel)
+            .opt_in(customer, channel, None)
             .await
             .map_err(engine_status)?;
         Ok(Response::new(proto::OptInResponse { removed }))

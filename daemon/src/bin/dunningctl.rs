@@ -950,7 +950,11 @@ async fn cases(cli: &Cli, client: &mut Client, command: &CasesCommand) -> anyhow
                         vec![
                             d.step.clone(),
                             channel,
-                            d.status.clone(),
+                            if d.provider_status.is_empty() {
+                                d.status.clone()
+                            } else {
+                                format!("{}, {}", d.status, d.provider_status)
+                            },
                             short_time(&d.due_at),
                             short_time(&d.planned_at),
                             d.attempts.to_string(),

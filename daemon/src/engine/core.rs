@@ -220,9 +220,15 @@ impl Engine {
         Ok(optout)
     }
 
-    /// Removes an opt-out; false if there was none.
-    pub async fn opt_in(&self, customer_id: &str, channel: &str) -> Result<bool, EngineError> {
-        let removed = self.store.opt_in(customer_id, channel).await?;
+    /// Removes an opt-out (only one recorded by `source`, if given); false
+    /// if there was none.
+    pub async fn opt_in(
+        &self,
+        customer_id: &str,
+        channel: &str,
+        source: Option<&str>,
+    ) -> Result<bool, EngineError> {
+        let removed = self.store.opt_in(customer_id, channel, source).await?;
         if removed {
             tracing::info!(customer = customer_id, channel, "opted in");
         }

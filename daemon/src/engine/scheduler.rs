@@ -22,6 +22,7 @@ use super::core::Engine;
 use crate::config::{ChannelSpec, SchedulerConfig};
 use crate::plugin_host::PluginHost;
 use crate::store::{ClaimOptions, Claimed, Completion, FollowUp, FrequencyCap};
+use crate::webhooks::Links;
 use crate::workflow::RenderContext;
 
 /// Longest the loop sleeps without looking at the store (and without moving
@@ -64,6 +65,8 @@ pub struct Scheduler {
     /// Whether the last look at the store worked: false while the database
     /// is unreachable, for the health service.
     store_ok: watch::Sender<bool>,
+    /// Signs each message's `unsubscribe_url` (with `webhooks:` configured).
+    links: Option<Links>,
 }
 
 impl Scheduler {
@@ -81,7 +84,15 @@ impl Scheduler {
             caps: RwLock::new(Arc::new(BTreeMap::new())),
             heartbeat: watch::Sender::new(Utc::now()),
             store_ok: watch::Sender::new(true),
+            links: None,
         }
+    }
+
+    /// Gives every message an `unsubscribe_url` (a template variable and a
+    /// message field, which the smtp plugin turns into `List-Unsubscribe`).
+    pub fn with_unsubscribe_links(mut self, links: Links) -> Scheduler {
+        self.links = Some(links);
+        self
     }
 
     pub fn owner(&self) -> &str {
@@ -396,15 +407,25 @@ impl Scheduler {
             ));
         }
 
+        let unsubscribe_url = self
+            .links
+            .as_ref()
+            .map(|links| links.unsubscribe_url(&event.customer.id, &claimed.channel));
         let context = RenderContext {
             event,
             case_id: &claimed.case_id,
             case_started_at: claimed.case_started_at,
             step: &claimed.step,
             channel: &claimed.channel,
+            unsubscribe_url: unsubscribe_url.as_deref(),
         };
         let message = match workflow.render(&claimed.template, &context) {
-            Ok(message) => message,
+            Ok(mut message) => {
+                if let Some(url) = unsubscribe_url {
+                    message.entry("unsubscribe_url".into()).or_insert(url);
+                }
+                message
+            }
             Err(error) => {
                 tracing::error!(delivery = %claimed.delivery_id, workflow = %claimed.workflow, %error, "cannot render template");
                 // The fallback renders its own template: it may still reach

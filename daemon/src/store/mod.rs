@@ -215,6 +215,20 @@ impl FrequencyCap {
     }
 }
 
+/// A provider's later word on a sent message (e.g. a Twilio status callback).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderReport {
+    pub channel: String,
+    /// What the send returned (Twilio's message SID).
+    pub receipt: String,
+    pub status: String,
+    pub error_code: Option<String>,
+    /// How far along the message is: a report never replaces one of a
+    /// higher rank, so repeated and out-of-order reports are harmless.
+    pub rank: i64,
+    pub at: DateTime<Utc>,
+}
+
 /// The operator's case actions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CaseAction {
@@ -289,8 +303,20 @@ pub trait Store: Send + Sync {
 
     /// Records (or replaces) a customer's opt-out of a channel.
     async fn opt_out(&self, optout: &OptOut) -> Result<(), StoreError>;
-    /// Removes an opt-out; false if there was none.
-    async fn opt_in(&self, customer_id: &str, channel: &str) -> Result<bool, StoreError>;
+    /// Removes an opt-out (only one recorded by `source`, if given); false if
+    /// there was none.
+    async fn opt_in(
+        &self,
+        customer_id: &str,
+        channel: &str,
+        source: Option<&str>,
+    ) -> Result<bool, StoreError>;
+    /// The customers whose cases were started by events with this phone
+    /// number (an inbound SMS names only the number).
+    async fn customers_by_phone(&self, phone: &str) -> Result<Vec<String>, StoreError>;
+    /// Records a provider's report on a sent message, unless a report of a
+    /// later stage is already recorded.
+    async fn record_report(&self, report: &ProviderReport) -> Result<(), StoreError>;
     /// A customer's opt-outs, or everyone's (newest first, at most `limit`).
     async fn list_optouts(
         &self,

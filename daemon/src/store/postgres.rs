@@ -29,8 +29,8 @@ use super::rows::{
     workflow_counts,
 };
 use super::{
-    CaseAction, ClaimOptions, Claimed, Completion, EventPlan, IngestOutcome, Store, StoreError,
-    check_schema, from_ms, idempotency_key, to_ms,
+    CaseAction, ClaimOptions, Claimed, Completion, EventPlan, IngestOutcome, ProviderReport, Store,
+    StoreError, check_schema, from_ms, idempotency_key, to_ms,
 };
 use crate::model::{Case, CaseDetail, CaseFilter, CaseState, OptOut};
 
@@ -692,14 +692,52 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn opt_in(&self, customer_id: &str, channel: &str) -> Result<bool, StoreError> {
-        let removed = sqlx::query("DELETE FROM optouts WHERE customer_id = $1 AND channel = $2")
-            .bind(customer_id)
-            .bind(channel)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+    async fn opt_in(
+        &self,
+        customer_id: &str,
+        channel: &str,
+        source: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let removed = sqlx::query(
+            "DELETE FROM optouts WHERE customer_id = $1 AND channel = $2 AND ($3::TEXT IS NULL OR source = $3)",
+        )
+        .bind(customer_id)
+        .bind(channel)
+        .bind(source)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         Ok(removed > 0)
+    }
+
+    async fn customers_by_phone(&self, phone: &str) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT customer_id FROM cases
+             WHERE ((trigger_event::jsonb) -> 'customer' ->> 'phone') = $1 ORDER BY customer_id",
+        )
+        .bind(phone)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn record_report(&self, report: &ProviderReport) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO provider_reports (channel, receipt, status, error_code, rank, updated_ms)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (channel, receipt) DO UPDATE
+             SET status = excluded.status, error_code = excluded.error_code,
+                 rank = excluded.rank, updated_ms = excluded.updated_ms
+             WHERE excluded.rank > provider_reports.rank",
+        )
+        .bind(&report.channel)
+        .bind(&report.receipt)
+        .bind(&report.status)
+        .bind(&report.error_code)
+        .bind(report.rank)
+        .bind(to_ms(report.at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn list_optouts(
@@ -742,7 +780,9 @@ impl Store for PostgresStore {
             .ok_or_else(|| StoreError::CaseNotFound(id.to_string()))?;
         let case = case_from_row(&row)?;
         let rows =
-            sqlx::query("SELECT * FROM deliveries WHERE case_id = $1 ORDER BY step_index, fallback_for IS NOT NULL, channel")
+            sqlx::query("SELECT d.*, r.status AS report_status, r.error_code AS report_error
+                         FROM deliveries d LEFT JOIN provider_reports r ON r.channel = d.channel AND r.receipt = d.receipt
+                         WHERE d.case_id = $1 ORDER BY d.step_index, d.fallback_for IS NOT NULL, d.channel")
                 .bind(id)
                 .fetch_all(&self.pool)
                 .await?;

@@ -93,6 +93,12 @@ where
         updated_at: from_ms(row.int("updated_ms")?),
         fallback_for: row.opt_text("fallback_for")?,
         note: row.opt_text("note")?,
+        provider_status: row.opt_text("report_status")?.map(|status| {
+            match row.opt_text("report_error").ok().flatten() {
+                Some(code) => format!("{status} (error {code})"),
+                None => status,
+            }
+        }),
     })
 }
 

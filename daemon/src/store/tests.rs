@@ -579,8 +579,13 @@ async fn optouts_and_fallbacks(store: Arc<dyn Store>) {
         "the reminder is pending"
     );
 
-    assert!(store.opt_in("cus_1", "email").await.expect("opt in"));
-    assert!(!store.opt_in("cus_1", "email").await.expect("opt in twice"));
+    assert!(store.opt_in("cus_1", "email", None).await.expect("opt in"));
+    assert!(
+        !store
+            .opt_in("cus_1", "email", None)
+            .await
+            .expect("opt in twice")
+    );
     assert!(store.list_optouts(None, 10).await.expect("list").is_empty());
 }
 
@@ -671,6 +676,130 @@ async fn frequency_caps_hold_what_exceeds_them(store: Arc<dyn Store>) {
     );
 }
 
+/// Inbound webhooks: customers are found by the phone number of their
+/// cases' events; provider reports only move forward, whatever order they
+/// come in, even before the send is recorded; an opt-in may be limited to
+/// the opt-outs of one source.
+async fn inbound_reports_and_phone_lookup(store: Arc<dyn Store>) {
+    let now = t("2026-01-05T09:00:00Z");
+    let with_phone = |id: &str, customer: &str, subject: &str, phone: &str| {
+        let mut e = event(id, "payment_failed", subject, None);
+        e.customer.id = customer.into();
+        e.customer.phone = Some(phone.into());
+        e
+    };
+    let mut case = new_case("pf", now);
+    case.deliveries.truncate(1);
+    store
+        .ingest(
+            vec![
+                plan(
+                    with_phone("e1", "cus_1", "inv_1", "+447700900123"),
+                    vec![case.clone()],
+                ),
+                plan(
+                    with_phone("e2", "cus_2", "inv_2", "+447700900123"),
+                    vec![case.clone()],
+                ),
+                plan(
+                    with_phone("e3", "cus_3", "inv_3", "+447700900999"),
+                    vec![case],
+                ),
+            ],
+            now,
+        )
+        .await
+        .expect("ingest");
+    assert_eq!(
+        store
+            .customers_by_phone("+447700900123")
+            .await
+            .expect("lookup"),
+        ["cus_1", "cus_2"]
+    );
+    assert!(
+        store
+            .customers_by_phone("+15550000000")
+            .await
+            .expect("lookup")
+            .is_empty()
+    );
+
+    let report = |receipt: &str, status: &str, rank: i64, code: Option<&str>| ProviderReport {
+        channel: "email".into(),
+        receipt: receipt.into(),
+        status: status.into(),
+        error_code: code.map(String::from),
+        rank,
+        at: now,
+    };
+    // Twilio may report before the send's outcome is recorded.
+    store
+        .record_report(&report("SM1", "sent", 3, None))
+        .await
+        .expect("report");
+    let claimed = store.claim_due(now, &options("a")).await.expect("claim");
+    assert_eq!(claimed.len(), 3);
+    let results = claimed
+        .iter()
+        .zip(["SM1", "SM2", "SM3"])
+        .map(|(c, sid)| {
+            (
+                c.delivery_id.clone(),
+                Completion::Sent {
+                    receipt: Some(sid.into()),
+                },
+            )
+        })
+        .collect();
+    store.complete("a", results, now).await.expect("complete");
+    for r in [
+        report("SM1", "delivered", 4, None),
+        report("SM1", "sent", 3, None),
+        report("SM1", "queued", 1, None),
+        report("SM2", "undelivered", 4, Some("30003")),
+        report("SM2", "delivered", 4, None),
+    ] {
+        store.record_report(&r).await.expect("report");
+    }
+    let mut statuses = Vec::new();
+    for c in &claimed {
+        let detail = store.get_case(&c.case_id).await.expect("get");
+        statuses.push(detail.deliveries[0].provider_status.clone());
+    }
+    assert_eq!(
+        statuses,
+        [
+            Some("delivered".to_string()),
+            Some("undelivered (error 30003)".to_string()),
+            None
+        ]
+    );
+
+    let optout = |source: &str| OptOut {
+        customer_id: "cus_1".into(),
+        channel: "sms".into(),
+        source: source.into(),
+        reason: "test".into(),
+        created_at: now,
+    };
+    store.opt_out(&optout("operator")).await.expect("opt out");
+    assert!(
+        !store
+            .opt_in("cus_1", "sms", Some("sms-stop"))
+            .await
+            .expect("opt in"),
+        "START does not lift the operator's opt-out"
+    );
+    store.opt_out(&optout("sms-stop")).await.expect("opt out");
+    assert!(
+        store
+            .opt_in("cus_1", "sms", Some("sms-stop"))
+            .await
+            .expect("opt in")
+    );
+}
+
 macro_rules! backend_tests {
     ($backend:ident = $fixture:ident: $($name:ident),+ $(,)?) => {
         mod $backend {
@@ -693,6 +822,7 @@ backend_tests!(sqlite = sqlite_store:
     cancel_skips_what_is_left,
     optouts_and_fallbacks,
     frequency_caps_hold_what_exceeds_them,
+    inbound_reports_and_phone_lookup,
 );
 
 backend_tests!(postgres = postgres_store:
@@ -703,6 +833,7 @@ backend_tests!(postgres = postgres_store:
     cancel_skips_what_is_left,
     optouts_and_fallbacks,
     frequency_caps_hold_what_exceeds_them,
+    inbound_reports_and_phone_lookup,
 );
 
 /// A database a newer dunningd migrated is refused with a message that says

@@ -351,6 +351,9 @@ pub struct RenderContext<'a> {
     pub case_started_at: DateTime<Utc>,
     pub step: &'a str,
     pub channel: &'a str,
+    /// The customer's signed link out of this channel (with `webhooks:`
+    /// configured; otherwise templates cannot use `unsubscribe_url`).
+    pub unsubscribe_url: Option<&'a str>,
 }
 
 fn context_value(event: &Event, extra: Option<&RenderContext<'_>>) -> minijinja::Value {
@@ -367,6 +370,9 @@ fn context_value(event: &Event, extra: Option<&RenderContext<'_>>) -> minijinja:
         );
         map.insert("step".into(), extra.step.into());
         map.insert("channel".into(), extra.channel.into());
+        if let Some(url) = extra.unsubscribe_url {
+            map.insert("unsubscribe_url".into(), url.into());
+        }
     }
     minijinja::Value::from(minijinja::value::Serde(ctx))
 }

@@ -6,6 +6,10 @@
 
 use std::collections::BTreeMap;
 
+/// What `unsubscribe_url` renders as in a preview (the daemon signs a real
+/// one per customer and channel).
+pub const PREVIEW_UNSUBSCRIBE_URL: &str = "https://dunningd.invalid/unsubscribe?preview";
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -129,6 +133,7 @@ pub fn preview(
                     case_started_at: start,
                     step: &step.name,
                     channel: &send.channel,
+                    unsubscribe_url: Some(PREVIEW_UNSUBSCRIBE_URL),
                 };
                 let (message, error) = match workflow.render(&send.template, &ctx) {
                     Ok(message) => (Some(message), None),

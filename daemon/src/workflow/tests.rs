@@ -228,6 +228,7 @@ fn renders_with_money_and_refuses_typos() {
         case_started_at: t("2026-01-05T09:00:00Z"),
         step: "reminder",
         channel: "sms",
+        unsubscribe_url: None,
     };
     let email = wf.render("first_email", &ctx).expect("render");
     assert_eq!(email["subject"], "Your payment of €49.00 failed");
