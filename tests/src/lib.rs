@@ -27,6 +27,15 @@ const ARTIFACT_PACKAGES: &[&str] = &[
     "dunningd-plugin-webhook",
 ];
 
+/// A loopback port free at the moment of asking (for servers a test
+/// configures rather than binds itself).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
 /// The workspace root (the folder holding the top-level `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine;
 use hmac::{Hmac, Mac};
+use sha1::Sha1;
 use sha2::Sha256;
 
 async fn serve(router: Router) -> SocketAddr {
@@ -34,6 +35,10 @@ async fn serve(router: Router) -> SocketAddr {
 /// `+15005550001` → 21211 (invalid number), `+15005550009` → 21614 (not a
 /// mobile number), `+15005550004` → 21610 (unsubscribed); and ours:
 /// `+15005550429` → 429 with `Retry-After: 7`, `+15005550500` → HTTP 500.
+///
+/// Like Twilio, it calls a message's `StatusCallback` (signed with the auth
+/// token, the password): `sent`, then `delivered`, or for `+15005550030`
+/// `undelivered` with error 30003 (unreachable).
 #[derive(Clone)]
 pub struct TwilioPeer {
     pub addr: SocketAddr,
@@ -42,6 +47,9 @@ pub struct TwilioPeer {
     pub messages: Arc<Mutex<Vec<BTreeMap<String, String>>>>,
     /// Every request, accepted or not.
     pub requests: Arc<Mutex<u32>>,
+    /// Every status callback made: (status, the HTTP status it was answered with).
+    pub callbacks: Arc<Mutex<Vec<(String, u16)>>>,
+    auth_token: String,
 }
 
 struct TwilioState {
@@ -50,6 +58,37 @@ struct TwilioState {
     password: String,
     messages: Arc<Mutex<Vec<BTreeMap<String, String>>>>,
     requests: Arc<Mutex<u32>>,
+    callbacks: Arc<Mutex<Vec<(String, u16)>>>,
+}
+
+/// `X-Twilio-Signature` as Twilio computes it: base64 of HMAC-SHA1 keyed
+/// with the auth token over the URL and every parameter sorted by name.
+pub fn twilio_signature(auth_token: &str, url: &str, params: &[(&str, &str)]) -> String {
+    let mut sorted = params.to_vec();
+    sorted.sort();
+    let mut mac = Hmac::<Sha1>::new_from_slice(auth_token.as_bytes()).expect("key");
+    mac.update(url.as_bytes());
+    for (name, value) in sorted {
+        mac.update(name.as_bytes());
+        mac.update(value.as_bytes());
+    }
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// POSTs form `params` to `url` as Twilio does, signed with `auth_token`
+/// (`None`: unsigned). Returns the answer's status and body.
+pub async fn post_as_twilio(
+    url: &str,
+    auth_token: Option<&str>,
+    params: &[(&str, &str)],
+) -> (u16, String) {
+    let mut request = reqwest::Client::new().post(url).form(params);
+    if let Some(token) = auth_token {
+        request = request.header("X-Twilio-Signature", twilio_signature(token, url, params));
+    }
+    let response = request.send().await.expect("post to the webhook");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
 }
 
 fn twilio_error(status: u16, code: u32, message: &str) -> Response {
@@ -149,6 +188,30 @@ async fn twilio_messages(
     form.insert("_user".into(), state.user.clone());
     form.insert("_sid".into(), sid.clone());
     messages.push(form.clone());
+    drop(messages);
+    if let Some(callback) = form.get("StatusCallback").cloned() {
+        let (token, callbacks, sid) =
+            (state.password.clone(), state.callbacks.clone(), sid.clone());
+        let last: &[(&str, &str)] = if to == "+15005550030" {
+            &[("MessageStatus", "undelivered"), ("ErrorCode", "30003")]
+        } else {
+            &[("MessageStatus", "delivered")]
+        };
+        let reports = [vec![("MessageStatus", "sent")], last.to_vec()];
+        let account = state.account_sid.clone();
+        tokio::spawn(async move {
+            for report in reports {
+                let mut params = vec![
+                    ("MessageSid", sid.as_str()),
+                    ("AccountSid", account.as_str()),
+                ];
+                params.extend(report.iter().copied());
+                let status = params[2].1.to_string();
+                let (answer, _) = post_as_twilio(&callback, Some(&token), &params).await;
+                callbacks.lock().expect("lock").push((status, answer));
+            }
+        });
+    }
     let body =
         serde_json::json!({ "sid": sid, "status": "queued", "to": to, "body": form["Body"] });
     (
@@ -164,12 +227,14 @@ impl TwilioPeer {
     pub async fn start(account_sid: &str, user: &str, password: &str) -> TwilioPeer {
         let messages = Arc::new(Mutex::new(Vec::new()));
         let requests = Arc::new(Mutex::new(0));
+        let callbacks = Arc::new(Mutex::new(Vec::new()));
         let state = Arc::new(TwilioState {
             account_sid: account_sid.into(),
             user: user.into(),
             password: password.into(),
             messages: messages.clone(),
             requests: requests.clone(),
+            callbacks: callbacks.clone(),
         });
         let router = Router::new()
             .route(
@@ -183,7 +248,27 @@ impl TwilioPeer {
             account_sid: account_sid.into(),
             messages,
             requests,
+            callbacks,
+            auth_token: password.into(),
         }
+    }
+
+    /// Delivers an incoming SMS to a webhook as Twilio would (signed).
+    pub async fn incoming(&self, webhook: &str, from: &str, body: &str) -> (u16, String) {
+        let params = [
+            ("MessageSid", "SMincoming00000000000000000000001"),
+            ("AccountSid", self.account_sid.as_str()),
+            ("From", from),
+            ("To", "+15005550006"),
+            ("Body", body),
+            ("NumMedia", "0"),
+        ];
+        post_as_twilio(webhook, Some(&self.auth_token), &params).await
+    }
+
+    /// The status callbacks made so far: (status, answer).
+    pub fn callbacks(&self) -> Vec<(String, u16)> {
+        self.callbacks.lock().expect("lock").clone()
     }
 
     pub fn base_url(&self) -> String {

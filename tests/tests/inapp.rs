@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use dunningd::proto;
 use dunningd_e2e::daemon::{Backend, Setup, TestDaemon};
-use dunningd_e2e::on_both_backends;
+use dunningd_e2e::{free_port, on_both_backends};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -33,13 +33,6 @@ fn token(customer: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
     mac.update(customer.as_bytes());
     hex::encode(mac.finalize().into_bytes())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// A daemon whose `in_app` channel serves the inbox on a port of its own:
