@@ -1,7 +1,8 @@
 //! The sending policy, end to end through the engine clock: fallbacks after
 //! a permanent SMS failure (the real twilio plugin against a
 //! Twilio-compatible server), opt-outs from dunningctl, step conditions,
-//! expiry, send windows across a weekend and a daylight-saving change.
+//! expiry, send windows across a weekend and a daylight-saving change,
+//! frequency caps across workflows, failover to a backup mail provider.
 
 use dunningd::proto;
 use dunningd_e2e::daemon::{Backend, Setup, TestDaemon};
@@ -502,4 +503,78 @@ async fn a_frequency_cap_spans_workflows_and_defers_what_exceeds_it(backend: Bac
             "Payment reminder"
         ]
     );
+}
+
+/// Mail through the primary provider, the backup provider when it is down.
+const FAILOVER: &str = r#"
+name: failover
+trigger: { event: payment_failed }
+steps:
+  - name: notice
+    after: 0s
+    send:
+      - { channel: email, template: mail, fallback: email_backup }
+templates:
+  mail: { subject: "Payment failed", text: "t" }
+"#;
+
+#[tokio::test]
+async fn a_provider_that_stays_down_hands_over_to_the_backup_after_its_retries() {
+    let Some(backup) = dunningd_e2e::peers::SmtpPeer::start() else {
+        return;
+    };
+    // Nothing listens on the primary's port: every attempt fails, retryably.
+    let down = dunningd_e2e::free_port();
+    let mut setup = Setup::default().workflow("failover.yaml", FAILOVER);
+    setup.channels.insert(
+        "email".into(),
+        format!("{{ plugin: smtp, settings: {{ url: 'smtp://127.0.0.1:{down}', from: billing@example.com }}, max_attempts: 3, retry_backoff: 10m }}"),
+    );
+    setup.channels.insert(
+        "email_backup".into(),
+        format!(
+            "{{ plugin: smtp, settings: {{ url: '{}', from: billing@example.com }} }}",
+            backup.url()
+        ),
+    );
+    let daemon = TestDaemon::start(setup).await;
+    set_clock(&daemon, "2026-03-02T09:00:00Z").await;
+    let id = start_case(&daemon, event("e1", "cus_1", "+447700900123", 100)).await;
+    daemon.settle().await;
+    let attempts = |d: &proto::CaseDetail| {
+        d.deliveries
+            .iter()
+            .map(|d| (d.channel.clone(), d.status.clone(), d.attempts))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        attempts(&case(&daemon, &id).await),
+        [("email".to_string(), "retrying".to_string(), 1)]
+    );
+    // Backoff doubles with ±20 % jitter: 10m, then 20m.
+    set_clock(&daemon, "2026-03-02T09:13:00Z").await;
+    assert_eq!(
+        attempts(&case(&daemon, &id).await),
+        [("email".to_string(), "retrying".to_string(), 2)]
+    );
+    assert!(backup.messages().is_empty());
+    set_clock(&daemon, "2026-03-02T09:45:00Z").await;
+    let detail = case(&daemon, &id).await;
+    assert_eq!(
+        attempts(&detail),
+        [
+            ("email".to_string(), "failed".to_string(), 3),
+            ("email_backup".to_string(), "sent".to_string(), 1)
+        ]
+    );
+    assert!(
+        detail.deliveries[0]
+            .last_error
+            .starts_with("gave up after 3 attempts"),
+        "{}",
+        detail.deliveries[0].last_error
+    );
+    assert_eq!(detail.deliveries[1].fallback_for, "email");
+    assert_eq!(backup.messages().len(), 1);
+    assert_eq!(backup.messages()[0]["headers"]["Subject"], "Payment failed");
 }
