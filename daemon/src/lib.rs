@@ -9,6 +9,7 @@
 //! - [`engine`]: ingest events into cases, schedule and dispatch deliveries,
 //!   the clock.
 //! - [`store`]: durable state behind one interface (SQLite or PostgreSQL).
+//! - [`stats`]: recovery reporting (rates, revenue, last-touch attribution).
 //! - [`plugin_host`]: loads channel plugins and calls them safely.
 //! - [`admin`]: the gRPC admin API, the only module that knows protobuf.
 //! - [`daemon`]: wiring: start-up (a reload from nothing), reloads, shutdown.
@@ -27,6 +28,7 @@ pub mod engine;
 pub mod model;
 #[allow(unsafe_code)]
 pub mod plugin_host;
+pub mod stats;
 pub mod store;
 pub mod systemd;
 #[cfg(any(test, feature = "test-support"))]

@@ -4,9 +4,10 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use crate::daemon::ReloadReport;
-use crate::model::{Case, CaseDetail, Delivery, OptOut};
+use crate::model::{Case, CaseDetail, CaseState, Delivery, OptOut};
 use crate::plugin_host::PluginInfo;
 use crate::proto;
+use crate::stats::{Stats, StatsFilter};
 use crate::store::IngestOutcome;
 use crate::workflow::{Diagnostic, Workflow};
 
@@ -119,6 +120,61 @@ pub fn plugin(p: &PluginInfo) -> proto::PluginInfo {
         path: p.path.display().to_string(),
         abi_version: p.abi_version,
         channels: p.channels.clone(),
+    }
+}
+
+pub fn stats(s: &Stats, filter: &StatsFilter) -> proto::Stats {
+    let money = |m: &std::collections::BTreeMap<String, i64>| {
+        m.iter()
+            .map(|(currency, amount)| proto::Money {
+                currency: currency.clone(),
+                amount: *amount,
+            })
+            .collect()
+    };
+    proto::Stats {
+        since: opt_time(filter.since),
+        until: opt_time(filter.until),
+        workflows: s
+            .workflows
+            .iter()
+            .map(|w| {
+                let n = |state| w.by_state.get(&state).copied().unwrap_or(0);
+                proto::WorkflowStats {
+                    workflow: w.workflow.clone(),
+                    started: w.started,
+                    active: n(CaseState::Active),
+                    paused: n(CaseState::Paused),
+                    recovered: n(CaseState::Recovered),
+                    exhausted: n(CaseState::Exhausted),
+                    cancelled: n(CaseState::Cancelled),
+                    recovery_rate: w.recovery_rate,
+                    at_risk: money(&w.at_risk),
+                    recovered_amount: money(&w.recovered_amount),
+                    median_time_to_recovery_secs: w.median_time_to_recovery_secs,
+                    steps: w
+                        .steps
+                        .iter()
+                        .map(|step| proto::StepStats {
+                            index: step.index,
+                            name: step.name.clone(),
+                            channels: step
+                                .channels
+                                .iter()
+                                .map(|(channel, c)| proto::ChannelStats {
+                                    channel: channel.clone(),
+                                    sent: c.sent,
+                                    failed: c.failed,
+                                    skipped: c.skipped,
+                                    pending: c.pending,
+                                    last_touch: c.last_touch,
+                                })
+                                .collect(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect(),
     }
 }
 

@@ -18,6 +18,7 @@ use crate::engine::clock::ClockError;
 use crate::model::{CaseFilter, CaseState, Event};
 use crate::proto;
 use crate::proto::admin_server::Admin;
+use crate::stats::StatsFilter;
 use crate::store::{CaseAction, StoreError};
 
 /// Most events accepted in one call; larger batches should be split.
@@ -97,6 +98,33 @@ fn case_filter(r: &proto::ListCasesRequest) -> Result<CaseFilter, Status> {
         customer: optional(&r.customer),
         limit: if r.limit == 0 { DEFAULT_LIST } else { r.limit },
     })
+}
+
+/// One end of a stats period: an RFC 3339 time, a date (UTC midnight) or a
+/// duration back from `now`; empty is unbounded.
+fn period_bound(
+    field: &str,
+    value: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, Status> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if let Ok(t) = DateTime::parse_from_rfc3339(value) {
+        return Ok(Some(t.with_timezone(&Utc)));
+    }
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d") {
+        return Ok(Some(date.and_time(chrono::NaiveTime::MIN).and_utc()));
+    }
+    if let Ok(ago) = crate::duration::parse(value) {
+        return Ok(Some(
+            now - chrono::Duration::from_std(ago).unwrap_or(chrono::Duration::MAX),
+        ));
+    }
+    Err(Status::invalid_argument(format!(
+        "{field}: '{value}' is no RFC 3339 time, date (2026-01-31) or duration (30d)"
+    )))
 }
 
 /// A channel named in an opt-out request: required, and configured (an
@@ -415,6 +443,35 @@ impl Admin for AdminService {
         Ok(Response::new(proto::ListOptOutsResponse {
             optouts: optouts.iter().map(convert::optout).collect(),
         }))
+    }
+
+    async fn get_stats(
+        &self,
+        request: Request<proto::GetStatsRequest>,
+    ) -> Result<Response<proto::Stats>, Status> {
+        let r = request.into_inner();
+        let now = self.shared.engine.clock().now();
+        let filter = StatsFilter {
+            workflow: optional(&r.workflow),
+            since: period_bound("since", &r.since, now)?,
+            until: period_bound("until", &r.until, now)?,
+        };
+        if let (Some(since), Some(until)) = (filter.since, filter.until)
+            && since >= until
+        {
+            return Err(Status::invalid_argument(format!(
+                "since ({}) must come before until ({})",
+                convert::time(since),
+                convert::time(until)
+            )));
+        }
+        let stats = self
+            .shared
+            .engine
+            .stats(&filter)
+            .await
+            .map_err(engine_status)?;
+        Ok(Response::new(convert::stats(&stats, &filter)))
     }
 
     async fn list_plugins(

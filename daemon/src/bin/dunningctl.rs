@@ -118,6 +118,21 @@ enum Command {
         #[arg(long)]
         limit: Option<u32>,
     },
+    /// What each workflow recovered: cases by state, recovery rate, revenue
+    /// at risk and recovered, time to recovery, and per step and channel the
+    /// deliveries and the recoveries they were the last touch before.
+    Stats {
+        /// Only this workflow.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Cases started since: an RFC 3339 time, a date (2026-01-31) or a
+        /// duration back from now (30d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Cases started before (same forms as --since).
+        #[arg(long)]
+        until: Option<String>,
+    },
     /// Channel plugins loaded by the daemon.
     #[command(subcommand)]
     Plugins(PluginsCommand),
@@ -337,6 +352,92 @@ fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 }
 
 /// Prints aligned columns.
+/// Amounts per currency, e.g. `€1200.00 + $300.00`.
+fn amounts(money: &[proto::Money]) -> String {
+    if money.is_empty() {
+        return "-".into();
+    }
+    money
+        .iter()
+        .map(|m| dunningd::workflow::format_minor(m.amount, &m.currency))
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
+fn print_stats(stats: &proto::Stats) {
+    let bound = |t: &str| {
+        if t.is_empty() {
+            "…".to_string()
+        } else {
+            short_time(t)
+        }
+    };
+    out!(
+        "cases started {} to {}",
+        bound(&stats.since),
+        bound(&stats.until)
+    );
+    if stats.workflows.is_empty() {
+        out!("no cases");
+    }
+    for w in &stats.workflows {
+        out!();
+        out!("{}", w.workflow);
+        out!(
+            "  started {} · active {} · paused {} · recovered {} · exhausted {} · cancelled {}",
+            w.started,
+            w.active,
+            w.paused,
+            w.recovered,
+            w.exhausted,
+            w.cancelled
+        );
+        let rate = w
+            .recovery_rate
+            .map_or("-".to_string(), |r| format!("{:.1}%", r * 100.0));
+        let median = w.median_time_to_recovery_secs.map_or("-".to_string(), |s| {
+            dunningd::duration::format(std::time::Duration::from_secs(s.max(0) as u64))
+        });
+        out!(
+            "  recovery rate {rate} · at risk {} · recovered {} · median time to recovery {median}",
+            amounts(&w.at_risk),
+            amounts(&w.recovered_amount)
+        );
+        let rows: Vec<Vec<String>> = w
+            .steps
+            .iter()
+            .flat_map(|step| {
+                step.channels.iter().map(move |c| {
+                    vec![
+                        step.name.clone(),
+                        c.channel.clone(),
+                        c.sent.to_string(),
+                        c.failed.to_string(),
+                        c.skipped.to_string(),
+                        c.pending.to_string(),
+                        c.last_touch.to_string(),
+                    ]
+                })
+            })
+            .collect();
+        if !rows.is_empty() {
+            out!();
+            table(
+                &[
+                    "STEP",
+                    "CHANNEL",
+                    "SENT",
+                    "FAILED",
+                    "SKIPPED",
+                    "PENDING",
+                    "LAST TOUCH",
+                ],
+                &rows,
+            );
+        }
+    }
+}
+
 fn table(headers: &[&str], rows: &[Vec<String>]) {
     out!("{}", render_table(headers, rows).trim_end_matches('\n'));
 }
@@ -592,6 +693,27 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
                     })
                     .collect();
                 table(&["CUSTOMER", "CHANNEL", "SOURCE", "SINCE", "REASON"], &rows);
+            }
+            Ok(true)
+        }
+        Command::Stats {
+            workflow,
+            since,
+            until,
+        } => {
+            let stats = client
+                .get_stats(proto::GetStatsRequest {
+                    workflow: workflow.clone().unwrap_or_default(),
+                    since: since.clone().unwrap_or_default(),
+                    until: until.clone().unwrap_or_default(),
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if cli.json {
+                print_json(&stats)?;
+            } else {
+                print_stats(&stats);
             }
             Ok(true)
         }

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 
 use super::clock::Clock;
 use crate::model::{Case, CaseDetail, CaseFilter, CaseState, Event, OptOut};
+use crate::stats::{Stats, StatsFilter};
 use crate::store::{CaseAction, EventPlan, IngestOutcome, NewCase, NewDelivery, Store, StoreError};
 use crate::workflow::{SendWindow, Workflow, WorkflowSet};
 
@@ -241,6 +242,11 @@ impl Engine {
         limit: u32,
     ) -> Result<Vec<OptOut>, EngineError> {
         Ok(self.store.list_optouts(customer_id, limit).await?)
+    }
+
+    /// Recovery figures over the cases the filter selects.
+    pub async fn stats(&self, filter: &StatsFilter) -> Result<Stats, EngineError> {
+        Ok(self.store.stats(filter).await?)
     }
 
     pub async fn case_counts(&self) -> Result<BTreeMap<CaseState, u64>, EngineError> {

@@ -28,6 +28,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::model::{Case, CaseDetail, CaseFilter, CaseState, Event, OptOut};
+use crate::stats::{Stats, StatsFilter};
 
 pub mod postgres;
 mod rows;
@@ -311,6 +312,8 @@ pub trait Store: Send + Sync {
         channel: &str,
         source: Option<&str>,
     ) -> Result<bool, StoreError>;
+    /// Recovery figures over the cases the filter selects.
+    async fn stats(&self, filter: &StatsFilter) -> Result<Stats, StoreError>;
     /// The customers whose cases were started by events with this phone
     /// number (an inbound SMS names only the number).
     async fn customers_by_phone(&self, phone: &str) -> Result<Vec<String>, StoreError>;

@@ -26,13 +26,14 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::rows::{
     case_from_row, claimed_from_row, corrupt, delivery_from_row, optout_from_row, state_counts,
-    workflow_counts,
+    stats_row_from_row, workflow_counts,
 };
 use super::{
     CaseAction, ClaimOptions, Claimed, Completion, EventPlan, IngestOutcome, ProviderReport, Store,
     StoreError, check_schema, from_ms, idempotency_key, to_ms,
 };
 use crate::model::{Case, CaseDetail, CaseFilter, CaseState, OptOut};
+use crate::stats::{Stats, StatsBuilder, StatsFilter};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -708,6 +709,29 @@ impl Store for PostgresStore {
         .await?
         .rows_affected();
         Ok(removed > 0)
+    }
+
+    async fn stats(&self, filter: &StatsFilter) -> Result<Stats, StoreError> {
+        use tokio_stream::StreamExt;
+        let mut rows = sqlx::query(
+            "SELECT c.id AS case_id, c.workflow, c.state, c.started_ms, c.updated_ms,
+                    (c.trigger_event::jsonb) -> 'data' ->> 'amount' AS amount,
+                    (c.trigger_event::jsonb) -> 'data' ->> 'currency' AS currency,
+                    d.step_index, d.step, d.channel, d.status, d.sent_ms
+             FROM cases c LEFT JOIN deliveries d ON d.case_id = c.id
+             WHERE ($1::TEXT IS NULL OR c.workflow = $1) AND ($2::BIGINT IS NULL OR c.started_ms >= $2)
+               AND ($3::BIGINT IS NULL OR c.started_ms < $3)
+             ORDER BY c.id",
+        )
+        .bind(filter.workflow.as_deref())
+        .bind(filter.since.map(to_ms))
+        .bind(filter.until.map(to_ms))
+        .fetch(&self.pool);
+        let mut builder = StatsBuilder::default();
+        while let Some(row) = rows.next().await {
+            builder.add(stats_row_from_row(&row?)?);
+        }
+        Ok(builder.finish())
     }
 
     async fn customers_by_phone(&self, phone: &str) -> Result<Vec<String>, StoreError> {

@@ -8,6 +8,7 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use super::{Claimed, StoreError, from_ms};
 use crate::model::{Case, CaseState, Delivery, DeliveryStatus, Event, OptOut};
+use crate::stats::{StatsDelivery, StatsRow};
 
 /// A row type whose columns decode as the types the store uses.
 pub(crate) trait StoreRow: Row
@@ -99,6 +100,34 @@ where
                 None => status,
             }
         }),
+    })
+}
+
+/// One row of the stats query (see [`crate::stats`]).
+pub(crate) fn stats_row_from_row<R: StoreRow>(row: &R) -> Result<StatsRow, StoreError>
+where
+    for<'a> &'a str: ColumnIndex<R>,
+{
+    let state = row.text("state")?;
+    let delivery = match row.opt_text("status")? {
+        None => None,
+        Some(status) => Some(StatsDelivery {
+            step_index: row.int("step_index")? as u32,
+            step: row.text("step")?,
+            channel: row.text("channel")?,
+            status: DeliveryStatus::from_str(&status).map_err(|e| corrupt("deliveries", e))?,
+            sent_ms: row.opt_int("sent_ms")?,
+        }),
+    };
+    Ok(StatsRow {
+        case_id: row.text("case_id")?,
+        workflow: row.text("workflow")?,
+        state: CaseState::from_str(&state).map_err(|e| corrupt("cases", e))?,
+        started_ms: row.int("started_ms")?,
+        updated_ms: row.int("updated_ms")?,
+        amount: row.opt_text("amount")?,
+        currency: row.opt_text("currency")?,
+        delivery,
     })
 }
 

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 
 use super::*;
 use crate::model::{CaseState, Customer, DeliveryStatus, Event};
+use crate::stats::{ChannelCounts, StatsFilter};
 use crate::testing::PgDatabase;
 
 fn t(text: &str) -> DateTime<Utc> {
@@ -800,6 +801,104 @@ async fn inbound_reports_and_phone_lookup(store: Arc<dyn Store>) {
     );
 }
 
+/// The stats query runs on both backends and feeds the shared rules: the
+/// recovered case's last touch is the email it was sent, its reminder was
+/// skipped by the recovery, and the period filter selects by start.
+async fn stats_fold_cases_and_deliveries(store: Arc<dyn Store>) {
+    let now = t("2026-01-05T09:00:00Z");
+    let failed = |id: &str, subject: &str| {
+        let mut e = event(id, "payment_failed", subject, None);
+        e.data = serde_json::json!({ "amount": 1999, "currency": "eur" });
+        plan(e, vec![new_case("pf", now)])
+    };
+    store
+        .ingest(vec![failed("f1", "inv_1"), failed("f2", "inv_2")], now)
+        .await
+        .expect("ingest");
+    let claimed = store.claim_due(now, &options("a")).await.expect("claim");
+    assert_eq!(claimed.len(), 2);
+    let results = claimed
+        .iter()
+        .map(|c| (c.delivery_id.clone(), Completion::Sent { receipt: None }))
+        .collect();
+    store.complete("a", results, now).await.expect("complete");
+    let paid_at = now + chrono::Duration::hours(1);
+    let mut paid = event("p1", "payment_succeeded", "inv_1", None);
+    paid.occurred_at = Some(paid_at);
+    store
+        .ingest(vec![plan(paid, vec![])], paid_at)
+        .await
+        .expect("ingest");
+
+    let stats = store.stats(&StatsFilter::default()).await.expect("stats");
+    assert_eq!(stats.workflows.len(), 1);
+    let w = &stats.workflows[0];
+    assert_eq!((w.workflow.as_str(), w.started), ("pf", 2));
+    assert_eq!(w.by_state.get(&CaseState::Recovered), Some(&1));
+    assert_eq!(w.by_state.get(&CaseState::Active), Some(&1));
+    assert_eq!(w.recovery_rate, Some(1.0));
+    assert_eq!(w.at_risk.get("EUR"), Some(&3998));
+    assert_eq!(w.recovered_amount.get("EUR"), Some(&1999));
+    assert_eq!(w.median_time_to_recovery_secs, Some(3600));
+    let steps: Vec<(&str, &str, ChannelCounts)> = w
+        .steps
+        .iter()
+        .flat_map(|s| {
+            s.channels
+                .iter()
+                .map(|(c, n)| (s.name.as_str(), c.as_str(), *n))
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            (
+                "first",
+                "email",
+                ChannelCounts {
+                    sent: 2,
+                    last_touch: 1,
+                    ..Default::default()
+                }
+            ),
+            (
+                "reminder",
+                "sms",
+                ChannelCounts {
+                    skipped: 1,
+                    pending: 1,
+                    ..Default::default()
+                }
+            ),
+        ]
+    );
+    let later = StatsFilter {
+        since: Some(now + chrono::Duration::minutes(1)),
+        ..Default::default()
+    };
+    assert!(
+        store
+            .stats(&later)
+            .await
+            .expect("stats")
+            .workflows
+            .is_empty()
+    );
+    let other = StatsFilter {
+        workflow: Some("other".into()),
+        until: Some(now + chrono::Duration::minutes(1)),
+        ..Default::default()
+    };
+    assert!(
+        store
+            .stats(&other)
+            .await
+            .expect("stats")
+            .workflows
+            .is_empty()
+    );
+}
+
 macro_rules! backend_tests {
     ($backend:ident = $fixture:ident: $($name:ident),+ $(,)?) => {
         mod $backend {
@@ -823,6 +922,7 @@ backend_tests!(sqlite = sqlite_store:
     optouts_and_fallbacks,
     frequency_caps_hold_what_exceeds_them,
     inbound_reports_and_phone_lookup,
+    stats_fold_cases_and_deliveries,
 );
 
 backend_tests!(postgres = postgres_store:
@@ -834,6 +934,7 @@ backend_tests!(postgres = postgres_store:
     optouts_and_fallbacks,
     frequency_caps_hold_what_exceeds_them,
     inbound_reports_and_phone_lookup,
+    stats_fold_cases_and_deliveries,
 );
 
 /// A database a newer dunningd migrated is refused with a message that says

@@ -23,6 +23,7 @@ use crate::model::Event;
 
 mod locate;
 mod money;
+pub use money::format_minor;
 pub mod preview;
 mod watch;
 

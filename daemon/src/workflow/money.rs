@@ -52,7 +52,12 @@ pub fn money(amount: Value, currency: Option<String>) -> Result<String, Error> {
             format!("money: currency must be a 3-letter ISO 4217 code, got '{code}'"),
         ));
     }
-    let exp = exponent(&code);
+    Ok(format_minor(minor, &code))
+}
+
+/// `minor` units of the currency `code` (upper case), e.g. `€49.00`.
+pub fn format_minor(minor: i64, code: &str) -> String {
+    let exp = exponent(code);
     let sign = if minor < 0 { "-" } else { "" };
     let abs = minor.unsigned_abs();
     let number = if exp == 0 {
@@ -66,10 +71,10 @@ pub fn money(amount: Value, currency: Option<String>) -> Result<String, Error> {
             width = exp as usize
         )
     };
-    Ok(match symbol(&code) {
+    match symbol(code) {
         Some(symbol) => format!("{sign}{symbol}{number}"),
         None => format!("{sign}{code} {number}"),
-    })
+    }
 }
 
 #[cfg(test)]

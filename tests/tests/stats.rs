@@ -1,0 +1,171 @@
+//! Recovery reporting end to end: cases run through the engine clock, then
+//! `dunningctl stats` (table and JSON) and the gRPC API agree with what
+//! happened.
+
+use dunningd::proto;
+use dunningd_e2e::daemon::{Backend, Setup, TestDaemon};
+use dunningd_e2e::fixtures::{WORKFLOW, event};
+use dunningd_e2e::on_both_backends;
+
+async fn send(daemon: &TestDaemon, events: Vec<String>) {
+    daemon
+        .client()
+        .await
+        .send_events(proto::SendEventsRequest { events })
+        .await
+        .expect("send");
+    daemon.settle().await;
+}
+
+on_both_backends!(stats_report_recoveries_revenue_and_last_touch);
+
+async fn stats_report_recoveries_revenue_and_last_touch(backend: Backend) {
+    let daemon =
+        TestDaemon::start(Setup::default().workflow("pf.yaml", WORKFLOW).on(&backend)).await;
+    // Four failed payments at 2026-01-05 09:00.
+    send(
+        &daemon,
+        vec![
+            event("f1", "payment_failed", "cus_1", "inv_1", 4900),
+            event("f2", "payment_failed", "cus_2", "inv_2", 2500),
+            event("f3", "payment_failed", "cus_3", "inv_3", 1000),
+            event("f4", "payment_failed", "cus_4", "inv_4", 700),
+        ],
+    )
+    .await;
+    // cus_1 pays a day later, after the first email and banner.
+    daemon.advance("1d").await;
+    send(
+        &daemon,
+        vec![event("p1", "payment_succeeded", "cus_1", "inv_1", 4900)],
+    )
+    .await;
+    // cus_2 pays on day 4, after the SMS reminder of day 3.
+    daemon.advance("3d").await;
+    send(
+        &daemon,
+        vec![event("p2", "payment_succeeded", "cus_2", "inv_2", 2500)],
+    )
+    .await;
+    // cus_4's case is cancelled by an operator; cus_3 runs to the end.
+    let cases = daemon
+        .client()
+        .await
+        .list_cases(proto::ListCasesRequest {
+            customer: "cus_4".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .cases;
+    daemon.ctl_ok(&["cases", "cancel", &cases[0].id]);
+    daemon.advance("14d").await;
+
+    let json: serde_json::Value =
+        serde_json::from_str(&daemon.ctl_ok(&["stats", "--json"])).expect("stats JSON");
+    let w = &json["workflows"][0];
+    assert_eq!(w["workflow"], "payment-failed");
+    let counts: Vec<u64> = [
+        "started",
+        "active",
+        "paused",
+        "recovered",
+        "exhausted",
+        "cancelled",
+    ]
+    .iter()
+    .map(|k| w[k].as_u64().unwrap_or(0))
+    .collect();
+    assert_eq!(counts, [4, 0, 0, 2, 1, 1], "{w}");
+    // Two of the three cases that ran their course paid.
+    let rate = w["recovery_rate"].as_f64().expect("a rate");
+    assert!((rate - 2.0 / 3.0).abs() < 1e-9, "{rate}");
+    let money = |key: &str| {
+        w[key]
+            .as_array()
+            .expect("amounts")
+            .iter()
+            .map(|m| {
+                (
+                    m["currency"].as_str().unwrap_or("").to_string(),
+                    m["amount"].as_i64(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        money("at_risk"),
+        [("USD".to_string(), Some(4900 + 2500 + 1000 + 700))]
+    );
+    assert_eq!(
+        money("recovered_amount"),
+        [("USD".to_string(), Some(4900 + 2500))]
+    );
+
+    // Per step and channel: what was sent, and what each recovery followed.
+    let stats = daemon
+        .client()
+        .await
+        .get_stats(proto::GetStatsRequest::default())
+        .await
+        .expect("stats")
+        .into_inner();
+    let w = &stats.workflows[0];
+    // 1 day and 4 days: the median of two is the lower.
+    assert_eq!(w.median_time_to_recovery_secs, Some(86_400));
+    let rows: Vec<(String, String, [u64; 5])> = w
+        .steps
+        .iter()
+        .flat_map(|s| {
+            s.channels.iter().map(|c| {
+                (
+                    s.name.clone(),
+                    c.channel.clone(),
+                    [c.sent, c.failed, c.skipped, c.pending, c.last_touch],
+                )
+            })
+        })
+        .collect();
+    let row = |step: &str, channel: &str, counts: [u64; 5]| {
+        (step.to_string(), channel.to_string(), counts)
+    };
+    assert_eq!(
+        rows,
+        [
+            // The email and the banner went at once: both are cus_1's
+            // last touch.
+            row("first-notice", "email", [4, 0, 0, 0, 1]),
+            row("first-notice", "in_app", [4, 0, 0, 0, 1]),
+            // Sent on day 3 to all but cus_1, who had paid.
+            row("reminder", "sms", [3, 0, 1, 0, 1]),
+            row("suspend", "webhook", [1, 0, 3, 0, 0]),
+        ]
+    );
+
+    let table = daemon.ctl_ok(&["stats"]);
+    assert!(table.contains("payment-failed"), "{table}");
+    assert!(
+        table.contains(
+            "recovery rate 66.7% · at risk $91.00 · recovered $74.00 · median time to recovery 1d"
+        ),
+        "{table}"
+    );
+
+    // A period that starts after the cases did holds none; bad bounds are refused.
+    let later = daemon.ctl_ok(&["stats", "--since", "2026-01-06"]);
+    assert!(later.contains("no cases"), "{later}");
+    let filtered = daemon.ctl_ok(&["stats", "--since", "30d", "--workflow", "payment-failed"]);
+    assert!(filtered.contains("started 4"), "{filtered}");
+    let bad = daemon.ctl(&["stats", "--since", "yesterday"]);
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains(
+            "since: 'yesterday' is no RFC 3339 time, date (2026-01-31) or duration (30d)"
+        ),
+        "{stderr}"
+    );
+    let reversed = daemon.ctl(&["stats", "--since", "2026-02-01", "--until", "2026-01-01"]);
+    assert!(!reversed.status.success());
+}
