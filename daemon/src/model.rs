@@ -311,7 +311,7 @@ mod tests {
 pub struct OptOut {
     pub customer_id: String,
     pub channel: String,
-    /// Who recorded it: `operator`, `sms-stop`, `email-unsubscribe` …
+    /// Who recorded it: `operator`, `sms-stop`, `unsubscribe-link` …
     pub source: String,
     pub reason: String,
     pub created_at: DateTime<Utc>,

@@ -16,7 +16,7 @@ CREATE INDEX deliveries_by_customer ON deliveries (customer_id, channel, sent_ms
 CREATE TABLE optouts (
     customer_id TEXT NOT NULL,
     channel     TEXT NOT NULL,
-    source      TEXT NOT NULL,   -- operator, sms-stop, email-unsubscribe …
+    source      TEXT NOT NULL,   -- operator, sms-stop, unsubscribe-link …
     reason      TEXT NOT NULL,
     created_ms  BIGINT NOT NULL,
     PRIMARY KEY (customer_id, channel)

@@ -611,6 +611,15 @@ impl Workflow {
                                 step.name
                             ),
                         );
+                    } else if step.send.iter().any(|s| &s.channel == fallback) {
+                        // A delivery per (case, step, channel): it would never go.
+                        err(
+                            &["steps:", &here, "fallback:"],
+                            format!(
+                                "step '{}': fallback '{fallback}' is already a channel of this step, so it could never be sent; fall back to another channel",
+                                step.name
+                            ),
+                        );
                     } else if !known(fallback) {
                         err(
                             &["steps:", &here, "fallback:"],

@@ -102,6 +102,13 @@ fn every_problem_is_reported_with_file_line_and_column() {
             "wf.yaml:19:49: step 'reminder': fallback 'sms' is the channel itself",
         ),
         (
+            GOOD.replace(
+                "      - { channel: sms, template: reminder_sms, fallback: email }",
+                "      - { channel: sms, template: reminder_sms, fallback: email }\n      - { channel: email, template: first_email }",
+            ),
+            "step 'reminder': fallback 'email' is already a channel of this step, so it could never be sent",
+        ),
+        (
             GOOD.replace("fallback: email", "fallback: pigeon"),
             "step 'reminder': unknown fallback channel 'pigeon'",
         ),
