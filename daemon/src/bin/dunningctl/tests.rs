@@ -58,8 +58,8 @@ fn help_everywhere() {
     let mut seen = 0;
     walk(&Cli::command(), &mut Vec::new(), &mut seen);
     // top, status, workflows (+3), reload, events (+1), cases (+5), preview,
-    // optout, optin, optouts, plugins (+1), clock (+3)
-    assert_eq!(seen, 25);
+    // optout, optin, optouts, stats, plugins (+1), clock (+3)
+    assert_eq!(seen, 26);
 }
 
 #[test]
