@@ -19,7 +19,9 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 /// Channels on the log plugin with a short timeout, and a lease short enough
-/// that a killed daemon's claims pass to the others within seconds.
+/// that a killed daemon's claims pass to the others within seconds, yet long
+/// enough for a debug build to work through a claimed batch on a busy
+/// machine (a lease that runs out mid-batch lets another daemon send again).
 fn setup(backend: &Backend) -> Setup {
     let mut setup = Setup::default()
         .workflow("payment-failed.yaml", WORKFLOW)
@@ -27,7 +29,7 @@ fn setup(backend: &Backend) -> Setup {
     for yaml in setup.channels.values_mut() {
         *yaml = "{ plugin: log, timeout: 1s, settings: { path: '{dir}/deliveries.jsonl' } }".into();
     }
-    setup.extra_config = "scheduler:\n  lease: 4s\n".into();
+    setup.extra_config = "scheduler:\n  lease: 10s\n".into();
     setup
 }
 
