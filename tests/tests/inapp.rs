@@ -188,8 +188,25 @@ async fn the_inbox_api_needs_the_customers_token_and_tracks_read_and_dismissed(b
         "{first}"
     );
     fail_payment(&daemon, "e2", "inv_2", 1200).await;
-    let next = next_event(&mut stream).await;
-    assert!(next.contains("Payment of £12.00 failed"), "{next}");
+    event_containing(&mut stream, "Payment of £12.00 failed").await;
+}
+
+/// Reads inbox events until one contains `text` (10 s at most each).
+/// Announcements of earlier changes may still arrive and refresh the stream
+/// with what it already showed: such repeats are skipped.
+async fn event_containing(stream: &mut reqwest::Response, text: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let event = next_event(stream).await;
+        if event.contains(text) {
+            return;
+        }
+        assert!(event.contains("event: inbox"), "{event}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no event with '{text}'; last: {event}"
+        );
+    }
 }
 
 /// The next chunk of a Server-Sent Events stream (10 s at most).
@@ -426,8 +443,7 @@ async fn daemons_sharing_postgresql_share_the_inbox_and_its_live_updates() {
         "{}",
         first.log()
     );
-    let next = next_event(&mut stream).await;
-    assert!(next.contains("Payment of £49.00 failed"), "{next}");
+    event_containing(&mut stream, "Payment of £49.00 failed").await;
     let list: Vec<serde_json::Value> = http
         .get(format!("{inbox}/messages?token={t}"))
         .send()
