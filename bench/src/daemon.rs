@@ -1,0 +1,336 @@
+//! Starting and stopping the real `dunningd` for a measurement.
+//!
+//! Each [`Daemon`] gets a scratch folder (configuration, workflows folder,
+//! admin socket, log) and a fresh store: a SQLite file in that folder or a
+//! PostgreSQL database of its own. The clock is manual, so a backlog can be
+//! built while nothing is due and released at one chosen moment; the only
+//! channel, `sink`, is the real `log` plugin writing JSON lines to a file,
+//! which records the wall-clock moment of each hand-off.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use dunningd::proto::admin_client::AdminClient;
+use dunningd::proto::{AdvanceClockRequest, GetClockRequest, GetStatusRequest};
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::Ctx;
+use crate::probe::PgDatabase;
+
+/// Where the engine's clock starts: a Monday, 09:00 UTC.
+const CLOCK_START: &str = "2026-01-05T09:00:00Z";
+/// How long a start-up or a stop may take before the measurement fails.
+const PROCESS_DEADLINE: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// The store a daemon runs on.
+pub enum Store {
+    Sqlite(PathBuf),
+    Postgres(PgDatabase),
+}
+
+/// How long a start took, from spawning the process.
+#[derive(Debug, Clone, Copy)]
+pub struct Startup {
+    /// Until the admin API answered a call (GetClock).
+    pub api: Duration,
+    /// Until GetStatus (which counts cases by state) answered.
+    pub status: Duration,
+}
+
+pub struct Daemon {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    socket: PathBuf,
+    binary: PathBuf,
+    log_level: String,
+    child: Option<Child>,
+    store: Store,
+}
+
+impl Daemon {
+    /// Writes the configuration and `workflows` (file name → YAML) into a
+    /// scratch folder, creates the store and starts the daemon.
+    pub async fn start(
+        ctx: &Ctx,
+        backend: Backend,
+        workflows: &[(String, String)],
+    ) -> anyhow::Result<(Daemon, Startup)> {
+        let dir = tempfile::Builder::new()
+            .prefix("dunningd-bench")
+            .tempdir()
+            .context("cannot create a scratch folder")?;
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("workflows"))
+            .context("cannot create the workflows folder")?;
+        for (file, yaml) in workflows {
+            std::fs::write(root.join("workflows").join(file), yaml)
+                .with_context(|| format!("cannot write workflow {file}"))?;
+        }
+        let store = match backend {
+            Backend::Sqlite => Store::Sqlite(root.join("state").join("dunningd.db")),
+            Backend::Postgres => Store::Postgres(PgDatabase::create(&ctx.postgres).await?),
+        };
+        let config = root.join("dunningd.yaml");
+        std::fs::write(&config, config_yaml(ctx, root, &store))
+            .context("cannot write the configuration")?;
+        let mut daemon = Daemon {
+            socket: root.join("admin.sock"),
+            dir,
+            config,
+            binary: ctx.binary("dunningd"),
+            log_level: ctx.daemon_log.clone(),
+            child: None,
+            store,
+        };
+        match daemon.spawn().await {
+            Ok(startup) => Ok((daemon, startup)),
+            Err(error) => {
+                daemon.finish().await?;
+                Err(error)
+            }
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn workflows_dir(&self) -> PathBuf {
+        self.dir.path().join("workflows")
+    }
+
+    /// The JSON lines the sink (the `log` plugin) writes, one per hand-off.
+    pub fn deliveries_path(&self) -> PathBuf {
+        self.dir.path().join("deliveries.jsonl")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("dunningd.log")
+    }
+
+    /// The last lines of the daemon's own log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Starts the process and waits until its admin API answers.
+    pub async fn spawn(&mut self) -> anyhow::Result<Startup> {
+        if self.child.is_some() {
+            bail!("the daemon is already running");
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .context("cannot open the daemon's log file")?;
+        let started = Instant::now();
+        let child = Command::new(&self.binary)
+            .arg("--config")
+            .arg(&self.config)
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", &self.log_level)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start '{}'", self.binary.display()))?;
+        self.child = Some(child);
+        let api = self.wait_until_answering(started).await?;
+        let mut client = self.client().await?;
+        client
+            .get_status(GetStatusRequest {})
+            .await
+            .context("GetStatus after start-up")?;
+        Ok(Startup {
+            api,
+            status: started.elapsed(),
+        })
+    }
+
+    async fn wait_until_answering(&mut self, started: Instant) -> anyhow::Result<Duration> {
+        loop {
+            self.check_alive("during start-up")?;
+            if self.socket.exists()
+                && let Ok(mut client) = self.client().await
+                && client.get_clock(GetClockRequest {}).await.is_ok()
+            {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > PROCESS_DEADLINE {
+                bail!(
+                    "dunningd did not answer within {PROCESS_DEADLINE:?}:\n{}",
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Fails, with the daemon's last log lines, if the process has exited.
+    pub fn check_alive(&mut self, when: &str) -> anyhow::Result<()> {
+        let Some(child) = self.child.as_mut() else {
+            bail!("the daemon is not running ({when})");
+        };
+        if let Some(status) = child.try_wait().context("cannot poll the daemon process")? {
+            self.child = None;
+            bail!("dunningd exited {when} ({status}):\n{}", self.log_tail());
+        }
+        Ok(())
+    }
+
+    /// A gRPC client on the admin socket (one connection each).
+    pub async fn client(&self) -> anyhow::Result<AdminClient<Channel>> {
+        let socket = self.socket.clone();
+        let channel = Endpoint::try_from("http://[::]:50051")?
+            .connect_with_connector(tower::service_fn(move |_| {
+                let socket = socket.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(socket).await?,
+                    ))
+                }
+            }))
+            .await
+            .with_context(|| format!("cannot connect to '{}'", self.socket.display()))?;
+        Ok(AdminClient::new(channel))
+    }
+
+    /// Moves the manual clock forward (`"1d"`); returns once it has moved.
+    pub async fn advance(&self, by: &str) -> anyhow::Result<()> {
+        self.client()
+            .await?
+            .advance_clock(AdvanceClockRequest {
+                target: Some(dunningd::proto::advance_clock_request::Target::By(
+                    by.to_string(),
+                )),
+            })
+            .await
+            .with_context(|| format!("AdvanceClock by {by}"))?;
+        Ok(())
+    }
+
+    /// The process's resident memory (VmRSS), in bytes.
+    pub fn rss_bytes(&self) -> anyhow::Result<u64> {
+        let child = self.child.as_ref().context("the daemon is not running")?;
+        let path = format!("/proc/{}/status", child.id());
+        let status =
+            std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        let line = status
+            .lines()
+            .find(|line| line.starts_with("VmRSS:"))
+            .with_context(|| format!("{path} has no VmRSS line"))?;
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("cannot read the VmRSS line '{line}'"))?;
+        Ok(kib * 1024)
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns how long
+    /// the stop took.
+    pub async fn stop(&mut self) -> anyhow::Result<Duration> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(Duration::ZERO);
+        };
+        let started = Instant::now();
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .context("cannot run kill")?;
+        if !status.success() {
+            bail!("kill -TERM {} failed ({status})", child.id());
+        }
+        loop {
+            if child
+                .try_wait()
+                .context("cannot poll the daemon process")?
+                .is_some()
+            {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > PROCESS_DEADLINE {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("dunningd did not stop within {PROCESS_DEADLINE:?} of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops the daemon and removes its store (a PostgreSQL database is dropped).
+    pub async fn finish(mut self) -> anyhow::Result<()> {
+        if let Err(error) = self.stop().await {
+            eprintln!("warning: {error:#}");
+            self.kill();
+        }
+        if let Store::Postgres(database) = &self.store {
+            database.drop_database().await?;
+        }
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    /// A measurement that failed half-way never leaves a daemon behind.
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `body` on a fresh daemon and always cleans up after it (the
+/// process stopped, a PostgreSQL database dropped), whatever `body` returned.
+pub async fn with_daemon<T>(
+    ctx: &Ctx,
+    backend: Backend,
+    workflows: &[(String, String)],
+    body: impl AsyncFnOnce(&mut Daemon, Startup) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let (mut daemon, startup) = Daemon::start(ctx, backend, workflows).await?;
+    let result = body(&mut daemon, startup).await;
+    let finished = daemon.finish().await;
+    let value = result?;
+    finished?;
+    Ok(value)
+}
+
+fn config_yaml(ctx: &Ctx, root: &Path, store: &Store) -> String {
+    let mut config = format!(
+        "workflows_dir: workflows\nplugin_dir: {plugins}\nstate_dir: state\nadmin:\n  socket: admin.sock\nclock: manual\nclock_start: {CLOCK_START}\nchannels:\n  sink: {{ plugin: log, settings: {{ path: '{log}' }}, concurrency: {concurrency} }}\n",
+        plugins = ctx.artifacts.display(),
+        log = root.join("deliveries.jsonl").display(),
+        concurrency = ctx.concurrency,
+    );
+    if let Store::Postgres(database) = store {
+        config.push_str(&format!("database: {}\n", database.url()));
+    }
+    config
+}

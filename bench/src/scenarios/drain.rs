@@ -1,0 +1,223 @@
+//! Dispatch throughput: a backlog of N due deliveries released at one
+//! moment, drained to the sink.
+//!
+//! The backlog is built while the manual clock stands still (every case's
+//! step is due a day after it started), the daemon is left idle for a
+//! second, then AdvanceClock moves the clock a day at the release moment T.
+//! The drain ends when the store shows no unfinished delivery: every outcome
+//! committed. The same shape as the peers' benchmark (jobs due at T, workers
+//! started and idle before it, T → last durable completion).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure};
+
+use super::bench_workflow;
+use super::sink::{SinkTail, handoff_times, unix_ms};
+use crate::daemon::{Backend, Daemon, with_daemon};
+use crate::events::{self, Load, rate};
+use crate::probe::Probe;
+use crate::report::Figure;
+use crate::stats::{median, percentile};
+use crate::{Ctx, Measure};
+
+/// Drains larger than this run once whatever `--reps` says.
+const LARGE: u64 = 100_000;
+
+/// One drain's figures.
+#[derive(Debug, Clone)]
+struct Drain {
+    enqueue_per_s: f64,
+    drain_per_s: f64,
+    /// Rate from the first hand-off to the last commit (leaves out the
+    /// first delivery's lateness).
+    after_first_per_s: f64,
+    first_ms: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// Last hand-off → last commit: how far the completion writer trails.
+    commit_tail_ms: f64,
+}
+
+pub async fn run(ctx: &Ctx, backend: Backend) -> anyhow::Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    for &n in &ctx.sizes.drain {
+        let reps = if n > LARGE { 1 } else { ctx.sizes.reps };
+        let mut runs = Vec::new();
+        for rep in 1..=reps {
+            let run = with_daemon(ctx, backend, &[bench_workflow()], async |daemon, _| {
+                drain_once(daemon, n).await
+            })
+            .await?;
+            eprintln!(
+                "  n={n} rep {rep}: drain {:.0}/s, first {:.0} ms, p99 {:.0} ms",
+                run.drain_per_s, run.first_ms, run.p99_ms
+            );
+            runs.push(run);
+        }
+        figures.extend(summarise(backend, n, &runs));
+    }
+    Ok(figures)
+}
+
+async fn drain_once(daemon: &mut Daemon, n: u64) -> anyhow::Result<Drain> {
+    let probe = Probe::open(daemon.store()).await?;
+    let result = drain_with(daemon, &probe, n).await;
+    probe.close().await;
+    result
+}
+
+async fn drain_with(daemon: &mut Daemon, probe: &Probe, n: u64) -> anyhow::Result<Drain> {
+    let load = Load {
+        prefix: "d".into(),
+        events: n,
+        batch: 500,
+        callers: 4,
+    };
+    let enqueue = events::send(daemon, &load).await?;
+    probe.analyze().await?;
+    // Idle before T, as the peers' workers are; the scheduler polls at least
+    // once a second.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut tail = SinkTail::new(&daemon.deliveries_path());
+    let start_offset = tail.offset();
+    // Generous: a slow drain is a result to report, not an error; only a
+    // stuck one fails.
+    let deadline = Duration::from_secs(120).max(Duration::from_millis(n * 5));
+
+    let released_ms = unix_ms();
+    let released = Instant::now();
+    daemon.advance("1d").await?;
+    while tail.poll()? < n {
+        daemon.check_alive("during the drain")?;
+        if released.elapsed() > deadline {
+            bail!(
+                "only {} of {n} deliveries reached the sink within {deadline:?}:\n{}",
+                tail.poll()?,
+                daemon.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    while probe.unfinished().await? > 0 {
+        if released.elapsed() > deadline {
+            bail!("the drain's outcomes were not all committed within {deadline:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let done = released.elapsed();
+
+    let (sent, retried) = probe.sent().await?;
+    ensure!(sent == n as i64, "{sent} of {n} deliveries are sent");
+    ensure!(
+        retried == 0,
+        "{retried} deliveries needed more than one attempt"
+    );
+    let lateness: Vec<f64> = handoff_times(&daemon.deliveries_path(), start_offset)?
+        .into_iter()
+        .map(|at| (at - released_ms) as f64)
+        .collect();
+    ensure!(
+        lateness.len() as u64 == n,
+        "the sink has {} lines for {n} deliveries",
+        lateness.len()
+    );
+    let first_ms = percentile(&lateness, 0.0).max(0.0);
+    let last_ms = percentile(&lateness, 1.0);
+    let done_ms = done.as_secs_f64() * 1000.0;
+    Ok(Drain {
+        enqueue_per_s: rate(n, enqueue),
+        drain_per_s: rate(n, done),
+        after_first_per_s: n as f64 / ((done_ms - first_ms).max(1.0) / 1000.0),
+        first_ms,
+        p50_ms: percentile(&lateness, 0.5),
+        p99_ms: percentile(&lateness, 0.99),
+        commit_tail_ms: (done_ms - last_ms).max(0.0),
+    })
+}
+
+fn summarise(backend: Backend, n: u64, runs: &[Drain]) -> Vec<Figure> {
+    let pick = |f: fn(&Drain) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+    let spread = |f: fn(&Drain) -> f64| {
+        let values: Vec<f64> = runs.iter().map(f).collect();
+        if values.len() < 2 {
+            String::new()
+        } else {
+            format!(
+                " (runs: {})",
+                values
+                    .iter()
+                    .map(|v| format!("{v:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    };
+    let b = backend.name();
+    let m = Measure::Drain.name();
+    let runs_note = format!("N={n}, median of {}", runs.len());
+    vec![
+        Figure::new(
+            b,
+            m,
+            format!("drain N={n}"),
+            pick(|r| r.drain_per_s),
+            "deliveries/s",
+            format!(
+                "release T → last outcome committed; {runs_note}{}",
+                spread(|r| r.drain_per_s)
+            ),
+        ),
+        Figure::new(
+            b,
+            m,
+            format!("after first hand-off N={n}"),
+            pick(|r| r.after_first_per_s),
+            "deliveries/s",
+            format!("first hand-off → last outcome committed; {runs_note}"),
+        ),
+        Figure::new(
+            b,
+            m,
+            format!("first-delivery lateness N={n}"),
+            pick(|r| r.first_ms),
+            "ms",
+            format!(
+                "T → first hand-off to the plugin; {runs_note}{}",
+                spread(|r| r.first_ms)
+            ),
+        ),
+        Figure::new(
+            b,
+            m,
+            format!("lateness p50 N={n}"),
+            pick(|r| r.p50_ms),
+            "ms",
+            format!("T → hand-off, over all N deliveries; {runs_note}"),
+        ),
+        Figure::new(
+            b,
+            m,
+            format!("lateness p99 N={n}"),
+            pick(|r| r.p99_ms),
+            "ms",
+            format!("T → hand-off, over all N deliveries; {runs_note}"),
+        ),
+        Figure::new(
+            b,
+            m,
+            format!("commit tail N={n}"),
+            pick(|r| r.commit_tail_ms),
+            "ms",
+            format!("last hand-off → last outcome committed; {runs_note}"),
+        ),
+        Figure::new(
+            b,
+            m,
+            format!("backlog ingest N={n}"),
+            pick(|r| r.enqueue_per_s),
+            "events/s",
+            format!("building the backlog: 500 per call, 4 callers; {runs_note}"),
+        ),
+    ]
+}
