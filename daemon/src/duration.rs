@@ -14,9 +14,14 @@ pub enum DurationError {
     Empty,
     #[error("invalid duration '{text}': {why} (write e.g. '90s', '15m', '3d', '1d12h')")]
     Invalid { text: String, why: &'static str },
-    #[error("duration '{0}' is too large")]
+    #[error("duration '{0}' is too large (at most 36500d, 100 years)")]
     Overflow(String),
 }
+
+/// The longest duration any file or call may give: far beyond any dunning
+/// sequence, and small enough that adding it to any time the engine can
+/// hold stays a valid time.
+pub const MAX: Duration = Duration::from_secs(36_500 * 86_400);
 
 /// Parses `<number><unit>` groups, units `s`, `m`, `h`, `d`, `w`.
 pub fn parse(text: &str) -> Result<Duration, DurationError> {
@@ -59,7 +64,11 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
     if !digits.is_empty() {
         return Err(invalid("a number needs a unit"));
     }
-    Ok(Duration::from_secs(total))
+    let duration = Duration::from_secs(total);
+    if duration > MAX {
+        return Err(DurationError::Overflow(trimmed.to_string()));
+    }
+    Ok(duration)
 }
 
 /// Formats a duration the way `parse` reads it, largest units first.
@@ -120,7 +129,10 @@ mod tests {
             ("3y", "unknown unit"),
             ("-3d", "unknown unit"),
             ("99999999999999999999s", "too large"),
+            ("99999999w", "too large (at most 36500d"),
+            ("36500d1s", "too large"),
         ];
+        assert_eq!(parse("36500d"), Ok(MAX));
         for (text, want) in table {
             let err = parse(text).expect_err(text).to_string();
             assert!(err.contains(want), "{text}: {err}");
