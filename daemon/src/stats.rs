@@ -128,23 +128,20 @@ pub struct StatsBuilder {
 
 impl StatsBuilder {
     pub fn add(&mut self, mut row: StatsRow) {
+        let delivery = row.delivery.take();
         if self.current.as_ref().map(|c| &c.case_id) != Some(&row.case_id) {
             self.finish_case();
-            self.current = Some(StatsRow {
-                delivery: None,
-                ..row.clone()
-            });
+            self.current = Some(row);
         }
-        if let Some(delivery) = row.delivery.take() {
-            self.touches.push(delivery);
-        }
+        self.touches.extend(delivery);
     }
 
     fn finish_case(&mut self) {
         let Some(case) = self.current.take() else {
             return;
         };
-        let deliveries = std::mem::take(&mut self.touches);
+        // Taken for the borrow, given back (emptied) to keep its allocation.
+        let mut deliveries = std::mem::take(&mut self.touches);
         let building = self
             .workflows
             .entry(case.workflow.clone())
@@ -163,12 +160,11 @@ impl StatsBuilder {
             case.amount.as_deref().and_then(minor_units),
             case.currency.as_deref(),
         ) {
-            *w.at_risk.entry(currency.to_uppercase()).or_default() += amount;
+            let currency = currency.to_uppercase();
             if recovered {
-                *w.recovered_amount
-                    .entry(currency.to_uppercase())
-                    .or_default() += amount;
+                *w.recovered_amount.entry(currency.clone()).or_default() += amount;
             }
+            *w.at_risk.entry(currency).or_default() += amount;
         }
         if recovered {
             building
@@ -202,21 +198,12 @@ impl StatsBuilder {
                     counts.pending += 1
                 }
             }
-        }
-        if let Some(index) = last_step
-            && let Some(step) = building.steps.get_mut(&index)
-        {
-            for d in deliveries
-                .iter()
-                .filter(before_recovery)
-                .filter(|d| d.step_index == index)
-            {
-                step.channels
-                    .entry(d.channel.clone())
-                    .or_default()
-                    .last_touch += 1;
+            if last_step == Some(d.step_index) && before_recovery(&d) {
+                counts.last_touch += 1;
             }
         }
+        deliveries.clear();
+        self.touches = deliveries;
     }
 
     pub fn finish(mut self) -> Stats {

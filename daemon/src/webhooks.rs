@@ -193,15 +193,18 @@ fn plain(status: StatusCode, text: impl Into<String>) -> Response {
 }
 
 impl Hooks {
-    /// The configured channels that use `plugin`.
-    fn channels_of(&self, plugin: &str) -> Vec<String> {
-        self.shared
-            .config()
-            .channels
-            .iter()
-            .filter(|(_, spec)| spec.plugin == plugin)
-            .map(|(name, _)| name.clone())
-            .collect()
+    /// `channel` and every other configured channel of its plugin (what an
+    /// inbound opt-out covers); `None` if `channel` is not configured.
+    fn kin(&self, channel: &str) -> Option<Vec<String>> {
+        let channels = self.shared.config().channels;
+        let plugin = &channels.get(channel)?.plugin;
+        Some(
+            channels
+                .iter()
+                .filter(|(_, spec)| &spec.plugin == plugin)
+                .map(|(name, _)| name.clone())
+                .collect(),
+        )
     }
 
     /// Checks a Twilio request and returns its parameters, or the answer
@@ -305,15 +308,16 @@ async fn twilio_inbound(
         );
     }
     let reason = format!("replied '{}' to {}", text.trim(), channel);
+    let kin = hooks.kin(&channel).unwrap_or_default();
     for customer in &customers {
-        for kin in hooks.channels_of("twilio") {
+        for kin in &kin {
             let done = match keyword {
                 Keyword::OptOut => engine
-                    .opt_out(customer, &kin, SMS_STOP, &reason)
+                    .opt_out(customer, kin, SMS_STOP, &reason)
                     .await
                     .map(|_| ()),
                 Keyword::OptIn => engine
-                    .opt_in(customer, &kin, Some(SMS_STOP))
+                    .opt_in(customer, kin, Some(SMS_STOP))
                     .await
                     .map(|_| ()),
             };
@@ -406,24 +410,24 @@ fn invalid_link() -> Response {
     )
 }
 
+type LinkQuery = Result<Query<UnsubscribeQuery>, axum::extract::rejection::QueryRejection>;
+
 impl Hooks {
-    fn check_link(&self, query: &Result<Query<UnsubscribeQuery>, impl std::fmt::Display>) -> bool {
-        match query {
-            Ok(Query(q)) => {
-                self.links.verify(&q.customer, &q.channel, &q.sig)
-                    && self.shared.config().channels.contains_key(&q.channel)
-            }
-            Err(_) => false,
+    /// A validly signed link for a configured channel: its query and the
+    /// channels it opts out of.
+    fn checked_link(&self, query: LinkQuery) -> Option<(UnsubscribeQuery, Vec<String>)> {
+        let Query(q) = query.ok()?;
+        if !self.links.verify(&q.customer, &q.channel, &q.sig) {
+            return None;
         }
+        let kin = self.kin(&q.channel)?;
+        Some((q, kin))
     }
 }
 
 /// Following the link only asks; the button posts back to the same URL.
-async fn unsubscribe_page(
-    State(hooks): State<Arc<Hooks>>,
-    query: Result<Query<UnsubscribeQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    if !hooks.check_link(&query) {
+async fn unsubscribe_page(State(hooks): State<Arc<Hooks>>, query: LinkQuery) -> Response {
+    if hooks.checked_link(query).is_none() {
         return invalid_link();
     }
     page(
@@ -436,27 +440,17 @@ async fn unsubscribe_page(
 }
 
 /// RFC 8058 one-click unsubscribe (and the page's button).
-async fn unsubscribe(
-    State(hooks): State<Arc<Hooks>>,
-    query: Result<Query<UnsubscribeQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    if !hooks.check_link(&query) {
-        return invalid_link();
-    }
-    let Ok(Query(q)) = query else {
+async fn unsubscribe(State(hooks): State<Arc<Hooks>>, query: LinkQuery) -> Response {
+    let Some((q, kin)) = hooks.checked_link(query) else {
         return invalid_link();
     };
-    let plugin = match hooks.shared.config().channels.get(&q.channel) {
-        Some(spec) => spec.plugin.clone(),
-        None => return invalid_link(),
-    };
-    for kin in hooks.channels_of(&plugin) {
+    for kin in &kin {
         if let Err(error) = hooks
             .shared
             .engine
             .opt_out(
                 &q.customer,
-                &kin,
+                kin,
                 UNSUBSCRIBE_LINK,
                 &format!("unsubscribed by the link of {}", q.channel),
             )

@@ -15,6 +15,7 @@
 //!   daemon `LISTEN`s and looks for due work at once, instead of at its next
 //!   poll.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::time::Duration;
@@ -370,32 +371,33 @@ impl Store for PostgresStore {
             let critical: i64 = row.try_get("critical")?;
             if let (Some(cap), Some(customer), 0) = (options.caps.get(&channel), customer, critical)
             {
-                let key = (customer, channel);
-                if !recent.contains_key(&key) {
-                    let (customer, channel) = &key;
-                    // Daemons claiming for the same customer and channel at
-                    // once take turns, so neither misses the other's sends.
-                    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-                        .bind(format!("cap:{customer}:{channel}"))
-                        .execute(&mut *tx)
+                let times = match recent.entry((customer, channel.clone())) {
+                    Entry::Occupied(known) => known.into_mut(),
+                    Entry::Vacant(first) => {
+                        let (customer, channel) = first.key();
+                        // Daemons claiming for the same customer and channel at
+                        // once take turns, so neither misses the other's sends.
+                        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                            .bind(format!("cap:{customer}:{channel}"))
+                            .execute(&mut *tx)
+                            .await?;
+                        let times: Vec<i64> = sqlx::query_scalar(
+                            "SELECT CASE WHEN status = 'sending' THEN $1 ELSE sent_ms END FROM deliveries
+                             WHERE customer_id = $2 AND channel = $3
+                               AND ((status = 'sent' AND sent_ms > $4) OR (status = 'sending' AND lease_expires_ms > $5))",
+                        )
+                        .bind(now_ms)
+                        .bind(customer)
+                        .bind(channel)
+                        .bind(now_ms - cap.per.as_millis() as i64)
+                        .bind(wall_ms)
+                        .fetch_all(&mut *tx)
                         .await?;
-                    let times: Vec<i64> = sqlx::query_scalar(
-                        "SELECT CASE WHEN status = 'sending' THEN $1 ELSE sent_ms END FROM deliveries
-                         WHERE customer_id = $2 AND channel = $3
-                           AND ((status = 'sent' AND sent_ms > $4) OR (status = 'sending' AND lease_expires_ms > $5))",
-                    )
-                    .bind(now_ms)
-                    .bind(customer)
-                    .bind(channel)
-                    .bind(now_ms - cap.per.as_millis() as i64)
-                    .bind(wall_ms)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                    recent.insert(key.clone(), times);
-                }
-                let times = recent.entry(key.clone()).or_default();
+                        first.insert(times)
+                    }
+                };
                 if let Some(until) = cap.next_allowed(times, now_ms) {
-                    held.push((id, until, cap.note(&key.1, until)));
+                    held.push((id, until, cap.note(&channel, until)));
                     continue;
                 }
             }

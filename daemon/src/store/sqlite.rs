@@ -12,6 +12,7 @@
 //! One database file belongs to one daemon, so at start every lease left in
 //! the file belongs to a process that is gone and is released at once.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
@@ -342,26 +343,27 @@ impl Store for SqliteStore {
             let critical: i64 = row.try_get("critical")?;
             if let (Some(cap), Some(customer), 0) = (options.caps.get(&channel), customer, critical)
             {
-                let key = (customer, channel);
-                if !recent.contains_key(&key) {
-                    let (customer, channel) = &key;
-                    let times: Vec<i64> = sqlx::query_scalar(
-                        "SELECT CASE WHEN status = 'sending' THEN ? ELSE sent_ms END FROM deliveries
-                         WHERE customer_id = ? AND channel = ?
-                           AND ((status = 'sent' AND sent_ms > ?) OR (status = 'sending' AND lease_expires_ms > ?))",
-                    )
-                    .bind(now_ms)
-                    .bind(customer)
-                    .bind(channel)
-                    .bind(now_ms - cap.per.as_millis() as i64)
-                    .bind(wall_ms)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                    recent.insert(key.clone(), times);
-                }
-                let times = recent.entry(key.clone()).or_default();
+                let times = match recent.entry((customer, channel.clone())) {
+                    Entry::Occupied(known) => known.into_mut(),
+                    Entry::Vacant(first) => {
+                        let (customer, channel) = first.key();
+                        let times: Vec<i64> = sqlx::query_scalar(
+                            "SELECT CASE WHEN status = 'sending' THEN ? ELSE sent_ms END FROM deliveries
+                             WHERE customer_id = ? AND channel = ?
+                               AND ((status = 'sent' AND sent_ms > ?) OR (status = 'sending' AND lease_expires_ms > ?))",
+                        )
+                        .bind(now_ms)
+                        .bind(customer)
+                        .bind(channel)
+                        .bind(now_ms - cap.per.as_millis() as i64)
+                        .bind(wall_ms)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                        first.insert(times)
+                    }
+                };
                 if let Some(until) = cap.next_allowed(times, now_ms) {
-                    held.push((id, until, cap.note(&key.1, until)));
+                    held.push((id, until, cap.note(&channel, until)));
                     continue;
                 }
             }
