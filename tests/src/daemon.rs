@@ -292,6 +292,28 @@ impl TestDaemon {
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
+    /// Sends billing events over the API (without waiting for their
+    /// deliveries) and returns what each did.
+    pub async fn send_events(&self, events: Vec<String>) -> Vec<dunningd::proto::EventResult> {
+        self.client()
+            .await
+            .send_events(dunningd::proto::SendEventsRequest { events })
+            .await
+            .expect("send events")
+            .into_inner()
+            .results
+    }
+
+    /// A case with its deliveries.
+    pub async fn case(&self, id: &str) -> dunningd::proto::CaseDetail {
+        self.client()
+            .await
+            .get_case(dunningd::proto::GetCaseRequest { id: id.into() })
+            .await
+            .expect("get case")
+            .into_inner()
+    }
+
     /// Moves the manual clock forward and waits until every delivery due by
     /// then has an outcome.
     pub async fn advance(&self, by: &str) {

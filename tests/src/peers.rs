@@ -28,6 +28,11 @@ async fn serve(router: Router) -> SocketAddr {
     addr
 }
 
+/// The account SID and auth token the suites give the twilio plugin and
+/// [`TwilioPeer`].
+pub const TWILIO_SID: &str = "AC00000000000000000000000000000001";
+pub const TWILIO_TOKEN: &str = "test-auth-token";
+
 /// A Twilio-compatible `Messages.json` endpoint.
 ///
 /// Checks HTTP basic auth and the form fields as Twilio documents them, and

@@ -12,8 +12,7 @@ use dunningd_e2e::daemon::{Setup, TestDaemon};
 use dunningd_e2e::peers::{TwilioPeer, WebhookPeer};
 use dunningd_plugin_api::wire::{DeliveryRequest, DeliveryResponse, Recipient};
 
-const SID: &str = "AC00000000000000000000000000000001";
-const TOKEN: &str = "test-auth-token";
+use dunningd_e2e::peers::{TWILIO_SID as SID, TWILIO_TOKEN as TOKEN};
 
 fn host(plugin: &str, settings: serde_json::Value) -> PluginHost {
     let host = PluginHost::new(dunningd_e2e::plugin_dir().to_path_buf());

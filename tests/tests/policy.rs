@@ -8,8 +8,7 @@ use dunningd::proto;
 use dunningd_e2e::daemon::{Backend, Setup, TestDaemon};
 use dunningd_e2e::peers::TwilioPeer;
 
-const SID: &str = "AC00000000000000000000000000000001";
-const TOKEN: &str = "test-auth-token";
+use dunningd_e2e::peers::{TWILIO_SID as SID, TWILIO_TOKEN as TOKEN};
 
 /// Email first; an SMS reminder on day 3 (only for amounts of 50.00 and
 /// more) that falls back to email; a final notice on day 7 that may go out
@@ -51,33 +50,15 @@ fn event(id: &str, customer: &str, phone: &str, amount: u64) -> String {
 }
 
 async fn start_case(daemon: &TestDaemon, event: String) -> String {
-    let results = daemon
-        .client()
-        .await
-        .send_events(proto::SendEventsRequest {
-            events: vec![event],
-        })
-        .await
-        .expect("send")
-        .into_inner()
-        .results;
+    let results = daemon.send_events(vec![event]).await;
     assert_eq!(results[0].cases_started.len(), 1, "{results:?}");
     results[0].cases_started[0].clone()
 }
 
-async fn case(daemon: &TestDaemon, id: &str) -> proto::CaseDetail {
-    daemon
-        .client()
-        .await
-        .get_case(proto::GetCaseRequest { id: id.into() })
-        .await
-        .expect("case")
-        .into_inner()
-}
-
 /// `(step, channel, status, reason or error)` of every delivery of a case.
 async fn timeline(daemon: &TestDaemon, id: &str) -> Vec<(String, String, String, String)> {
-    case(daemon, id)
+    daemon
+        .case(id)
         .await
         .deliveries
         .iter()
@@ -190,7 +171,7 @@ async fn a_permanent_sms_failure_falls_back_to_email_and_conditions_and_expiry_h
             .any(|(_, text)| text == "Final notice")
     );
     assert_eq!(
-        case(&daemon, &fine).await.case.expect("case").state,
+        daemon.case(&fine).await.case.expect("case").state,
         "exhausted"
     );
 }
@@ -294,7 +275,8 @@ async fn a_window_moves_a_step_across_the_weekend_and_the_channel_window_narrows
     // Friday 2026-01-09 16:30 Berlin: the reminder is due Saturday 16:30.
     set_clock(&daemon, "2026-01-09T15:30:00Z").await;
     let id = start_case(&daemon, event("e1", "cus_1", "+447700900123", 100)).await;
-    let planned: Vec<(String, String, String)> = case(&daemon, &id)
+    let planned: Vec<(String, String, String)> = daemon
+        .case(&id)
         .await
         .deliveries
         .iter()
@@ -329,7 +311,8 @@ async fn a_window_moves_a_step_across_the_weekend_and_the_channel_window_narrows
     // 09:00.
     set_clock(&daemon, "2026-01-15T15:30:00Z").await;
     let late = start_case(&daemon, event("e2", "cus_2", "+447700900124", 100)).await;
-    let planned: Vec<(String, String)> = case(&daemon, &late)
+    let planned: Vec<(String, String)> = daemon
+        .case(&late)
         .await
         .deliveries
         .iter()
@@ -377,7 +360,8 @@ async fn windows_follow_the_customers_daylight_saving_changes() {
         })
         .to_string();
         let id = start_case(&daemon, event).await;
-        let email = case(&daemon, &id)
+        let email = daemon
+            .case(&id)
             .await
             .deliveries
             .into_iter()
@@ -385,7 +369,8 @@ async fn windows_follow_the_customers_daylight_saving_changes() {
             .expect("email");
         assert_eq!(email.planned_at, want, "{zone} from {start}");
         set_clock(&daemon, want).await;
-        let sent = case(&daemon, &id)
+        let sent = daemon
+            .case(&id)
             .await
             .deliveries
             .into_iter()
@@ -460,7 +445,8 @@ async fn a_frequency_cap_spans_workflows_and_defers_what_exceeds_it(backend: Bac
     set_clock(&daemon, "2026-03-02T10:00:00Z").await;
     assert_eq!(subjects("cus_1").len(), 2);
     assert_eq!(subjects("cus_2"), ["Payment notice", "Payment reminder"]);
-    let reminder = case(&daemon, &payment)
+    let reminder = daemon
+        .case(&payment)
         .await
         .deliveries
         .into_iter()
@@ -548,18 +534,18 @@ async fn a_provider_that_stays_down_hands_over_to_the_backup_after_its_retries()
             .collect::<Vec<_>>()
     };
     assert_eq!(
-        attempts(&case(&daemon, &id).await),
+        attempts(&daemon.case(&id).await),
         [("email".to_string(), "retrying".to_string(), 1)]
     );
     // Backoff doubles with ±20 % jitter: 10m, then 20m.
     set_clock(&daemon, "2026-03-02T09:13:00Z").await;
     assert_eq!(
-        attempts(&case(&daemon, &id).await),
+        attempts(&daemon.case(&id).await),
         [("email".to_string(), "retrying".to_string(), 2)]
     );
     assert!(backup.messages().is_empty());
     set_clock(&daemon, "2026-03-02T09:45:00Z").await;
-    let detail = case(&daemon, &id).await;
+    let detail = daemon.case(&id).await;
     assert_eq!(
         attempts(&detail),
         [

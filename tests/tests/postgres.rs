@@ -33,17 +33,6 @@ fn setup(backend: &Backend) -> Setup {
     setup
 }
 
-async fn send(daemon: &TestDaemon, events: Vec<String>) -> Vec<proto::EventResult> {
-    daemon
-        .client()
-        .await
-        .send_events(proto::SendEventsRequest { events })
-        .await
-        .expect("send events")
-        .into_inner()
-        .results
-}
-
 /// Moves a daemon's manual clock without waiting for anything.
 async fn move_clock(daemon: &TestDaemon, by: &str) {
     daemon
@@ -214,7 +203,8 @@ async fn three_daemons_share_the_work_and_survive_one_killed_mid_run() {
             )
         })
         .collect();
-    let recovered: usize = send(&daemons[2], paid)
+    let recovered: usize = daemons[2]
+        .send_events(paid)
         .await
         .iter()
         .map(|r| r.cases_recovered.len())
@@ -355,7 +345,7 @@ async fn losing_the_database_makes_the_daemon_unhealthy_until_it_recovers_by_its
             })
             .collect()
     };
-    send(&daemon, events("a")).await;
+    daemon.send_events(events("a")).await;
     wait_for_sent(&[&daemon], 20, "before the outage").await;
     assert_eq!(health(&daemon).await, Some(ServingStatus::Serving));
 
@@ -377,7 +367,7 @@ async fn losing_the_database_makes_the_daemon_unhealthy_until_it_recovers_by_its
     wait_for_health(&daemon, ServingStatus::Serving).await;
     wait_for_sent(&[&daemon], 30, "reminders due during the outage").await;
     // The refused events can be sent again, and start their cases now.
-    let results = send(&daemon, events("b")).await;
+    let results = daemon.send_events(events("b")).await;
     assert!(
         results.iter().all(|r| r.cases_started.len() == 1),
         "{results:?}"
@@ -466,11 +456,9 @@ async fn a_case_runs_its_own_version_on_daemons_that_never_loaded_it() {
     let empty = TestDaemon::start(empty).await;
 
     // Started on the first daemon, whose clock then stands still.
-    let results = send(
-        &starter,
-        vec![event("e1", "payment_failed", "cus_1", "inv_1", 4900)],
-    )
-    .await;
+    let results = starter
+        .send_events(vec![event("e1", "payment_failed", "cus_1", "inv_1", 4900)])
+        .await;
     assert_eq!(results[0].cases_started.len(), 1, "{results:?}");
     let all = [&starter, &newer, &empty];
     wait_for_sent(&all, 2, "first step").await;

@@ -21,27 +21,6 @@ on_both_backends!(
     pause_holds_the_sequence_and_resume_continues_it,
 );
 
-async fn send(daemon: &TestDaemon, events: Vec<String>) -> Vec<proto::EventResult> {
-    daemon
-        .client()
-        .await
-        .send_events(proto::SendEventsRequest { events })
-        .await
-        .expect("send events")
-        .into_inner()
-        .results
-}
-
-async fn case(daemon: &TestDaemon, id: &str) -> proto::CaseDetail {
-    daemon
-        .client()
-        .await
-        .get_case(proto::GetCaseRequest { id: id.into() })
-        .await
-        .expect("get case")
-        .into_inner()
-}
-
 fn channels_sent(deliveries: &[Value]) -> Vec<String> {
     deliveries
         .iter()
@@ -63,11 +42,9 @@ async fn a_payment_failed_sequence_runs_fourteen_days_in_moments(backend: Backen
             .on(&backend),
     )
     .await;
-    let results = send(
-        &daemon,
-        vec![event("e1", "payment_failed", "cus_1", "inv_1", 4900)],
-    )
-    .await;
+    let results = daemon
+        .send_events(vec![event("e1", "payment_failed", "cus_1", "inv_1", 4900)])
+        .await;
     assert_eq!(results[0].cases_started.len(), 1, "{results:?}");
     let case_id = results[0].cases_started[0].clone();
 
@@ -114,7 +91,7 @@ async fn a_payment_failed_sequence_runs_fourteen_days_in_moments(backend: Backen
         "every delivery has its own idempotency key"
     );
 
-    let detail = case(&daemon, &case_id).await;
+    let detail = daemon.case(&case_id).await;
     let state = detail.case.as_ref().map(|c| c.state.clone());
     assert_eq!(state.as_deref(), Some("exhausted"));
     assert!(
@@ -140,25 +117,27 @@ async fn payment_ends_the_case_and_nothing_more_is_sent(backend: Backend) {
             .on(&backend),
     )
     .await;
-    let started = send(
-        &daemon,
-        vec![event("f1", "payment_failed", "cus_1", "inv_1", 4900)],
-    )
-    .await;
+    let started = daemon
+        .send_events(vec![event("f1", "payment_failed", "cus_1", "inv_1", 4900)])
+        .await;
     let case_id = started[0].cases_started[0].clone();
     daemon.settle().await;
     daemon.advance("1d").await;
 
-    let paid = send(
-        &daemon,
-        vec![event("p1", "payment_succeeded", "cus_1", "inv_1", 4900)],
-    )
-    .await;
+    let paid = daemon
+        .send_events(vec![event(
+            "p1",
+            "payment_succeeded",
+            "cus_1",
+            "inv_1",
+            4900,
+        )])
+        .await;
     assert_eq!(paid[0].cases_recovered, vec![case_id.clone()]);
     daemon.advance("20d").await;
 
     assert_eq!(daemon.deliveries().len(), 2, "only the first step went out");
-    let detail = case(&daemon, &case_id).await;
+    let detail = daemon.case(&case_id).await;
     assert_eq!(
         detail.case.as_ref().map(|c| c.state.as_str()),
         Some("recovered")
@@ -176,7 +155,7 @@ async fn payment_ends_the_case_and_nothing_more_is_sent(backend: Backend) {
     let mut stale: Value =
         serde_json::from_str(&event("f0", "payment_failed", "cus_1", "inv_1", 4900)).expect("json");
     stale["occurred_at"] = "2025-12-31T00:00:00Z".into();
-    let results = send(&daemon, vec![stale.to_string()]).await;
+    let results = daemon.send_events(vec![stale.to_string()]).await;
     assert!(results[0].cases_started.is_empty(), "{results:?}");
 }
 
@@ -188,15 +167,13 @@ async fn repeated_event_ids_and_unmatched_conditions_start_nothing(backend: Back
     )
     .await;
     let first = event("e1", "payment_failed", "cus_1", "inv_1", 4900);
-    let results = send(
-        &daemon,
-        vec![
+    let results = daemon
+        .send_events(vec![
             first.clone(),
             first.clone(),
             event("small", "payment_failed", "cus_2", "inv_2", 100),
-        ],
-    )
-    .await;
+        ])
+        .await;
     assert_eq!(results.len(), 3);
     assert_eq!(results[0].cases_started.len(), 1);
     assert!(results[1].duplicate, "{results:?}");
@@ -204,7 +181,7 @@ async fn repeated_event_ids_and_unmatched_conditions_start_nothing(backend: Back
         results[2].cases_started.is_empty(),
         "amount 100 is below the trigger condition"
     );
-    let again = send(&daemon, vec![first]).await;
+    let again = daemon.send_events(vec![first]).await;
     assert!(again[0].duplicate);
 
     // The same through dunningctl, from a JSON-lines file.
@@ -258,7 +235,7 @@ async fn kill_9_between_steps_loses_nothing_and_repeats_nothing(backend: Backend
             )
         })
         .collect();
-    send(&daemon, events).await;
+    daemon.send_events(events).await;
     daemon.settle().await;
     assert_eq!(daemon.deliveries().len(), 40);
 
@@ -306,7 +283,7 @@ async fn kill_9_right_after_the_acknowledgement_loses_nothing(backend: Backend) 
             )
         })
         .collect();
-    let results = send(&daemon, events).await;
+    let results = daemon.send_events(events).await;
     assert_eq!(
         results
             .iter()
@@ -336,13 +313,11 @@ async fn a_panicking_plugin_fails_its_delivery_and_the_daemon_carries_on() {
             "{ plugin: testkit, settings: { behaviour: panic, record: '{dir}/calls.jsonl' } }",
         );
     let daemon = TestDaemon::start(setup).await;
-    let results = send(
-        &daemon,
-        vec![event("e1", "payment_failed", "cus_1", "inv_1", 4900)],
-    )
-    .await;
+    let results = daemon
+        .send_events(vec![event("e1", "payment_failed", "cus_1", "inv_1", 4900)])
+        .await;
     daemon.settle().await;
-    let detail = case(&daemon, &results[0].cases_started[0]).await;
+    let detail = daemon.case(&results[0].cases_started[0]).await;
     let email = detail
         .deliveries
         .iter()
@@ -376,19 +351,17 @@ async fn a_hanging_plugin_is_bounded_by_its_deadline_and_its_concurrency() {
         .workflow("payment-failed.yaml", WORKFLOW)
         .channel("email", "{ plugin: testkit, timeout: 1s, concurrency: 1, max_attempts: 1, settings: { behaviour: hang, hang_secs: 600, record: '{dir}/calls.jsonl' } }");
     let mut daemon = TestDaemon::start(setup).await;
-    let results = send(
-        &daemon,
-        vec![
+    let results = daemon
+        .send_events(vec![
             event("e1", "payment_failed", "cus_1", "inv_1", 4900),
             event("e2", "payment_failed", "cus_2", "inv_2", 4900),
-        ],
-    )
-    .await;
+        ])
+        .await;
     daemon.settle().await;
 
     let mut errors = Vec::new();
     for result in &results {
-        let detail = case(&daemon, &result.cases_started[0]).await;
+        let detail = daemon.case(&result.cases_started[0]).await;
         let email = detail
             .deliveries
             .iter()
@@ -552,11 +525,9 @@ async fn bad_api_calls_get_clear_errors_and_change_nothing() {
     }
 
     // A finished case refuses to resume.
-    let started = send(
-        &daemon,
-        vec![event("e1", "payment_failed", "cus_1", "inv_1", 4900)],
-    )
-    .await;
+    let started = daemon
+        .send_events(vec![event("e1", "payment_failed", "cus_1", "inv_1", 4900)])
+        .await;
     let id = started[0].cases_started[0].clone();
     client
         .cancel_case(proto::CaseRef { id: id.clone() })
@@ -585,11 +556,9 @@ async fn pause_holds_the_sequence_and_resume_continues_it(backend: Backend) {
             .on(&backend),
     )
     .await;
-    let results = send(
-        &daemon,
-        vec![event("e1", "payment_failed", "cus_1", "inv_1", 4900)],
-    )
-    .await;
+    let results = daemon
+        .send_events(vec![event("e1", "payment_failed", "cus_1", "inv_1", 4900)])
+        .await;
     let id = results[0].cases_started[0].clone();
     daemon.settle().await;
     daemon.ctl_ok(&["cases", "pause", &id]);
@@ -610,11 +579,9 @@ async fn pause_holds_the_sequence_and_resume_continues_it(backend: Backend) {
 async fn sigterm_stops_cleanly() {
     let mut daemon =
         TestDaemon::start(Setup::default().workflow("payment-failed.yaml", WORKFLOW)).await;
-    send(
-        &daemon,
-        vec![event("e1", "payment_failed", "cus_1", "inv_1", 4900)],
-    )
-    .await;
+    daemon
+        .send_events(vec![event("e1", "payment_failed", "cus_1", "inv_1", 4900)])
+        .await;
     daemon.settle().await;
     let status = daemon.terminate().await;
     assert!(status.success(), "exit status {status}:\n{}", daemon.log());

@@ -7,13 +7,9 @@ use dunningd_e2e::daemon::{Backend, Setup, TestDaemon};
 use dunningd_e2e::fixtures::{WORKFLOW, event};
 use dunningd_e2e::on_both_backends;
 
+/// Sends events and waits for what they made due.
 async fn send(daemon: &TestDaemon, events: Vec<String>) {
-    daemon
-        .client()
-        .await
-        .send_events(proto::SendEventsRequest { events })
-        .await
-        .expect("send");
+    daemon.send_events(events).await;
     daemon.settle().await;
 }
 

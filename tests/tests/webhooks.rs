@@ -8,8 +8,7 @@ use dunningd_e2e::daemon::{Setup, TestDaemon};
 use dunningd_e2e::free_port;
 use dunningd_e2e::peers::{SmtpPeer, TwilioPeer, post_as_twilio};
 
-const SID: &str = "AC00000000000000000000000000000001";
-const TOKEN: &str = "test-auth-token";
+use dunningd_e2e::peers::{TWILIO_SID as SID, TWILIO_TOKEN as TOKEN};
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
 /// An SMS now that falls back to email, and another in three days.
@@ -71,13 +70,9 @@ async fn start(twilio: &TwilioPeer, email: &str) -> (TestDaemon, String, tempfil
 
 const LOG_EMAIL: &str = "{ plugin: log, settings: { path: '{dir}/deliveries.jsonl' } }";
 
+/// Sends events and waits for what they made due.
 async fn send(daemon: &TestDaemon, events: Vec<String>) {
-    daemon
-        .client()
-        .await
-        .send_events(proto::SendEventsRequest { events })
-        .await
-        .expect("send events");
+    daemon.send_events(events).await;
     daemon.settle().await;
 }
 
