@@ -19,9 +19,9 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 /// Channels on the log plugin with a short timeout, and a lease short enough
-/// that a killed daemon's claims pass to the others within seconds, yet long
-/// enough for a debug build to work through a claimed batch on a busy
-/// machine (a lease that runs out mid-batch lets another daemon send again).
+/// that a killed daemon's claims pass to the others within seconds. (A batch
+/// that takes longer than one lease keeps it by renewal; see
+/// `a_batch_that_outlasts_its_lease_is_not_sent_twice`.)
 fn setup(backend: &Backend) -> Setup {
     let mut setup = Setup::default()
         .workflow("payment-failed.yaml", WORKFLOW)
@@ -29,7 +29,7 @@ fn setup(backend: &Backend) -> Setup {
     for yaml in setup.channels.values_mut() {
         *yaml = "{ plugin: log, timeout: 1s, settings: { path: '{dir}/deliveries.jsonl' } }".into();
     }
-    setup.extra_config = "scheduler:\n  lease: 10s\n".into();
+    setup.extra_config = "scheduler:\n  lease: 4s\n".into();
     setup
 }
 
@@ -263,6 +263,113 @@ async fn three_daemons_share_the_work_and_survive_one_killed_mid_run() {
         sent.len(),
         held.len()
     );
+}
+
+/// A daemon that claims more than it can send within one lease (a slow
+/// provider, one connection) keeps renewing the lease while the claims wait
+/// for the channel, so the other daemon never takes over and sends the same
+/// messages again, and the claiming daemon never has to hand any back.
+#[tokio::test]
+async fn a_batch_that_outlasts_its_lease_is_not_sent_twice() {
+    let Some(backend) = Backend::postgres().await else {
+        return;
+    };
+    const SLOW: &str = r#"
+name: slow-provider
+trigger: { event: payment_failed }
+exit_on: [payment_succeeded]
+steps:
+  - name: notice
+    after: 0s
+    send:
+      - { channel: email, template: notice }
+templates:
+  notice: { subject: "Payment failed", text: "Please update your card." }
+"#;
+    const CASES: usize = 6;
+    let mut daemons = Vec::new();
+    for _ in 0..2 {
+        let mut setup = setup(&backend);
+        setup.workflows.clear();
+        let setup = setup
+            .workflow("slow.yaml", SLOW)
+            .channel(
+                "email",
+                "{ plugin: testkit, timeout: 1s, concurrency: 1, settings: { delay_ms: 500, record: '{dir}/calls.jsonl' } }",
+            );
+        // Six sends of 500 ms one at a time take 3 s: one and a half leases.
+        let setup = Setup {
+            extra_config: "scheduler:\n  lease: 2s\n".into(),
+            ..setup
+        };
+        daemons.push(TestDaemon::start(setup).await);
+    }
+    let events = (0..CASES)
+        .map(|i| {
+            event(
+                &format!("e{i}"),
+                "payment_failed",
+                &format!("cus_{i}"),
+                &format!("inv_{i}"),
+                1000,
+            )
+        })
+        .collect();
+    let started: usize = daemons[0]
+        .send_events(events)
+        .await
+        .iter()
+        .map(|r| r.cases_started.len())
+        .sum();
+    assert_eq!(started, CASES);
+
+    let calls = || {
+        let mut by_key: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, daemon) in daemons.iter().enumerate() {
+            for call in dunningd_e2e::daemon::read_jsonl(&daemon.path("calls.jsonl")) {
+                let key = call["idempotency_key"].as_str().unwrap_or_default();
+                by_key.entry(key.to_string()).or_default().push(i);
+            }
+        }
+        by_key
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while calls().len() < CASES {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {CASES} sent after 60s:\n{}\n---\n{}",
+            calls().len(),
+            daemons[0].log(),
+            daemons[1].log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for daemon in &daemons {
+        daemon.settle().await;
+    }
+    assert_eq!(cases_in(&daemons[1], "exhausted").await.len(), CASES);
+    let calls = calls();
+    let twice: Vec<_> = calls.iter().filter(|(_, by)| by.len() > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "sent more than once (by daemon): {twice:?}\n{}\n---\n{}",
+        daemons[0].log(),
+        daemons[1].log()
+    );
+    let per_daemon: Vec<usize> = (0..2)
+        .map(|i| calls.values().filter(|by| by[0] == i).count())
+        .collect();
+    assert!(
+        per_daemon.contains(&CASES),
+        "one daemon claimed the batch and sent all of it: {per_daemon:?}"
+    );
+    for daemon in &daemons {
+        assert!(
+            !daemon.log().contains("handing it back"),
+            "a renewed lease leaves room for every call:\n{}",
+            daemon.log()
+        );
+    }
 }
 
 /// Waits until some deliveries are claimed and being sent, and returns their

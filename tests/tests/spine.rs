@@ -385,7 +385,7 @@ async fn a_hanging_plugin_is_bounded_by_its_deadline_and_its_concurrency() {
     );
     assert!(
         has(
-            "gave up after 1 attempts: channel 'email' is saturated: all 1 slots still busy after 1s"
+            "gave up after 1 attempts: channel 'email' is stuck: all 1 slots busy and no call returned within 1s"
         ),
         "{errors:?}"
     );

@@ -7,10 +7,17 @@
 //! costs a few transactions, not one each. The loop sleeps until the next due
 //! time, a wake-up, or a short cap (leases of other processes expire in
 //! wall-clock time, which no wake-up announces).
+//!
+//! A claim's lease is renewed while the claim is in flight (waiting for a
+//! channel slot, being sent, or sent and waiting for its outcome's commit),
+//! so a batch that takes longer than one lease is not taken over and sent
+//! again by another daemon. Should renewal fail (this daemon lost the
+//! database), a delivery whose lease would run out before its channel's
+//! timeout is not sent at all but handed back.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use dunningd_plugin_api::wire::{DeliveryRequest, DeliveryResponse, Recipient};
@@ -67,6 +74,69 @@ pub struct Scheduler {
     store_ok: watch::Sender<bool>,
     /// Signs each message's `unsubscribe_url` (with `webhooks:` configured).
     links: Option<Links>,
+    /// The claims this process holds and still owes an outcome for.
+    held: Held,
+    /// The longest channel timeout: leases are renewed often enough that a
+    /// call of that length still fits in what is left of them.
+    longest_timeout: RwLock<Duration>,
+}
+
+/// The claims a process holds and has not recorded an outcome for yet, each
+/// with the instant its lease is known to last until. That instant is
+/// measured from before the statement that set the lease, so it is never
+/// later than the expiry the database holds.
+#[derive(Default)]
+struct Held(Mutex<HashMap<String, Instant>>);
+
+impl Held {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records new claims, or extends held ones, until `until`.
+    fn hold<'a>(&self, ids: impl IntoIterator<Item = &'a String>, until: Instant) {
+        let mut map = self.map();
+        for id in ids {
+            map.insert(id.clone(), until);
+        }
+    }
+
+    /// Extends the renewed claims; a held claim that was not renewed has
+    /// lost its lease (or its outcome was committed meanwhile): it must not
+    /// be sent.
+    fn renewed(&self, asked: &[String], renewed: &[String], until: Instant) -> usize {
+        let renewed: std::collections::HashSet<&String> = renewed.iter().collect();
+        let mut map = self.map();
+        let mut lost = 0;
+        for id in asked {
+            if let Some(held_until) = map.get_mut(id) {
+                if renewed.contains(id) {
+                    *held_until = until;
+                } else {
+                    *held_until = Instant::now();
+                    lost += 1;
+                }
+            }
+        }
+        lost
+    }
+
+    fn until(&self, id: &str) -> Instant {
+        self.map().get(id).copied().unwrap_or_else(Instant::now)
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.map().keys().cloned().collect()
+    }
+
+    fn release<'a>(&self, ids: impl IntoIterator<Item = &'a String>) {
+        let mut map = self.map();
+        for id in ids {
+            map.remove(id);
+        }
+    }
 }
 
 impl Scheduler {
@@ -85,6 +155,8 @@ impl Scheduler {
             heartbeat: watch::Sender::new(Utc::now()),
             store_ok: watch::Sender::new(true),
             links: None,
+            held: Held::default(),
+            longest_timeout: RwLock::new(Duration::ZERO),
         }
     }
 
@@ -127,6 +199,25 @@ impl Scheduler {
             Ok(mut guard) => *guard = Arc::new(caps),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(caps),
         }
+        let longest = channels.values().map(|spec| spec.timeout).max();
+        match self.longest_timeout.write() {
+            Ok(mut guard) => *guard = longest.unwrap_or_default(),
+            Err(poisoned) => *poisoned.into_inner() = longest.unwrap_or_default(),
+        }
+    }
+
+    /// How often in-flight leases are renewed: three times a lease, and
+    /// three times in the margin between the lease and the longest channel
+    /// timeout, so that a healthy renewal always leaves room for a call.
+    fn renewal_interval(&self) -> Duration {
+        let longest = match self.longest_timeout.read() {
+            Ok(guard) => *guard,
+            Err(poisoned) => *poisoned.into_inner(),
+        };
+        let lease = self.config.lease;
+        (lease / 3)
+            .min(lease.saturating_sub(longest) / 3)
+            .max(Duration::from_millis(50))
     }
 
     fn caps(&self) -> BTreeMap<String, FrequencyCap> {
@@ -153,6 +244,7 @@ impl Scheduler {
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(self.clone().write_completions(done_rx));
+        let renewer = tokio::spawn(self.clone().renew_leases());
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let mut tasks = JoinSet::new();
         let mut options = ClaimOptions {
@@ -169,8 +261,13 @@ impl Scheduler {
             while tasks.try_join_next().is_some() {}
             let now = self.engine.clock().now();
             options.caps = self.caps();
+            let asked = Instant::now();
             let claimed = match self.engine.store().claim_due(now, &options).await {
                 Ok(claimed) => {
+                    self.held.hold(
+                        claimed.iter().map(|c| &c.delivery_id),
+                        asked + options.lease,
+                    );
                     if failures > 0 {
                         tracing::info!(failures, "the database answers again; claiming resumes");
                     }
@@ -261,6 +358,40 @@ impl Scheduler {
                 );
             }
         }
+        renewer.abort();
+    }
+
+    /// Keeps the leases of in-flight claims alive until the scheduler stops.
+    async fn renew_leases(self: Arc<Self>) {
+        let lease = self.config.lease;
+        loop {
+            tokio::time::sleep(self.renewal_interval()).await;
+            let ids = self.held.ids();
+            if ids.is_empty() {
+                continue;
+            }
+            let asked = Instant::now();
+            match self
+                .engine
+                .store()
+                .renew_leases(&self.owner, &ids, lease)
+                .await
+            {
+                Ok(renewed) => {
+                    let lost = self.held.renewed(&ids, &renewed, asked + lease);
+                    if lost > 0 {
+                        tracing::debug!(
+                            deliveries = lost,
+                            "claims not renewed: recorded meanwhile, or their lease was lost"
+                        );
+                    }
+                }
+                Err(error) => tracing::error!(
+                    %error, deliveries = ids.len(),
+                    "cannot renew the leases of in-flight deliveries; those whose lease runs out will not be sent"
+                ),
+            }
+        }
     }
 
     /// Commits outcomes in batches until every sender is gone. A failed
@@ -283,6 +414,7 @@ impl Scheduler {
                     .await
                 {
                     Ok(lost) => {
+                        self.held.release(batch.iter().map(|(id, _)| id));
                         self.store_ok
                             .send_if_modified(|ok| !std::mem::replace(ok, true));
                         for id in lost {
@@ -458,7 +590,18 @@ impl Scheduler {
             data: event.data.clone(),
             subject: event.subject.clone(),
         };
-        let response = self.plugins.send(request).await;
+        let id = &claimed.delivery_id;
+        let Some(response) = self
+            .plugins
+            .send_within(request, || self.held.until(id))
+            .await
+        else {
+            tracing::warn!(
+                delivery = %id, channel = %claimed.channel,
+                "not sending: the claim's lease would run out before the channel's timeout (its renewal failed); handing it back"
+            );
+            return Completion::Defer { at: now };
+        };
         let completion = self.decide(&claimed, response, fallback);
         match &completion {
             Completion::Sent { receipt } => tracing::info!(
@@ -538,6 +681,30 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_claims_are_extended_only_when_renewed() {
+        let held = Held::default();
+        let (a, b, gone) = ("a".to_string(), "b".to_string(), "gone".to_string());
+        let start = Instant::now();
+        held.hold([&a, &b], start + Duration::from_secs(10));
+        let later = start + Duration::from_secs(60);
+        // `gone` was recorded meanwhile: it is neither held nor counted lost.
+        let lost = held.renewed(
+            &[a.clone(), b.clone(), gone.clone()],
+            std::slice::from_ref(&a),
+            later,
+        );
+        assert_eq!(lost, 1);
+        assert_eq!(held.until(&a), later);
+        assert!(
+            held.until(&b) <= Instant::now(),
+            "a lost lease allows no call"
+        );
+        held.release([&a, &b]);
+        assert!(held.ids().is_empty());
+        assert!(held.until(&a) <= Instant::now());
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_and_is_capped() {

@@ -17,8 +17,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dunningd_plugin_api::wire::{ChannelConfig, DeliveryRequest, DeliveryResponse};
 use tokio::sync::Semaphore;
@@ -65,6 +66,9 @@ struct OpenChannel {
     limit: Arc<Semaphore>,
     concurrency: usize,
     timeout: Duration,
+    /// Calls that have returned so far (however late): shows whether a
+    /// channel whose slots are all busy is slow or stuck.
+    returned: Arc<AtomicU64>,
 }
 
 pub struct PluginHost {
@@ -152,6 +156,7 @@ impl PluginHost {
                     limit: Arc::new(Semaphore::new(spec.concurrency)),
                     concurrency: spec.concurrency,
                     timeout: spec.timeout,
+                    returned: Arc::new(AtomicU64::new(0)),
                 },
             );
         }
@@ -192,51 +197,81 @@ impl PluginHost {
             .collect()
     }
 
-    /// Sends one delivery on its channel. Never panics, never waits past the
-    /// channel's timeout (twice: once for a free slot, once for the call).
+    /// Sends one delivery on its channel. Never panics. Waits for a free
+    /// slot for as long as the channel makes progress (some call returns
+    /// within each timeout; a burst larger than the channel's concurrency
+    /// is queued, not failed), then gives the call the channel's timeout.
+    /// A channel whose every slot stays busy for a whole timeout is stuck
+    /// (its plugin hangs): the delivery is retried later.
     pub async fn send(&self, request: DeliveryRequest) -> DeliveryResponse {
+        let unbounded = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
+        self.send_within(request, || unbounded)
+            .await
+            .unwrap_or_else(|| DeliveryResponse::Retryable {
+                error: "not sent: no time left".into(),
+                retry_after_secs: None,
+            })
+    }
+
+    /// [`PluginHost::send`] for a claim under a lease: `must_end_by` tells,
+    /// once a slot is free, by when the call must be over (the claim's lease,
+    /// which may have been renewed while waiting). If the channel's timeout
+    /// no longer fits before it, the plugin is not called and `None` is
+    /// returned, so that no message goes out under a lease another daemon
+    /// may take over.
+    pub async fn send_within(
+        &self,
+        request: DeliveryRequest,
+        must_end_by: impl Fn() -> Instant,
+    ) -> Option<DeliveryResponse> {
         let channels = self.current();
         let Some(channel) = channels.get(&request.channel) else {
-            return DeliveryResponse::Permanent {
+            return Some(DeliveryResponse::Permanent {
                 error: format!("channel '{}' is not configured", request.channel),
-            };
+            });
         };
         let plugin = channel.library.name.clone();
-        let permit = match tokio::time::timeout(
-            channel.timeout,
-            channel.limit.clone().acquire_owned(),
-        )
-        .await
-        {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) | Err(_) => {
-                // Not sent at all: safe to retry.
-                return DeliveryResponse::Retryable {
-                    error: format!(
-                        "channel '{}' is saturated: all {} slots still busy after {}",
-                        request.channel,
-                        channel.concurrency,
-                        crate::duration::format(channel.timeout)
-                    ),
-                    retry_after_secs: None,
-                };
+        let permit = loop {
+            let returned = channel.returned.load(Ordering::Relaxed);
+            match tokio::time::timeout(channel.timeout, channel.limit.clone().acquire_owned()).await
+            {
+                Ok(Ok(permit)) => break permit,
+                Err(_) if channel.returned.load(Ordering::Relaxed) != returned => continue,
+                Ok(Err(_)) | Err(_) => {
+                    // Not sent at all: safe to retry.
+                    return Some(DeliveryResponse::Retryable {
+                        error: format!(
+                            "channel '{}' is stuck: all {} slots busy and no call returned within {}",
+                            request.channel,
+                            channel.concurrency,
+                            crate::duration::format(channel.timeout)
+                        ),
+                        retry_after_secs: None,
+                    });
+                }
             }
         };
+        if Instant::now() + channel.timeout > must_end_by() {
+            return None;
+        }
         let json = match serde_json::to_vec(&request) {
             Ok(json) => json,
             Err(e) => {
-                return DeliveryResponse::Permanent {
+                return Some(DeliveryResponse::Permanent {
                     error: format!("cannot encode the request: {e}"),
-                };
+                });
             }
         };
         let raw = channel.raw.clone();
+        let returned = channel.returned.clone();
         let call = tokio::task::spawn_blocking(move || {
             // The slot is held until the plugin returns, however late.
             let _permit = permit;
-            raw.send(&json)
+            let result = raw.send(&json);
+            returned.fetch_add(1, Ordering::Relaxed);
+            result
         });
-        match tokio::time::timeout(channel.timeout, call).await {
+        Some(match tokio::time::timeout(channel.timeout, call).await {
             Err(_) => DeliveryResponse::Unknown {
                 error: format!(
                     "plugin '{plugin}' did not answer within {}; the message may have gone out",
@@ -247,7 +282,7 @@ impl PluginHost {
                 error: format!("plugin '{plugin}' call failed: {join}"),
             },
             Ok(Ok(result)) => interpret(&plugin, result),
-        }
+        })
     }
 }
 

@@ -279,6 +279,19 @@ pub trait Store: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<Vec<String>, StoreError>;
 
+    /// Extends the leases of this owner's claims that are still in flight
+    /// (being sent, or sent and awaiting their outcome's commit) to `lease`
+    /// from now (wall-clock time), so that a batch that takes longer than
+    /// one lease is not taken over and sent again by another daemon. Returns
+    /// the ids whose lease was extended; a missing id has been lost (it
+    /// expired and another owner claimed it, or its case ended).
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        ids: &[String],
+        lease: Duration,
+    ) -> Result<Vec<String>, StoreError>;
+
     /// The earliest time a pending delivery of an active case becomes due.
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
 

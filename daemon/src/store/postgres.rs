@@ -580,6 +580,28 @@ impl Store for PostgresStore {
         Ok(lost)
     }
 
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        ids: &[String],
+        lease: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let renewed = sqlx::query_scalar(
+            "UPDATE deliveries SET lease_expires_ms = $1
+             WHERE id = ANY($2) AND lease_owner = $3 AND status = 'sending'
+             RETURNING id",
+        )
+        .bind(to_ms(Utc::now()) + lease.as_millis() as i64)
+        .bind(ids)
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(renewed)
+    }
+
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         let next: Option<i64> = sqlx::query_scalar(
             "SELECT MIN(d.planned_ms) FROM deliveries d JOIN cases c ON c.id = d.case_id

@@ -547,6 +547,30 @@ impl Store for SqliteStore {
         Ok(lost)
     }
 
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        ids: &[String],
+        lease: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.write_tx().await?;
+        let renewed = sqlx::query_scalar(
+            "UPDATE deliveries SET lease_expires_ms = ?
+             WHERE id IN (SELECT value FROM json_each(?)) AND lease_owner = ? AND status = 'sending'
+             RETURNING id",
+        )
+        .bind(to_ms(Utc::now()) + lease.as_millis() as i64)
+        .bind(json_ids(ids))
+        .bind(owner)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(renewed)
+    }
+
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         let next: Option<i64> = sqlx::query_scalar(
             "SELECT MIN(d.planned_ms) FROM deliveries d JOIN cases c ON c.id = d.case_id

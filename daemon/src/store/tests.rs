@@ -899,6 +899,85 @@ async fn stats_fold_cases_and_deliveries(store: Arc<dyn Store>) {
     );
 }
 
+/// A renewed lease keeps another daemon off a claim still in flight; a lease
+/// that ran out and was taken over cannot be renewed by its old owner.
+async fn renewed_leases_are_not_taken_over(store: Arc<dyn Store>) {
+    let now = t("2026-01-05T09:00:00Z");
+    store
+        .ingest(
+            vec![
+                plan(
+                    event("e1", "payment_failed", "inv_1", None),
+                    vec![new_case("pf", now)],
+                ),
+                plan(
+                    event("e2", "payment_failed", "inv_2", None),
+                    vec![new_case("pf", now)],
+                ),
+            ],
+            now,
+        )
+        .await
+        .expect("ingest");
+    let short = |owner: &str| ClaimOptions {
+        lease: Duration::from_millis(300),
+        ..options(owner)
+    };
+    let claimed = store.claim_due(now, &short("a")).await.expect("claim");
+    assert_eq!(claimed.len(), 2);
+    let (kept, lapsed) = (
+        claimed[0].delivery_id.clone(),
+        claimed[1].delivery_id.clone(),
+    );
+    let renewed = store
+        .renew_leases("a", std::slice::from_ref(&kept), Duration::from_secs(60))
+        .await
+        .expect("renew");
+    assert_eq!(renewed, vec![kept.clone()]);
+    // Someone else's claim is not theirs to renew.
+    let renewed = store
+        .renew_leases("b", std::slice::from_ref(&kept), Duration::from_secs(60))
+        .await
+        .expect("renew");
+    assert!(renewed.is_empty());
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let taken = store.claim_due(now, &short("b")).await.expect("claim");
+    assert_eq!(
+        taken.iter().map(|c| &c.delivery_id).collect::<Vec<_>>(),
+        vec![&lapsed],
+        "only the lease that was not renewed is taken over"
+    );
+    let renewed = store
+        .renew_leases(
+            "a",
+            &[kept.clone(), lapsed.clone()],
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("renew");
+    assert_eq!(renewed, vec![kept.clone()], "a lost lease stays lost");
+    let lost = store
+        .complete(
+            "a",
+            vec![
+                (kept, Completion::Sent { receipt: None }),
+                (lapsed.clone(), Completion::Sent { receipt: None }),
+            ],
+            now,
+        )
+        .await
+        .expect("complete");
+    assert_eq!(lost, vec![lapsed]);
+    assert!(
+        store
+            .renew_leases("a", &[], Duration::from_secs(60))
+            .await
+            .expect("renew nothing")
+            .is_empty()
+    );
+}
+
 macro_rules! backend_tests {
     ($backend:ident = $fixture:ident: $($name:ident),+ $(,)?) => {
         mod $backend {
@@ -923,6 +1002,7 @@ backend_tests!(sqlite = sqlite_store:
     frequency_caps_hold_what_exceeds_them,
     inbound_reports_and_phone_lookup,
     stats_fold_cases_and_deliveries,
+    renewed_leases_are_not_taken_over,
 );
 
 backend_tests!(postgres = postgres_store:
@@ -935,6 +1015,7 @@ backend_tests!(postgres = postgres_store:
     frequency_caps_hold_what_exceeds_them,
     inbound_reports_and_phone_lookup,
     stats_fold_cases_and_deliveries,
+    renewed_leases_are_not_taken_over,
 );
 
 /// A database a newer dunningd migrated is refused with a message that says

@@ -8,6 +8,8 @@
 //! - `fail_first`: answer `retryable` for the first N calls of each delivery,
 //!   then behave as `behaviour`.
 //! - `hang_secs`: how long `hang` sleeps (default 3600).
+//! - `delay_ms`: how long every call takes before it answers (a slow
+//!   provider; default 0).
 //! - `record`: a file that gets one JSON line per call, written before the
 //!   plugin acts, so tests can count calls (even those that hang or panic).
 
@@ -27,6 +29,7 @@ struct TestChannel {
     behaviour: String,
     fail_first: u64,
     hang: Duration,
+    delay: Duration,
     record: Option<Mutex<std::fs::File>>,
     calls: Mutex<HashMap<String, u64>>,
 }
@@ -74,6 +77,7 @@ impl Plugin for Testkit {
             behaviour,
             fail_first: s.get("fail_first").and_then(|v| v.as_u64()).unwrap_or(0),
             hang: Duration::from_secs(s.get("hang_secs").and_then(|v| v.as_u64()).unwrap_or(3600)),
+            delay: Duration::from_millis(s.get("delay_ms").and_then(|v| v.as_u64()).unwrap_or(0)),
             record,
             calls: Mutex::new(HashMap::new()),
         })
@@ -100,6 +104,7 @@ impl TestChannel {
 impl Channel for TestChannel {
     fn send(&self, request: &DeliveryRequest) -> DeliveryResponse {
         self.record(request);
+        std::thread::sleep(self.delay);
         let call = {
             let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
             let n = calls.entry(request.delivery_id.clone()).or_insert(0);
