@@ -242,7 +242,9 @@ impl Scheduler {
     /// Runs until `shutdown` turns true, then stops claiming, waits up to the
     /// grace period for in-flight sends, records their outcomes and returns.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        // Bounded: a dispatch keeps its in-flight permit until its outcome is
+        // queued, so claiming cannot run far ahead of committing.
+        let (done_tx, done_rx) = mpsc::channel(MAX_IN_FLIGHT);
         let writer = tokio::spawn(self.clone().write_completions(done_rx));
         let renewer = tokio::spawn(self.clone().renew_leases());
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -303,7 +305,7 @@ impl Scheduler {
                 tasks.spawn(async move {
                     let id = delivery.delivery_id.clone();
                     let completion = this.dispatch(delivery).await;
-                    let _ = done.send((id, completion));
+                    let _ = done.send((id, completion)).await;
                     drop(permit);
                 });
             }
@@ -397,10 +399,7 @@ impl Scheduler {
     /// Commits outcomes in batches until every sender is gone. A failed
     /// commit is retried: dropping an outcome would resend a sent message
     /// once its lease expires.
-    async fn write_completions(
-        self: Arc<Self>,
-        mut rx: mpsc::UnboundedReceiver<(String, Completion)>,
-    ) {
+    async fn write_completions(self: Arc<Self>, mut rx: mpsc::Receiver<(String, Completion)>) {
         const BATCH: usize = 1024;
         let mut batch = Vec::with_capacity(BATCH);
         while rx.recv_many(&mut batch, BATCH).await > 0 {

@@ -26,8 +26,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::rows::{
-    case_from_row, claimed_from_row, corrupt, delivery_from_row, optout_from_row, state_counts,
-    stats_row_from_row, workflow_counts,
+    OutcomeRow, case_from_row, claimed_from_row, corrupt, delivery_from_row, optout_from_row,
+    state_counts, stats_row_from_row, workflow_counts,
 };
 use super::{
     CaseAction, ClaimOptions, Claimed, Completion, EventPlan, IngestOutcome, ProviderReport, Store,
@@ -475,60 +475,46 @@ impl Store for PostgresStore {
     ) -> Result<Vec<String>, StoreError> {
         let now_ms = to_ms(now);
         let mut tx = self.tx().await?;
+        // One statement for the whole batch, joined on the primary key (a
+        // per-row UPDATE let the planner pick the partial index of leased
+        // deliveries and walk every one in flight).
+        let rows: Vec<OutcomeRow> = results
+            .iter()
+            .map(|(id, completion)| OutcomeRow::new(id, completion))
+            .collect();
+        let column = |f: fn(&OutcomeRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
+        let done: Vec<String> = sqlx::query_scalar(
+            "UPDATE deliveries d SET
+                    status = u.status,
+                    receipt = CASE WHEN u.status = 'sent' THEN u.receipt ELSE d.receipt END,
+                    sent_ms = CASE WHEN u.status = 'sent' THEN $1 ELSE d.sent_ms END,
+                    last_error = CASE WHEN u.status = 'sent' THEN NULL
+                                      WHEN u.status IN ('retrying', 'failed') THEN u.text
+                                      ELSE d.last_error END,
+                    skip_reason = CASE WHEN u.status = 'skipped' THEN u.text ELSE d.skip_reason END,
+                    planned_ms = COALESCE(u.planned_ms, d.planned_ms),
+                    attempts = d.attempts - u.unclaim,
+                    lease_owner = NULL, lease_expires_ms = NULL, updated_ms = $1
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int4[])
+                  AS u(id, status, receipt, text, planned_ms, unclaim)
+             WHERE d.id = u.id AND d.lease_owner = $8 AND d.status = 'sending'
+             RETURNING d.id",
+        )
+        .bind(now_ms)
+        .bind(column(|r| Some(r.id.to_string())))
+        .bind(column(|r| Some(r.status.to_string())))
+        .bind(column(|r| r.receipt.map(str::to_string)))
+        .bind(column(|r| r.text.map(str::to_string)))
+        .bind(rows.iter().map(|r| r.planned_ms).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.unclaim).collect::<Vec<_>>())
+        .bind(owner)
+        .fetch_all(&mut *tx)
+        .await?;
+        let recorded: std::collections::HashSet<&String> = done.iter().collect();
         let mut lost = Vec::new();
-        let mut done = Vec::with_capacity(results.len());
-        for (id, completion) in results {
-            // $1 = delivery, $2 = owner; the rest per outcome.
-            let query = match &completion {
-                Completion::Sent { receipt } => sqlx::query(
-                    "UPDATE deliveries SET status = 'sent', receipt = $3, sent_ms = $4, last_error = NULL,
-                            lease_owner = NULL, lease_expires_ms = NULL, updated_ms = $4
-                     WHERE id = $1 AND lease_owner = $2 AND status = 'sending'",
-                )
-                .bind(&id)
-                .bind(owner)
-                .bind(receipt.clone())
-                .bind(now_ms),
-                Completion::Retry { error, at } => sqlx::query(
-                    "UPDATE deliveries SET status = 'retrying', last_error = $3, planned_ms = $4,
-                            lease_owner = NULL, lease_expires_ms = NULL, updated_ms = $5
-                     WHERE id = $1 AND lease_owner = $2 AND status = 'sending'",
-                )
-                .bind(&id)
-                .bind(owner)
-                .bind(error.clone())
-                .bind(to_ms(*at))
-                .bind(now_ms),
-                Completion::Failed { error, .. } => sqlx::query(
-                    "UPDATE deliveries SET status = 'failed', last_error = $3,
-                            lease_owner = NULL, lease_expires_ms = NULL, updated_ms = $4
-                     WHERE id = $1 AND lease_owner = $2 AND status = 'sending'",
-                )
-                .bind(&id)
-                .bind(owner)
-                .bind(error.clone())
-                .bind(now_ms),
-                Completion::Skipped { reason, .. } => sqlx::query(
-                    "UPDATE deliveries SET status = 'skipped', skip_reason = $3,
-                            lease_owner = NULL, lease_expires_ms = NULL, updated_ms = $4
-                     WHERE id = $1 AND lease_owner = $2 AND status = 'sending'",
-                )
-                .bind(&id)
-                .bind(owner)
-                .bind(reason.clone())
-                .bind(now_ms),
-                Completion::Defer { at } => sqlx::query(
-                    "UPDATE deliveries SET status = 'scheduled', planned_ms = $3, attempts = attempts - 1,
-                            lease_owner = NULL, lease_expires_ms = NULL, updated_ms = $4
-                     WHERE id = $1 AND lease_owner = $2 AND status = 'sending'",
-                )
-                .bind(&id)
-                .bind(owner)
-                .bind(to_ms(*at))
-                .bind(now_ms),
-            };
-            if query.execute(&mut *tx).await?.rows_affected() == 0 {
-                lost.push(id);
+        for (id, completion) in &results {
+            if !recorded.contains(id) {
+                lost.push(id.clone());
                 continue;
             }
             if let Completion::Failed {
@@ -538,7 +524,7 @@ impl Store for PostgresStore {
             | Completion::Skipped {
                 fallback: Some(follow),
                 ..
-            } = &completion
+            } = completion
             {
                 // Once per (case, step, channel): the key is unique.
                 sqlx::query(
@@ -557,11 +543,10 @@ impl Store for PostgresStore {
                 .bind(to_ms(follow.due_at))
                 .bind(to_ms(follow.planned_at))
                 .bind(now_ms)
-                .bind(&id)
+                .bind(id)
                 .execute(&mut *tx)
                 .await?;
             }
-            done.push(id);
         }
         if !done.is_empty() {
             sqlx::query(
@@ -604,10 +589,11 @@ impl Store for PostgresStore {
 
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         let next: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(d.planned_ms) FROM deliveries d JOIN cases c ON c.id = d.case_id
-             WHERE d.status IN ('scheduled', 'retrying') AND c.state = 'active'",
+            "SELECT d.planned_ms FROM deliveries d JOIN cases c ON c.id = d.case_id
+             WHERE d.status IN ('scheduled', 'retrying') AND c.state = 'active'
+             ORDER BY d.planned_ms LIMIT 1",
         )
-        .fetch_one(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
         Ok(next.map(from_ms))
     }

@@ -6,9 +6,45 @@ use std::str::FromStr;
 
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use super::{Claimed, StoreError, from_ms};
+use super::{Claimed, Completion, StoreError, from_ms, to_ms};
 use crate::model::{Case, CaseState, Delivery, DeliveryStatus, Event, OptOut};
 use crate::stats::{StatsDelivery, StatsRow};
+
+/// One completion as both stores' batch UPDATE reads it (SQLite as a JSON
+/// array, PostgreSQL as one array per column): the new status, the receipt,
+/// the error or skip reason, a new planned time, and whether the claim is
+/// taken back (a deferral is not an attempt).
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct OutcomeRow<'a> {
+    pub id: &'a str,
+    pub status: &'static str,
+    pub receipt: Option<&'a str>,
+    pub text: Option<&'a str>,
+    pub planned_ms: Option<i64>,
+    pub unclaim: i32,
+}
+
+impl<'a> OutcomeRow<'a> {
+    pub fn new(id: &'a str, completion: &'a Completion) -> OutcomeRow<'a> {
+        let (status, receipt, text, planned_ms, unclaim) = match completion {
+            Completion::Sent { receipt } => ("sent", receipt.as_deref(), None, None, 0),
+            Completion::Retry { error, at } => {
+                ("retrying", None, Some(error.as_str()), Some(to_ms(*at)), 0)
+            }
+            Completion::Failed { error, .. } => ("failed", None, Some(error.as_str()), None, 0),
+            Completion::Skipped { reason, .. } => ("skipped", None, Some(reason.as_str()), None, 0),
+            Completion::Defer { at } => ("scheduled", None, None, Some(to_ms(*at)), 1),
+        };
+        OutcomeRow {
+            id,
+            status,
+            receipt,
+            text,
+            planned_ms,
+            unclaim,
+        }
+    }
+}
 
 /// A row type whose columns decode as the types the store uses.
 pub(crate) trait StoreRow: Row
