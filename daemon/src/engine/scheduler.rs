@@ -67,6 +67,8 @@ pub struct Scheduler {
     store_ok: watch::Sender<bool>,
     /// Signs each message's `unsubscribe_url` (with `webhooks:` configured).
     links: Option<Links>,
+    /// Counts delivery outcomes (the daemon's metrics).
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Scheduler {
@@ -85,6 +87,7 @@ impl Scheduler {
             heartbeat: watch::Sender::new(Utc::now()),
             store_ok: watch::Sender::new(true),
             links: None,
+            metrics: None,
         }
     }
 
@@ -205,7 +208,7 @@ impl Scheduler {
                 let done = done_tx.clone();
                 tasks.spawn(async move {
                     let id = delivery.delivery_id.clone();
-                    let completion = this.dispatch(delivery).await;
+                    let completion = this.dispatch_counted(delivery).await;
                     let _ = done.send((id, completion));
                     drop(permit);
                 });
@@ -523,6 +526,24 @@ impl Scheduler {
             DeliveryResponse::Permanent { error } => Completion::Failed { error, fallback },
             DeliveryResponse::Skipped { reason } => Completion::Skipped { reason, fallback },
         }
+    }
+}
+
+impl Scheduler {
+    /// Counts every dispatched delivery's outcome per channel in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Scheduler {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// [`Scheduler::dispatch`], its outcome counted.
+    async fn dispatch_counted(&self, claimed: Claimed) -> Completion {
+        let channel = claimed.channel.clone();
+        let completion = self.dispatch(claimed).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.delivery(&channel, &completion);
+        }
+        completion
     }
 }
 
