@@ -57,6 +57,13 @@ struct RawConfig {
     #[serde(default)]
     channels: BTreeMap<String, RawChannel>,
     webhooks: Option<RawWebhooks>,
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -254,6 +261,15 @@ impl fmt::Debug for WebhooksConfig {
     }
 }
 
+/// The Prometheus endpoint (`GET /metrics`), on an address of its own:
+/// metrics belong on an internal network, not behind the public proxy that
+/// the webhooks sit behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Where `/metrics` listens, e.g. `127.0.0.1:9464`.
+    pub listen: std::net::SocketAddr,
+}
+
 /// The resolved configuration the daemon runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -268,6 +284,8 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     pub channels: BTreeMap<String, ChannelSpec>,
     pub webhooks: Option<WebhooksConfig>,
+    /// `None`: no metrics endpoint (nothing listens).
+    pub metrics: Option<MetricsConfig>,
 }
 
 impl Config {
@@ -424,6 +442,18 @@ impl Config {
             }
         };
 
+        let metrics = match raw.metrics {
+            None => None,
+            Some(m) => Some(MetricsConfig {
+                listen: m.listen.parse().map_err(|e| {
+                    invalid(format!(
+                        "metrics.listen: '{}': {e} (expected an address like 127.0.0.1:9464)",
+                        m.listen
+                    ))
+                })?,
+            }),
+        };
+
         let mut channels = BTreeMap::new();
         for (name, ch) in raw.channels {
             let field = |f: &str| format!("channels.{name}.{f}");
@@ -520,6 +550,7 @@ impl Config {
             scheduler,
             channels,
             webhooks,
+            metrics,
         })
     }
 }
@@ -598,6 +629,7 @@ mod tests {
         );
         assert_eq!(config.admin.socket, Path::new(DEFAULT_SOCKET));
         assert_eq!(config.clock, ClockKind::System);
+        assert_eq!(config.metrics, None, "no metrics endpoint unless asked for");
     }
 
     #[test]
@@ -644,6 +676,15 @@ mod tests {
             (
                 "webhooks: { listen: '127.0.0.1:8788', public_url: 'https://x.example' }\n",
                 "missing field `secret`",
+            ),
+            (
+                "metrics: { listen: '9464' }\n",
+                "dunningd.yaml: metrics.listen: '9464': invalid socket address syntax (expected an address like 127.0.0.1:9464)",
+            ),
+            ("metrics: {}\n", "metrics: missing field `listen`"),
+            (
+                "metrics: { listen: '127.0.0.1:9464', path: /m }\n",
+                "unknown field `path`",
             ),
         ];
         for (text, want) in table {
@@ -737,6 +778,12 @@ channels:
         .expect("production config");
         assert_eq!(config.channels["email"].plugin, "smtp");
         assert_eq!(config.channels["sms"].settings["auth_token"], "x");
+        assert_eq!(
+            config.metrics,
+            Some(MetricsConfig {
+                listen: "127.0.0.1:9464".parse().unwrap()
+            })
+        );
     }
 
     #[test]

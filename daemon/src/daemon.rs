@@ -22,6 +22,7 @@ use crate::config::{ClockKind, Config, ConfigError};
 use crate::engine::Engine;
 use crate::engine::clock::Clock;
 use crate::engine::scheduler::Scheduler;
+use crate::metrics::Metrics;
 use crate::plugin_host::PluginHost;
 use crate::store::Store;
 use crate::store::postgres::PostgresStore;
@@ -48,6 +49,8 @@ pub struct Shared {
     pub engine: Arc<Engine>,
     pub scheduler: Arc<Scheduler>,
     plugins: Arc<PluginHost>,
+    /// What the daemon counts; served at `/metrics` when configured.
+    metrics: Arc<Metrics>,
     /// The configuration in force; replaced only by a reload that succeeded.
     config: RwLock<Config>,
     last_reload: RwLock<ReloadReport>,
@@ -79,6 +82,10 @@ impl Shared {
 
     pub fn plugins(&self) -> &Arc<PluginHost> {
         &self.plugins
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn started_at(&self) -> DateTime<Utc> {
@@ -119,6 +126,11 @@ impl Shared {
             },
         };
         log_report(&report);
+        self.metrics.reloaded(
+            report.ok,
+            report.workflows_loaded,
+            self.config().channels.keys(),
+        );
         write(&self.last_reload, report.clone());
         if announce {
             crate::systemd::ready(&self.status_line().await);
@@ -163,6 +175,7 @@ impl Shared {
             ("workflows_dir", new.workflows_dir != current.workflows_dir),
             ("scheduler", new.scheduler != current.scheduler),
             ("webhooks", new.webhooks != current.webhooks),
+            ("metrics", new.metrics != current.metrics),
         ] {
             if changed {
                 tracing::warn!(
@@ -292,7 +305,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Clock::manual_persisted(start, config.state_dir.join("manual-clock"))
         }
     };
-    let plugins = Arc::new(PluginHost::new(config.plugin_dir.clone()));
+    // Counted from the start, served only with `metrics:` configured.
+    let metrics = Arc::new(Metrics::new());
+    let plugins =
+        Arc::new(PluginHost::new(config.plugin_dir.clone()).with_metrics(metrics.clone()));
     plugins
         .configure(&config.channels)
         .map_err(|e| ConfigurationError(format!("channels: {e}")))?;
@@ -305,7 +321,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     }));
-    let mut scheduler = Scheduler::new(engine.clone(), plugins.clone(), config.scheduler.clone());
+    let mut scheduler = Scheduler::new(engine.clone(), plugins.clone(), config.scheduler.clone())
+        .with_metrics(metrics.clone());
     if let Some(webhooks) = &config.webhooks {
         scheduler = scheduler.with_unsubscribe_links(crate::webhooks::Links::new(webhooks));
     }
@@ -314,6 +331,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         engine: engine.clone(),
         scheduler: scheduler.clone(),
         plugins,
+        metrics,
         config: RwLock::new(config.clone()),
         last_reload: RwLock::new(ReloadReport {
             at: started_at,
@@ -360,6 +378,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let webhooks_task = match config.webhooks.clone() {
         Some(webhooks) => Some(
             crate::webhooks::listen(shared.clone(), webhooks, stop_rx.clone())
+                .await
+                .map_err(ConfigurationError)?,
+        ),
+        None => None,
+    };
+    let metrics_task = match config.metrics.clone() {
+        Some(metrics) => Some(
+            crate::metrics::listen(shared.clone(), metrics, stop_rx.clone())
                 .await
                 .map_err(ConfigurationError)?,
         ),
@@ -420,6 +446,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         && tokio::time::timeout(ADMIN_DRAIN, task).await.is_err()
     {
         tracing::warn!(drain = ?ADMIN_DRAIN, "webhook requests still open; closing them");
+    }
+    if let Some(task) = metrics_task
+        && tokio::time::timeout(ADMIN_DRAIN, task).await.is_err()
+    {
+        tracing::warn!(drain = ?ADMIN_DRAIN, "metrics scrapes still open; closing them");
     }
     match store.release_leases(scheduler.owner()).await {
         Ok(0) => {}

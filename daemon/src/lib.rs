@@ -16,6 +16,7 @@
 //! - [`systemd`]: the notify protocol (readiness, reloads, watchdog, status).
 //! - [`webhooks`]: inbound HTTP: Twilio's STOP replies and status callbacks,
 //!   one-click unsubscribe links.
+//! - [`metrics`]: what the daemon counts, served to Prometheus at `/metrics`.
 //!
 //! The binaries are `dunningd` (the daemon) and `dunningctl` (its client).
 #![deny(unsafe_code)]
@@ -25,6 +26,7 @@ pub mod config;
 pub mod daemon;
 pub mod duration;
 pub mod engine;
+pub mod metrics;
 pub mod model;
 #[allow(unsafe_code)]
 pub mod plugin_host;

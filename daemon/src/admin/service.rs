@@ -15,6 +15,7 @@ use super::convert;
 use crate::daemon::Shared;
 use crate::engine::EngineError;
 use crate::engine::clock::ClockError;
+use crate::metrics::EventResult;
 use crate::model::{CaseFilter, CaseState, Event};
 use crate::proto;
 use crate::proto::admin_server::Admin;
@@ -167,6 +168,15 @@ fn events(texts: &[String]) -> Result<Vec<Event>, Status> {
                 .map_err(|e| Status::invalid_argument(format!("events[{i}]: {e}")))
         })
         .collect()
+}
+
+/// The type of an event that may not parse, for counting a refused batch:
+/// empty (so counted as `other`) when it has none.
+fn type_of(text: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|event| Some(event.get("type")?.as_str()?.to_string()))
+        .unwrap_or_default()
 }
 
 /// Where `AdvanceClock` asks the clock to go.
@@ -325,14 +335,37 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::SendEventsRequest>,
     ) -> Result<Response<proto::SendEventsResponse>, Status> {
+        let texts = request.into_inner().events;
+        let metrics = self.shared.metrics();
+        let workflows = self.shared.workflows();
         // Every event is checked before any is stored.
-        let events = events(&request.into_inner().events)?;
-        let outcomes = self
-            .shared
-            .engine
-            .ingest(events)
-            .await
-            .map_err(engine_status)?;
+        let events = match events(&texts) {
+            Ok(events) => events,
+            Err(status) => {
+                for text in &texts {
+                    metrics.event(&workflows, &type_of(text), EventResult::Refused);
+                }
+                return Err(status);
+            }
+        };
+        let types: Vec<String> = events.iter().map(|e| e.event_type.clone()).collect();
+        let outcomes = match self.shared.engine.ingest(events).await {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                for event_type in &types {
+                    metrics.event(&workflows, event_type, EventResult::Refused);
+                }
+                return Err(engine_status(error));
+            }
+        };
+        for (event_type, outcome) in types.iter().zip(&outcomes) {
+            let result = if outcome.duplicate {
+                EventResult::Duplicate
+            } else {
+                EventResult::Accepted
+            };
+            metrics.event(&workflows, event_type, result);
+        }
         Ok(Response::new(proto::SendEventsResponse {
             results: outcomes.into_iter().map(convert::event_result).collect(),
         }))
@@ -532,6 +565,19 @@ mod tests {
             state: state.into(),
             customer: customer.into(),
             limit,
+        }
+    }
+
+    #[test]
+    fn refused_events_are_counted_by_whatever_type_they_name() {
+        for (text, want) in [
+            (r#"{"id":"e1","type":"payment_failed"}"#, "payment_failed"),
+            (r#"{"id":"e1","type":7}"#, ""),
+            (r#"{"id":"e1"}"#, ""),
+            ("not json", ""),
+            ("[1]", ""),
+        ] {
+            assert_eq!(type_of(text), want, "{text:?}");
         }
     }
 

@@ -79,6 +79,8 @@ pub struct Scheduler {
     /// The longest channel timeout: leases are renewed often enough that a
     /// call of that length still fits in what is left of them.
     longest_timeout: RwLock<Duration>,
+    /// Counts delivery outcomes (the daemon's metrics).
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// The claims a process holds and has not recorded an outcome for yet, each
@@ -157,6 +159,7 @@ impl Scheduler {
             links: None,
             held: Held::default(),
             longest_timeout: RwLock::new(Duration::ZERO),
+            metrics: None,
         }
     }
 
@@ -304,7 +307,7 @@ impl Scheduler {
                 let done = done_tx.clone();
                 tasks.spawn(async move {
                     let id = delivery.delivery_id.clone();
-                    let completion = this.dispatch(delivery).await;
+                    let completion = this.dispatch_counted(delivery).await;
                     let _ = done.send((id, completion)).await;
                     drop(permit);
                 });
@@ -665,6 +668,24 @@ impl Scheduler {
             DeliveryResponse::Permanent { error } => Completion::Failed { error, fallback },
             DeliveryResponse::Skipped { reason } => Completion::Skipped { reason, fallback },
         }
+    }
+}
+
+impl Scheduler {
+    /// Counts every dispatched delivery's outcome per channel in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Scheduler {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// [`Scheduler::dispatch`], its outcome counted.
+    async fn dispatch_counted(&self, claimed: Claimed) -> Completion {
+        let channel = claimed.channel.clone();
+        let completion = self.dispatch(claimed).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.delivery(&channel, &completion);
+        }
+        completion
     }
 }
 

@@ -25,6 +25,7 @@ use dunningd_plugin_api::wire::{ChannelConfig, DeliveryRequest, DeliveryResponse
 use tokio::sync::Semaphore;
 
 use crate::config::ChannelSpec;
+use crate::metrics::Metrics;
 
 mod ffi;
 
@@ -77,6 +78,9 @@ pub struct PluginHost {
     libraries: Mutex<BTreeMap<PathBuf, &'static Library>>,
     /// The channels in use; replaced whole by `configure`.
     channels: RwLock<Arc<BTreeMap<String, OpenChannel>>>,
+    /// Where call latencies are recorded (the daemon's; none in tests that
+    /// drive a host directly).
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl PluginHost {
@@ -85,7 +89,14 @@ impl PluginHost {
             dir: plugin_dir,
             libraries: Mutex::new(BTreeMap::new()),
             channels: RwLock::new(Arc::new(BTreeMap::new())),
+            metrics: None,
         }
+    }
+
+    /// Records every plugin call's latency and answer in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> PluginHost {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The candidate files for `plugin: NAME`, in the order they are tried.
@@ -264,6 +275,7 @@ impl PluginHost {
         };
         let raw = channel.raw.clone();
         let returned = channel.returned.clone();
+        let started = Instant::now();
         let call = tokio::task::spawn_blocking(move || {
             // The slot is held until the plugin returns, however late.
             let _permit = permit;
@@ -271,7 +283,7 @@ impl PluginHost {
             returned.fetch_add(1, Ordering::Relaxed);
             result
         });
-        Some(match tokio::time::timeout(channel.timeout, call).await {
+        let response = match tokio::time::timeout(channel.timeout, call).await {
             Err(_) => DeliveryResponse::Unknown {
                 error: format!(
                     "plugin '{plugin}' did not answer within {}; the message may have gone out",
@@ -282,7 +294,11 @@ impl PluginHost {
                 error: format!("plugin '{plugin}' call failed: {join}"),
             },
             Ok(Ok(result)) => interpret(&plugin, result),
-        })
+        };
+        if let Some(metrics) = &self.metrics {
+            metrics.plugin_call(&request.channel, &response, started.elapsed());
+        }
+        Some(response)
     }
 }
 

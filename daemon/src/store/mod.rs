@@ -230,6 +230,19 @@ pub struct ProviderReport {
     pub at: DateTime<Utc>,
 }
 
+/// What the metrics endpoint reads from the store at scrape time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// Cases per (workflow, state), every state ever reached included.
+    pub cases: BTreeMap<(String, CaseState), u64>,
+    /// Deliveries waiting to be claimed: pending (`scheduled` or
+    /// `retrying`, so not leased), of active cases, planned at or before
+    /// `now`.
+    pub backlog: u64,
+    /// The earliest planned time among them: how far behind the scheduler is.
+    pub oldest_planned: Option<DateTime<Utc>>,
+}
+
 /// The operator's case actions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CaseAction {
@@ -348,6 +361,9 @@ pub trait Store: Send + Sync {
     /// The stored source of a workflow version, for cases whose version is no
     /// longer (or not yet) loaded from the folder.
     async fn workflow_source(&self, version: &str) -> Result<Option<String>, StoreError>;
+    /// Cases by workflow and state, and the backlog of due deliveries at
+    /// `now` (engine time), for the metrics endpoint. Reads only.
+    async fn gauges(&self, now: DateTime<Utc>) -> Result<Gauges, StoreError>;
 }
 
 /// Refuses a database that a newer dunningd has migrated: its rows may mean

@@ -851,4 +851,27 @@ impl Store for PostgresStore {
                 .await?,
         )
     }
+
+    async fn gauges(&self, now: DateTime<Utc>) -> Result<super::Gauges, StoreError> {
+        let rows = sqlx::query(
+            "SELECT workflow, state, COUNT(*) AS n FROM cases GROUP BY workflow, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let cases = super::rows::workflow_state_counts(&rows)?;
+        // What the scheduler would claim now if it could (expired leases of
+        // crashed owners aside): the lag an operator alerts on.
+        let (backlog, oldest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), MIN(d.planned_ms) FROM deliveries d JOIN cases c ON c.id = d.case_id
+             WHERE d.status IN ('scheduled', 'retrying') AND d.planned_ms <= $1 AND c.state = 'active'",
+        )
+        .bind(to_ms(now))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(super::Gauges {
+            cases,
+            backlog: backlog.max(0) as u64,
+            oldest_planned: oldest.map(from_ms),
+        })
+    }
 }

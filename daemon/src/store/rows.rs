@@ -227,3 +227,20 @@ where
         created_at: from_ms(row.int("created_ms")?),
     })
 }
+
+/// `SELECT workflow, state, COUNT(*) AS n … GROUP BY workflow, state` rows
+/// as a map.
+pub(crate) fn workflow_state_counts<R: StoreRow>(
+    rows: &[R],
+) -> Result<BTreeMap<(String, CaseState), u64>, StoreError>
+where
+    for<'a> &'a str: ColumnIndex<R>,
+{
+    rows.iter()
+        .map(|row| {
+            let state =
+                CaseState::from_str(&row.text("state")?).map_err(|e| corrupt("cases", e))?;
+            Ok(((row.text("workflow")?, state), row.int("n")? as u64))
+        })
+        .collect()
+}

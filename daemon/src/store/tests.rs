@@ -978,6 +978,129 @@ async fn renewed_leases_are_not_taken_over(store: Arc<dyn Store>) {
     );
 }
 
+/// The metrics endpoint's reading: cases by workflow and state, and the
+/// deliveries due but not claimed (not leased ones, not those of paused or
+/// ended cases) with the oldest planned time among them.
+async fn gauges_count_cases_and_the_unclaimed_due_backlog(store: Arc<dyn Store>) {
+    let now = t("2026-01-05T09:00:00Z");
+    let hours = chrono::Duration::hours;
+    let out = store
+        .ingest(
+            vec![
+                plan(
+                    event("e1", "payment_failed", "inv_1", None),
+                    vec![new_case("pf", now)],
+                ),
+                plan(
+                    event("e2", "payment_failed", "inv_2", None),
+                    vec![new_case("pf", now)],
+                ),
+                // Planned two hours back: the oldest of the backlog.
+                plan(
+                    event("e3", "payment_failed", "inv_3", None),
+                    vec![new_case("other", now - hours(2))],
+                ),
+            ],
+            now,
+        )
+        .await
+        .expect("ingest");
+    let paused = out[1].cases_started[0].clone();
+    let cases = |rows: &[(&str, CaseState, u64)]| -> BTreeMap<(String, CaseState), u64> {
+        rows.iter()
+            .map(|(workflow, state, n)| ((workflow.to_string(), *state), *n))
+            .collect()
+    };
+    let gauges = store.gauges(now).await.expect("gauges");
+    assert_eq!(
+        gauges,
+        Gauges {
+            cases: cases(&[
+                ("other", CaseState::Active, 1),
+                ("pf", CaseState::Active, 2)
+            ]),
+            backlog: 3,
+            oldest_planned: Some(now - hours(2)),
+        }
+    );
+    // Nothing was due yet three hours earlier.
+    let earlier = store.gauges(now - hours(3)).await.expect("gauges");
+    assert_eq!((earlier.backlog, earlier.oldest_planned), (0, None));
+
+    // Claimed (leased) deliveries are no backlog; a retry is, once due.
+    let claimed = store.claim_due(now, &options("a")).await.expect("claim");
+    assert_eq!(claimed.len(), 3);
+    let gauges = store.gauges(now).await.expect("gauges");
+    assert_eq!((gauges.backlog, gauges.oldest_planned), (0, None));
+    let results = claimed
+        .iter()
+        .map(|c| {
+            let completion = if c.workflow == "other" {
+                Completion::Retry {
+                    error: "429".into(),
+                    at: now + hours(1),
+                }
+            } else {
+                Completion::Sent { receipt: None }
+            };
+            (c.delivery_id.clone(), completion)
+        })
+        .collect();
+    store.complete("a", results, now).await.expect("complete");
+    let gauges = store.gauges(now + hours(1)).await.expect("gauges");
+    assert_eq!(
+        (gauges.backlog, gauges.oldest_planned),
+        (1, Some(now + hours(1)))
+    );
+
+    // A paused case's deliveries wait without being backlog.
+    store
+        .case_action(&paused, CaseAction::Pause, now + hours(1))
+        .await
+        .expect("pause");
+    let day_later = now + hours(25);
+    let gauges = store.gauges(day_later).await.expect("gauges");
+    assert_eq!(
+        gauges,
+        Gauges {
+            cases: cases(&[
+                ("other", CaseState::Active, 1),
+                ("pf", CaseState::Active, 1),
+                ("pf", CaseState::Paused, 1),
+            ]),
+            // The retry, the other case's sms (planned 22 h on) and the
+            // first pf case's sms (24 h on).
+            backlog: 3,
+            oldest_planned: Some(now + hours(1)),
+        }
+    );
+
+    // A recovered case's pending deliveries are skipped: no backlog.
+    store
+        .ingest(
+            vec![plan(
+                event("p3", "payment_succeeded", "inv_3", None),
+                vec![],
+            )],
+            day_later,
+        )
+        .await
+        .expect("ingest");
+    let gauges = store.gauges(day_later).await.expect("gauges");
+    assert_eq!(
+        gauges,
+        Gauges {
+            cases: cases(&[
+                ("other", CaseState::Recovered, 1),
+                ("pf", CaseState::Active, 1),
+                ("pf", CaseState::Paused, 1),
+            ]),
+            backlog: 1,
+            oldest_planned: Some(now + hours(24)),
+        }
+    );
+}
+
 macro_rules! backend_tests {
     ($backend:ident = $fixture:ident: $($name:ident),+ $(,)?) => {
         mod $backend {
@@ -1003,6 +1126,7 @@ backend_tests!(sqlite = sqlite_store:
     inbound_reports_and_phone_lookup,
     stats_fold_cases_and_deliveries,
     renewed_leases_are_not_taken_over,
+    gauges_count_cases_and_the_unclaimed_due_backlog,
 );
 
 backend_tests!(postgres = postgres_store:
@@ -1016,6 +1140,7 @@ backend_tests!(postgres = postgres_store:
     inbound_reports_and_phone_lookup,
     stats_fold_cases_and_deliveries,
     renewed_leases_are_not_taken_over,
+    gauges_count_cases_and_the_unclaimed_due_backlog,
 );
 
 /// A database a newer dunningd migrated is refused with a message that says
