@@ -19,6 +19,10 @@
 //!   writes by email and in-app at once credits both, so the channels'
 //!   counts may add up to more than the recoveries). A case recovered
 //!   before any message has no touch.
+//! - Contacted (per step): the cases sent at least one message at that step,
+//!   on any of its channels (fallbacks included); a case counts once per
+//!   step, however many channels wrote. The channels' `sent` counts
+//!   messages, so they cannot give this figure.
 
 use std::collections::BTreeMap;
 
@@ -59,6 +63,8 @@ pub struct WorkflowStats {
 pub struct StepStats {
     pub index: u32,
     pub name: String,
+    /// Cases sent at least one message at this step.
+    pub contacted: u64,
     pub channels: BTreeMap<String, ChannelCounts>,
 }
 
@@ -180,15 +186,24 @@ impl StatsBuilder {
             .max_by_key(|d| (d.sent_ms, d.step_index))
             .map(|d| d.step_index)
             .filter(|_| recovered);
-        for d in &deliveries {
+        for (i, d) in deliveries.iter().enumerate() {
             let step = building
                 .steps
                 .entry(d.step_index)
                 .or_insert_with(|| StepStats {
                     index: d.step_index,
                     name: d.step.clone(),
+                    contacted: 0,
                     channels: BTreeMap::new(),
                 });
+            // Once per case and step: only the step's first sent delivery counts.
+            if d.status == DeliveryStatus::Sent
+                && !deliveries[..i]
+                    .iter()
+                    .any(|e| e.step_index == d.step_index && e.status == DeliveryStatus::Sent)
+            {
+                step.contacted += 1;
+            }
             let counts = step.channels.entry(d.channel.clone()).or_default();
             match d.status {
                 DeliveryStatus::Sent => counts.sent += 1,
@@ -316,6 +331,48 @@ mod tests {
         assert_eq!(counts(1, "sms").last_touch, 1);
         assert_eq!(counts(1, "in_app").last_touch, 1);
         assert_eq!(counts(2, "email").last_touch, 0, "sent after the recovery");
+        // c1 and c3 got step 0's email; c1 got step 1 on two channels but
+        // counts once.
+        let contacted: Vec<u64> = w.steps.iter().map(|s| s.contacted).collect();
+        assert_eq!(contacted, [2, 1, 1]);
+    }
+
+    #[test]
+    fn contacted_counts_cases_not_messages() {
+        let delivery = |step: u32, channel: &str, status| {
+            Some(StatsDelivery {
+                step_index: step,
+                step: format!("step{step}"),
+                channel: channel.into(),
+                status,
+                sent_ms: (status == DeliveryStatus::Sent).then_some(0),
+            })
+        };
+        let mut b = StatsBuilder::default();
+        // The email failed and the SMS fallback of the same step went out;
+        // step 1 was skipped.
+        for d in [
+            delivery(0, "email", DeliveryStatus::Failed),
+            delivery(0, "sms", DeliveryStatus::Sent),
+            delivery(1, "sms", DeliveryStatus::Skipped),
+        ] {
+            b.add(row("c1", CaseState::Exhausted, "1", d));
+        }
+        // Two channels of step 0 wrote: one case.
+        for d in [
+            delivery(0, "email", DeliveryStatus::Sent),
+            delivery(0, "in_app", DeliveryStatus::Sent),
+            delivery(1, "sms", DeliveryStatus::Scheduled),
+        ] {
+            b.add(row("c2", CaseState::Active, "1", d));
+        }
+        let stats = b.finish();
+        let contacted: Vec<u64> = stats.workflows[0]
+            .steps
+            .iter()
+            .map(|s| s.contacted)
+            .collect();
+        assert_eq!(contacted, [2, 0]);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+pub mod browser;
 pub mod daemon;
 pub mod fixtures;
 pub mod peers;

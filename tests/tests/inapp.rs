@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use dunningd::proto;
+use dunningd_e2e::browser::Browser;
 use dunningd_e2e::daemon::{Backend, Setup, TestDaemon};
 use dunningd_e2e::{free_port, on_both_backends};
 use hmac::{Hmac, Mac};
@@ -219,58 +220,6 @@ async fn next_event(stream: &mut reqwest::Response) -> String {
     String::from_utf8_lossy(&chunk).to_string()
 }
 
-/// Finds chromium and chromedriver, installing Debian's packages where they
-/// are missing and that is possible. `None` (with a note) where impossible;
-/// under CI that is a failure.
-fn browser() -> Option<(String, String)> {
-    let find = |names: &[&str]| {
-        names
-            .iter()
-            .map(|n| format!("/usr/bin/{n}"))
-            .find(|p| std::path::Path::new(p).exists())
-    };
-    let found = || {
-        Some((
-            find(&["chromium", "chromium-browser"])?,
-            find(&["chromedriver"])?,
-        ))
-    };
-    if let Some(found) = found() {
-        return Some(found);
-    }
-    for args in [
-        &["update", "-qq"][..],
-        &["install", "-y", "-qq", "chromium", "chromium-driver"][..],
-    ] {
-        let _ = std::process::Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status();
-    }
-    match found() {
-        Some(found) => Some(found),
-        None => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "chromium and chromedriver are missing and could not be installed"
-            );
-            eprintln!(
-                "browser test not run: install Debian's chromium and chromium-driver packages to run it"
-            );
-            None
-        }
-    }
-}
-
-struct Driver(std::process::Child);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn until<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
@@ -285,50 +234,13 @@ where
 
 #[tokio::test]
 async fn the_banner_shows_updates_live_and_hides_when_dismissed() {
-    let Some((chromium, chromedriver)) = browser() else {
+    let Some(chromium) = Browser::start().await else {
         return;
     };
     let (daemon, base) = start(&Backend::Sqlite).await;
     fail_payment(&daemon, "e1", "inv_1", 4900).await;
 
-    let port = free_port();
-    let _driver = Driver(
-        std::process::Command::new(chromedriver)
-            .arg(format!("--port={port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start chromedriver"),
-    );
-    let profile = tempfile::tempdir().expect("profile dir");
-    let capabilities = serde_json::json!({
-        "goog:chromeOptions": {
-            "binary": chromium,
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                     "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     format!("--user-data-dir={}", profile.path().display())]
-        }
-    });
-    let capabilities = match capabilities {
-        serde_json::Value::Object(map) => map,
-        _ => unreachable!("a JSON object literal"),
-    };
-    let mut connected = None;
-    for _ in 0..50 {
-        match fantoccini::ClientBuilder::rustls()
-            .expect("TLS")
-            .capabilities(capabilities.clone())
-            .connect(&format!("http://127.0.0.1:{port}"))
-            .await
-        {
-            Ok(client) => {
-                connected = Some(client);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    let browser = connected.expect("connect to chromedriver");
+    let browser = chromium.client();
     let page = format!(
         "file://{}?inbox={base}&customer=cus_ada&token={}",
         dunningd_e2e::workspace_root()

@@ -139,6 +139,18 @@ async fn stats_report_recoveries_revenue_and_last_touch(backend: Backend) {
         ]
     );
 
+    // Cases written to at each step: once each, though the first notice
+    // went by email and in-app.
+    let contacted: Vec<(&str, u64)> = w
+        .steps
+        .iter()
+        .map(|s| (s.name.as_str(), s.contacted))
+        .collect();
+    assert_eq!(
+        contacted,
+        [("first-notice", 4), ("reminder", 3), ("suspend", 1)]
+    );
+
     let table = daemon.ctl_ok(&["stats"]);
     assert!(table.contains("payment-failed"), "{table}");
     assert!(

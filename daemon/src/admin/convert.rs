@@ -158,6 +158,7 @@ pub fn stats(s: &Stats, filter: &StatsFilter) -> proto::Stats {
                         .map(|step| proto::StepStats {
                             index: step.index,
                             name: step.name.clone(),
+                            contacted: step.contacted,
                             channels: step
                                 .channels
                                 .iter()

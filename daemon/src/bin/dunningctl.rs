@@ -122,16 +122,17 @@ enum Command {
     /// at risk and recovered, time to recovery, and per step and channel the
     /// deliveries and the recoveries they were the last touch before.
     Stats {
-        /// Only this workflow.
-        #[arg(long)]
-        workflow: Option<String>,
-        /// Cases started since: an RFC 3339 time, a date (2026-01-31) or a
-        /// duration back from now (30d).
-        #[arg(long)]
-        since: Option<String>,
-        /// Cases started before (same forms as --since).
-        #[arg(long)]
-        until: Option<String>,
+        #[command(flatten)]
+        filter: StatsFilter,
+    },
+    /// The figures of `stats` as one self-contained HTML page: per workflow
+    /// the recovery funnel, the headline figures and the per-step table.
+    Report {
+        /// Where to write the page (replaced whole, never half-written).
+        #[arg(long, short)]
+        out: PathBuf,
+        #[command(flatten)]
+        filter: StatsFilter,
     },
     /// Channel plugins loaded by the daemon.
     #[command(subcommand)]
@@ -139,6 +140,21 @@ enum Command {
     /// The engine clock (moving it works only on daemons run with `clock: manual`).
     #[command(subcommand)]
     Clock(ClockCommand),
+}
+
+/// Which cases `stats` and `report` cover; the daemon parses the bounds.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq, Eq)]
+struct StatsFilter {
+    /// Only this workflow.
+    #[arg(long)]
+    workflow: Option<String>,
+    /// Cases started since: an RFC 3339 time, a date (2026-01-31) or a
+    /// duration back from now (30d).
+    #[arg(long)]
+    since: Option<String>,
+    /// Cases started before (same forms as --since).
+    #[arg(long)]
+    until: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -351,7 +367,6 @@ fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints aligned columns.
 /// Amounts per currency, e.g. `€1200.00 + $300.00`.
 fn amounts(money: &[proto::Money]) -> String {
     if money.is_empty() {
@@ -362,6 +377,18 @@ fn amounts(money: &[proto::Money]) -> String {
         .map(|m| dunningd::workflow::format_minor(m.amount, &m.currency))
         .collect::<Vec<_>>()
         .join(" + ")
+}
+
+/// A recovery rate as a percentage with one decimal, `-` when undecided.
+fn format_rate(rate: Option<f64>) -> String {
+    rate.map_or("-".to_string(), |r| format!("{:.1}%", r * 100.0))
+}
+
+/// A time to recovery as a duration (`1d`, `4h30m`), `-` when none.
+fn format_secs(secs: Option<i64>) -> String {
+    secs.map_or("-".to_string(), |s| {
+        dunningd::duration::format(std::time::Duration::from_secs(s.max(0) as u64))
+    })
 }
 
 fn print_stats(stats: &proto::Stats) {
@@ -392,12 +419,8 @@ fn print_stats(stats: &proto::Stats) {
             w.exhausted,
             w.cancelled
         );
-        let rate = w
-            .recovery_rate
-            .map_or("-".to_string(), |r| format!("{:.1}%", r * 100.0));
-        let median = w.median_time_to_recovery_secs.map_or("-".to_string(), |s| {
-            dunningd::duration::format(std::time::Duration::from_secs(s.max(0) as u64))
-        });
+        let rate = format_rate(w.recovery_rate);
+        let median = format_secs(w.median_time_to_recovery_secs);
         out!(
             "  recovery rate {rate} · at risk {} · recovered {} · median time to recovery {median}",
             amounts(&w.at_risk),
@@ -438,6 +461,7 @@ fn print_stats(stats: &proto::Stats) {
     }
 }
 
+/// Prints aligned columns.
 fn table(headers: &[&str], rows: &[Vec<String>]) {
     out!("{}", render_table(headers, rows).trim_end_matches('\n'));
 }
@@ -488,6 +512,9 @@ fn dash(s: &str) -> String {
         s.to_string()
     }
 }
+
+#[path = "dunningctl/report.rs"]
+mod report;
 
 #[cfg(test)]
 #[path = "dunningctl/tests.rs"]
@@ -696,24 +723,38 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
             }
             Ok(true)
         }
-        Command::Stats {
-            workflow,
-            since,
-            until,
-        } => {
-            let stats = client
-                .get_stats(proto::GetStatsRequest {
-                    workflow: workflow.clone().unwrap_or_default(),
-                    since: since.clone().unwrap_or_default(),
-                    until: until.clone().unwrap_or_default(),
-                })
-                .await
-                .map_err(rpc)?
-                .into_inner();
+        Command::Stats { filter } => {
+            let stats = get_stats(&mut client, filter).await?;
             if cli.json {
                 print_json(&stats)?;
             } else {
                 print_stats(&stats);
+            }
+            Ok(true)
+        }
+        Command::Report { out, filter } => {
+            let stats = get_stats(&mut client, filter).await?;
+            let page = report::render(
+                &stats,
+                &report::Header {
+                    generated_at: chrono::Utc::now(),
+                    daemon: daemon_name(cli),
+                    workflow: filter.workflow.clone(),
+                },
+            )?;
+            report::write_atomically(out, &page)?;
+            if cli.json {
+                print_json(&serde_json::json!({
+                    "out": out,
+                    "workflows": stats.workflows.len(),
+                }))?;
+            } else {
+                out!(
+                    "wrote {} ({} workflow{})",
+                    out.display(),
+                    stats.workflows.len(),
+                    if stats.workflows.len() == 1 { "" } else { "s" }
+                );
             }
             Ok(true)
         }
@@ -772,6 +813,24 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
             Ok(true)
         }
         Command::Preview { .. } | Command::Workflows(WorkflowsCommand::Validate { .. }) => Ok(true),
+    }
+}
+
+/// The figures `stats` and `report` show, for the cases `filter` selects.
+async fn get_stats(client: &mut Client, filter: &StatsFilter) -> anyhow::Result<proto::Stats> {
+    let request = proto::GetStatsRequest {
+        workflow: filter.workflow.clone().unwrap_or_default(),
+        since: filter.since.clone().unwrap_or_default(),
+        until: filter.until.clone().unwrap_or_default(),
+    };
+    Ok(client.get_stats(request).await.map_err(rpc)?.into_inner())
+}
+
+/// The daemon talked to, as the user named it.
+fn daemon_name(cli: &Cli) -> String {
+    match &cli.addr {
+        Some(addr) => addr.clone(),
+        None => cli.socket.display().to_string(),
     }
 }
 

@@ -840,6 +840,13 @@ async fn stats_fold_cases_and_deliveries(store: Arc<dyn Store>) {
     assert_eq!(w.at_risk.get("EUR"), Some(&3998));
     assert_eq!(w.recovered_amount.get("EUR"), Some(&1999));
     assert_eq!(w.median_time_to_recovery_secs, Some(3600));
+    // Both cases got the first email; the reminder went to neither.
+    let contacted: Vec<(&str, u64)> = w
+        .steps
+        .iter()
+        .map(|s| (s.name.as_str(), s.contacted))
+        .collect();
+    assert_eq!(contacted, [("first", 2), ("reminder", 0)]);
     let steps: Vec<(&str, &str, ChannelCounts)> = w
         .steps
         .iter()

@@ -58,8 +58,8 @@ fn help_everywhere() {
     let mut seen = 0;
     walk(&Cli::command(), &mut Vec::new(), &mut seen);
     // top, status, workflows (+3), reload, events (+1), cases (+5), preview,
-    // optout, optin, optouts, stats, plugins (+1), clock (+3)
-    assert_eq!(seen, 26);
+    // optout, optin, optouts, stats, report, plugins (+1), clock (+3)
+    assert_eq!(seen, 27);
 }
 
 #[test]
@@ -79,6 +79,8 @@ fn usage_errors_exit_2() {
         &["preview", "only-one.yaml"],
         &["clock", "advance"],
         &["clock", "set"],
+        &["report"],
+        &["report", "--since", "30d"],
     ];
     for args in bad {
         let argv = std::iter::once("dunningctl").chain(args.iter().copied());
@@ -124,6 +126,44 @@ fn arguments_parse() {
         Cli::try_parse_from(["dunningctl", "cases", "list", "--state", state.as_str()])
             .unwrap_or_else(|e| panic!("{state}: {e}"));
     }
+}
+
+/// `stats` and `report` take the same filter, parsed by the same code.
+#[test]
+fn stats_and_report_share_their_filter() {
+    let filter = StatsFilter {
+        workflow: Some("payment-failed".into()),
+        since: Some("30d".into()),
+        until: Some("2026-02-01".into()),
+    };
+    let flags = [
+        "--workflow",
+        "payment-failed",
+        "--since",
+        "30d",
+        "--until",
+        "2026-02-01",
+    ];
+    let stats = Cli::try_parse_from(["dunningctl", "stats"].into_iter().chain(flags))
+        .expect("stats parses");
+    let Command::Stats { filter: parsed } = stats.command else {
+        panic!("wrong command")
+    };
+    assert_eq!(parsed, filter);
+    let report = Cli::try_parse_from(
+        ["dunningctl", "report", "-o", "r.html"]
+            .into_iter()
+            .chain(flags),
+    )
+    .expect("report parses");
+    let Command::Report {
+        out,
+        filter: parsed,
+    } = report.command
+    else {
+        panic!("wrong command")
+    };
+    assert_eq!((out, parsed), (PathBuf::from("r.html"), filter));
 }
 
 const EVENT: &str =
