@@ -390,7 +390,7 @@ impl Collector for StoreReading {
 pub async fn listen(
     shared: Arc<Shared>,
     config: MetricsConfig,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -399,17 +399,12 @@ pub async fn listen(
     let app = Router::new()
         .route("/metrics", get(serve_metrics))
         .with_state(shared);
-    Ok(tokio::spawn(async move {
-        let stopped = async move {
-            let _ = stop.wait_for(|stopping| *stopping).await;
-        };
-        if let Err(error) = axum::serve(listener, app)
-            .with_graceful_shutdown(stopped)
-            .await
-        {
-            tracing::error!(%error, "metrics endpoint stopped");
-        }
-    }))
+    Ok(crate::webhooks::serve_until_stopped(
+        listener,
+        app,
+        stop,
+        "metrics endpoint",
+    ))
 }
 
 async fn serve_metrics(State(shared): State<Arc<Shared>>) -> Response {

@@ -160,7 +160,7 @@ struct Hooks {
 pub async fn listen(
     shared: Arc<Shared>,
     config: WebhooksConfig,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -175,7 +175,23 @@ pub async fn listen(
         .route("/twilio/{channel}/status", post(twilio_status))
         .route("/unsubscribe", get(unsubscribe_page).post(unsubscribe))
         .with_state(hooks);
-    Ok(tokio::spawn(async move {
+    Ok(serve_until_stopped(
+        listener,
+        app,
+        stop,
+        "webhook endpoints",
+    ))
+}
+
+/// Serves `app` on `listener` until `stop` turns true (then lets requests in
+/// progress finish); shared by the webhook and metrics listeners.
+pub(crate) fn serve_until_stopped(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+    what: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         let stopped = async move {
             let _ = stop.wait_for(|stopping| *stopping).await;
         };
@@ -183,9 +199,9 @@ pub async fn listen(
             .with_graceful_shutdown(stopped)
             .await
         {
-            tracing::error!(%error, "webhook endpoints stopped");
+            tracing::error!(%error, "{what} stopped");
         }
-    }))
+    })
 }
 
 fn plain(status: StatusCode, text: impl Into<String>) -> Response {
