@@ -1108,6 +1108,148 @@ async fn gauges_count_cases_and_the_unclaimed_due_backlog(store: Arc<dyn Store>)
     );
 }
 
+/// A batch whose events touch different invoices (applied set-wise by the
+/// SQLite store) keeps every rule of the event-by-event path: duplicates,
+/// exits, stale triggers, open cases, new cases with their deliveries.
+async fn a_batch_of_independent_events_keeps_every_rule(store: Arc<dyn Store>) {
+    let now = t("2026-01-05T09:00:00Z");
+    let one = |e: Event, starts: Vec<NewCase>| {
+        let store = store.clone();
+        async move {
+            store
+                .ingest(vec![plan(e, starts)], now)
+                .await
+                .expect("ingest")
+        }
+    };
+    one(
+        event("f1", "payment_failed", "inv_1", None),
+        vec![new_case("pf", now)],
+    )
+    .await;
+    let open_2 = one(
+        event("f2", "payment_failed", "inv_2", None),
+        vec![new_case("pf", now)],
+    )
+    .await;
+    one(
+        event(
+            "p3",
+            "payment_succeeded",
+            "inv_3",
+            Some("2026-01-05T10:00:00Z"),
+        ),
+        vec![],
+    )
+    .await;
+    let open_4 = one(
+        event("f4", "payment_failed", "inv_4", None),
+        vec![new_case("pf", now)],
+    )
+    .await;
+
+    let out = store
+        .ingest(
+            vec![
+                plan(
+                    event("f1", "payment_failed", "inv_1", None),
+                    vec![new_case("pf", now)],
+                ),
+                plan(event("p2", "payment_succeeded", "inv_2", None), vec![]),
+                plan(
+                    event(
+                        "f3",
+                        "payment_failed",
+                        "inv_3",
+                        Some("2026-01-05T09:30:00Z"),
+                    ),
+                    vec![new_case("pf", now)],
+                ),
+                plan(
+                    event("f4b", "payment_failed", "inv_4", None),
+                    vec![new_case("pf", now)],
+                ),
+                plan(
+                    event("f5", "payment_failed", "inv_5", None),
+                    vec![new_case("pf", now)],
+                ),
+            ],
+            now,
+        )
+        .await
+        .expect("ingest batch");
+    let ids: Vec<&str> = out.iter().map(|o| o.event_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["f1", "p2", "f3", "f4b", "f5"],
+        "outcomes in event order"
+    );
+    assert!(out[0].duplicate && out[0].cases_started.is_empty());
+    assert_eq!(out[1].cases_recovered, open_2[0].cases_started);
+    assert!(out[2].cases_started.is_empty());
+    assert!(
+        out[2].notes[0].contains("exit event 'p3' occurred later"),
+        "{:?}",
+        out[2].notes
+    );
+    assert!(out[3].cases_started.is_empty());
+    assert!(
+        out[3].notes[0].contains(&format!(
+            "case '{}' is already open",
+            open_4[0].cases_started[0]
+        )),
+        "{:?}",
+        out[3].notes
+    );
+    assert_eq!(out[4].cases_started.len(), 1);
+    assert!(out[4].notes.is_empty() && out[4].cases_recovered.is_empty());
+
+    let recovered = store
+        .get_case(&open_2[0].cases_started[0])
+        .await
+        .expect("get");
+    assert_eq!(recovered.case.state, CaseState::Recovered);
+    assert!(
+        recovered
+            .deliveries
+            .iter()
+            .all(|d| d.status == DeliveryStatus::Skipped)
+    );
+    let fresh = store.get_case(&out[4].cases_started[0]).await.expect("get");
+    assert_eq!(fresh.case.state, CaseState::Active);
+    assert_eq!(fresh.case.subject, "inv_5");
+    assert_eq!(fresh.case.trigger_event.id, "f5");
+    let planned: Vec<(u32, &str, DeliveryStatus)> = fresh
+        .deliveries
+        .iter()
+        .map(|d| (d.step_index, d.channel.as_str(), d.status))
+        .collect();
+    assert_eq!(
+        planned,
+        [
+            (0, "email", DeliveryStatus::Scheduled),
+            (1, "sms", DeliveryStatus::Scheduled)
+        ]
+    );
+    assert_eq!(
+        fresh.deliveries[0].idempotency_key,
+        idempotency_key(&fresh.case.id, 0, "email")
+    );
+    // What the batch stored is what the engine claims.
+    let claimed = store.claim_due(now, &options("a")).await.expect("claim");
+    assert!(claimed.iter().any(|c| c.case_id == fresh.case.id
+        && c.trigger_event.id == "f5"
+        && c.workflow_version == "pf-v1"));
+    assert_eq!(
+        store
+            .workflow_source("pf-v1")
+            .await
+            .expect("source")
+            .as_deref(),
+        Some("name: pf")
+    );
+}
+
 macro_rules! backend_tests {
     ($backend:ident = $fixture:ident: $($name:ident),+ $(,)?) => {
         mod $backend {
@@ -1134,6 +1276,7 @@ backend_tests!(sqlite = sqlite_store:
     stats_fold_cases_and_deliveries,
     renewed_leases_are_not_taken_over,
     gauges_count_cases_and_the_unclaimed_due_backlog,
+    a_batch_of_independent_events_keeps_every_rule,
 );
 
 backend_tests!(postgres = postgres_store:
@@ -1148,6 +1291,7 @@ backend_tests!(postgres = postgres_store:
     stats_fold_cases_and_deliveries,
     renewed_leases_are_not_taken_over,
     gauges_count_cases_and_the_unclaimed_due_backlog,
+    a_batch_of_independent_events_keeps_every_rule,
 );
 
 /// A database a newer dunningd migrated is refused with a message that says
