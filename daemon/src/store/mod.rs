@@ -30,6 +30,7 @@ use chrono::{DateTime, Utc};
 use crate::model::{Case, CaseDetail, CaseFilter, CaseState, Event, OptOut};
 use crate::stats::{Stats, StatsFilter};
 
+mod batch;
 pub mod postgres;
 mod rows;
 pub mod sqlite;

@@ -16,7 +16,7 @@
 //!   poll.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
+use super::batch;
 use super::rows::{
     OutcomeRow, case_from_row, claimed_from_row, corrupt, delivery_from_row, optout_from_row,
     state_counts, stats_row_from_row, workflow_counts,
@@ -43,6 +44,162 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
+    /// `ingest` for a batch of independent events (`batch::independent`):
+    /// the same rules as the event-by-event path with a fixed handful of
+    /// statements per batch instead of several per event.
+    async fn ingest_independent(
+        &self,
+        plans: Vec<EventPlan>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<IngestOutcome>, StoreError> {
+        let now_ms = to_ms(now);
+        let events = batch::event_rows(&plans)?;
+        let mut tx = self.tx().await?;
+        let inserted: HashSet<String> = sqlx::query_scalar(
+            "INSERT INTO events (id, type, customer_id, subject, occurred_ms, received_ms, body)
+             SELECT e.id, e.type, e.customer, e.subject, e.occurred_ms, $1, e.body
+             FROM jsonb_to_recordset($2::jsonb)
+                  AS e(id text, type text, customer text, subject text, occurred_ms int8, body text)
+             ON CONFLICT (id) DO NOTHING RETURNING id",
+        )
+        .bind(now_ms)
+        .bind(events)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let new: Vec<&EventPlan> = plans
+            .iter()
+            .filter(|p| inserted.contains(&p.event.id))
+            .collect();
+
+        let recovered = sqlx::query(
+            "UPDATE cases SET state = 'recovered', updated_ms = $1, paused_ms = NULL,
+                    ended_reason = 'exit event ' || e.id || ' (' || e.type || ')'
+             FROM jsonb_to_recordset($2::jsonb) AS e(id text, type text, customer text, subject text)
+             WHERE cases.customer_id = e.customer AND cases.subject = e.subject
+               AND cases.state IN ('active', 'paused') AND e.type = ANY(cases.exit_on)
+             RETURNING cases.id, cases.customer_id, cases.subject",
+        )
+        .bind(now_ms)
+        .bind(batch::exit_rows(&new)?)
+        .fetch_all(&mut *tx)
+        .await?;
+        // Keys are unique in the batch, so (customer, subject) names the event.
+        let mut recovered_by_key: HashMap<(String, String), Vec<String>> = HashMap::new();
+        let mut recovered_ids = Vec::with_capacity(recovered.len());
+        for row in &recovered {
+            let id: String = row.try_get(0)?;
+            recovered_by_key
+                .entry((row.try_get(1)?, row.try_get(2)?))
+                .or_default()
+                .push(id.clone());
+            recovered_ids.push(id);
+        }
+        if !recovered_ids.is_empty() {
+            skip_pending(&mut tx, &recovered_ids, "case recovered", now_ms).await?;
+        }
+
+        // Stale triggers here; open cases by the insert's ON CONFLICT below,
+        // which also holds against another daemon's concurrent start.
+        let mut refusals = batch::Refusals::default();
+        if let Some(candidates) = batch::candidate_rows(&new)? {
+            let stale = sqlx::query(
+                "SELECT c.i, c.j, x.id AS later_exit
+                 FROM jsonb_to_recordset($1::jsonb)
+                      AS c(i int8, j int8, customer text, subject text, occurred_ms int8, exit_on text[])
+                 CROSS JOIN LATERAL (SELECT id FROM events
+                                     WHERE customer_id = c.customer AND subject = c.subject
+                                       AND occurred_ms > c.occurred_ms AND type = ANY(c.exit_on)
+                                     ORDER BY occurred_ms DESC LIMIT 1) AS x",
+            )
+            .bind(candidates)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in &stale {
+                let (i, j): (i64, i64) = (row.try_get("i")?, row.try_get("j")?);
+                let exit_id: String = row.try_get("later_exit")?;
+                refusals.later_exit(&new, i as usize, j as usize, &exit_id);
+            }
+        }
+
+        let mut started = BTreeMap::new();
+        if let Some(starts) = batch::Starts::plan(&new, &refusals)? {
+            sqlx::query(
+                "INSERT INTO workflow_versions (version, name, source, first_seen_ms)
+                 SELECT v.version, v.name, v.source, $1
+                 FROM jsonb_to_recordset($2::jsonb) AS v(version text, name text, source text)
+                 ON CONFLICT (version) DO NOTHING",
+            )
+            .bind(now_ms)
+            .bind(&starts.versions)
+            .execute(&mut *tx)
+            .await?;
+            let inserted_cases: HashSet<String> = sqlx::query_scalar(
+                "INSERT INTO cases (id, workflow, workflow_version, customer_id, subject, state,
+                                    exit_on, trigger_event_id, trigger_event, started_ms, updated_ms)
+                 SELECT c.id, c.workflow, c.version, c.customer, c.subject, 'active', c.exit_on,
+                        c.event_id, e.body, $1, $1
+                 FROM jsonb_to_recordset($2::jsonb)
+                      AS c(id text, workflow text, version text, customer text, subject text,
+                           exit_on text[], event_id text)
+                 JOIN events e ON e.id = c.event_id
+                 ON CONFLICT (workflow, customer_id, subject) WHERE state IN ('active', 'paused') DO NOTHING
+                 RETURNING id",
+            )
+            .bind(now_ms)
+            .bind(&starts.cases)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+            let inserted_ids: Vec<&String> = inserted_cases.iter().collect();
+            sqlx::query(
+                "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
+                                         due_ms, planned_ms, idempotency_key, updated_ms, customer_id, critical)
+                 SELECT d.id, d.case_id, d.step_index, d.step, d.channel, d.template, 'scheduled',
+                        d.due_ms, d.planned_ms, d.key, $1, d.customer, d.critical
+                 FROM jsonb_to_recordset($2::jsonb)
+                      AS d(id text, case_id text, step_index int8, step text, channel text, template text,
+                           due_ms int8, planned_ms int8, key text, customer text, critical int8)
+                 WHERE d.case_id = ANY($3)",
+            )
+            .bind(now_ms)
+            .bind(&starts.deliveries)
+            .bind(&inserted_ids)
+            .execute(&mut *tx)
+            .await?;
+            for ((i, j), case_id) in starts.ids {
+                if inserted_cases.contains(&case_id) {
+                    started.insert((i, j), case_id);
+                    continue;
+                }
+                // A case open for the same workflow, customer and subject.
+                let plan = new[i];
+                let open: Option<String> = sqlx::query_scalar(
+                    "SELECT id FROM cases WHERE workflow = $1 AND customer_id = $2 AND subject = $3
+                       AND state IN ('active', 'paused')",
+                )
+                .bind(&plan.starts[j].workflow)
+                .bind(&plan.event.customer.id)
+                .bind(&plan.event.subject)
+                .fetch_optional(&mut *tx)
+                .await?;
+                refusals.already_open(&new, i, j, &open.unwrap_or_default());
+            }
+            if !started.is_empty() {
+                notify_work(&mut tx).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(batch::outcomes(
+            plans,
+            &inserted,
+            recovered_by_key,
+            refusals,
+            started,
+        ))
+    }
     /// Connects and applies migrations (under PostgreSQL's advisory lock, so
     /// daemons starting together migrate once).
     pub async fn open(url: &str) -> Result<PostgresStore, StoreError> {
@@ -168,6 +325,9 @@ impl Store for PostgresStore {
         plans: Vec<EventPlan>,
         now: DateTime<Utc>,
     ) -> Result<Vec<IngestOutcome>, StoreError> {
+        if batch::independent(&plans) {
+            return self.ingest_independent(plans, now).await;
+        }
         let now_ms = to_ms(now);
         let mut tx = self.tx().await?;
         let mut outcomes = Vec::with_capacity(plans.len());

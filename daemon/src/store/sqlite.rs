@@ -24,6 +24,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, Transaction};
 
+use super::batch;
 use super::rows::{
     OutcomeRow, case_from_row, claimed_from_row, corrupt, delivery_from_row, optout_from_row,
     state_counts, stats_row_from_row, workflow_counts,
@@ -108,31 +109,19 @@ impl SqliteStore {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 
-    /// `ingest` for a batch whose events cannot affect one another (see
-    /// [`independent`]): the same rules as the event-by-event path, applied
-    /// with a fixed handful of statements per batch instead of several per
-    /// event (each statement costs a round trip to the connection's thread).
+    /// `ingest` for a batch of independent events (`batch::independent`):
+    /// the same rules as the event-by-event path, applied with a fixed
+    /// handful of statements per batch instead of several per event (each
+    /// statement costs a round trip to the connection's thread).
     async fn ingest_independent(
         &self,
         plans: Vec<EventPlan>,
         now: DateTime<Utc>,
     ) -> Result<Vec<IngestOutcome>, StoreError> {
-        use serde_json::json;
         let now_ms = to_ms(now);
-        let encode = |value: &serde_json::Value, table: &'static str| {
-            serde_json::to_string(value).map_err(|e| corrupt(table, e))
-        };
-        let mut events = Vec::with_capacity(plans.len());
-        for plan in &plans {
-            let e = &plan.event;
-            events.push(json!({
-                "id": e.id, "type": e.event_type, "customer": e.customer.id, "subject": e.subject,
-                "occurred_ms": to_ms(plan.occurred_at),
-                "body": serde_json::to_string(e).map_err(|err| corrupt("events", err))?,
-            }));
-        }
+        let events = batch::event_rows(&plans)?;
         let mut tx = self.write_tx().await?;
-        let inserted: Vec<String> = sqlx::query_scalar(
+        let inserted: HashSet<String> = sqlx::query_scalar(
             "INSERT INTO events (id, type, customer_id, subject, occurred_ms, received_ms, body)
              SELECT value ->> '$.id', value ->> '$.type', value ->> '$.customer', value ->> '$.subject',
                     value ->> '$.occurred_ms', ?, value ->> '$.body'
@@ -140,23 +129,17 @@ impl SqliteStore {
              ON CONFLICT (id) DO NOTHING RETURNING id",
         )
         .bind(now_ms)
-        .bind(encode(&json!(events), "events")?)
+        .bind(events)
         .fetch_all(&mut *tx)
-        .await?;
-        let inserted: HashSet<String> = inserted.into_iter().collect();
+        .await?
+        .into_iter()
+        .collect();
         let new: Vec<&EventPlan> = plans
             .iter()
             .filter(|p| inserted.contains(&p.event.id))
             .collect();
 
         // Exits: open cases whose own workflow version lists the event type.
-        let exits: Vec<serde_json::Value> = new
-            .iter()
-            .map(|p| {
-                let e = &p.event;
-                json!({ "id": e.id, "type": e.event_type, "customer": e.customer.id, "subject": e.subject })
-            })
-            .collect();
         let recovered = sqlx::query(
             "UPDATE cases SET state = 'recovered', updated_ms = ?, paused_ms = NULL,
                     ended_reason = 'exit event ' || e.id || ' (' || e.type || ')'
@@ -169,7 +152,7 @@ impl SqliteStore {
              RETURNING cases.id, cases.customer_id, cases.subject",
         )
         .bind(now_ms)
-        .bind(encode(&json!(exits), "cases")?)
+        .bind(batch::exit_rows(&new)?)
         .fetch_all(&mut *tx)
         .await?;
         // Keys are unique in the batch, so (customer, subject) names the event.
@@ -190,86 +173,38 @@ impl SqliteStore {
         // Starts: refused when a later exit event was seen (the trigger is
         // stale) or a case is already open for the workflow, customer and
         // subject; both read after the exits above, as event by event.
-        let mut candidates = Vec::new();
-        for (i, plan) in new.iter().enumerate() {
-            for (j, start) in plan.starts.iter().enumerate() {
-                let exit_on =
-                    serde_json::to_string(&start.exit_on).map_err(|e| corrupt("cases", e))?;
-                candidates.push(json!({
-                    "i": i, "j": j, "workflow": start.workflow, "customer": plan.event.customer.id,
-                    "subject": plan.event.subject, "occurred_ms": to_ms(plan.occurred_at), "exit_on": exit_on,
-                }));
-            }
-        }
-        let checks = if candidates.is_empty() {
-            Vec::new()
-        } else {
-            sqlx::query(
+        let mut refusals = batch::Refusals::default();
+        if let Some(candidates) = batch::candidate_rows(&new)? {
+            let checks = sqlx::query(
                 "SELECT c.value ->> '$.i' AS i, c.value ->> '$.j' AS j,
                         (SELECT id FROM events
                          WHERE customer_id = c.value ->> '$.customer' AND subject = c.value ->> '$.subject'
                            AND occurred_ms > c.value ->> '$.occurred_ms'
-                           AND type IN (SELECT value FROM json_each(c.value ->> '$.exit_on'))
+                           AND type IN (SELECT value FROM json_each(c.value -> '$.exit_on'))
                          ORDER BY occurred_ms DESC LIMIT 1) AS later_exit,
                         (SELECT id FROM cases
                          WHERE workflow = c.value ->> '$.workflow' AND customer_id = c.value ->> '$.customer'
                            AND subject = c.value ->> '$.subject' AND state IN ('active', 'paused')) AS open_case
                  FROM json_each(?) AS c",
             )
-            .bind(encode(&json!(candidates), "cases")?)
+            .bind(candidates)
             .fetch_all(&mut *tx)
-            .await?
-        };
-        let mut refused: HashMap<(i64, i64), String> = HashMap::new();
-        for row in &checks {
-            let key = (row.try_get::<i64, _>("i")?, row.try_get::<i64, _>("j")?);
-            let later_exit: Option<String> = row.try_get("later_exit")?;
-            let open_case: Option<String> = row.try_get("open_case")?;
-            let workflow = &new[key.0 as usize].starts[key.1 as usize].workflow;
-            if let Some(exit_id) = later_exit {
-                refused.insert(key, format!("workflow '{workflow}': no case started, exit event '{exit_id}' occurred later"));
-            } else if let Some(case_id) = open_case {
-                refused.insert(key, format!("workflow '{workflow}': no case started, case '{case_id}' is already open for this customer and subject"));
+            .await?;
+            for row in &checks {
+                let (i, j) = (
+                    row.try_get::<i64, _>("i")? as usize,
+                    row.try_get::<i64, _>("j")? as usize,
+                );
+                if let Some(exit_id) = row.try_get::<Option<String>, _>("later_exit")? {
+                    refusals.later_exit(&new, i, j, &exit_id);
+                } else if let Some(case_id) = row.try_get::<Option<String>, _>("open_case")? {
+                    refusals.already_open(&new, i, j, &case_id);
+                }
             }
         }
 
-        let mut versions = BTreeMap::new();
-        let mut cases = Vec::new();
-        let mut deliveries = Vec::new();
-        let mut started: HashMap<usize, Vec<String>> = HashMap::new();
-        for (i, plan) in new.iter().enumerate() {
-            let event = &plan.event;
-            for (j, start) in plan.starts.iter().enumerate() {
-                if refused.contains_key(&(i as i64, j as i64)) {
-                    continue;
-                }
-                versions
-                    .entry(start.workflow_version.as_str())
-                    .or_insert((start.workflow.as_str(), start.workflow_source.as_str()));
-                let case_id = uuid::Uuid::now_v7().to_string();
-                cases.push(json!({
-                    "id": case_id, "workflow": start.workflow, "version": start.workflow_version,
-                    "customer": event.customer.id, "subject": event.subject,
-                    "exit_on": serde_json::to_string(&start.exit_on).map_err(|e| corrupt("cases", e))?,
-                    "event_id": event.id, "i": i,
-                }));
-                for d in &start.deliveries {
-                    deliveries.push(json!({
-                        "id": uuid::Uuid::now_v7().to_string(), "case": case_id,
-                        "step_index": d.step_index, "step": d.step, "channel": d.channel,
-                        "template": d.template, "due_ms": to_ms(d.due_at), "planned_ms": to_ms(d.planned_at),
-                        "key": idempotency_key(&case_id, d.step_index, &d.channel),
-                        "customer": event.customer.id, "critical": i64::from(d.critical),
-                    }));
-                }
-                started.entry(i).or_default().push(case_id);
-            }
-        }
-        if !cases.is_empty() {
-            let versions: Vec<serde_json::Value> = versions
-                .iter()
-                .map(|(version, (name, source))| json!({ "version": version, "name": name, "source": source }))
-                .collect();
+        let mut started = BTreeMap::new();
+        if let Some(starts) = batch::Starts::plan(&new, &refusals)? {
             sqlx::query(
                 "INSERT INTO workflow_versions (version, name, source, first_seen_ms)
                  SELECT value ->> '$.version', value ->> '$.name', value ->> '$.source', ?
@@ -277,7 +212,7 @@ impl SqliteStore {
                  ON CONFLICT (version) DO NOTHING",
             )
             .bind(now_ms)
-            .bind(encode(&json!(versions), "workflow_versions")?)
+            .bind(&starts.versions)
             .execute(&mut *tx)
             .await?;
             // The trigger event's body is the one just stored with the event.
@@ -285,71 +220,38 @@ impl SqliteStore {
                 "INSERT INTO cases (id, workflow, workflow_version, customer_id, subject, state,
                                     exit_on, trigger_event_id, trigger_event, started_ms, updated_ms)
                  SELECT c.value ->> '$.id', c.value ->> '$.workflow', c.value ->> '$.version',
-                        c.value ->> '$.customer', c.value ->> '$.subject', 'active', c.value ->> '$.exit_on',
+                        c.value ->> '$.customer', c.value ->> '$.subject', 'active', c.value -> '$.exit_on',
                         c.value ->> '$.event_id', e.body, ?1, ?1
                  FROM json_each(?2) AS c JOIN events e ON e.id = c.value ->> '$.event_id'",
             )
             .bind(now_ms)
-            .bind(encode(&json!(cases), "cases")?)
+            .bind(&starts.cases)
             .execute(&mut *tx)
             .await?;
             sqlx::query(
                 "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
                                          due_ms, planned_ms, idempotency_key, updated_ms, customer_id, critical)
-                 SELECT value ->> '$.id', value ->> '$.case', value ->> '$.step_index', value ->> '$.step',
+                 SELECT value ->> '$.id', value ->> '$.case_id', value ->> '$.step_index', value ->> '$.step',
                         value ->> '$.channel', value ->> '$.template', 'scheduled', value ->> '$.due_ms',
                         value ->> '$.planned_ms', value ->> '$.key', ?, value ->> '$.customer',
                         value ->> '$.critical'
                  FROM json_each(?)",
             )
             .bind(now_ms)
-            .bind(encode(&json!(deliveries), "deliveries")?)
+            .bind(&starts.deliveries)
             .execute(&mut *tx)
             .await?;
+            started = starts.ids;
         }
         tx.commit().await?;
-
-        let mut new_index = 0;
-        let outcomes = plans
-            .into_iter()
-            .map(|plan| {
-                let mut outcome = IngestOutcome {
-                    event_id: plan.event.id.clone(),
-                    notes: plan.notes,
-                    ..Default::default()
-                };
-                if !inserted.contains(&plan.event.id) {
-                    outcome.duplicate = true;
-                    outcome.notes.clear();
-                    return outcome;
-                }
-                let i = new_index;
-                new_index += 1;
-                let key = (plan.event.customer.id, plan.event.subject);
-                outcome.cases_recovered = recovered_by_key.remove(&key).unwrap_or_default();
-                for j in 0..plan.starts.len() {
-                    if let Some(note) = refused.remove(&(i as i64, j as i64)) {
-                        outcome.notes.push(note);
-                    }
-                }
-                outcome.cases_started = started.remove(&i).unwrap_or_default();
-                outcome
-            })
-            .collect();
-        Ok(outcomes)
+        Ok(batch::outcomes(
+            plans,
+            &inserted,
+            recovered_by_key,
+            refusals,
+            started,
+        ))
     }
-}
-
-/// Whether no two events of a batch share an id or a (customer, subject):
-/// then no event's exit, stale-trigger or open-case check can depend on
-/// another's, and the batch may be applied set-wise.
-fn independent(plans: &[EventPlan]) -> bool {
-    let mut ids = HashSet::new();
-    let mut keys = HashSet::new();
-    plans.iter().all(|p| {
-        ids.insert(p.event.id.as_str())
-            && keys.insert((p.event.customer.id.as_str(), p.event.subject.as_str()))
-    })
 }
 
 fn json_ids(ids: &[String]) -> String {
@@ -384,7 +286,7 @@ impl Store for SqliteStore {
         plans: Vec<EventPlan>,
         now: DateTime<Utc>,
     ) -> Result<Vec<IngestOutcome>, StoreError> {
-        if plans.len() > 1 && independent(&plans) {
+        if batch::independent(&plans) {
             return self.ingest_independent(plans, now).await;
         }
         let now_ms = to_ms(now);
