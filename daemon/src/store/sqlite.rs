@@ -140,16 +140,21 @@ impl SqliteStore {
             .collect();
 
         // Exits: open cases whose own workflow version lists the event type.
+        // Plans are fixed (CROSS JOIN keeps the batch as the outer loop,
+        // INDEXED BY the lookups): without statistics SQLite might walk
+        // every open case for each event.
         let recovered = sqlx::query(
-            "UPDATE cases SET state = 'recovered', updated_ms = ?, paused_ms = NULL,
-                    ended_reason = 'exit event ' || e.id || ' (' || e.type || ')'
-             FROM (SELECT value ->> '$.id' AS id, value ->> '$.type' AS type,
-                          value ->> '$.customer' AS customer, value ->> '$.subject' AS subject
-                   FROM json_each(?)) AS e
-             WHERE cases.customer_id = e.customer AND cases.subject = e.subject
-               AND cases.state IN ('active', 'paused')
-               AND EXISTS (SELECT 1 FROM json_each(cases.exit_on) WHERE value = e.type)
-             RETURNING cases.id, cases.customer_id, cases.subject",
+            "UPDATE cases SET state = 'recovered', updated_ms = ?1, paused_ms = NULL,
+                    ended_reason = (SELECT 'exit event ' || (e.value ->> '$.id') || ' (' || (e.value ->> '$.type') || ')'
+                                    FROM json_each(?2) AS e
+                                    WHERE e.value ->> '$.customer' = cases.customer_id
+                                      AND e.value ->> '$.subject' = cases.subject)
+             WHERE id IN (SELECT c.id FROM json_each(?2) AS e
+                          CROSS JOIN cases c INDEXED BY cases_open_by_subject
+                          WHERE c.customer_id = e.value ->> '$.customer' AND c.subject = e.value ->> '$.subject'
+                            AND c.state IN ('active', 'paused')
+                            AND EXISTS (SELECT 1 FROM json_each(c.exit_on) WHERE value = e.value ->> '$.type'))
+             RETURNING id, customer_id, subject",
         )
         .bind(now_ms)
         .bind(batch::exit_rows(&new)?)
@@ -177,12 +182,12 @@ impl SqliteStore {
         if let Some(candidates) = batch::candidate_rows(&new)? {
             let checks = sqlx::query(
                 "SELECT c.value ->> '$.i' AS i, c.value ->> '$.j' AS j,
-                        (SELECT id FROM events
+                        (SELECT id FROM events INDEXED BY events_by_subject
                          WHERE customer_id = c.value ->> '$.customer' AND subject = c.value ->> '$.subject'
                            AND occurred_ms > c.value ->> '$.occurred_ms'
                            AND type IN (SELECT value FROM json_each(c.value -> '$.exit_on'))
                          ORDER BY occurred_ms DESC LIMIT 1) AS later_exit,
-                        (SELECT id FROM cases
+                        (SELECT id FROM cases INDEXED BY cases_one_open
                          WHERE workflow = c.value ->> '$.workflow' AND customer_id = c.value ->> '$.customer'
                            AND subject = c.value ->> '$.subject' AND state IN ('active', 'paused')) AS open_case
                  FROM json_each(?) AS c",
@@ -222,7 +227,7 @@ impl SqliteStore {
                  SELECT c.value ->> '$.id', c.value ->> '$.workflow', c.value ->> '$.version',
                         c.value ->> '$.customer', c.value ->> '$.subject', 'active', c.value -> '$.exit_on',
                         c.value ->> '$.event_id', e.body, ?1, ?1
-                 FROM json_each(?2) AS c JOIN events e ON e.id = c.value ->> '$.event_id'",
+                 FROM json_each(?2) AS c CROSS JOIN events e ON e.id = c.value ->> '$.event_id'",
             )
             .bind(now_ms)
             .bind(&starts.cases)
