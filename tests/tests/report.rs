@@ -299,7 +299,13 @@ async fn the_report_shows_what_stats_says_and_loads_nothing(backend: Backend) {
         .await
         .expect("window size");
     let png = browser.screenshot().await.expect("screenshot");
-    std::fs::write(std::env::temp_dir().join("dunningd-report.png"), png).expect("save screenshot");
+    let backend_name = match &backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres(_) => "postgres",
+    };
+    let shots = dunningd_e2e::workspace_root().join("target/test-screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshot folder");
+    std::fs::write(shots.join(format!("report-{backend_name}.png")), png).expect("save screenshot");
 
     // Every figure on the page, and only those, as the JSON says.
     let expected = expected_figures(&stats);
