@@ -309,6 +309,12 @@ impl TestDaemon {
             .results
     }
 
+    /// Sends events and waits until what they made due has an outcome.
+    pub async fn send_and_settle(&self, events: Vec<String>) {
+        self.send_events(events).await;
+        self.settle().await;
+    }
+
     /// A case with its deliveries.
     pub async fn case(&self, id: &str) -> dunningd::proto::CaseDetail {
         self.client()

@@ -38,6 +38,18 @@ templates:
     body: "suspend {{ customer.id }}"
 "#;
 
+/// The `i`-th of many events of one kind: id `{prefix}{i}`, customer
+/// `cus_{i}`, invoice `inv_{i}`, an amount of 10.00.
+pub fn numbered_event(prefix: &str, kind: &str, i: usize) -> String {
+    event(
+        &format!("{prefix}{i}"),
+        kind,
+        &format!("cus_{i}"),
+        &format!("inv_{i}"),
+        1000,
+    )
+}
+
 /// A billing event for [`WORKFLOW`]'s customer `customer` and invoice `subject`.
 pub fn event(id: &str, kind: &str, customer: &str, subject: &str, amount: u64) -> String {
     serde_json::json!({

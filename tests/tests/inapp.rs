@@ -123,23 +123,9 @@ async fn the_inbox_api_needs_the_customers_token_and_tracks_read_and_dismissed(b
             .status(),
         204
     );
-    let unread: Vec<serde_json::Value> = http
-        .get(format!("{inbox}/messages?token={t}"))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let unread = messages(&http, format!("{inbox}/messages?token={t}")).await;
     assert!(unread.is_empty());
-    let all: Vec<serde_json::Value> = http
-        .get(format!("{inbox}/messages?status=all&token={t}"))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let all = messages(&http, format!("{inbox}/messages?status=all&token={t}")).await;
     assert_eq!((all.len(), all[0]["read"].as_bool()), (1, Some(true)));
 
     assert_eq!(
@@ -150,14 +136,7 @@ async fn the_inbox_api_needs_the_customers_token_and_tracks_read_and_dismissed(b
             .status(),
         204
     );
-    let all: Vec<serde_json::Value> = http
-        .get(format!("{inbox}/messages?status=all&token={t}"))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let all = messages(&http, format!("{inbox}/messages?status=all&token={t}")).await;
     assert!(all.is_empty(), "dismissed messages are gone");
     assert_eq!(
         http.post(format!("{inbox}/messages/999/dismiss?token={t}"))
@@ -356,14 +335,18 @@ async fn daemons_sharing_postgresql_share_the_inbox_and_its_live_updates() {
         first.log()
     );
     event_containing(&mut stream, "Payment of £49.00 failed").await;
-    let list: Vec<serde_json::Value> = http
-        .get(format!("{inbox}/messages?token={t}"))
+    let list = messages(&http, format!("{inbox}/messages?token={t}")).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    drop(second);
+}
+
+/// The inbox's answer to a listing URL (with its token), as JSON.
+async fn messages(http: &reqwest::Client, url: String) -> Vec<serde_json::Value> {
+    http.get(url)
         .send()
         .await
         .expect("list")
         .json()
         .await
-        .expect("json");
-    assert_eq!(list.len(), 1, "{list:?}");
-    drop(second);
+        .expect("json")
 }

@@ -360,23 +360,18 @@ async fn windows_follow_the_customers_daylight_saving_changes() {
         })
         .to_string();
         let id = start_case(&daemon, event).await;
-        let email = daemon
-            .case(&id)
-            .await
-            .deliveries
-            .into_iter()
-            .find(|d| d.channel == "email")
-            .expect("email");
-        assert_eq!(email.planned_at, want, "{zone} from {start}");
+        let email = || async {
+            daemon
+                .case(&id)
+                .await
+                .deliveries
+                .into_iter()
+                .find(|d| d.channel == "email")
+                .expect("email")
+        };
+        assert_eq!(email().await.planned_at, want, "{zone} from {start}");
         set_clock(&daemon, want).await;
-        let sent = daemon
-            .case(&id)
-            .await
-            .deliveries
-            .into_iter()
-            .find(|d| d.channel == "email")
-            .expect("email");
-        assert_eq!(sent.status, "sent", "{zone} from {start}");
+        assert_eq!(email().await.status, "sent", "{zone} from {start}");
     }
 }
 

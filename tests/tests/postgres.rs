@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use dunningd::proto;
 use dunningd_e2e::daemon::{Backend, PgDatabase, Setup, TestDaemon};
-use dunningd_e2e::fixtures::{WORKFLOW, event};
+use dunningd_e2e::fixtures::{WORKFLOW, event, numbered_event};
 use dunningd_e2e::peers::TcpProxy;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
@@ -128,15 +128,7 @@ async fn three_daemons_share_the_work_and_survive_one_killed_mid_run() {
         .map(|chunk| {
             chunk
                 .iter()
-                .map(|i| {
-                    event(
-                        &format!("f{i}"),
-                        "payment_failed",
-                        &format!("cus_{i}"),
-                        &format!("inv_{i}"),
-                        1000,
-                    )
-                })
+                .map(|i| numbered_event("f", "payment_failed", *i))
                 .collect()
         })
         .collect();
@@ -193,15 +185,7 @@ async fn three_daemons_share_the_work_and_survive_one_killed_mid_run() {
     // Every tenth customer pays (told to the third daemon).
     let paid: Vec<String> = (0..CASES)
         .step_by(10)
-        .map(|i| {
-            event(
-                &format!("p{i}"),
-                "payment_succeeded",
-                &format!("cus_{i}"),
-                &format!("inv_{i}"),
-                1000,
-            )
-        })
+        .map(|i| numbered_event("p", "payment_succeeded", i))
         .collect();
     let recovered: usize = daemons[2]
         .send_events(paid)
@@ -305,15 +289,7 @@ templates:
         daemons.push(TestDaemon::start(setup).await);
     }
     let events = (0..CASES)
-        .map(|i| {
-            event(
-                &format!("e{i}"),
-                "payment_failed",
-                &format!("cus_{i}"),
-                &format!("inv_{i}"),
-                1000,
-            )
-        })
+        .map(|i| numbered_event("e", "payment_failed", i))
         .collect();
     let started: usize = daemons[0]
         .send_events(events)

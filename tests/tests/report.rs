@@ -15,12 +15,6 @@ use serde_json::Value;
 /// A step name that would run as a script if the page did not escape it.
 const HOSTILE_STEP: &str = r#"reminder <script>document.title="pwned"</script> & co"#;
 
-/// Sends events and waits for what they made due.
-async fn send(daemon: &TestDaemon, events: Vec<String>) {
-    daemon.send_events(events).await;
-    daemon.settle().await;
-}
-
 fn euros(id: &str, kind: &str, customer: &str, subject: &str, amount: u64) -> String {
     event(id, kind, customer, subject, amount).replace("\"USD\"", "\"EUR\"")
 }
@@ -231,35 +225,35 @@ async fn the_report_shows_what_stats_says_and_loads_nothing(backend: Backend) {
     let daemon =
         TestDaemon::start(Setup::default().workflow("pf.yaml", &workflow).on(&backend)).await;
     // Five failed payments at 2026-01-05 09:00, four in dollars, one in euros.
-    send(
-        &daemon,
-        vec![
+    daemon
+        .send_and_settle(vec![
             event("f1", "payment_failed", "cus_1", "inv_1", 4900),
             event("f2", "payment_failed", "cus_2", "inv_2", 2500),
             event("f3", "payment_failed", "cus_3", "inv_3", 1000),
             event("f4", "payment_failed", "cus_4", "inv_4", 700),
             euros("f5", "payment_failed", "cus_5", "inv_5", 3000),
-        ],
-    )
-    .await;
+        ])
+        .await;
     // cus_1 pays a day later; cus_2 and cus_5 on day 4, after the reminder.
     daemon.advance("1d").await;
-    send(
-        &daemon,
-        vec![event("p1", "payment_succeeded", "cus_1", "inv_1", 4900)],
-    )
-    .await;
+    daemon
+        .send_and_settle(vec![event(
+            "p1",
+            "payment_succeeded",
+            "cus_1",
+            "inv_1",
+            4900,
+        )])
+        .await;
     daemon.advance("3d").await;
-    send(
-        &daemon,
-        vec![
+    daemon
+        .send_and_settle(vec![
             event("p2", "payment_succeeded", "cus_2", "inv_2", 2500),
             euros("p5", "payment_succeeded", "cus_5", "inv_5", 3000),
             // A new case on day 4, still running at the end.
             euros("f6", "payment_failed", "cus_6", "inv_6", 1500),
-        ],
-    )
-    .await;
+        ])
+        .await;
     // cus_4's case is cancelled by an operator; cus_3's runs to the end.
     let cases = daemon
         .client()

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use dunningd::proto;
 use dunningd_e2e::daemon::{Backend, Setup, TestDaemon};
-use dunningd_e2e::fixtures::{WORKFLOW, event};
+use dunningd_e2e::fixtures::{WORKFLOW, event, numbered_event};
 use dunningd_e2e::on_both_backends;
 use serde_json::Value;
 use tonic::Code;
@@ -225,18 +225,9 @@ async fn kill_9_between_steps_loses_nothing_and_repeats_nothing(backend: Backend
     )
     .await;
     let events = (0..20)
-        .map(|i| {
-            event(
-                &format!("e{i}"),
-                "payment_failed",
-                &format!("cus_{i}"),
-                &format!("inv_{i}"),
-                1000,
-            )
-        })
+        .map(|i| numbered_event("e", "payment_failed", i))
         .collect();
-    daemon.send_events(events).await;
-    daemon.settle().await;
+    daemon.send_and_settle(events).await;
     assert_eq!(daemon.deliveries().len(), 40);
 
     daemon.kill9();
@@ -273,15 +264,7 @@ async fn kill_9_right_after_the_acknowledgement_loses_nothing(backend: Backend) 
     )
     .await;
     let events = (0..50)
-        .map(|i| {
-            event(
-                &format!("e{i}"),
-                "payment_failed",
-                &format!("cus_{i}"),
-                &format!("inv_{i}"),
-                1000,
-            )
-        })
+        .map(|i| numbered_event("e", "payment_failed", i))
         .collect();
     let results = daemon.send_events(events).await;
     assert_eq!(

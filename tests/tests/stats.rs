@@ -7,42 +7,42 @@ use dunningd_e2e::daemon::{Backend, Setup, TestDaemon};
 use dunningd_e2e::fixtures::{WORKFLOW, event};
 use dunningd_e2e::on_both_backends;
 
-/// Sends events and waits for what they made due.
-async fn send(daemon: &TestDaemon, events: Vec<String>) {
-    daemon.send_events(events).await;
-    daemon.settle().await;
-}
-
 on_both_backends!(stats_report_recoveries_revenue_and_last_touch);
 
 async fn stats_report_recoveries_revenue_and_last_touch(backend: Backend) {
     let daemon =
         TestDaemon::start(Setup::default().workflow("pf.yaml", WORKFLOW).on(&backend)).await;
     // Four failed payments at 2026-01-05 09:00.
-    send(
-        &daemon,
-        vec![
+    daemon
+        .send_and_settle(vec![
             event("f1", "payment_failed", "cus_1", "inv_1", 4900),
             event("f2", "payment_failed", "cus_2", "inv_2", 2500),
             event("f3", "payment_failed", "cus_3", "inv_3", 1000),
             event("f4", "payment_failed", "cus_4", "inv_4", 700),
-        ],
-    )
-    .await;
+        ])
+        .await;
     // cus_1 pays a day later, after the first email and banner.
     daemon.advance("1d").await;
-    send(
-        &daemon,
-        vec![event("p1", "payment_succeeded", "cus_1", "inv_1", 4900)],
-    )
-    .await;
+    daemon
+        .send_and_settle(vec![event(
+            "p1",
+            "payment_succeeded",
+            "cus_1",
+            "inv_1",
+            4900,
+        )])
+        .await;
     // cus_2 pays on day 4, after the SMS reminder of day 3.
     daemon.advance("3d").await;
-    send(
-        &daemon,
-        vec![event("p2", "payment_succeeded", "cus_2", "inv_2", 2500)],
-    )
-    .await;
+    daemon
+        .send_and_settle(vec![event(
+            "p2",
+            "payment_succeeded",
+            "cus_2",
+            "inv_2",
+            2500,
+        )])
+        .await;
     // cus_4's case is cancelled by an operator; cus_3 runs to the end.
     let cases = daemon
         .client()

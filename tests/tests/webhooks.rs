@@ -70,12 +70,6 @@ async fn start(twilio: &TwilioPeer, email: &str) -> (TestDaemon, String, tempfil
 
 const LOG_EMAIL: &str = "{ plugin: log, settings: { path: '{dir}/deliveries.jsonl' } }";
 
-/// Sends events and waits for what they made due.
-async fn send(daemon: &TestDaemon, events: Vec<String>) {
-    daemon.send_events(events).await;
-    daemon.settle().await;
-}
-
 /// The id of the customer's one case.
 async fn case_of(daemon: &TestDaemon, customer: &str) -> String {
     let cases = daemon
@@ -127,15 +121,13 @@ async fn stop_opts_every_customer_of_the_number_out_of_sms_and_start_lifts_it() 
     let twilio = TwilioPeer::start(SID, SID, TOKEN).await;
     let (daemon, base, _secrets) = start(&twilio, LOG_EMAIL).await;
     // Two accounts share a phone (a family); a third customer does not.
-    send(
-        &daemon,
-        vec![
+    daemon
+        .send_and_settle(vec![
             event("e1", "cus_1", "+447700900123"),
             event("e2", "cus_2", "+447700900123"),
             event("e3", "cus_3", "+447700900999"),
-        ],
-    )
-    .await;
+        ])
+        .await;
     assert_eq!(twilio.messages().len(), 3);
     let inbound = format!("{base}/twilio/sms/inbound");
 
@@ -239,14 +231,12 @@ async fn stop_opts_every_customer_of_the_number_out_of_sms_and_start_lifts_it() 
 async fn status_callbacks_show_what_became_of_each_message() {
     let twilio = TwilioPeer::start(SID, SID, TOKEN).await;
     let (daemon, base, _secrets) = start(&twilio, LOG_EMAIL).await;
-    send(
-        &daemon,
-        vec![
+    daemon
+        .send_and_settle(vec![
             event("e1", "cus_1", "+447700900123"),
             event("e2", "cus_2", "+15005550030"),
-        ],
-    )
-    .await;
+        ])
+        .await;
     let messages = twilio.messages();
     assert_eq!(messages.len(), 2);
     let callback = format!("{base}/twilio/sms/status");
@@ -317,7 +307,9 @@ async fn the_email_unsubscribe_link_opts_out_in_one_click() {
     );
     let (daemon, base, _secrets) = start(&twilio, &email).await;
     // +15005550001 is an invalid number: the notice falls back to email.
-    send(&daemon, vec![event("e1", "cus_1", "+15005550001")]).await;
+    daemon
+        .send_and_settle(vec![event("e1", "cus_1", "+15005550001")])
+        .await;
     let messages = smtp.messages();
     assert_eq!(messages.len(), 1);
     let header = messages[0]["headers"]["List-Unsubscribe"]

@@ -595,7 +595,9 @@ impl Scheduler {
         let id = &claimed.delivery_id;
         let Some(response) = self
             .plugins
-            .send_within(request, || self.held.until(id))
+            .send_within(request, |timeout| {
+                Instant::now() + timeout <= self.held.until(id)
+            })
             .await
         else {
             tracing::warn!(

@@ -215,25 +215,25 @@ impl PluginHost {
     /// A channel whose every slot stays busy for a whole timeout is stuck
     /// (its plugin hangs): the delivery is retried later.
     pub async fn send(&self, request: DeliveryRequest) -> DeliveryResponse {
-        let unbounded = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
-        self.send_within(request, || unbounded)
-            .await
-            .unwrap_or_else(|| DeliveryResponse::Retryable {
-                error: "not sent: no time left".into(),
+        match self.send_within(request, |_| true).await {
+            Some(response) => response,
+            // Unreachable: every call may start.
+            None => DeliveryResponse::Retryable {
+                error: "not sent".into(),
                 retry_after_secs: None,
-            })
+            },
+        }
     }
 
-    /// [`PluginHost::send`] for a claim under a lease: `must_end_by` tells,
-    /// once a slot is free, by when the call must be over (the claim's lease,
-    /// which may have been renewed while waiting). If the channel's timeout
-    /// no longer fits before it, the plugin is not called and `None` is
-    /// returned, so that no message goes out under a lease another daemon
-    /// may take over.
+    /// [`PluginHost::send`] for a claim under a lease: once a slot is free,
+    /// `may_start` is asked whether a call as long as the channel's timeout
+    /// still fits in the claim's lease (which may have been renewed while
+    /// waiting). If not, the plugin is not called and `None` is returned, so
+    /// that no message goes out under a lease another daemon may take over.
     pub async fn send_within(
         &self,
         request: DeliveryRequest,
-        must_end_by: impl Fn() -> Instant,
+        may_start: impl Fn(Duration) -> bool,
     ) -> Option<DeliveryResponse> {
         let channels = self.current();
         let Some(channel) = channels.get(&request.channel) else {
@@ -262,7 +262,7 @@ impl PluginHost {
                 }
             }
         };
-        if Instant::now() + channel.timeout > must_end_by() {
+        if !may_start(channel.timeout) {
             return None;
         }
         let json = match serde_json::to_vec(&request) {

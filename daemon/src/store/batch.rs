@@ -73,6 +73,32 @@ pub(crate) fn candidate_rows(new: &[&EventPlan]) -> Result<Option<String>, Store
     encode(rows, "cases").map(Some)
 }
 
+/// The cases the batch's exit events recovered, from the exit UPDATE's
+/// `RETURNING id, customer_id, subject`.
+pub(crate) struct Recovered {
+    pub ids: Vec<String>,
+    /// Case ids by (customer, subject): keys are unique in the batch, so
+    /// the key names the event that recovered them.
+    pub by_key: HashMap<(String, String), Vec<String>>,
+}
+
+impl Recovered {
+    pub fn new(rows: Vec<(String, String, String)>) -> Recovered {
+        let mut by_key: HashMap<(String, String), Vec<String>> = HashMap::new();
+        let ids = rows
+            .into_iter()
+            .map(|(id, customer, subject)| {
+                by_key
+                    .entry((customer, subject))
+                    .or_default()
+                    .push(id.clone());
+                id
+            })
+            .collect();
+        Recovered { ids, by_key }
+    }
+}
+
 /// Starts refused by the checks, by (new event, start), with the note the
 /// event's outcome carries.
 #[derive(Default)]

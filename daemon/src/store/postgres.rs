@@ -73,7 +73,7 @@ impl PostgresStore {
             .filter(|p| inserted.contains(&p.event.id))
             .collect();
 
-        let recovered = sqlx::query(
+        let recovered = sqlx::query_as(
             "UPDATE cases SET state = 'recovered', updated_ms = $1, paused_ms = NULL,
                     ended_reason = 'exit event ' || e.id || ' (' || e.type || ')'
              FROM jsonb_to_recordset($2::jsonb) AS e(id text, type text, customer text, subject text)
@@ -85,19 +85,9 @@ impl PostgresStore {
         .bind(batch::exit_rows(&new)?)
         .fetch_all(&mut *tx)
         .await?;
-        // Keys are unique in the batch, so (customer, subject) names the event.
-        let mut recovered_by_key: HashMap<(String, String), Vec<String>> = HashMap::new();
-        let mut recovered_ids = Vec::with_capacity(recovered.len());
-        for row in &recovered {
-            let id: String = row.try_get(0)?;
-            recovered_by_key
-                .entry((row.try_get(1)?, row.try_get(2)?))
-                .or_default()
-                .push(id.clone());
-            recovered_ids.push(id);
-        }
-        if !recovered_ids.is_empty() {
-            skip_pending(&mut tx, &recovered_ids, "case recovered", now_ms).await?;
+        let recovered = batch::Recovered::new(recovered);
+        if !recovered.ids.is_empty() {
+            skip_pending(&mut tx, &recovered.ids, "case recovered", now_ms).await?;
         }
 
         // Stale triggers here; open cases by the insert's ON CONFLICT below,
@@ -195,7 +185,7 @@ impl PostgresStore {
         Ok(batch::outcomes(
             plans,
             &inserted,
-            recovered_by_key,
+            recovered.by_key,
             refusals,
             started,
         ))
@@ -642,7 +632,6 @@ impl Store for PostgresStore {
             .iter()
             .map(|(id, completion)| OutcomeRow::new(id, completion))
             .collect();
-        let column = |f: fn(&OutcomeRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
         let done: Vec<String> = sqlx::query_scalar(
             "UPDATE deliveries d SET
                     status = u.status,
@@ -661,10 +650,10 @@ impl Store for PostgresStore {
              RETURNING d.id",
         )
         .bind(now_ms)
-        .bind(column(|r| Some(r.id.to_string())))
-        .bind(column(|r| Some(r.status.to_string())))
-        .bind(column(|r| r.receipt.map(str::to_string)))
-        .bind(column(|r| r.text.map(str::to_string)))
+        .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.status).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.receipt).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.text).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.planned_ms).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.unclaim).collect::<Vec<_>>())
         .bind(owner)

@@ -143,7 +143,7 @@ impl SqliteStore {
         // Plans are fixed (CROSS JOIN keeps the batch as the outer loop,
         // INDEXED BY the lookups): without statistics SQLite might walk
         // every open case for each event.
-        let recovered = sqlx::query(
+        let recovered = sqlx::query_as(
             "UPDATE cases SET state = 'recovered', updated_ms = ?1, paused_ms = NULL,
                     ended_reason = (SELECT 'exit event ' || (e.value ->> '$.id') || ' (' || (e.value ->> '$.type') || ')'
                                     FROM json_each(?2) AS e
@@ -160,19 +160,9 @@ impl SqliteStore {
         .bind(batch::exit_rows(&new)?)
         .fetch_all(&mut *tx)
         .await?;
-        // Keys are unique in the batch, so (customer, subject) names the event.
-        let mut recovered_by_key: HashMap<(String, String), Vec<String>> = HashMap::new();
-        let mut recovered_ids = Vec::with_capacity(recovered.len());
-        for row in &recovered {
-            let id: String = row.try_get(0)?;
-            recovered_by_key
-                .entry((row.try_get(1)?, row.try_get(2)?))
-                .or_default()
-                .push(id.clone());
-            recovered_ids.push(id);
-        }
-        if !recovered_ids.is_empty() {
-            skip_pending(&mut tx, &json_ids(&recovered_ids), "case recovered", now_ms).await?;
+        let recovered = batch::Recovered::new(recovered);
+        if !recovered.ids.is_empty() {
+            skip_pending(&mut tx, &json_ids(&recovered.ids), "case recovered", now_ms).await?;
         }
 
         // Starts: refused when a later exit event was seen (the trigger is
@@ -252,7 +242,7 @@ impl SqliteStore {
         Ok(batch::outcomes(
             plans,
             &inserted,
-            recovered_by_key,
+            recovered.by_key,
             refusals,
             started,
         ))
