@@ -65,7 +65,10 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             // 64 MiB of page cache per connection (the default is 2 MB):
             // the claim and completion statements revisit the same pages.
-            .pragma("cache_size", "-65536");
+            .pragma("cache_size", "-65536")
+            // Room for a whole claimed batch: the connection's thread stops
+            // at a full row channel until the caller takes rows.
+            .row_buffer_size(1024);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -663,12 +666,15 @@ impl Store for SqliteStore {
             }
         }
         // A case whose every delivery is final, and that nobody ended
-        // otherwise, ran all its steps without a recovery.
+        // otherwise, ran all its steps without a recovery. The unary `+`
+        // keeps `state` out of the plan: without statistics SQLite would
+        // walk `cases_by_state` (every active case) and test each against
+        // the batch, instead of looking up the batch's cases by key.
         if !done.is_empty() {
             sqlx::query(
                 "UPDATE cases SET state = 'exhausted', ended_reason = 'all steps ran', updated_ms = ?
                  WHERE id IN (SELECT case_id FROM deliveries WHERE id IN (SELECT value FROM json_each(?)))
-                   AND state = 'active'
+                   AND +state = 'active'
                    AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.case_id = cases.id
                                    AND p.status IN ('scheduled', 'sending', 'retrying'))",
             )
