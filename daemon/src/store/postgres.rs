@@ -197,6 +197,11 @@ impl PostgresStore {
     }
 
     pub async fn connect(options: PgConnectOptions) -> Result<PostgresStore, StoreError> {
+        // Every statement here is a short indexed lookup or update; a
+        // just-in-time compilation (PostgreSQL compiles once a plan's
+        // estimated cost passes `jit_above_cost`) costs hundreds of
+        // milliseconds and never pays back.
+        let options = options.options([("jit", "off")]);
         // One plain connection first: its error says what is wrong (refused,
         // authentication, no such database), where the pool's would only
         // say that it timed out.
@@ -475,6 +480,16 @@ impl Store for PostgresStore {
         let wall_ms = to_ms(Utc::now());
         let lease_ms = wall_ms + options.lease.as_millis() as i64;
         let mut tx = self.tx().await?;
+        // Walk `deliveries_pending` in planned order and stop at the limit.
+        // Until autovacuum has analysed freshly ingested rows the planner
+        // expects a few hundred due rows and would rather collect every due
+        // delivery and sort them (277 ms per claim at a 100k backlog,
+        // against 2 ms); with sorting ruled out for this transaction the
+        // ordered index walk is the only plan left (sorting is allowed again
+        // for the rest of the claim, below).
+        sqlx::query("SET LOCAL enable_sort = off")
+            .execute(&mut *tx)
+            .await?;
         // Rows another daemon is claiming right now are skipped, not waited for.
         let mut rows = sqlx::query(
             "SELECT d.id, d.attempts, d.customer_id, d.channel, d.critical FROM deliveries d JOIN cases c ON c.id = d.case_id
@@ -486,6 +501,9 @@ impl Store for PostgresStore {
         .bind(options.limit as i64)
         .fetch_all(&mut *tx)
         .await?;
+        sqlx::query("SET LOCAL enable_sort = on")
+            .execute(&mut *tx)
+            .await?;
         let room = options.limit as i64 - rows.len() as i64;
         if room > 0 {
             rows.extend(
