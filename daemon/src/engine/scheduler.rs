@@ -74,8 +74,9 @@ pub struct Scheduler {
     store_ok: watch::Sender<bool>,
     /// Signs each message's `unsubscribe_url` (with `webhooks:` configured).
     links: Option<Links>,
-    /// The claims this process holds and still owes an outcome for.
-    held: Held,
+    /// The claims this process holds and still owes an outcome for (asked
+    /// by the plugin host's threads when a call is about to start).
+    held: Arc<Held>,
     /// The longest channel timeout: leases are renewed often enough that a
     /// call of that length still fits in what is left of them.
     longest_timeout: RwLock<Duration>,
@@ -157,7 +158,7 @@ impl Scheduler {
             heartbeat: watch::Sender::new(Utc::now()),
             store_ok: watch::Sender::new(true),
             links: None,
-            held: Held::default(),
+            held: Arc::default(),
             longest_timeout: RwLock::new(Duration::ZERO),
             metrics: None,
         }
@@ -593,10 +594,11 @@ impl Scheduler {
             subject: event.subject.clone(),
         };
         let id = &claimed.delivery_id;
+        let (held, claim) = (self.held.clone(), id.clone());
         let Some(response) = self
             .plugins
-            .send_within(request, |timeout| {
-                Instant::now() + timeout <= self.held.until(id)
+            .send_within(request, move |timeout| {
+                Instant::now() + timeout <= held.until(&claim)
             })
             .await
         else {

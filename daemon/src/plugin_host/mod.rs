@@ -3,13 +3,13 @@
 //!
 //! Invariants:
 //! - A library is loaded once per process and never unloaded.
-//! - Calls run on blocking threads, never on the async runtime, so a plugin
-//!   never touches (or blocks) the host's tokio runtime.
-//! - Each channel has a concurrency bound, acquired *before* a thread is
-//!   used, so hung calls cannot exhaust the blocking pool; and a deadline,
-//!   after which the caller moves on and the outcome is `unknown` (the
-//!   message may have gone out). The hung thread keeps its slot until the
-//!   plugin returns.
+//! - Calls run on each channel's own threads (`lanes`), never on the async
+//!   runtime, so a plugin never touches (or blocks) the host's tokio
+//!   runtime. A channel has as many lanes as its concurrency: that is its
+//!   bound, and hung calls of one channel cannot take another's threads.
+//! - Each call has a deadline from its start, after which the caller moves
+//!   on and the outcome is `unknown` (the message may have gone out). The
+//!   hung lane stays with the plugin until it returns.
 //! - A panic, an error status or a response that is not the documented JSON
 //!   becomes an outcome of that one delivery, with the reason.
 //! - `configure` is all-or-nothing: a channel that fails to open leaves the
@@ -17,19 +17,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use dunningd_plugin_api::wire::{ChannelConfig, DeliveryRequest, DeliveryResponse};
-use tokio::sync::Semaphore;
 
 use crate::config::ChannelSpec;
 use crate::metrics::Metrics;
 
 mod ffi;
+mod lanes;
 
 pub use ffi::{CallError, Library};
+use lanes::{Called, Lanes};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
@@ -41,6 +41,8 @@ pub enum PluginError {
         plugin: String,
         tried: String,
     },
+    #[error("channel '{channel}': cannot start its threads: {message}")]
+    Threads { channel: String, message: String },
     #[error("channel '{channel}': plugin '{plugin}' refused the configuration: {message}")]
     Open {
         channel: String,
@@ -62,14 +64,10 @@ pub struct PluginInfo {
 
 /// One open channel and the limits it is called under.
 struct OpenChannel {
-    raw: Arc<ffi::RawChannel>,
+    lanes: Lanes,
     library: &'static Library,
-    limit: Arc<Semaphore>,
     concurrency: usize,
     timeout: Duration,
-    /// Calls that have returned so far (however late): shows whether a
-    /// channel whose slots are all busy is slow or stuck.
-    returned: Arc<AtomicU64>,
 }
 
 pub struct PluginHost {
@@ -159,15 +157,20 @@ impl PluginHost {
                     CallError::BadStatus(s) => format!("undefined status {s}"),
                 },
             })?;
+            let lanes =
+                Lanes::start(name, Arc::new(raw), spec.concurrency, spec.timeout).map_err(|e| {
+                    PluginError::Threads {
+                        channel: name.clone(),
+                        message: e.to_string(),
+                    }
+                })?;
             opened.insert(
                 name.clone(),
                 OpenChannel {
-                    raw: Arc::new(raw),
+                    lanes,
                     library,
-                    limit: Arc::new(Semaphore::new(spec.concurrency)),
                     concurrency: spec.concurrency,
                     timeout: spec.timeout,
-                    returned: Arc::new(AtomicU64::new(0)),
                 },
             );
         }
@@ -209,10 +212,10 @@ impl PluginHost {
     }
 
     /// Sends one delivery on its channel. Never panics. Waits for a free
-    /// slot for as long as the channel makes progress (some call returns
+    /// lane for as long as the channel makes progress (some call returns
     /// within each timeout; a burst larger than the channel's concurrency
     /// is queued, not failed), then gives the call the channel's timeout.
-    /// A channel whose every slot stays busy for a whole timeout is stuck
+    /// A channel whose every lane stays busy for a whole timeout is stuck
     /// (its plugin hangs): the delivery is retried later.
     pub async fn send(&self, request: DeliveryRequest) -> DeliveryResponse {
         match self.send_within(request, |_| true).await {
@@ -225,15 +228,16 @@ impl PluginHost {
         }
     }
 
-    /// [`PluginHost::send`] for a claim under a lease: once a slot is free,
-    /// `may_start` is asked whether a call as long as the channel's timeout
-    /// still fits in the claim's lease (which may have been renewed while
-    /// waiting). If not, the plugin is not called and `None` is returned, so
-    /// that no message goes out under a lease another daemon may take over.
+    /// [`PluginHost::send`] for a claim under a lease: when a lane is about
+    /// to start the call, `may_start` is asked whether a call as long as the
+    /// channel's timeout still fits in the claim's lease (which may have
+    /// been renewed while waiting). If not, the plugin is not called and
+    /// `None` is returned, so that no message goes out under a lease another
+    /// daemon may take over.
     pub async fn send_within(
         &self,
         request: DeliveryRequest,
-        may_start: impl Fn(Duration) -> bool,
+        may_start: impl FnOnce(Duration) -> bool + Send + 'static,
     ) -> Option<DeliveryResponse> {
         let channels = self.current();
         let Some(channel) = channels.get(&request.channel) else {
@@ -241,30 +245,7 @@ impl PluginHost {
                 error: format!("channel '{}' is not configured", request.channel),
             });
         };
-        let plugin = channel.library.name.clone();
-        let permit = loop {
-            let returned = channel.returned.load(Ordering::Relaxed);
-            match tokio::time::timeout(channel.timeout, channel.limit.clone().acquire_owned()).await
-            {
-                Ok(Ok(permit)) => break permit,
-                Err(_) if channel.returned.load(Ordering::Relaxed) != returned => continue,
-                Ok(Err(_)) | Err(_) => {
-                    // Not sent at all: safe to retry.
-                    return Some(DeliveryResponse::Retryable {
-                        error: format!(
-                            "channel '{}' is stuck: all {} slots busy and no call returned within {}",
-                            request.channel,
-                            channel.concurrency,
-                            crate::duration::format(channel.timeout)
-                        ),
-                        retry_after_secs: None,
-                    });
-                }
-            }
-        };
-        if !may_start(channel.timeout) {
-            return None;
-        }
+        let plugin = &channel.library.name;
         let json = match serde_json::to_vec(&request) {
             Ok(json) => json,
             Err(e) => {
@@ -273,27 +254,31 @@ impl PluginHost {
                 });
             }
         };
-        let raw = channel.raw.clone();
-        let returned = channel.returned.clone();
         let started = Instant::now();
-        let call = tokio::task::spawn_blocking(move || {
-            // The slot is held until the plugin returns, however late.
-            let _permit = permit;
-            let result = raw.send(&json);
-            returned.fetch_add(1, Ordering::Relaxed);
-            result
-        });
-        let response = match tokio::time::timeout(channel.timeout, call).await {
-            Err(_) => DeliveryResponse::Unknown {
+        let response = match channel.lanes.call(json, Box::new(may_start)).await {
+            Called::Refused => return None,
+            // Not sent at all: safe to retry.
+            Called::Stuck => {
+                return Some(DeliveryResponse::Retryable {
+                    error: format!(
+                        "channel '{}' is stuck: all {} slots busy and no call returned within {}",
+                        request.channel,
+                        channel.concurrency,
+                        crate::duration::format(channel.timeout)
+                    ),
+                    retry_after_secs: None,
+                });
+            }
+            Called::TimedOut => DeliveryResponse::Unknown {
                 error: format!(
                     "plugin '{plugin}' did not answer within {}; the message may have gone out",
                     crate::duration::format(channel.timeout)
                 ),
             },
-            Ok(Err(join)) => DeliveryResponse::Permanent {
-                error: format!("plugin '{plugin}' call failed: {join}"),
+            Called::Vanished => DeliveryResponse::Unknown {
+                error: format!("plugin '{plugin}' call ended without an answer"),
             },
-            Ok(Ok(result)) => interpret(&plugin, result),
+            Called::Returned(result) => interpret(plugin, result),
         };
         if let Some(metrics) = &self.metrics {
             metrics.plugin_call(&request.channel, &response, started.elapsed());
