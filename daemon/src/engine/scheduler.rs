@@ -610,7 +610,10 @@ impl Scheduler {
         };
         let completion = self.decide(&claimed, response, fallback);
         match &completion {
-            Completion::Sent { receipt } => tracing::info!(
+            // At `debug`: a busy daemon sends thousands a second, which would
+            // drown the rest of the log (and pass journald's rate limit). The
+            // case timeline and `dunningd_deliveries_total` record every send.
+            Completion::Sent { receipt } => tracing::debug!(
                 delivery = %claimed.delivery_id, case = %claimed.case_id, step = %claimed.step,
                 channel = %claimed.channel, receipt = receipt.as_deref().unwrap_or(""), "delivery sent"
             ),

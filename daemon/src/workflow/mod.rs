@@ -357,25 +357,65 @@ pub struct RenderContext<'a> {
     pub unsubscribe_url: Option<&'a str>,
 }
 
+/// The variables templates and conditions see, serialized straight from the
+/// event (no intermediate JSON copy: this runs once per delivery).
+#[derive(serde::Serialize)]
+struct ContextRef<'a> {
+    customer: &'a crate::model::Customer,
+    subject: &'a str,
+    data: &'a serde_json::Value,
+    event: EventRef<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    case: Option<CaseRef<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unsubscribe_url: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct EventRef<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    occurred_at: Option<DateTime<Utc>>,
+}
+
+#[derive(serde::Serialize)]
+struct CaseRef<'a> {
+    id: &'a str,
+    started_at: DateTime<Utc>,
+}
+
+static EMPTY_DATA: std::sync::LazyLock<serde_json::Value> =
+    std::sync::LazyLock::new(|| serde_json::Value::Object(serde_json::Map::new()));
+
 fn context_value(event: &Event, extra: Option<&RenderContext<'_>>) -> minijinja::Value {
-    let mut ctx = serde_json::json!({
-        "customer": event.customer,
-        "subject": event.subject,
-        "data": if event.data.is_null() { serde_json::json!({}) } else { event.data.clone() },
-        "event": { "id": event.id, "type": event.event_type, "occurred_at": event.occurred_at },
-    });
-    if let (Some(extra), Some(map)) = (extra, ctx.as_object_mut()) {
-        map.insert(
-            "case".into(),
-            serde_json::json!({ "id": extra.case_id, "started_at": extra.case_started_at }),
-        );
-        map.insert("step".into(), extra.step.into());
-        map.insert("channel".into(), extra.channel.into());
-        if let Some(url) = extra.unsubscribe_url {
-            map.insert("unsubscribe_url".into(), url.into());
-        }
-    }
-    minijinja::Value::from(minijinja::value::Serde(ctx))
+    minijinja::Value::from(minijinja::value::Serde(ContextRef {
+        customer: &event.customer,
+        subject: &event.subject,
+        // A missing `data` is an empty object, so `data.x` is undefined
+        // rather than an error about null.
+        data: if event.data.is_null() {
+            &EMPTY_DATA
+        } else {
+            &event.data
+        },
+        event: EventRef {
+            id: &event.id,
+            event_type: &event.event_type,
+            occurred_at: event.occurred_at,
+        },
+        case: extra.map(|extra| CaseRef {
+            id: extra.case_id,
+            started_at: extra.case_started_at,
+        }),
+        step: extra.map(|extra| extra.step),
+        channel: extra.map(|extra| extra.channel),
+        unsubscribe_url: extra.and_then(|extra| extra.unsubscribe_url),
+    }))
 }
 
 fn new_environment() -> Environment<'static> {
