@@ -52,7 +52,7 @@ struct Cli {
     /// Active cases for the footprint and start-up measurement, overriding the scale's.
     #[arg(long)]
     footprint_cases: Option<u64>,
-    /// The daemon's `RUST_LOG`. `info`, the daemon's default, logs one line per delivery.
+    /// The daemon's `RUST_LOG` (default `info`, the daemon's own default).
     #[arg(long, default_value = "info")]
     daemon_log: String,
     /// `concurrency` of the sink channel (the daemon's default is 8).
