@@ -107,9 +107,26 @@ impl Lanes {
         })
     }
 
-    /// Queues one call and waits for what became of it.
-    pub async fn call(&self, request: Vec<u8>, may_start: MayStart) -> Called {
+    /// Queues one call and waits for what became of it; also says how long
+    /// the plugin ran (from the lane's start to the answer or the deadline;
+    /// zero if no lane started it), without the time it waited for a lane.
+    pub async fn call(&self, request: Vec<u8>, may_start: MayStart) -> (Called, Duration) {
         let state = Arc::new(State::default());
+        let called = self.queue_and_wait(request, may_start, &state).await;
+        let ran = state
+            .started
+            .get()
+            .map(|started| started.elapsed())
+            .unwrap_or_default();
+        (called, ran)
+    }
+
+    async fn queue_and_wait(
+        &self,
+        request: Vec<u8>,
+        may_start: MayStart,
+        state: &Arc<State>,
+    ) -> Called {
         let (reply, mut answer) = oneshot::channel();
         let job = Job {
             request,
@@ -182,4 +199,152 @@ fn run(raw: &RawChannel, returned: &AtomicU64, timeout: Duration, job: Job) {
     returned.fetch_add(1, Ordering::Relaxed);
     // The caller may have moved on (timed out); the answer is then dropped.
     let _ = job.reply.send(Some(result));
+}
+
+#[cfg(test)]
+mod tests {
+    //! A plugin built in-process and called through the same C ABI as a
+    //! loaded library: its `send` sleeps for the milliseconds named by the
+    //! delivery id and records how many calls run at once.
+
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::atomic::AtomicUsize;
+
+    use dunningd_plugin_api::wire::{ChannelConfig, DeliveryRequest, DeliveryResponse};
+    use dunningd_plugin_api::{
+        __private, ABI_VERSION, Bytes, Channel, Plugin, PluginVTable, StaticVTable,
+    };
+
+    use super::*;
+    use crate::plugin_host::Library;
+
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    static RUNNING: AtomicUsize = AtomicUsize::new(0);
+    static MOST_AT_ONCE: AtomicUsize = AtomicUsize::new(0);
+
+    struct Sleepy;
+    struct SleepyChannel;
+
+    impl Plugin for Sleepy {
+        const NAME: &'static str = "sleepy";
+        const VERSION: &'static str = "1";
+        type Channel = SleepyChannel;
+        fn open(_config: ChannelConfig) -> Result<SleepyChannel, String> {
+            Ok(SleepyChannel)
+        }
+    }
+
+    impl Channel for SleepyChannel {
+        fn send(&self, request: &DeliveryRequest) -> DeliveryResponse {
+            CALLS.fetch_add(1, Ordering::SeqCst);
+            let now = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+            MOST_AT_ONCE.fetch_max(now, Ordering::SeqCst);
+            let ms = request.delivery_id.parse().unwrap_or(0);
+            std::thread::sleep(Duration::from_millis(ms));
+            RUNNING.fetch_sub(1, Ordering::SeqCst);
+            DeliveryResponse::Sent { receipt: None }
+        }
+    }
+
+    static VTABLE: StaticVTable = StaticVTable(PluginVTable {
+        abi_version: ABI_VERSION,
+        struct_size: std::mem::size_of::<PluginVTable>() as u32,
+        name: Bytes::from_static(Sleepy::NAME),
+        version: Bytes::from_static(Sleepy::VERSION),
+        open: __private::open::<Sleepy>,
+        send: __private::send::<Sleepy>,
+        close: __private::close::<Sleepy>,
+        free_bytes: __private::free_bytes,
+    });
+
+    fn lanes(count: usize, timeout: Duration) -> Lanes {
+        let library: &'static Library = Box::leak(Box::new(
+            Library::from_vtable(Path::new("sleepy"), &VTABLE.0).expect("vtable"),
+        ));
+        let config = br#"{"channel":"test","settings":{}}"#;
+        let raw = library.open(config).expect("open");
+        Lanes::start("test", Arc::new(raw), count, timeout).expect("lanes")
+    }
+
+    fn request(sleep_ms: u64) -> Vec<u8> {
+        serde_json::to_vec(&DeliveryRequest {
+            delivery_id: sleep_ms.to_string(),
+            idempotency_key: "k".into(),
+            channel: "test".into(),
+            case_id: "c".into(),
+            workflow: "w".into(),
+            step: "s".into(),
+            template: "t".into(),
+            attempt: 1,
+            recipient: Default::default(),
+            message: BTreeMap::new(),
+            data: serde_json::Value::Null,
+            subject: String::new(),
+        })
+        .expect("json")
+    }
+
+    /// The statics are shared, so the scenarios run in one test, in turn.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_are_bounded_timed_from_their_start_and_withdrawn_only_unstarted() {
+        // A burst larger than the lanes: every call answered, never more than
+        // two at once, and the time a call waits for a lane (up to 500 ms
+        // here: twelve calls of 100 ms on two lanes) is not counted as
+        // running.
+        let two = Arc::new(lanes(2, Duration::from_secs(5)));
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..12 {
+            let two = two.clone();
+            calls.spawn(async move {
+                let queued = Instant::now();
+                let (called, ran) = two.call(request(100), Box::new(|_| true)).await;
+                (called, ran, queued.elapsed())
+            });
+        }
+        let mut longest_wait = Duration::ZERO;
+        while let Some(joined) = calls.join_next().await {
+            let (called, ran, total) = joined.expect("task");
+            assert!(matches!(called, Called::Returned(Ok(_))), "{called:?}");
+            assert!(
+                ran >= Duration::from_millis(100) && ran <= total,
+                "ran {ran:?} of {total:?}"
+            );
+            longest_wait = longest_wait.max(total - ran);
+        }
+        assert!(
+            longest_wait >= Duration::from_millis(350),
+            "{longest_wait:?}"
+        );
+        assert_eq!(CALLS.swap(0, Ordering::SeqCst), 12);
+        assert_eq!(MOST_AT_ONCE.load(Ordering::SeqCst), 2);
+
+        // A lease that no longer fits: the plugin is not called.
+        let (called, ran) = two.call(request(0), Box::new(|_| false)).await;
+        assert!(matches!(called, Called::Refused), "{called:?}");
+        assert!(ran < Duration::from_secs(1), "ran {ran:?}");
+        assert_eq!(CALLS.load(Ordering::SeqCst), 0);
+
+        // One lane, stuck in the plugin: the running call times out a timeout
+        // after it started; the one queued behind it is withdrawn unstarted
+        // once a timeout passes with no call returning, and never runs.
+        let one = Arc::new(lanes(1, Duration::from_millis(300)));
+        let hung = {
+            let one = one.clone();
+            tokio::spawn(async move { one.call(request(2_000), Box::new(|_| true)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let queued = one.call(request(0), Box::new(|_| true)).await;
+        let (hung, ran) = hung.await.expect("task");
+        assert!(matches!(hung, Called::TimedOut), "{hung:?}");
+        assert!(
+            ran >= Duration::from_millis(300) && ran < Duration::from_millis(1_500),
+            "ran {ran:?}"
+        );
+        assert!(matches!(queued.0, Called::Stuck), "{:?}", queued.0);
+        assert_eq!(queued.1, Duration::ZERO);
+        // Once the plugin returns, the withdrawn call is skipped, not sent.
+        tokio::time::sleep(Duration::from_millis(2_200)).await;
+        assert_eq!(CALLS.load(Ordering::SeqCst), 1);
+    }
 }

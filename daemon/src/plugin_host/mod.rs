@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dunningd_plugin_api::wire::{ChannelConfig, DeliveryRequest, DeliveryResponse};
 
@@ -254,8 +254,8 @@ impl PluginHost {
                 });
             }
         };
-        let started = Instant::now();
-        let response = match channel.lanes.call(json, Box::new(may_start)).await {
+        let (called, ran) = channel.lanes.call(json, Box::new(may_start)).await;
+        let response = match called {
             Called::Refused => return None,
             // Not sent at all: safe to retry.
             Called::Stuck => {
@@ -281,7 +281,7 @@ impl PluginHost {
             Called::Returned(result) => interpret(plugin, result),
         };
         if let Some(metrics) = &self.metrics {
-            metrics.plugin_call(&request.channel, &response, started.elapsed());
+            metrics.plugin_call(&request.channel, &response, ran);
         }
         Some(response)
     }
