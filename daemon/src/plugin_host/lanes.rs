@@ -127,6 +127,9 @@ impl Lanes {
         may_start: MayStart,
         state: &Arc<State>,
     ) -> Called {
+        // A caller that goes away (its task aborted at shutdown) withdraws a
+        // call no lane has started: nobody would record its outcome.
+        let _withdraw_if_dropped = Withdraw(state);
         let (reply, mut answer) = oneshot::channel();
         let job = Job {
             request,
@@ -176,6 +179,19 @@ impl Lanes {
             Ok(Err(_)) => Called::Vanished,
             Err(_) => Called::TimedOut,
         }
+    }
+}
+
+/// Withdraws a still-queued call when dropped; a started (or already
+/// withdrawn) call is left as it is.
+struct Withdraw<'a>(&'a State);
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        let _ =
+            self.0
+                .phase
+                .compare_exchange(QUEUED, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire);
     }
 }
 
@@ -334,6 +350,13 @@ mod tests {
             tokio::spawn(async move { one.call(request(2_000), Box::new(|_| true)).await })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
+        // A caller that goes away while its call is queued (its task aborted).
+        let abandoned = {
+            let one = one.clone();
+            tokio::spawn(async move { one.call(request(0), Box::new(|_| true)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        abandoned.abort();
         let queued = one.call(request(0), Box::new(|_| true)).await;
         let (hung, ran) = hung.await.expect("task");
         assert!(matches!(hung, Called::TimedOut), "{hung:?}");
@@ -343,7 +366,7 @@ mod tests {
         );
         assert!(matches!(queued.0, Called::Stuck), "{:?}", queued.0);
         assert_eq!(queued.1, Duration::ZERO);
-        // Once the plugin returns, the withdrawn call is skipped, not sent.
+        // Once the plugin returns, the withdrawn calls are skipped, not sent.
         tokio::time::sleep(Duration::from_millis(2_200)).await;
         assert_eq!(CALLS.load(Ordering::SeqCst), 1);
     }
