@@ -42,6 +42,18 @@ pub(crate) fn event_rows(plans: &[EventPlan]) -> Result<String, StoreError> {
     encode(rows, "events")
 }
 
+/// The plans whose event the insert recorded (its `RETURNING id`): the
+/// others repeat an event id already stored and change nothing.
+pub(crate) fn newly_recorded<'a>(
+    plans: &'a [EventPlan],
+    inserted: &HashSet<String>,
+) -> Vec<&'a EventPlan> {
+    plans
+        .iter()
+        .filter(|p| inserted.contains(&p.event.id))
+        .collect()
+}
+
 /// The new events as exits: `id`, `type`, `customer`, `subject`.
 pub(crate) fn exit_rows(new: &[&EventPlan]) -> Result<String, StoreError> {
     let rows = new

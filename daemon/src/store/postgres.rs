@@ -68,10 +68,7 @@ impl PostgresStore {
         .await?
         .into_iter()
         .collect();
-        let new: Vec<&EventPlan> = plans
-            .iter()
-            .filter(|p| inserted.contains(&p.event.id))
-            .collect();
+        let new = batch::newly_recorded(&plans, &inserted);
 
         let recovered = sqlx::query_as(
             "UPDATE cases SET state = 'recovered', updated_ms = $1, paused_ms = NULL,

@@ -137,10 +137,7 @@ impl SqliteStore {
         .await?
         .into_iter()
         .collect();
-        let new: Vec<&EventPlan> = plans
-            .iter()
-            .filter(|p| inserted.contains(&p.event.id))
-            .collect();
+        let new = batch::newly_recorded(&plans, &inserted);
 
         // Exits: open cases whose own workflow version lists the event type.
         // Plans are fixed (CROSS JOIN keeps the batch as the outer loop,
