@@ -27,8 +27,8 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::batch;
 use super::rows::{
-    OutcomeRow, case_from_row, claimed_from_row, corrupt, delivery_from_row, optout_from_row,
-    state_counts, stats_row_from_row, workflow_counts,
+    OutcomeRow, case_from_row, cases_of, claimed_columns, claimed_from_row, corrupt,
+    delivery_from_row, optout_from_row, state_counts, stats_row_from_row, workflow_counts,
 };
 use super::{
     CaseAction, ClaimOptions, Claimed, Completion, EventPlan, IngestOutcome, ProviderReport, Store,
@@ -487,13 +487,17 @@ impl Store for PostgresStore {
         sqlx::query("SET LOCAL enable_sort = off")
             .execute(&mut *tx)
             .await?;
-        // Rows another daemon is claiming right now are skipped, not waited for.
-        let mut rows = sqlx::query(
-            "SELECT d.id, d.attempts, d.customer_id, d.channel, d.critical FROM deliveries d JOIN cases c ON c.id = d.case_id
+        // Rows another daemon is claiming right now are skipped, not waited
+        // for. Each candidate comes with everything needed to send it
+        // (`claimed_columns!`), so the claim itself is one UPDATE.
+        let mut rows = sqlx::query(concat!(
+            "SELECT ",
+            claimed_columns!(),
+            " FROM deliveries d JOIN cases c ON c.id = d.case_id
              WHERE d.status IN ('scheduled', 'retrying') AND d.planned_ms <= $1 AND c.state = 'active'
              ORDER BY d.planned_ms LIMIT $2
-             FOR UPDATE OF d SKIP LOCKED",
-        )
+             FOR UPDATE OF d SKIP LOCKED"
+        ))
         .bind(now_ms)
         .bind(options.limit as i64)
         .fetch_all(&mut *tx)
@@ -504,13 +508,15 @@ impl Store for PostgresStore {
         let room = options.limit as i64 - rows.len() as i64;
         if room > 0 {
             rows.extend(
-                sqlx::query(
-                    "SELECT d.id, d.attempts, d.customer_id, d.channel, d.critical FROM deliveries d JOIN cases c ON c.id = d.case_id
+                sqlx::query(concat!(
+                    "SELECT ",
+                    claimed_columns!(),
+                    " FROM deliveries d JOIN cases c ON c.id = d.case_id
                      WHERE d.status = 'sending' AND d.lease_expires_ms <= $1 AND d.lease_owner <> $2
                        AND c.state = 'active'
                      LIMIT $3
-                     FOR UPDATE OF d SKIP LOCKED",
-                )
+                     FOR UPDATE OF d SKIP LOCKED"
+                ))
                 .bind(wall_ms)
                 .bind(&options.owner)
                 .bind(room)
@@ -519,6 +525,7 @@ impl Store for PostgresStore {
             );
         }
         let mut claim = Vec::new();
+        let mut claimed = Vec::new();
         let mut park = Vec::new();
         // Frequency caps: each customer's recent sends per capped channel
         // (in-flight ones count as now), read once per batch.
@@ -526,8 +533,9 @@ impl Store for PostgresStore {
         let mut held = Vec::new();
         for row in &rows {
             let id: String = row.try_get("id")?;
-            let attempts: i64 = row.try_get("attempts")?;
-            if attempts >= options.max_claims as i64 {
+            // This claim's number: the attempts before it, plus one.
+            let attempt: i64 = row.try_get("attempts")?;
+            if attempt > options.max_claims as i64 {
                 park.push(id);
                 continue;
             }
@@ -567,6 +575,7 @@ impl Store for PostgresStore {
                 }
             }
             claim.push(id);
+            claimed.push(claimed_from_row(row)?);
         }
         for (id, until, note) in &held {
             sqlx::query(
@@ -598,9 +607,7 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await?;
         }
-        let claimed = if claim.is_empty() {
-            Vec::new()
-        } else {
+        if !claim.is_empty() {
             sqlx::query(
                 "UPDATE deliveries SET status = 'sending', lease_owner = $1, lease_expires_ms = $2,
                         attempts = attempts + 1, updated_ms = $3
@@ -612,23 +619,9 @@ impl Store for PostgresStore {
             .bind(&claim)
             .execute(&mut *tx)
             .await?;
-            let rows = sqlx::query(
-                "SELECT d.id, d.case_id, d.step_index, d.step, d.channel, d.template, d.idempotency_key,
-                        d.attempts, d.due_ms, d.planned_ms, c.workflow, c.workflow_version,
-                        c.started_ms, c.trigger_event, d.fallback_for,
-                        (SELECT o.source FROM optouts o
-                         WHERE o.customer_id = c.customer_id AND o.channel = d.channel) AS optout
-                 FROM deliveries d JOIN cases c ON c.id = d.case_id
-                 WHERE d.id = ANY($1) ORDER BY d.planned_ms",
-            )
-            .bind(&claim)
-            .fetch_all(&mut *tx)
-            .await?;
-            rows.iter()
-                .map(claimed_from_row)
-                .collect::<Result<Vec<_>, _>>()?
-        };
+        }
         tx.commit().await?;
+        claimed.sort_by_key(|c| c.planned_at);
         Ok(claimed)
     }
 
@@ -647,7 +640,7 @@ impl Store for PostgresStore {
             .iter()
             .map(|(id, completion)| OutcomeRow::new(id, completion))
             .collect();
-        let done: Vec<String> = sqlx::query_scalar(
+        let done: Vec<(String, String)> = sqlx::query_as(
             "UPDATE deliveries d SET
                     status = u.status,
                     receipt = CASE WHEN u.status = 'sent' THEN u.receipt ELSE d.receipt END,
@@ -662,7 +655,7 @@ impl Store for PostgresStore {
              FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int4[])
                   AS u(id, status, receipt, text, planned_ms, unclaim)
              WHERE d.id = u.id AND d.lease_owner = $8 AND d.status = 'sending'
-             RETURNING d.id",
+             RETURNING d.id, d.case_id",
         )
         .bind(now_ms)
         .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
@@ -674,7 +667,7 @@ impl Store for PostgresStore {
         .bind(owner)
         .fetch_all(&mut *tx)
         .await?;
-        let recorded: std::collections::HashSet<&String> = done.iter().collect();
+        let recorded: std::collections::HashSet<&String> = done.iter().map(|(id, _)| id).collect();
         let mut lost = Vec::new();
         for (id, completion) in &results {
             if !recorded.contains(id) {
@@ -715,13 +708,12 @@ impl Store for PostgresStore {
         if !done.is_empty() {
             sqlx::query(
                 "UPDATE cases SET state = 'exhausted', ended_reason = 'all steps ran', updated_ms = $1
-                 WHERE id IN (SELECT case_id FROM deliveries WHERE id = ANY($2))
-                   AND state = 'active'
+                 WHERE id = ANY($2) AND state = 'active'
                    AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.case_id = cases.id
                                    AND p.status IN ('scheduled', 'sending', 'retrying'))",
             )
             .bind(now_ms)
-            .bind(&done)
+            .bind(cases_of(&done))
             .execute(&mut *tx)
             .await?;
         }

@@ -46,6 +46,16 @@ impl<'a> OutcomeRow<'a> {
     }
 }
 
+/// The cases of the recorded completions (`(delivery, case)` pairs, as the
+/// completion UPDATE returns them), each once: those that may have run out
+/// of pending deliveries.
+pub(crate) fn cases_of(recorded: &[(String, String)]) -> Vec<&str> {
+    let mut cases: Vec<&str> = recorded.iter().map(|(_, case)| case.as_str()).collect();
+    cases.sort_unstable();
+    cases.dedup();
+    cases
+}
+
 /// A row type whose columns decode as the types the store uses.
 pub(crate) trait StoreRow: Row
 where
@@ -166,6 +176,21 @@ where
         delivery,
     })
 }
+
+/// The columns `claimed_from_row` reads, over `deliveries d JOIN cases c`
+/// (a macro so that queries can `concat!` it into a static string):
+/// `attempts` is the number of the claim being made, one more than the
+/// attempts recorded before it.
+macro_rules! claimed_columns {
+    () => {
+        "d.id, d.case_id, d.step_index, d.step, d.channel, d.template, d.idempotency_key,
+         d.attempts + 1 AS attempts, d.due_ms, d.planned_ms, d.customer_id, d.critical,
+         c.workflow, c.workflow_version, c.started_ms, c.trigger_event, d.fallback_for,
+         (SELECT o.source FROM optouts o
+          WHERE o.customer_id = c.customer_id AND o.channel = d.channel) AS optout"
+    };
+}
+pub(crate) use claimed_columns;
 
 pub(crate) fn claimed_from_row<R: StoreRow>(row: &R) -> Result<Claimed, StoreError>
 where

@@ -26,8 +26,8 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::batch;
 use super::rows::{
-    OutcomeRow, case_from_row, claimed_from_row, corrupt, delivery_from_row, optout_from_row,
-    state_counts, stats_row_from_row, workflow_counts,
+    OutcomeRow, case_from_row, cases_of, claimed_columns, claimed_from_row, corrupt,
+    delivery_from_row, optout_from_row, state_counts, stats_row_from_row, workflow_counts,
 };
 use super::{
     CaseAction, ClaimOptions, Claimed, Completion, EventPlan, IngestOutcome, ProviderReport, Store,
@@ -249,7 +249,7 @@ impl SqliteStore {
     }
 }
 
-fn json_ids(ids: &[String]) -> String {
+fn json_ids<S: serde::Serialize>(ids: &[S]) -> String {
     serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_string())
 }
 
@@ -454,17 +454,21 @@ impl Store for SqliteStore {
         // claimed.
         // The plan is fixed by `INDEXED BY` on the partial indexes: without
         // statistics SQLite would walk every active case instead.
-        let rows = sqlx::query(
-            "SELECT d.id, d.attempts, d.customer_id, d.channel, d.critical
-             FROM deliveries d INDEXED BY deliveries_pending JOIN cases c ON c.id = d.case_id
+        // Each candidate comes with everything needed to send it
+        // (`claimed_columns!`), so claiming is this read and one UPDATE.
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            claimed_columns!(),
+            " FROM deliveries d INDEXED BY deliveries_pending JOIN cases c ON c.id = d.case_id
              WHERE d.status IN ('scheduled', 'retrying') AND d.planned_ms <= ? AND c.state = 'active'
              UNION ALL
-             SELECT d.id, d.attempts, d.customer_id, d.channel, d.critical
-             FROM deliveries d INDEXED BY deliveries_leased JOIN cases c ON c.id = d.case_id
+             SELECT ",
+            claimed_columns!(),
+            " FROM deliveries d INDEXED BY deliveries_leased JOIN cases c ON c.id = d.case_id
              WHERE d.status = 'sending' AND d.lease_expires_ms <= ? AND d.lease_owner <> ?
                AND c.state = 'active'
-             LIMIT ?",
-        )
+             LIMIT ?"
+        ))
         .bind(now_ms)
         .bind(wall_ms)
         .bind(&options.owner)
@@ -476,6 +480,7 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let mut claim = Vec::new();
+        let mut claimed = Vec::new();
         let mut park = Vec::new();
         // Frequency caps: each customer's recent sends per capped channel
         // (in-flight ones count as now), read once per batch.
@@ -483,8 +488,9 @@ impl Store for SqliteStore {
         let mut held = Vec::new();
         for row in &rows {
             let id: String = row.try_get("id")?;
-            let attempts: i64 = row.try_get("attempts")?;
-            if attempts >= options.max_claims as i64 {
+            // This claim's number: the attempts before it, plus one.
+            let attempt: i64 = row.try_get("attempts")?;
+            if attempt > options.max_claims as i64 {
                 park.push(id);
                 continue;
             }
@@ -518,6 +524,7 @@ impl Store for SqliteStore {
                 }
             }
             claim.push(id);
+            claimed.push(claimed_from_row(row)?);
         }
         for (id, until, note) in &held {
             sqlx::query(
@@ -549,10 +556,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
-        let claimed = if claim.is_empty() {
-            Vec::new()
-        } else {
-            let ids = json_ids(&claim);
+        if !claim.is_empty() {
             sqlx::query(
                 "UPDATE deliveries SET status = 'sending', lease_owner = ?, lease_expires_ms = ?,
                         attempts = attempts + 1, updated_ms = ?
@@ -561,27 +565,12 @@ impl Store for SqliteStore {
             .bind(&options.owner)
             .bind(lease_ms)
             .bind(now_ms)
-            .bind(&ids)
+            .bind(json_ids(&claim))
             .execute(&mut *tx)
             .await?;
-            let rows = sqlx::query(
-                "SELECT d.id, d.case_id, d.step_index, d.step, d.channel, d.template, d.idempotency_key,
-                        d.attempts, d.due_ms, d.planned_ms, c.workflow, c.workflow_version,
-                        c.started_ms, c.trigger_event, d.fallback_for,
-                        (SELECT o.source FROM optouts o
-                         WHERE o.customer_id = c.customer_id AND o.channel = d.channel) AS optout
-                 FROM deliveries d JOIN cases c ON c.id = d.case_id
-                 WHERE d.id IN (SELECT value FROM json_each(?))
-                 ORDER BY d.planned_ms",
-            )
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?;
-            rows.iter()
-                .map(claimed_from_row)
-                .collect::<Result<Vec<_>, _>>()?
-        };
+        }
         tx.commit().await?;
+        claimed.sort_by_key(|c| c.planned_at);
         Ok(claimed)
     }
 
@@ -599,7 +588,7 @@ impl Store for SqliteStore {
             .map(|(id, completion)| OutcomeRow::new(id, completion))
             .collect();
         let rows = serde_json::to_string(&rows).map_err(|e| corrupt("deliveries", e))?;
-        let done: Vec<String> = sqlx::query_scalar(
+        let done: Vec<(String, String)> = sqlx::query_as(
             "UPDATE deliveries SET
                     status = u.status,
                     receipt = CASE WHEN u.status = 'sent' THEN u.receipt ELSE deliveries.receipt END,
@@ -616,14 +605,14 @@ impl Store for SqliteStore {
                           value ->> '$.planned_ms' AS planned_ms, value ->> '$.unclaim' AS unclaim
                    FROM json_each(?2)) AS u
              WHERE deliveries.id = u.id AND deliveries.lease_owner = ?3 AND deliveries.status = 'sending'
-             RETURNING deliveries.id",
+             RETURNING deliveries.id, deliveries.case_id",
         )
         .bind(now_ms)
         .bind(&rows)
         .bind(owner)
         .fetch_all(&mut *tx)
         .await?;
-        let recorded: std::collections::HashSet<&String> = done.iter().collect();
+        let recorded: HashSet<&String> = done.iter().map(|(id, _)| id).collect();
         let mut lost = Vec::new();
         for (id, completion) in &results {
             if !recorded.contains(id) {
@@ -670,13 +659,13 @@ impl Store for SqliteStore {
         if !done.is_empty() {
             sqlx::query(
                 "UPDATE cases SET state = 'exhausted', ended_reason = 'all steps ran', updated_ms = ?
-                 WHERE id IN (SELECT case_id FROM deliveries WHERE id IN (SELECT value FROM json_each(?)))
+                 WHERE id IN (SELECT value FROM json_each(?))
                    AND +state = 'active'
                    AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.case_id = cases.id
                                    AND p.status IN ('scheduled', 'sending', 'retrying'))",
             )
             .bind(now_ms)
-            .bind(json_ids(&done))
+            .bind(json_ids(&cases_of(&done)))
             .execute(&mut *tx)
             .await?;
         }
