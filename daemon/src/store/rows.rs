@@ -192,6 +192,40 @@ macro_rules! claimed_columns {
 }
 pub(crate) use claimed_columns;
 
+/// Claimed rows, decoded: those to send, and those that cannot be read.
+pub(crate) struct DecodedClaims {
+    pub claimed: Vec<Claimed>,
+    /// Failed completions with the reason, for the caller to record.
+    pub broken: Vec<(String, Completion)>,
+}
+
+/// Decodes claimed rows once the claim is committed (decoding parses each
+/// trigger event, too slow to do while holding the write lock). A row that
+/// does not decode is not sent: it comes back as a failed completion with
+/// the reason, so one corrupt row cannot stop every other delivery from
+/// being claimed.
+pub(crate) fn decode_claims<R: StoreRow>(rows: Vec<&R>) -> Result<DecodedClaims, StoreError>
+where
+    for<'a> &'a str: ColumnIndex<R>,
+{
+    let mut claimed = Vec::with_capacity(rows.len());
+    let mut broken = Vec::new();
+    for row in rows {
+        match claimed_from_row(row) {
+            Ok(claim) => claimed.push(claim),
+            Err(error) => broken.push((
+                row.text("id")?,
+                Completion::Failed {
+                    error: format!("cannot read the stored delivery: {error}"),
+                    fallback: None,
+                },
+            )),
+        }
+    }
+    claimed.sort_by_key(|c| c.planned_at);
+    Ok(DecodedClaims { claimed, broken })
+}
+
 pub(crate) fn claimed_from_row<R: StoreRow>(row: &R) -> Result<Claimed, StoreError>
 where
     for<'a> &'a str: ColumnIndex<R>,

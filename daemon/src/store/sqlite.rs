@@ -26,7 +26,7 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::batch;
 use super::rows::{
-    OutcomeRow, case_from_row, cases_of, claimed_columns, claimed_from_row, corrupt,
+    DecodedClaims, OutcomeRow, case_from_row, cases_of, claimed_columns, corrupt, decode_claims,
     delivery_from_row, optout_from_row, state_counts, stats_row_from_row, workflow_counts,
 };
 use super::{
@@ -480,7 +480,7 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let mut claim = Vec::new();
-        let mut claimed = Vec::new();
+        let mut claimed = Vec::with_capacity(rows.len());
         let mut park = Vec::new();
         // Frequency caps: each customer's recent sends per capped channel
         // (in-flight ones count as now), read once per batch.
@@ -524,7 +524,7 @@ impl Store for SqliteStore {
                 }
             }
             claim.push(id);
-            claimed.push(claimed_from_row(row)?);
+            claimed.push(row);
         }
         for (id, until, note) in &held {
             sqlx::query(
@@ -570,7 +570,15 @@ impl Store for SqliteStore {
             .await?;
         }
         tx.commit().await?;
-        claimed.sort_by_key(|c| c.planned_at);
+        let DecodedClaims { claimed, broken } = decode_claims(claimed)?;
+        if !broken.is_empty() {
+            tracing::error!(
+                deliveries = broken.len(),
+                first = ?broken[0],
+                "claimed deliveries whose stored rows cannot be read; they are failed, not sent"
+            );
+            self.complete(&options.owner, broken, now).await?;
+        }
         Ok(claimed)
     }
 

@@ -1294,6 +1294,110 @@ backend_tests!(postgres = postgres_store:
     a_batch_of_independent_events_keeps_every_rule,
 );
 
+/// A claimed delivery whose stored row cannot be read (here its case's
+/// trigger event is JSON but not an event) is failed with the reason instead
+/// of sent, the other due deliveries are claimed as usual, and the case ends
+/// once nothing is left to send. `corrupt` damages the row behind the
+/// store's back, as a bad restore or a manual edit would.
+async fn an_unreadable_delivery_fails_alone<F: std::future::Future<Output = ()>>(
+    store: Arc<dyn Store>,
+    corrupt: impl FnOnce(String) -> F,
+) {
+    let now = t("2026-01-05T09:00:00Z");
+    let mut case_ids = Vec::new();
+    for n in 1..=3 {
+        let outcome = store
+            .ingest(
+                vec![plan(
+                    event(
+                        &format!("e{n}"),
+                        "payment_failed",
+                        &format!("inv_{n}"),
+                        None,
+                    ),
+                    vec![new_case("pf", now)],
+                )],
+                now,
+            )
+            .await
+            .expect("ingest");
+        case_ids.push(outcome[0].cases_started[0].clone());
+    }
+    corrupt(case_ids[1].clone()).await;
+
+    let claimed = store.claim_due(now, &options("a")).await.expect("claim");
+    let claimed_cases: Vec<&str> = claimed.iter().map(|c| c.case_id.as_str()).collect();
+    assert_eq!(claimed_cases, [&case_ids[0], &case_ids[2]]);
+
+    let again = store
+        .claim_due(now, &options("b"))
+        .await
+        .expect("claim again");
+    assert!(
+        again.is_empty(),
+        "the unreadable delivery was handed out again"
+    );
+    let after_a_day = store
+        .claim_due(now + chrono::Duration::days(1), &options("a"))
+        .await
+        .expect("claim the next day");
+    let next: Vec<&str> = after_a_day.iter().map(|c| c.case_id.as_str()).collect();
+    assert_eq!(next, [&case_ids[0], &case_ids[2]]);
+    // Its second step failed the same way; with nothing left to send, the
+    // damaged case ended like any other.
+    let counts = store.case_counts().await.expect("counts");
+    assert_eq!(counts.get(&CaseState::Exhausted), Some(&1), "{counts:?}");
+    assert_eq!(counts.get(&CaseState::Active), Some(&2), "{counts:?}");
+}
+
+#[tokio::test]
+async fn sqlite_fails_an_unreadable_delivery_alone() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("test.db");
+    let store = Arc::new(
+        crate::store::sqlite::SqliteStore::open(&path)
+            .await
+            .expect("open store"),
+    );
+    an_unreadable_delivery_fails_alone(store, |case_id| async move {
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .expect("connect");
+        sqlx::query("UPDATE cases SET trigger_event = '{\"id\": 5}' WHERE id = ?")
+            .bind(case_id)
+            .execute(&mut conn)
+            .await
+            .expect("damage the row");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_fails_an_unreadable_delivery_alone() {
+    use sqlx::Connection;
+    let Some(database) = PgDatabase::create().await else {
+        return;
+    };
+    let store = Arc::new(
+        crate::store::postgres::PostgresStore::connect(database.options())
+            .await
+            .expect("open store"),
+    );
+    let options = database.options();
+    an_unreadable_delivery_fails_alone(store, |case_id| async move {
+        let mut conn = sqlx::PgConnection::connect_with(&options)
+            .await
+            .expect("connect");
+        sqlx::query("UPDATE cases SET trigger_event = '{\"id\": 5}' WHERE id = $1")
+            .bind(case_id)
+            .execute(&mut conn)
+            .await
+            .expect("damage the row");
+    })
+    .await;
+}
+
 /// A database a newer dunningd migrated is refused with a message that says
 /// so, and left as it was.
 #[tokio::test]
