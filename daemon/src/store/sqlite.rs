@@ -445,13 +445,17 @@ impl Store for SqliteStore {
         let now_ms = to_ms(now);
         let wall_ms = to_ms(Utc::now());
         let lease_ms = wall_ms + options.lease.as_millis() as i64;
-        let mut tx = self.write_tx().await?;
+        // Candidates are read and sorted out (caps, parking) on a reader
+        // connection, so the one writer is not held while they are; the
+        // claiming UPDATE below checks again that each is still claimable.
+        // This daemon is the only one that claims from its file, so what the
+        // read saw can only have moved on by an outcome or an exit, which
+        // that check catches.
+        let mut read = self.reader.begin().await?;
 
         // Candidates: due deliveries and other owners' expired leases, of
         // active cases only. (Our own leases, even expired, await outcomes we
-        // have yet to record.) The case state is read in this same
-        // transaction, so a case that exited a moment ago has no delivery
-        // claimed.
+        // have yet to record.)
         // The plan is fixed by `INDEXED BY` on the partial indexes: without
         // statistics SQLite would walk every active case instead.
         // Each candidate comes with everything needed to send it
@@ -473,10 +477,10 @@ impl Store for SqliteStore {
         .bind(wall_ms)
         .bind(&options.owner)
         .bind(options.limit as i64)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *read)
         .await?;
         if rows.is_empty() {
-            tx.commit().await?;
+            read.commit().await?;
             return Ok(Vec::new());
         }
         let mut claim = Vec::new();
@@ -513,7 +517,7 @@ impl Store for SqliteStore {
                         .bind(channel)
                         .bind(now_ms - cap.per.as_millis() as i64)
                         .bind(wall_ms)
-                        .fetch_all(&mut *tx)
+                        .fetch_all(&mut *read)
                         .await?;
                         first.insert(times)
                     }
@@ -526,11 +530,14 @@ impl Store for SqliteStore {
             claim.push(id);
             claimed.push(row);
         }
+        read.commit().await?;
+
+        let mut tx = self.write_tx().await?;
         for (id, until, note) in &held {
             sqlx::query(
                 "UPDATE deliveries SET planned_ms = ?, note = ?, lease_owner = NULL, lease_expires_ms = NULL,
                         updated_ms = ?, status = CASE WHEN status = 'sending' THEN 'scheduled' ELSE status END
-                 WHERE id = ?",
+                 WHERE id = ? AND status IN ('scheduled', 'retrying', 'sending')",
             )
             .bind(until)
             .bind(note)
@@ -549,27 +556,43 @@ impl Store for SqliteStore {
                 "UPDATE deliveries SET status = 'failed', lease_owner = NULL, lease_expires_ms = NULL,
                         last_error = 'gave up after ' || attempts || ' claims without an outcome; the daemon stopped during each attempt',
                         updated_ms = ?
-                 WHERE id IN (SELECT value FROM json_each(?))",
+                 WHERE id IN (SELECT value FROM json_each(?)) AND status IN ('scheduled', 'retrying', 'sending')",
             )
             .bind(now_ms)
             .bind(json_ids(&park))
             .execute(&mut *tx)
             .await?;
         }
-        if !claim.is_empty() {
-            sqlx::query(
-                "UPDATE deliveries SET status = 'sending', lease_owner = ?, lease_expires_ms = ?,
-                        attempts = attempts + 1, updated_ms = ?
-                 WHERE id IN (SELECT value FROM json_each(?))",
+        let taken: HashSet<String> = if claim.is_empty() {
+            HashSet::new()
+        } else {
+            // The same conditions as the candidates' read, checked again
+            // under the write lock.
+            sqlx::query_scalar(
+                "UPDATE deliveries SET status = 'sending', lease_owner = ?1, lease_expires_ms = ?2,
+                        attempts = attempts + 1, updated_ms = ?3
+                 WHERE id IN (SELECT value FROM json_each(?4))
+                   AND ((status IN ('scheduled', 'retrying') AND planned_ms <= ?3)
+                        OR (status = 'sending' AND lease_expires_ms <= ?5 AND lease_owner <> ?1))
+                   AND (SELECT c.state FROM cases c WHERE c.id = deliveries.case_id) = 'active'
+                 RETURNING id",
             )
             .bind(&options.owner)
             .bind(lease_ms)
             .bind(now_ms)
             .bind(json_ids(&claim))
-            .execute(&mut *tx)
-            .await?;
-        }
+            .bind(wall_ms)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect()
+        };
         tx.commit().await?;
+        let still_claimable = |row: &&sqlx::sqlite::SqliteRow| {
+            row.try_get::<&str, _>("id")
+                .is_ok_and(|id| taken.contains(id))
+        };
+        let claimed = claimed.into_iter().filter(still_claimable).collect();
         let DecodedClaims { claimed, broken } = decode_claims(claimed)?;
         if !broken.is_empty() {
             tracing::error!(
