@@ -55,6 +55,7 @@ fn engine_status(error: EngineError) -> Status {
         EngineError::Store(
             e @ (StoreError::Migrate(_)
             | StoreError::SchemaTooNew { .. }
+            | StoreError::InUse(_)
             | StoreError::Corrupt { .. }),
         ) => Status::internal(e.to_string()),
         e @ (EngineError::UnknownVersion(_) | EngineError::StoredVersion { .. }) => {

@@ -53,6 +53,11 @@ pub enum StoreError {
          a newer dunningd has migrated it; run that version, or point this one at another database"
     )]
     SchemaTooNew { found: i64, known: i64 },
+    #[error(
+        "the database '{0}' is in use by another dunningd: a SQLite file has one daemon \
+         (stop the other one, or use PostgreSQL to run several)"
+    )]
+    InUse(String),
     #[error("case '{0}' not found")]
     CaseNotFound(String),
     #[error("case '{id}' is {state}; cannot {action} it")]

@@ -9,8 +9,11 @@
 //! `synchronous = FULL`: an acknowledged event survives a power cut, not only
 //! a process crash; batching keeps the fsync cost per event small.
 //!
-//! One database file belongs to one daemon, so at start every lease left in
-//! the file belongs to a process that is gone and is released at once.
+//! One database file belongs to one daemon: the store holds an exclusive
+//! lock on `<file>.lock` while it is open, and a second daemon on the same
+//! file refuses to start. So at start every lease left in the file belongs
+//! to a process that is gone and is released at once, and only this
+//! process's scheduler claims from the file.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -41,8 +44,11 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     /// The one connection that writes; see the module comment.
     writer: SqlitePool,
-    /// Readers for the admin API, so listing cases never waits behind a write.
+    /// Readers for the admin API and the scheduler's claim candidates, so
+    /// neither waits behind a write.
     reader: SqlitePool,
+    /// Held while the store is open: this process is the file's one daemon.
+    _lock: std::fs::File,
 }
 
 impl SqliteStore {
@@ -56,6 +62,7 @@ impl SqliteStore {
                 )
             })?;
         }
+        let lock = lock_database(path)?;
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -91,7 +98,11 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options.read_only(true))
             .await?;
-        let store = SqliteStore { writer, reader };
+        let store = SqliteStore {
+            writer,
+            reader,
+            _lock: lock,
+        };
         let released = sqlx::query(
             "UPDATE deliveries SET status = 'scheduled', lease_owner = NULL, lease_expires_ms = NULL
              WHERE status = 'sending'",
@@ -246,6 +257,30 @@ impl SqliteStore {
             refusals,
             started,
         ))
+    }
+}
+
+/// Takes the exclusive lock that makes this process the database file's one
+/// daemon; released when the returned file is closed (also when the process
+/// dies).
+fn lock_database(path: &Path) -> Result<std::fs::File, StoreError> {
+    let lock_path = format!("{}.lock", path.display());
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            sqlx::Error::Configuration(format!("cannot open '{lock_path}': {e}").into())
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(StoreError::InUse(path.display().to_string()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(sqlx::Error::Configuration(format!("cannot lock '{lock_path}': {e}").into()).into())
+        }
     }
 }
 

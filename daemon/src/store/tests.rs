@@ -1398,6 +1398,26 @@ async fn postgres_fails_an_unreadable_delivery_alone() {
     .await;
 }
 
+/// A SQLite file has one daemon: a second store on the same file is refused
+/// while the first is open, and accepted once it is closed.
+#[tokio::test]
+async fn a_sqlite_file_has_one_daemon() {
+    use crate::store::sqlite::SqliteStore;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("test.db");
+    let first = SqliteStore::open(&path).await.expect("open store");
+    let second = SqliteStore::open(&path).await.err().expect("refused");
+    assert!(matches!(&second, StoreError::InUse(p) if p == &path.display().to_string()));
+    assert!(
+        second.to_string().contains("in use by another dunningd"),
+        "{second}"
+    );
+    drop(first);
+    SqliteStore::open(&path)
+        .await
+        .expect("open once the first is closed");
+}
+
 /// A database a newer dunningd migrated is refused with a message that says
 /// so, and left as it was.
 #[tokio::test]
