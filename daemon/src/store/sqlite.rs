@@ -139,7 +139,7 @@ impl SqliteStore {
             "INSERT INTO events (id, type, customer_id, subject, occurred_ms, received_ms, body)
              SELECT value ->> '$.id', value ->> '$.type', value ->> '$.customer', value ->> '$.subject',
                     value ->> '$.occurred_ms', ?, value ->> '$.body'
-             FROM json_each(?) WHERE true
+             FROM jsonb_each(?) WHERE true
              ON CONFLICT (id) DO NOTHING RETURNING id",
         )
         .bind(now_ms)
@@ -157,10 +157,10 @@ impl SqliteStore {
         let recovered = sqlx::query_as(
             "UPDATE cases SET state = 'recovered', updated_ms = ?1, paused_ms = NULL,
                     ended_reason = (SELECT 'exit event ' || (e.value ->> '$.id') || ' (' || (e.value ->> '$.type') || ')'
-                                    FROM json_each(?2) AS e
+                                    FROM jsonb_each(?2) AS e
                                     WHERE e.value ->> '$.customer' = cases.customer_id
                                       AND e.value ->> '$.subject' = cases.subject)
-             WHERE id IN (SELECT c.id FROM json_each(?2) AS e
+             WHERE id IN (SELECT c.id FROM jsonb_each(?2) AS e
                           CROSS JOIN cases c INDEXED BY cases_open_by_subject
                           WHERE c.customer_id = e.value ->> '$.customer' AND c.subject = e.value ->> '$.subject'
                             AND c.state IN ('active', 'paused')
@@ -191,7 +191,7 @@ impl SqliteStore {
                         (SELECT id FROM cases INDEXED BY cases_one_open
                          WHERE workflow = c.value ->> '$.workflow' AND customer_id = c.value ->> '$.customer'
                            AND subject = c.value ->> '$.subject' AND state IN ('active', 'paused')) AS open_case
-                 FROM json_each(?) AS c",
+                 FROM jsonb_each(?) AS c",
             )
             .bind(candidates)
             .fetch_all(&mut *tx)
@@ -214,7 +214,7 @@ impl SqliteStore {
             sqlx::query(
                 "INSERT INTO workflow_versions (version, name, source, first_seen_ms)
                  SELECT value ->> '$.version', value ->> '$.name', value ->> '$.source', ?
-                 FROM json_each(?) WHERE true
+                 FROM jsonb_each(?) WHERE true
                  ON CONFLICT (version) DO NOTHING",
             )
             .bind(now_ms)
@@ -226,9 +226,9 @@ impl SqliteStore {
                 "INSERT INTO cases (id, workflow, workflow_version, customer_id, subject, state,
                                     exit_on, trigger_event_id, trigger_event, started_ms, updated_ms)
                  SELECT c.value ->> '$.id', c.value ->> '$.workflow', c.value ->> '$.version',
-                        c.value ->> '$.customer', c.value ->> '$.subject', 'active', c.value -> '$.exit_on',
+                        c.value ->> '$.customer', c.value ->> '$.subject', 'active', json(c.value -> '$.exit_on'),
                         c.value ->> '$.event_id', e.body, ?1, ?1
-                 FROM json_each(?2) AS c CROSS JOIN events e ON e.id = c.value ->> '$.event_id'",
+                 FROM jsonb_each(?2) AS c CROSS JOIN events e ON e.id = c.value ->> '$.event_id'",
             )
             .bind(now_ms)
             .bind(&starts.cases)
@@ -241,7 +241,7 @@ impl SqliteStore {
                         value ->> '$.channel', value ->> '$.template', 'scheduled', value ->> '$.due_ms',
                         value ->> '$.planned_ms', value ->> '$.key', ?, value ->> '$.customer',
                         value ->> '$.critical'
-                 FROM json_each(?)",
+                 FROM jsonb_each(?)",
             )
             .bind(now_ms)
             .bind(&starts.deliveries)
@@ -669,7 +669,7 @@ impl Store for SqliteStore {
              FROM (SELECT value ->> '$.id' AS id, value ->> '$.status' AS status,
                           value ->> '$.receipt' AS receipt, value ->> '$.text' AS text,
                           value ->> '$.planned_ms' AS planned_ms, value ->> '$.unclaim' AS unclaim
-                   FROM json_each(?2)) AS u
+                   FROM jsonb_each(?2)) AS u
              WHERE deliveries.id = u.id AND deliveries.lease_owner = ?3 AND deliveries.status = 'sending'
              RETURNING deliveries.id, deliveries.case_id",
         )
