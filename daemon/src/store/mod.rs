@@ -386,6 +386,27 @@ pub(crate) fn check_schema(
     }
 }
 
+/// Records claimed deliveries whose stored rows cannot be read
+/// (`rows::decode_claims`) as failed, with the reason, instead of sending
+/// them.
+pub(crate) async fn fail_unreadable<S: Store + ?Sized>(
+    store: &S,
+    owner: &str,
+    broken: Vec<(String, Completion)>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if broken.is_empty() {
+        return Ok(());
+    }
+    tracing::error!(
+        deliveries = broken.len(),
+        first = ?broken[0],
+        "claimed deliveries whose stored rows cannot be read; they are failed, not sent"
+    );
+    store.complete(owner, broken, now).await?;
+    Ok(())
+}
+
 pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }

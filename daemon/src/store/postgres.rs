@@ -32,7 +32,7 @@ use super::rows::{
 };
 use super::{
     CaseAction, ClaimOptions, Claimed, Completion, EventPlan, IngestOutcome, ProviderReport, Store,
-    StoreError, check_schema, from_ms, idempotency_key, to_ms,
+    StoreError, check_schema, fail_unreadable, from_ms, idempotency_key, to_ms,
 };
 use crate::model::{Case, CaseDetail, CaseFilter, CaseState, OptOut};
 use crate::stats::{Stats, StatsBuilder, StatsFilter};
@@ -622,14 +622,7 @@ impl Store for PostgresStore {
         }
         tx.commit().await?;
         let DecodedClaims { claimed, broken } = decode_claims(claimed)?;
-        if !broken.is_empty() {
-            tracing::error!(
-                deliveries = broken.len(),
-                first = ?broken[0],
-                "claimed deliveries whose stored rows cannot be read; they are failed, not sent"
-            );
-            self.complete(&options.owner, broken, now).await?;
-        }
+        fail_unreadable(self, &options.owner, broken, now).await?;
         Ok(claimed)
     }
 
