@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
 use super::clock::Clock;
+use super::group_commit::GroupCommit;
 use crate::model::{Case, CaseDetail, CaseFilter, CaseState, Event, OptOut};
 use crate::stats::{Stats, StatsFilter};
 use crate::store::{CaseAction, EventPlan, IngestOutcome, NewCase, NewDelivery, Store, StoreError};
@@ -39,6 +40,8 @@ pub struct Engine {
     wake: Notify,
     /// Each channel's default send window, from the configuration.
     channel_windows: RwLock<Arc<BTreeMap<String, SendWindow>>>,
+    /// Concurrent ingest calls share transactions.
+    ingests: GroupCommit,
 }
 
 impl Engine {
@@ -50,6 +53,7 @@ impl Engine {
             versions: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             channel_windows: RwLock::new(Arc::new(BTreeMap::new())),
+            ingests: GroupCommit::default(),
         }
     }
 
@@ -144,7 +148,8 @@ impl Engine {
     }
 
     /// Accepts a batch of already-validated events: plans every case they
-    /// start and commits events, cases and deliveries in one transaction.
+    /// start and commits events, cases and deliveries in one transaction
+    /// (shared with concurrent calls: `group_commit`).
     pub async fn ingest(&self, events: Vec<Event>) -> Result<Vec<IngestOutcome>, EngineError> {
         let now = self.clock.now();
         let workflows = self.workflows();
@@ -176,7 +181,7 @@ impl Engine {
                 notes,
             });
         }
-        let outcomes = self.store.ingest(plans, now).await?;
+        let outcomes = self.ingests.ingest(&self.store, plans, now).await?;
         if outcomes.iter().any(|o| !o.cases_started.is_empty()) {
             self.wake();
         }
