@@ -84,9 +84,12 @@ impl GroupCommit {
             id
         };
         loop {
-            let turn = self.turn.clone().lock_owned().await;
-            // A group committed while this call waited for the turn may have
-            // taken it: its answer is here.
+            // A group committed while this call waited may have taken it:
+            // then its answer comes without the turn.
+            let turn = tokio::select! {
+                result = &mut answer => return result.unwrap_or_else(|_| Err(lost())),
+                turn = self.turn.clone().lock_owned() => turn,
+            };
             match answer.try_recv() {
                 Ok(result) => return result,
                 Err(oneshot::error::TryRecvError::Closed) => return Err(lost()),
