@@ -3,8 +3,9 @@
 //! Every transaction costs a durable flush and a turn on the store's writer
 //! (one connection on SQLite), so concurrent callers each committing a few
 //! events wait mostly on each other. Here a call of fewer than `ALONE_FROM`
-//! events queues its plans and waits for the turn; whoever gets the turn commits everything queued so far in
-//! one transaction and hands each call its own outcomes. What callers see is
+//! events queues its plans and waits for the turn; whoever gets the turn
+//! commits everything queued so far in one transaction and hands each call
+//! its own outcomes. What callers see is
 //! unchanged: a call is answered only after its events are committed, all of
 //! them together, and calls committed together behave as if they had arrived
 //! one after another (the store applies the plans in order). If a group's
@@ -145,7 +146,9 @@ async fn commit(store: &dyn Store, mut group: Vec<Pending>) {
     }
     // The latest receive time of the group stands for all of it (they differ
     // by the time the earlier calls waited for this turn).
-    let now = group.iter().map(|p| p.now).max().unwrap_or_else(Utc::now);
+    let Some(now) = group.iter().map(|p| p.now).max() else {
+        return;
+    };
     let plans: Vec<EventPlan> = group.iter().flat_map(|p| p.plans.clone()).collect();
     let total = plans.len();
     match store.ingest(plans, now).await {
