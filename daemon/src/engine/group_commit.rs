@@ -5,12 +5,11 @@
 //! events wait mostly on each other. Here a call of fewer than `ALONE_FROM`
 //! events queues its plans and waits for the turn; whoever gets the turn
 //! commits everything queued so far in one transaction and hands each call
-//! its own outcomes. What callers see is
-//! unchanged: a call is answered only after its events are committed, all of
-//! them together, and calls committed together behave as if they had arrived
-//! one after another (the store applies the plans in order). If a group's
-//! transaction fails, its calls are committed again one by one, so each gets
-//! its own answer and its own error.
+//! its own outcomes. What callers see is unchanged: a call is answered only
+//! after its events are committed, all of them together, and calls committed
+//! together behave as if they had arrived one after another (the store
+//! applies the plans in order). If a group's transaction fails, its calls are
+//! committed again one by one, so each gets its own answer and its own error.
 //!
 //! The commit runs in a task of its own, holding the turn: a caller that goes
 //! away (its client disconnected) cannot cancel the commit of the other calls
@@ -137,12 +136,10 @@ fn lost() -> StoreError {
 
 /// Commits a group in one transaction and answers each call; if that fails,
 /// commits the calls one by one.
-async fn commit(store: &dyn Store, mut group: Vec<Pending>) {
+async fn commit(store: &dyn Store, group: Vec<Pending>) {
     if group.len() == 1 {
-        if let Some(call) = group.pop() {
-            let _ = call.reply.send(store.ingest(call.plans, call.now).await);
-        }
-        return;
+        // Nothing to share: committed as it came.
+        return one_by_one(store, group).await;
     }
     // The latest receive time of the group stands for all of it (they differ
     // by the time the earlier calls waited for this turn).
