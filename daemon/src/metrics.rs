@@ -95,8 +95,10 @@ struct ReloadLabels {
     result: &'static str,
 }
 
-/// Every outcome of a delivery, as its `outcome` label.
-const DELIVERY_OUTCOMES: [&str; 5] = ["sent", "retry", "failed", "skipped", "deferred"];
+/// Every outcome of a delivery, as its `outcome` label: what the scheduler
+/// decided for a dispatched one, and `given_up` for one failed without
+/// being dispatched (see [`Metrics::given_up`]).
+const DELIVERY_OUTCOMES: [&str; 6] = ["sent", "retry", "failed", "skipped", "deferred", "given_up"];
 
 fn delivery_outcome(completion: &Completion) -> &'static str {
     match completion {
@@ -167,7 +169,7 @@ impl Metrics {
         let deliveries = Family::<ChannelOutcome, Counter>::default();
         registry.register(
             "deliveries",
-            "Delivery attempts dispatched by this daemon, by channel and outcome (sent, retry, failed, skipped, deferred)",
+            "Claimed deliveries by channel and outcome: what this daemon decided for each it dispatched (sent, retry, failed, skipped, deferred), or given_up: failed without a send, claimed too often without an outcome (a crash loop) or its stored row unreadable",
             deliveries.clone(),
         );
         let plugin_calls =
@@ -227,6 +229,17 @@ impl Metrics {
             .get_or_create(&ChannelOutcome {
                 channel: channel.to_string(),
                 outcome: delivery_outcome(completion),
+            })
+            .inc();
+    }
+
+    /// Counts one claimed delivery failed without being dispatched (see
+    /// `Claims::given_up`): something an operator must look at.
+    pub fn given_up(&self, channel: &str) {
+        self.deliveries
+            .get_or_create(&ChannelOutcome {
+                channel: channel.to_string(),
+                outcome: "given_up",
             })
             .inc();
     }
@@ -449,9 +462,10 @@ mod tests {
         metrics.event(&workflows, "payment_failed", EventResult::Accepted);
         metrics.event(&workflows, "payment_failed", EventResult::Refused);
         metrics.event(&workflows, "payment_failed", EventResult::Refused);
-        for outcome in DELIVERY_OUTCOMES {
+        for outcome in ["sent", "retry", "failed", "skipped", "deferred"] {
             metrics.delivery("email", &completion(outcome));
         }
+        metrics.given_up("email");
         metrics.delivery("sms", &completion("sent"));
         metrics.delivery("sms", &completion("sent"));
         metrics.plugin_call(
@@ -475,6 +489,7 @@ mod tests {
             r#"dunningd_deliveries_total{channel="email",outcome="failed"} 1"#,
             r#"dunningd_deliveries_total{channel="email",outcome="skipped"} 1"#,
             r#"dunningd_deliveries_total{channel="email",outcome="deferred"} 1"#,
+            r#"dunningd_deliveries_total{channel="email",outcome="given_up"} 1"#,
             r#"dunningd_deliveries_total{channel="sms",outcome="sent"} 2"#,
             r#"dunningd_plugin_call_duration_seconds_count{channel="email",outcome="sent"} 1"#,
             r#"dunningd_plugin_call_duration_seconds_bucket{le="0.004",channel="email",outcome="sent"} 1"#,

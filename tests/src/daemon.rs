@@ -407,6 +407,23 @@ impl TestDaemon {
         }
     }
 
+    /// Waits for the process to exit on its own (a plugin took it down)
+    /// and returns how it ended.
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("dunningd did not exit within 30s:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Sends a signal (`HUP`, `TERM` …) to the daemon.
     pub fn signal(&self, name: &str) {
         let child = self.child.as_ref().expect("daemon running");

@@ -417,7 +417,7 @@ async fn counts_events_deliveries_reloads_and_reads_cases_and_backlog(backend: B
     );
     let mut deliveries = BTreeMap::new();
     for channel in ["email", "sms", "in_app", "webhook"] {
-        for outcome in ["sent", "retry", "failed", "skipped", "deferred"] {
+        for outcome in ["sent", "retry", "failed", "skipped", "deferred", "given_up"] {
             deliveries.insert(labels(&[("channel", channel), ("outcome", outcome)]), 0.0);
         }
     }
@@ -474,6 +474,84 @@ async fn counts_events_deliveries_reloads_and_reads_cases_and_backlog(backend: B
     }
     // Label values come from the configuration, never from customers.
     assert!(!last.text.contains("cus_"), "{}", last.text);
+}
+
+/// A plugin that takes the whole daemon down with it (systemd would restart
+/// it): each start claims the delivery again and dies during the send.
+/// After `max_claims` claims the next start gives the delivery up (failed,
+/// with the reason) instead of crash-looping, sends the rest, and counts it
+/// as `given_up`.
+#[tokio::test]
+async fn a_delivery_that_keeps_killing_the_daemon_is_given_up_and_counted() {
+    let port = free_port();
+    // The delay lets each start become ready (and the event be answered)
+    // before the plugin aborts the process.
+    let mut setup = Setup::default()
+        .workflow("reminders.yaml", REMINDERS)
+        .channel(
+            "sms",
+            "{ plugin: testkit, settings: { behaviour: abort, delay_ms: 1500, record: '{dir}/sms-calls.jsonl' } }",
+        );
+    setup.extra_config =
+        format!("metrics:\n  listen: 127.0.0.1:{port}\nscheduler:\n  max_claims: 2\n");
+    let mut daemon = TestDaemon::start(setup).await;
+    let results = daemon
+        .send_events(vec![event("e1", "cus_1", "payment_failed")])
+        .await;
+    let case_id = results[0].cases_started[0].clone();
+    let record = daemon.path("sms-calls.jsonl");
+    let calls = || dunningd_e2e::daemon::read_jsonl(&record).len();
+
+    for start in 1..=2 {
+        let status = daemon.exited().await;
+        assert!(!status.success(), "start {start} ended with {status}");
+        assert_eq!(calls(), start, "claims so far");
+        daemon.spawn().await;
+    }
+
+    // The third start gives the SMS up; the email went out on the first.
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let last = scrape_until(&url, "the SMS given up", |s| {
+        s.get(
+            "dunningd_deliveries_total",
+            &[("channel", "sms"), ("outcome", "given_up")],
+        ) == Some(1.0)
+    })
+    .await;
+    assert_eq!(
+        last.get(
+            "dunningd_deliveries_total",
+            &[("channel", "sms"), ("outcome", "failed")],
+        ),
+        Some(0.0),
+        "given up, not dispatched"
+    );
+    let detail = daemon.case(&case_id).await;
+    let status = |channel: &str, step: &str| {
+        detail
+            .deliveries
+            .iter()
+            .find(|d| d.channel == channel && d.step == step)
+            .map(|d| (d.status.clone(), d.last_error.clone()))
+    };
+    assert_eq!(
+        status("sms", "notice"),
+        Some((
+            "failed".to_string(),
+            "gave up after 2 claims without an outcome; the daemon stopped during each attempt"
+                .to_string()
+        ))
+    );
+    assert_eq!(status("email", "notice").map(|s| s.0), Some("sent".into()));
+    assert_eq!(calls(), 2, "not called a third time");
+    assert!(
+        daemon
+            .log()
+            .contains("parking deliveries claimed too often without an outcome"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(listening_ports(daemon.pid()), vec![port], "still running");
 }
 
 #[tokio::test]

@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use super::core::Engine;
 use crate::config::{ChannelSpec, SchedulerConfig};
 use crate::plugin_host::PluginHost;
-use crate::store::{ClaimOptions, Claimed, Completion, FollowUp, FrequencyCap};
+use crate::store::{ClaimOptions, Claimed, Claims, Completion, FollowUp, FrequencyCap};
 use crate::webhooks::Links;
 use crate::workflow::RenderContext;
 
@@ -269,7 +269,12 @@ impl Scheduler {
             options.caps = self.caps();
             let asked = Instant::now();
             let claimed = match self.engine.store().claim_due(now, &options).await {
-                Ok(claimed) => {
+                Ok(Claims { claimed, given_up }) => {
+                    if let Some(metrics) = &self.metrics {
+                        for channel in &given_up {
+                            metrics.given_up(channel);
+                        }
+                    }
                     self.held.hold(
                         claimed.iter().map(|c| &c.delivery_id),
                         asked + options.lease,

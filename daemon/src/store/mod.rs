@@ -115,6 +115,17 @@ pub struct IngestOutcome {
     pub notes: Vec<String>,
 }
 
+/// What one claim handed out, and what it gave up on instead.
+#[derive(Debug, Default)]
+pub struct Claims {
+    /// To send, in planned order.
+    pub claimed: Vec<Claimed>,
+    /// The channel of each delivery failed without being sent: claimed
+    /// `max_claims` times without an outcome (the daemon kept stopping
+    /// during its send), or its stored row cannot be read.
+    pub given_up: Vec<String>,
+}
+
 /// A delivery claimed for sending, with what is needed to render and send it.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -280,13 +291,14 @@ pub trait Store: Send + Sync {
     /// whose lease, held by another owner, expired (wall-clock time). Expired
     /// leases of `options.owner` itself are left alone: this process still
     /// owes their outcomes (e.g. while the database was away) and would
-    /// otherwise send them twice. Deliveries over `max_claims` are parked as
-    /// failed instead of returned.
+    /// otherwise send them twice. Deliveries over `max_claims`, and those
+    /// whose stored rows cannot be read, are failed instead of returned
+    /// (`Claims::given_up`).
     async fn claim_due(
         &self,
         now: DateTime<Utc>,
         options: &ClaimOptions,
-    ) -> Result<Vec<Claimed>, StoreError>;
+    ) -> Result<Claims, StoreError>;
 
     /// Records how claimed deliveries ended; completes cases that have no
     /// pending delivery left (`exhausted`). A delivery whose lease was lost is

@@ -31,7 +31,7 @@ use super::rows::{
     delivery_from_row, optout_from_row, state_counts, stats_row_from_row, workflow_counts,
 };
 use super::{
-    CaseAction, ClaimOptions, Claimed, Completion, EventPlan, IngestOutcome, ProviderReport, Store,
+    CaseAction, ClaimOptions, Claims, Completion, EventPlan, IngestOutcome, ProviderReport, Store,
     StoreError, check_schema, fail_unreadable, from_ms, idempotency_key, to_ms,
 };
 use crate::model::{Case, CaseDetail, CaseFilter, CaseState, OptOut};
@@ -472,7 +472,7 @@ impl Store for PostgresStore {
         &self,
         now: DateTime<Utc>,
         options: &ClaimOptions,
-    ) -> Result<Vec<Claimed>, StoreError> {
+    ) -> Result<Claims, StoreError> {
         let now_ms = to_ms(now);
         let wall_ms = to_ms(Utc::now());
         let lease_ms = wall_ms + options.lease.as_millis() as i64;
@@ -590,21 +590,23 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await?;
         }
+        let mut given_up: Vec<String> = Vec::new();
         if !park.is_empty() {
             tracing::error!(
                 deliveries = park.len(),
                 max_claims = options.max_claims,
                 "parking deliveries claimed too often without an outcome (did a plugin crash the daemon?)"
             );
-            sqlx::query(
+            given_up = sqlx::query_scalar(
                 "UPDATE deliveries SET status = 'failed', lease_owner = NULL, lease_expires_ms = NULL,
                         last_error = 'gave up after ' || attempts || ' claims without an outcome; the daemon stopped during each attempt',
                         updated_ms = $1
-                 WHERE id = ANY($2)",
+                 WHERE id = ANY($2)
+                 RETURNING channel",
             )
             .bind(now_ms)
             .bind(&park)
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
         }
         if !claim.is_empty() {
@@ -621,9 +623,14 @@ impl Store for PostgresStore {
             .await?;
         }
         tx.commit().await?;
-        let DecodedClaims { claimed, broken } = decode_claims(claimed)?;
+        let DecodedClaims {
+            claimed,
+            broken,
+            broken_channels,
+        } = decode_claims(claimed)?;
         fail_unreadable(self, &options.owner, broken, now).await?;
-        Ok(claimed)
+        given_up.extend(broken_channels);
+        Ok(Claims { claimed, given_up })
     }
 
     async fn complete(

@@ -197,6 +197,8 @@ pub(crate) struct DecodedClaims {
     pub claimed: Vec<Claimed>,
     /// Failed completions with the reason, for the caller to record.
     pub broken: Vec<(String, Completion)>,
+    /// The channel of each broken row, as far as it can be read.
+    pub broken_channels: Vec<String>,
 }
 
 /// Decodes claimed rows once the claim is committed (decoding parses each
@@ -210,20 +212,28 @@ where
 {
     let mut claimed = Vec::with_capacity(rows.len());
     let mut broken = Vec::new();
+    let mut broken_channels = Vec::new();
     for row in rows {
         match claimed_from_row(row) {
             Ok(claim) => claimed.push(claim),
-            Err(error) => broken.push((
-                row.text("id")?,
-                Completion::Failed {
-                    error: format!("cannot read the stored delivery: {error}"),
-                    fallback: None,
-                },
-            )),
+            Err(error) => {
+                broken.push((
+                    row.text("id")?,
+                    Completion::Failed {
+                        error: format!("cannot read the stored delivery: {error}"),
+                        fallback: None,
+                    },
+                ));
+                broken_channels.push(row.text("channel").unwrap_or_else(|_| "unknown".into()));
+            }
         }
     }
     claimed.sort_by_key(|c| c.planned_at);
-    Ok(DecodedClaims { claimed, broken })
+    Ok(DecodedClaims {
+        claimed,
+        broken,
+        broken_channels,
+    })
 }
 
 pub(crate) fn claimed_from_row<R: StoreRow>(row: &R) -> Result<Claimed, StoreError>

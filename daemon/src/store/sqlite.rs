@@ -33,7 +33,7 @@ use super::rows::{
     delivery_from_row, optout_from_row, state_counts, stats_row_from_row, workflow_counts,
 };
 use super::{
-    CaseAction, ClaimOptions, Claimed, Completion, EventPlan, IngestOutcome, ProviderReport, Store,
+    CaseAction, ClaimOptions, Claims, Completion, EventPlan, IngestOutcome, ProviderReport, Store,
     StoreError, check_schema, fail_unreadable, from_ms, idempotency_key, to_ms,
 };
 use crate::model::{Case, CaseDetail, CaseFilter, CaseState, OptOut};
@@ -476,7 +476,7 @@ impl Store for SqliteStore {
         &self,
         now: DateTime<Utc>,
         options: &ClaimOptions,
-    ) -> Result<Vec<Claimed>, StoreError> {
+    ) -> Result<Claims, StoreError> {
         let now_ms = to_ms(now);
         let wall_ms = to_ms(Utc::now());
         let lease_ms = wall_ms + options.lease.as_millis() as i64;
@@ -516,7 +516,7 @@ impl Store for SqliteStore {
         .await?;
         if rows.is_empty() {
             read.commit().await?;
-            return Ok(Vec::new());
+            return Ok(Claims::default());
         }
         let mut claim = Vec::new();
         let mut claimed = Vec::with_capacity(rows.len());
@@ -581,21 +581,23 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
+        let mut given_up: Vec<String> = Vec::new();
         if !park.is_empty() {
             tracing::error!(
                 deliveries = park.len(),
                 max_claims = options.max_claims,
                 "parking deliveries claimed too often without an outcome (did a plugin crash the daemon?)"
             );
-            sqlx::query(
+            given_up = sqlx::query_scalar(
                 "UPDATE deliveries SET status = 'failed', lease_owner = NULL, lease_expires_ms = NULL,
                         last_error = 'gave up after ' || attempts || ' claims without an outcome; the daemon stopped during each attempt',
                         updated_ms = ?
-                 WHERE id IN (SELECT value FROM json_each(?)) AND status IN ('scheduled', 'retrying', 'sending')",
+                 WHERE id IN (SELECT value FROM json_each(?)) AND status IN ('scheduled', 'retrying', 'sending')
+                 RETURNING channel",
             )
             .bind(now_ms)
             .bind(json_ids(&park))
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
         }
         let taken: HashSet<String> = if claim.is_empty() {
@@ -628,9 +630,14 @@ impl Store for SqliteStore {
                 .is_ok_and(|id| taken.contains(id))
         };
         let claimed = claimed.into_iter().filter(still_claimable).collect();
-        let DecodedClaims { claimed, broken } = decode_claims(claimed)?;
+        let DecodedClaims {
+            claimed,
+            broken,
+            broken_channels,
+        } = decode_claims(claimed)?;
         fail_unreadable(self, &options.owner, broken, now).await?;
-        Ok(claimed)
+        given_up.extend(broken_channels);
+        Ok(Claims { claimed, given_up })
     }
 
     async fn complete(

@@ -254,7 +254,11 @@ async fn claims_follow_due_times_leases_and_case_state(store: Arc<dyn Store>) {
     let case_id = out[0].cases_started[0].clone();
     assert_eq!(store.next_due().await.expect("next"), Some(now));
 
-    let claimed = store.claim_due(now, &options("a")).await.expect("claim");
+    let claimed = store
+        .claim_due(now, &options("a"))
+        .await
+        .expect("claim")
+        .claimed;
     assert_eq!(claimed.len(), 1, "only the first step is due");
     assert_eq!(claimed[0].attempt, 1);
     assert_eq!(
@@ -267,6 +271,7 @@ async fn claims_follow_due_times_leases_and_case_state(store: Arc<dyn Store>) {
             .claim_due(now, &options("b"))
             .await
             .expect("claim")
+            .claimed
             .is_empty()
     );
 
@@ -310,6 +315,7 @@ async fn claims_follow_due_times_leases_and_case_state(store: Arc<dyn Store>) {
             .claim_due(day_after, &options("a"))
             .await
             .expect("claim")
+            .claimed
             .is_empty()
     );
     store
@@ -321,6 +327,7 @@ async fn claims_follow_due_times_leases_and_case_state(store: Arc<dyn Store>) {
             .claim_due(day_after, &options("a"))
             .await
             .expect("claim")
+            .claimed
             .is_empty(),
         "shifted by 28h"
     );
@@ -329,7 +336,8 @@ async fn claims_follow_due_times_leases_and_case_state(store: Arc<dyn Store>) {
     let claimed = store
         .claim_due(shifted, &options("a"))
         .await
-        .expect("claim");
+        .expect("claim")
+        .claimed;
     assert_eq!(claimed.len(), 1);
 
     // Retry, then a final outcome: the case has run every step.
@@ -352,7 +360,8 @@ async fn claims_follow_due_times_leases_and_case_state(store: Arc<dyn Store>) {
     let claimed = store
         .claim_due(retry_at, &options("a"))
         .await
-        .expect("claim");
+        .expect("claim")
+        .claimed;
     assert_eq!(claimed[0].attempt, 2);
     store
         .complete(
@@ -415,7 +424,8 @@ async fn a_delivery_that_keeps_crashing_is_parked(store: Arc<dyn Store>) {
         let claimed = store
             .claim_due(now, &zero_lease(&owner))
             .await
-            .expect("claim");
+            .expect("claim")
+            .claimed;
         assert_eq!(claimed.len(), 1, "claim {attempt}");
         assert_eq!(claimed[0].attempt, attempt);
         // A live owner never takes back its own expired lease: it still owes
@@ -425,17 +435,17 @@ async fn a_delivery_that_keeps_crashing_is_parked(store: Arc<dyn Store>) {
                 .claim_due(now, &zero_lease(&owner))
                 .await
                 .expect("claim")
+                .claimed
                 .is_empty(),
             "{owner} reclaimed its own lease"
         );
     }
-    assert!(
-        store
-            .claim_due(now, &zero_lease("process-4"))
-            .await
-            .expect("claim")
-            .is_empty()
-    );
+    let fourth = store
+        .claim_due(now, &zero_lease("process-4"))
+        .await
+        .expect("claim");
+    assert!(fourth.claimed.is_empty());
+    assert_eq!(fourth.given_up, ["email"], "the parked delivery's channel");
     let case = &store
         .list_cases(&CaseFilter::default())
         .await
@@ -519,7 +529,11 @@ async fn optouts_and_fallbacks(store: Arc<dyn Store>) {
             .is_empty()
     );
 
-    let claimed = store.claim_due(now, &options("a")).await.expect("claim");
+    let claimed = store
+        .claim_due(now, &options("a"))
+        .await
+        .expect("claim")
+        .claimed;
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].opted_out.as_deref(), Some("operator"));
     assert_eq!(claimed[0].fallback_for, None);
@@ -539,7 +553,11 @@ async fn optouts_and_fallbacks(store: Arc<dyn Store>) {
         .expect("complete");
     assert!(lost.is_empty());
 
-    let fallback = store.claim_due(now, &options("a")).await.expect("claim");
+    let fallback = store
+        .claim_due(now, &options("a"))
+        .await
+        .expect("claim")
+        .claimed;
     assert_eq!(fallback.len(), 1, "the fallback is due at once");
     assert_eq!(fallback[0].channel, "sms");
     assert_eq!(fallback[0].template, "first_sms");
@@ -624,7 +642,7 @@ async fn frequency_caps_hold_what_exceeds_them(store: Arc<dyn Store>) {
         )]),
         ..options("a")
     };
-    let claimed = store.claim_due(now, &capped).await.expect("claim");
+    let claimed = store.claim_due(now, &capped).await.expect("claim").claimed;
     let customers: Vec<&str> = claimed
         .iter()
         .map(|c| c.trigger_event.customer.id.as_str())
@@ -668,11 +686,17 @@ async fn frequency_caps_hold_what_exceeds_them(store: Arc<dyn Store>) {
             .claim_due(almost, &capped)
             .await
             .expect("claim")
+            .claimed
             .is_empty()
     );
     let later = t("2026-01-06T09:00:00Z");
     assert_eq!(
-        store.claim_due(later, &capped).await.expect("claim").len(),
+        store
+            .claim_due(later, &capped)
+            .await
+            .expect("claim")
+            .claimed
+            .len(),
         1
     );
 }
@@ -739,7 +763,11 @@ async fn inbound_reports_and_phone_lookup(store: Arc<dyn Store>) {
         .record_report(&report("SM1", "sent", 3, None))
         .await
         .expect("report");
-    let claimed = store.claim_due(now, &options("a")).await.expect("claim");
+    let claimed = store
+        .claim_due(now, &options("a"))
+        .await
+        .expect("claim")
+        .claimed;
     assert_eq!(claimed.len(), 3);
     let results = claimed
         .iter()
@@ -815,7 +843,11 @@ async fn stats_fold_cases_and_deliveries(store: Arc<dyn Store>) {
         .ingest(vec![failed("f1", "inv_1"), failed("f2", "inv_2")], now)
         .await
         .expect("ingest");
-    let claimed = store.claim_due(now, &options("a")).await.expect("claim");
+    let claimed = store
+        .claim_due(now, &options("a"))
+        .await
+        .expect("claim")
+        .claimed;
     assert_eq!(claimed.len(), 2);
     let results = claimed
         .iter()
@@ -930,7 +962,11 @@ async fn renewed_leases_are_not_taken_over(store: Arc<dyn Store>) {
         lease: Duration::from_millis(300),
         ..options(owner)
     };
-    let claimed = store.claim_due(now, &short("a")).await.expect("claim");
+    let claimed = store
+        .claim_due(now, &short("a"))
+        .await
+        .expect("claim")
+        .claimed;
     assert_eq!(claimed.len(), 2);
     let (kept, lapsed) = (
         claimed[0].delivery_id.clone(),
@@ -949,7 +985,11 @@ async fn renewed_leases_are_not_taken_over(store: Arc<dyn Store>) {
     assert!(renewed.is_empty());
 
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let taken = store.claim_due(now, &short("b")).await.expect("claim");
+    let taken = store
+        .claim_due(now, &short("b"))
+        .await
+        .expect("claim")
+        .claimed;
     assert_eq!(
         taken.iter().map(|c| &c.delivery_id).collect::<Vec<_>>(),
         vec![&lapsed],
@@ -1035,7 +1075,11 @@ async fn gauges_count_cases_and_the_unclaimed_due_backlog(store: Arc<dyn Store>)
     assert_eq!((earlier.backlog, earlier.oldest_planned), (0, None));
 
     // Claimed (leased) deliveries are no backlog; a retry is, once due.
-    let claimed = store.claim_due(now, &options("a")).await.expect("claim");
+    let claimed = store
+        .claim_due(now, &options("a"))
+        .await
+        .expect("claim")
+        .claimed;
     assert_eq!(claimed.len(), 3);
     let gauges = store.gauges(now).await.expect("gauges");
     assert_eq!((gauges.backlog, gauges.oldest_planned), (0, None));
@@ -1236,7 +1280,11 @@ async fn a_batch_of_independent_events_keeps_every_rule(store: Arc<dyn Store>) {
         idempotency_key(&fresh.case.id, 0, "email")
     );
     // What the batch stored is what the engine claims.
-    let claimed = store.claim_due(now, &options("a")).await.expect("claim");
+    let claimed = store
+        .claim_due(now, &options("a"))
+        .await
+        .expect("claim")
+        .claimed;
     assert!(claimed.iter().any(|c| c.case_id == fresh.case.id
         && c.trigger_event.id == "f5"
         && c.workflow_version == "pf-v1"));
@@ -1325,14 +1373,20 @@ async fn an_unreadable_delivery_fails_alone<F: std::future::Future<Output = ()>>
     }
     corrupt(case_ids[1].clone()).await;
 
-    let claimed = store.claim_due(now, &options("a")).await.expect("claim");
-    let claimed_cases: Vec<&str> = claimed.iter().map(|c| c.case_id.as_str()).collect();
+    let claims = store.claim_due(now, &options("a")).await.expect("claim");
+    let claimed_cases: Vec<&str> = claims.claimed.iter().map(|c| c.case_id.as_str()).collect();
     assert_eq!(claimed_cases, [&case_ids[0], &case_ids[2]]);
+    assert_eq!(
+        claims.given_up,
+        ["email"],
+        "the unreadable delivery's channel"
+    );
 
     let again = store
         .claim_due(now, &options("b"))
         .await
-        .expect("claim again");
+        .expect("claim again")
+        .claimed;
     assert!(
         again.is_empty(),
         "the unreadable delivery was handed out again"
@@ -1340,7 +1394,8 @@ async fn an_unreadable_delivery_fails_alone<F: std::future::Future<Output = ()>>
     let after_a_day = store
         .claim_due(now + chrono::Duration::days(1), &options("a"))
         .await
-        .expect("claim the next day");
+        .expect("claim the next day")
+        .claimed;
     let next: Vec<&str> = after_a_day.iter().map(|c| c.case_id.as_str()).collect();
     assert_eq!(next, [&case_ids[0], &case_ids[2]]);
     // Its second step failed the same way; with nothing left to send, the
@@ -1518,7 +1573,8 @@ async fn postgres_announces_new_work_to_other_daemons() {
     let claimed = writer
         .claim_due(now, &options("dead-daemon"))
         .await
-        .expect("claim");
+        .expect("claim")
+        .claimed;
     assert_eq!(claimed.len(), 1);
     assert_eq!(
         writer.release_leases("dead-daemon").await.expect("release"),

@@ -3,7 +3,8 @@
 //!
 //! Settings:
 //! - `behaviour`: `ok` (default), `panic`, `hang`, `permanent`, `retryable`,
-//!   `unknown` or `skipped`. (A plugin answering bytes that are not JSON is
+//!   `unknown`, `skipped` or `abort` (takes the whole daemon down, as a
+//!   plugin with a memory bug would: nothing can catch it). (A plugin answering bytes that are not JSON is
 //!   tested in the host against a hand-built vtable: the SDK cannot emit one.)
 //! - `fail_first`: answer `retryable` for the first N calls of each delivery,
 //!   then behave as `behaviour`.
@@ -42,6 +43,7 @@ const BEHAVIOURS: &[&str] = &[
     "retryable",
     "unknown",
     "skipped",
+    "abort",
 ];
 
 impl Plugin for Testkit {
@@ -119,6 +121,7 @@ impl Channel for TestChannel {
         }
         match self.behaviour.as_str() {
             "panic" => panic!("testkit told to panic on delivery {}", request.delivery_id),
+            "abort" => std::process::abort(),
             "hang" => {
                 std::thread::sleep(self.hang);
                 DeliveryResponse::Sent {
