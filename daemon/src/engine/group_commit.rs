@@ -208,6 +208,91 @@ mod tests {
         }
     }
 
+    /// A plan the store refuses: its case has the same step and channel
+    /// twice, so the two deliveries' idempotency keys collide.
+    fn refused_plan(id: &str) -> EventPlan {
+        let mut plan = plan(id);
+        let delivery = crate::store::NewDelivery {
+            step_index: 0,
+            step: "notice".into(),
+            channel: "email".into(),
+            template: "notice".into(),
+            due_at: plan.occurred_at,
+            planned_at: plan.occurred_at,
+            critical: false,
+        };
+        plan.starts.push(crate::store::NewCase {
+            workflow: "payment-failed".into(),
+            workflow_version: "v1".into(),
+            workflow_source: "name: payment-failed".into(),
+            exit_on: vec![],
+            deliveries: vec![delivery.clone(), delivery],
+        });
+        plan
+    }
+
+    /// Calls queued behind the turn form one group; the store refuses one of
+    /// them, so the group's transaction fails and its calls are committed
+    /// one by one: the refused call gets the error and stores nothing, every
+    /// other call gets its own outcomes and is stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_group_is_committed_call_by_call() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(
+            crate::store::sqlite::SqliteStore::open(&dir.path().join("test.db"))
+                .await
+                .expect("open store"),
+        );
+        let group = Arc::new(GroupCommit::default());
+        let now = Utc::now();
+        // Holding the turn, so that every call queues before any commits.
+        let turn = group.turn.clone().lock_owned().await;
+        let mut calls = tokio::task::JoinSet::new();
+        for n in 0..10 {
+            let id = format!("e{n}");
+            let (group, store) = (group.clone(), store.clone());
+            calls.spawn(async move {
+                let plans = vec![if n == 4 { refused_plan(&id) } else { plan(&id) }];
+                (id, group.ingest(&store, plans, now).await)
+            });
+        }
+        while group.queue.lock().expect("queue").pending.len() < 10 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        drop(turn);
+
+        let mut refused = Vec::new();
+        while let Some(joined) = calls.join_next().await {
+            match joined.expect("call") {
+                (id, Ok(outcomes)) => {
+                    let answered: Vec<&str> =
+                        outcomes.iter().map(|o| o.event_id.as_str()).collect();
+                    assert_eq!(answered, [id.as_str()]);
+                    assert!(!outcomes[0].duplicate, "{id}");
+                }
+                (id, Err(error)) => refused.push((id, error.to_string())),
+            }
+        }
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].0, "e4");
+        assert!(refused[0].1.contains("UNIQUE"), "{refused:?}");
+        assert_eq!(
+            group.groups.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "the ten calls were one group"
+        );
+
+        // What was stored: every event but the refused one.
+        let again: Vec<EventPlan> = (0..10).map(|n| plan(&format!("e{n}"))).collect();
+        let outcomes = store.ingest(again, now).await.expect("ingest again");
+        let new: Vec<&str> = outcomes
+            .iter()
+            .filter(|o| !o.duplicate)
+            .map(|o| o.event_id.as_str())
+            .collect();
+        assert_eq!(new, ["e4"]);
+    }
+
     /// Forty concurrent calls (one of two events, and the same event id in
     /// two calls) share a few transactions, and each call gets exactly its
     /// own outcomes: its event ids in order, the repeated id accepted once.
