@@ -133,8 +133,10 @@ pub enum ClockKind {
     /// Wall-clock time: production.
     System,
     /// Time moves only when told to (`AdvanceClock`): tests and demos that
-    /// run days of schedule in moments.
-    Manual { start: DateTime<Utc> },
+    /// run days of schedule in moments. Without `clock_start` it starts at
+    /// the wall-clock time of the daemon's start (a reload that reads the
+    /// same file is the same clock).
+    Manual { start: Option<DateTime<Utc>> },
 }
 
 /// A database URL whose `Debug` and `Display` hide any password.
@@ -372,7 +374,7 @@ impl Config {
                 ClockKind::System
             }
             Some("manual") => ClockKind::Manual {
-                start: raw.clock_start.unwrap_or_else(Utc::now),
+                start: raw.clock_start,
             },
             Some(other) => {
                 return Err(invalid(format!(
@@ -630,6 +632,21 @@ mod tests {
         assert_eq!(config.admin.socket, Path::new(DEFAULT_SOCKET));
         assert_eq!(config.clock, ClockKind::System);
         assert_eq!(config.metrics, None, "no metrics endpoint unless asked for");
+    }
+
+    /// Reading an unchanged file again (a reload) gives the same clock, so a
+    /// reload does not report a clock change that would need a restart.
+    #[test]
+    fn a_manual_clock_reads_the_same_twice() {
+        let path = Path::new("/etc/dunningd/dunningd.yaml");
+        for text in [
+            "clock: manual\n",
+            "clock: manual\nclock_start: 2026-01-05T09:00:00Z\n",
+        ] {
+            let first = Config::parse(path, text).unwrap().clock;
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            assert_eq!(Config::parse(path, text).unwrap().clock, first, "{text}");
+        }
     }
 
     #[test]

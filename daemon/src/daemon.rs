@@ -298,6 +298,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let clock = match config.clock {
         ClockKind::System => Clock::system(),
         ClockKind::Manual { start } => {
+            let start = start.unwrap_or(started_at);
             tracing::warn!(%start, "running on a manual clock: time moves only through the admin API");
             std::fs::create_dir_all(&config.state_dir).with_context(|| {
                 format!("cannot create state_dir '{}'", config.state_dir.display())
