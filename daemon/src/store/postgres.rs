@@ -658,7 +658,7 @@ impl Store for PostgresStore {
                                       ELSE d.last_error END,
                     skip_reason = CASE WHEN u.status = 'skipped' THEN u.text ELSE d.skip_reason END,
                     planned_ms = COALESCE(u.planned_ms, d.planned_ms),
-                    attempts = d.attempts - u.unclaim,
+                    attempts = d.attempts - u.unclaim, note = NULL,
                     lease_owner = NULL, lease_expires_ms = NULL, updated_ms = $1
              FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int4[])
                   AS u(id, status, receipt, text, planned_ms, unclaim)

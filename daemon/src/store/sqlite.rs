@@ -664,7 +664,7 @@ impl Store for SqliteStore {
                                       ELSE deliveries.last_error END,
                     skip_reason = CASE WHEN u.status = 'skipped' THEN u.text ELSE deliveries.skip_reason END,
                     planned_ms = COALESCE(u.planned_ms, deliveries.planned_ms),
-                    attempts = deliveries.attempts - u.unclaim,
+                    attempts = deliveries.attempts - u.unclaim, note = NULL,
                     lease_owner = NULL, lease_expires_ms = NULL, updated_ms = ?1
              FROM (SELECT value ->> '$.id' AS id, value ->> '$.status' AS status,
                           value ->> '$.receipt' AS receipt, value ->> '$.text' AS text,

@@ -690,15 +690,26 @@ async fn frequency_caps_hold_what_exceeds_them(store: Arc<dyn Store>) {
             .is_empty()
     );
     let later = t("2026-01-06T09:00:00Z");
-    assert_eq!(
-        store
-            .claim_due(later, &capped)
-            .await
-            .expect("claim")
-            .claimed
-            .len(),
-        1
-    );
+    let released = store
+        .claim_due(later, &capped)
+        .await
+        .expect("claim")
+        .claimed;
+    assert_eq!(released.len(), 1);
+    // Once sent, it no longer waits: the hold's note is gone.
+    let sent = vec![(
+        released[0].delivery_id.clone(),
+        Completion::Sent { receipt: None },
+    )];
+    store.complete("a", sent, later).await.expect("complete");
+    let detail = store.get_case(&released[0].case_id).await.expect("get");
+    let delivery = detail
+        .deliveries
+        .iter()
+        .find(|d| d.id == released[0].delivery_id)
+        .expect("the released delivery");
+    assert_eq!(delivery.status, DeliveryStatus::Sent);
+    assert_eq!(delivery.note, None);
 }
 
 /// Inbound webhooks: customers are found by the phone number of their
