@@ -1,8 +1,9 @@
 //! The Prometheus endpoint, end to end: the real daemon with `metrics:`
 //! configured, driven over its API (events accepted, repeated and refused,
 //! deliveries sent over the log plugin and failed by the testkit plugin,
-//! reloads good and bad, a backlog that the scheduler cannot claim), scraped
-//! over HTTP and parsed; and without `metrics:`, no listener at all.
+//! reloads good and bad, a backlog that the scheduler cannot claim, a
+//! delivery given up after it kept killing the daemon), scraped over HTTP and
+//! parsed; and without `metrics:`, no listener at all.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -490,7 +491,7 @@ async fn a_delivery_that_keeps_killing_the_daemon_is_given_up_and_counted() {
         .workflow("reminders.yaml", REMINDERS)
         .channel(
             "sms",
-            "{ plugin: testkit, settings: { behaviour: abort, delay_ms: 1500, record: '{dir}/sms-calls.jsonl' } }",
+            "{ plugin: testkit, settings: { behaviour: abort, delay_ms: 3000, record: '{dir}/sms-calls.jsonl' } }",
         );
     setup.extra_config =
         format!("metrics:\n  listen: 127.0.0.1:{port}\nscheduler:\n  max_claims: 2\n");

@@ -4,8 +4,9 @@
 //! Settings:
 //! - `behaviour`: `ok` (default), `panic`, `hang`, `permanent`, `retryable`,
 //!   `unknown`, `skipped` or `abort` (takes the whole daemon down, as a
-//!   plugin with a memory bug would: nothing can catch it). (A plugin answering bytes that are not JSON is
-//!   tested in the host against a hand-built vtable: the SDK cannot emit one.)
+//!   plugin with a memory bug would: nothing can catch it). (A plugin
+//!   answering bytes that are not JSON is tested in the host against a
+//!   hand-built vtable: the SDK cannot emit one.)
 //! - `fail_first`: answer `retryable` for the first N calls of each delivery,
 //!   then behave as `behaviour`.
 //! - `hang_secs`: how long `hang` sleeps (default 3600).
