@@ -410,18 +410,7 @@ impl TestDaemon {
     /// Waits for the process to exit on its own (a plugin took it down)
     /// and returns how it ended.
     pub async fn exited(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("daemon running");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                panic!("dunningd did not exit within 30s:\n{}", self.log());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.wait_for_exit("exit").await
     }
 
     /// Sends a signal (`HUP`, `TERM` …) to the daemon.
@@ -438,11 +427,17 @@ impl TestDaemon {
     /// Sends SIGTERM and waits for the exit code (without blocking the
     /// test's runtime, so its connections can answer the daemon's goodbye).
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("daemon running");
         let _ = Command::new("kill")
             .arg("-TERM")
-            .arg(child.id().to_string())
+            .arg(self.pid().to_string())
             .status();
+        self.wait_for_exit("stop after SIGTERM").await
+    }
+
+    /// Waits up to 30 s for the process to end (without blocking the test's
+    /// runtime), killing it and failing with its log if it does not `what`.
+    async fn wait_for_exit(&mut self, what: &str) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -450,10 +445,7 @@ impl TestDaemon {
             }
             if Instant::now() >= deadline {
                 let _ = child.kill();
-                panic!(
-                    "dunningd did not stop within 30s of SIGTERM:\n{}",
-                    self.log()
-                );
+                panic!("dunningd did not {what} within 30s:\n{}", self.log());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

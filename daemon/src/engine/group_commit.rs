@@ -208,6 +208,15 @@ mod tests {
         }
     }
 
+    /// A real SQLite store in `dir`.
+    async fn sqlite_store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
+        Arc::new(
+            crate::store::sqlite::SqliteStore::open(&dir.path().join("test.db"))
+                .await
+                .expect("open store"),
+        )
+    }
+
     /// A plan the store refuses: its case has the same step and channel
     /// twice, so the two deliveries' idempotency keys collide.
     fn refused_plan(id: &str) -> EventPlan {
@@ -238,11 +247,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_group_is_committed_call_by_call() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn Store> = Arc::new(
-            crate::store::sqlite::SqliteStore::open(&dir.path().join("test.db"))
-                .await
-                .expect("open store"),
-        );
+        let store = sqlite_store(&dir).await;
         let group = Arc::new(GroupCommit::default());
         let now = Utc::now();
         // Holding the turn, so that every call queues before any commits.
@@ -299,11 +304,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_calls_share_transactions_and_get_their_own_outcomes() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn Store> = Arc::new(
-            crate::store::sqlite::SqliteStore::open(&dir.path().join("test.db"))
-                .await
-                .expect("open store"),
-        );
+        let store = sqlite_store(&dir).await;
         let group = Arc::new(GroupCommit::default());
         let now = Utc::now();
         let mut calls = tokio::task::JoinSet::new();

@@ -398,25 +398,32 @@ pub(crate) fn check_schema(
     }
 }
 
-/// Records claimed deliveries whose stored rows cannot be read
-/// (`rows::decode_claims`) as failed, with the reason, instead of sending
-/// them.
-pub(crate) async fn fail_unreadable<S: Store + ?Sized>(
+/// Ends a committed claim, the same for every backend: the claimed rows
+/// that cannot be read (`rows::decode_claims`) are recorded as failed, with
+/// the reason, instead of being sent, and given up beside those the claim
+/// parked; the rest are handed out.
+pub(crate) async fn hand_out<S: Store + ?Sized>(
     store: &S,
     owner: &str,
-    broken: Vec<(String, Completion)>,
+    decoded: rows::DecodedClaims,
+    mut given_up: Vec<String>,
     now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    if broken.is_empty() {
-        return Ok(());
+) -> Result<Claims, StoreError> {
+    let rows::DecodedClaims {
+        claimed,
+        broken,
+        broken_channels,
+    } = decoded;
+    if !broken.is_empty() {
+        tracing::error!(
+            deliveries = broken.len(),
+            first = ?broken[0],
+            "claimed deliveries whose stored rows cannot be read; they are failed, not sent"
+        );
+        store.complete(owner, broken, now).await?;
+        given_up.extend(broken_channels);
     }
-    tracing::error!(
-        deliveries = broken.len(),
-        first = ?broken[0],
-        "claimed deliveries whose stored rows cannot be read; they are failed, not sent"
-    );
-    store.complete(owner, broken, now).await?;
-    Ok(())
+    Ok(Claims { claimed, given_up })
 }
 
 pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {

@@ -27,12 +27,12 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::batch;
 use super::rows::{
-    DecodedClaims, OutcomeRow, case_from_row, cases_of, claimed_columns, corrupt, decode_claims,
+    OutcomeRow, case_from_row, cases_of, claimed_columns, corrupt, decode_claims,
     delivery_from_row, optout_from_row, state_counts, stats_row_from_row, workflow_counts,
 };
 use super::{
     CaseAction, ClaimOptions, Claims, Completion, EventPlan, IngestOutcome, ProviderReport, Store,
-    StoreError, check_schema, fail_unreadable, from_ms, idempotency_key, to_ms,
+    StoreError, check_schema, from_ms, hand_out, idempotency_key, to_ms,
 };
 use crate::model::{Case, CaseDetail, CaseFilter, CaseState, OptOut};
 use crate::stats::{Stats, StatsBuilder, StatsFilter};
@@ -623,14 +623,7 @@ impl Store for PostgresStore {
             .await?;
         }
         tx.commit().await?;
-        let DecodedClaims {
-            claimed,
-            broken,
-            broken_channels,
-        } = decode_claims(claimed)?;
-        fail_unreadable(self, &options.owner, broken, now).await?;
-        given_up.extend(broken_channels);
-        Ok(Claims { claimed, given_up })
+        hand_out(self, &options.owner, decode_claims(claimed)?, given_up, now).await
     }
 
     async fn complete(
