@@ -662,8 +662,10 @@ impl Scheduler {
                     fallback,
                 };
             }
-            let delay = backoff(policy.backoff, claimed.attempt)
-                .max(Duration::from_secs(hint.unwrap_or(0)));
+            // The plugin's hint is input: capped like our own backoff, so a
+            // hint of centuries cannot overflow the retry time.
+            let hint = Duration::from_secs(hint.unwrap_or(0)).min(MAX_BACKOFF);
+            let delay = backoff(policy.backoff, claimed.attempt).max(hint);
             let at = self.engine.clock().now()
                 + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(6));
             Completion::Retry { error, at }

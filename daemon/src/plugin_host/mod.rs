@@ -287,30 +287,85 @@ impl PluginHost {
     }
 }
 
+/// The longest error or skip reason kept from a plugin, in characters; the
+/// rest is cut with `…`. A plugin's text ends up in the store, the timeline
+/// and the log: a runaway plugin must not put megabytes into each.
+pub const MAX_PLUGIN_TEXT: usize = 1024;
+
+/// The longest provider receipt kept, in bytes. Receipts are provider ids
+/// (a Twilio SID, an SMTP queue id); anything longer is not one.
+pub const MAX_RECEIPT: usize = 256;
+
 /// Turns a call's raw result into a delivery outcome.
 fn interpret(plugin: &str, result: Result<Vec<u8>, CallError>) -> DeliveryResponse {
     match result {
-        Ok(bytes) => match serde_json::from_slice::<DeliveryResponse>(&bytes) {
-            Ok(response) => response,
-            Err(e) => {
-                let excerpt: String = String::from_utf8_lossy(&bytes).chars().take(80).collect();
-                // The plugin ran; whether it sent is unknown.
-                DeliveryResponse::Unknown {
-                    error: format!(
-                        "plugin '{plugin}' returned an invalid response ({e}): {excerpt:?}"
-                    ),
-                }
-            }
-        },
+        Ok(bytes) => decode_response(plugin, &bytes),
         Err(CallError::Panicked(message)) => DeliveryResponse::Permanent {
-            error: format!("plugin '{plugin}': {message}"),
+            error: format!("plugin '{plugin}': {}", bounded(&message)),
         },
         Err(CallError::Error(message)) => DeliveryResponse::Permanent {
-            error: format!("plugin '{plugin}' error: {message}"),
+            error: format!("plugin '{plugin}' error: {}", bounded(&message)),
         },
         Err(CallError::BadStatus(status)) => DeliveryResponse::Unknown {
             error: format!("plugin '{plugin}' returned undefined status {status}"),
         },
+    }
+}
+
+/// Decodes a plugin's answer to a send. Plugin output is input like any
+/// other: an answer that is not the documented JSON becomes `unknown` (the
+/// plugin ran; whether it sent is unknown), texts are bounded to
+/// [`MAX_PLUGIN_TEXT`], and a receipt that cannot be a provider's id
+/// (longer than [`MAX_RECEIPT`] or holding control characters) is dropped,
+/// so it can never match a provider's callback.
+pub fn decode_response(plugin: &str, bytes: &[u8]) -> DeliveryResponse {
+    let response = match serde_json::from_slice::<DeliveryResponse>(bytes) {
+        Ok(response) => response,
+        Err(e) => {
+            let excerpt: String = String::from_utf8_lossy(bytes).chars().take(80).collect();
+            return DeliveryResponse::Unknown {
+                error: format!("plugin '{plugin}' returned an invalid response ({e}): {excerpt:?}"),
+            };
+        }
+    };
+    match response {
+        DeliveryResponse::Sent { receipt } => DeliveryResponse::Sent {
+            receipt: receipt.filter(|r| {
+                let fits = r.len() <= MAX_RECEIPT && !r.chars().any(char::is_control);
+                if !fits {
+                    tracing::warn!(
+                        plugin,
+                        length = r.len(),
+                        "plugin's receipt is too long or holds control characters; it is not kept"
+                    );
+                }
+                fits
+            }),
+        },
+        DeliveryResponse::Retryable {
+            error,
+            retry_after_secs,
+        } => DeliveryResponse::Retryable {
+            error: bounded(&error),
+            retry_after_secs,
+        },
+        DeliveryResponse::Permanent { error } => DeliveryResponse::Permanent {
+            error: bounded(&error),
+        },
+        DeliveryResponse::Unknown { error } => DeliveryResponse::Unknown {
+            error: bounded(&error),
+        },
+        DeliveryResponse::Skipped { reason } => DeliveryResponse::Skipped {
+            reason: bounded(&reason),
+        },
+    }
+}
+
+/// `text` cut to [`MAX_PLUGIN_TEXT`] characters, with `…` where it was cut.
+fn bounded(text: &str) -> String {
+    match text.char_indices().nth(MAX_PLUGIN_TEXT) {
+        None => text.to_string(),
+        Some((end, _)) => format!("{}…", &text[..end]),
     }
 }
 
@@ -336,10 +391,39 @@ mod tests {
                 "plugin 'p' error: bad request",
             ),
             (Err(CallError::BadStatus(7)), "undefined status 7"),
+            (
+                Ok(br#"{"outcome":"sent","receipt":"r\u001b[31m"}"#.to_vec()),
+                "Sent { receipt: None }",
+            ),
         ];
         for (input, want) in table {
             let got = format!("{:?}", interpret("p", input));
             assert!(got.contains(want), "{got} should contain {want}");
         }
+    }
+
+    #[test]
+    fn plugin_texts_and_receipts_are_bounded() {
+        let long = "é".repeat(MAX_PLUGIN_TEXT + 500);
+        let answer = serde_json::json!({ "outcome": "permanent", "error": long }).to_string();
+        let DeliveryResponse::Permanent { error } = decode_response("p", answer.as_bytes()) else {
+            panic!("a permanent answer stays permanent");
+        };
+        assert_eq!(error.chars().count(), MAX_PLUGIN_TEXT + 1);
+        assert!(error.ends_with('…'));
+
+        let receipt = "r".repeat(MAX_RECEIPT + 1);
+        let answer = serde_json::json!({ "outcome": "sent", "receipt": receipt }).to_string();
+        assert_eq!(
+            decode_response("p", answer.as_bytes()),
+            DeliveryResponse::Sent { receipt: None }
+        );
+        let answer = serde_json::json!({ "outcome": "sent", "receipt": "SM123" }).to_string();
+        assert_eq!(
+            decode_response("p", answer.as_bytes()),
+            DeliveryResponse::Sent {
+                receipt: Some("SM123".into())
+            }
+        );
     }
 }

@@ -14,6 +14,12 @@
 //!   provider; default 0).
 //! - `record`: a file that gets one JSON line per call, written before the
 //!   plugin acts, so tests can count calls (even those that hang or panic).
+//! - `retry_after_secs`: the hint a `retryable` answer carries (default none).
+//! - `error`: the text of a `retryable`, `permanent` or `unknown` answer,
+//!   repeated `error_repeat` times (default 1): answers as large or as odd as
+//!   a broken plugin's.
+//! - `receipt`: the receipt an `ok` answer carries (default
+//!   `testkit:<idempotency key>`).
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -32,6 +38,9 @@ struct TestChannel {
     fail_first: u64,
     hang: Duration,
     delay: Duration,
+    retry_after_secs: Option<u64>,
+    error: Option<String>,
+    receipt: Option<String>,
     record: Option<Mutex<std::fs::File>>,
     calls: Mutex<HashMap<String, u64>>,
 }
@@ -81,6 +90,15 @@ impl Plugin for Testkit {
             fail_first: s.get("fail_first").and_then(|v| v.as_u64()).unwrap_or(0),
             hang: Duration::from_secs(s.get("hang_secs").and_then(|v| v.as_u64()).unwrap_or(3600)),
             delay: Duration::from_millis(s.get("delay_ms").and_then(|v| v.as_u64()).unwrap_or(0)),
+            retry_after_secs: s.get("retry_after_secs").and_then(|v| v.as_u64()),
+            error: s.get("error").and_then(|v| v.as_str()).map(|e| {
+                let repeat = s.get("error_repeat").and_then(|v| v.as_u64()).unwrap_or(1);
+                e.repeat(repeat as usize)
+            }),
+            receipt: s
+                .get("receipt")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
             record,
             calls: Mutex::new(HashMap::new()),
         })
@@ -120,6 +138,7 @@ impl Channel for TestChannel {
                 retry_after_secs: None,
             };
         }
+        let error = |default: &str| self.error.clone().unwrap_or_else(|| default.to_string());
         match self.behaviour.as_str() {
             "panic" => panic!("testkit told to panic on delivery {}", request.delivery_id),
             "abort" => std::process::abort(),
@@ -130,20 +149,24 @@ impl Channel for TestChannel {
                 }
             }
             "permanent" => DeliveryResponse::Permanent {
-                error: "testkit: permanent failure".into(),
+                error: error("testkit: permanent failure"),
             },
             "retryable" => DeliveryResponse::Retryable {
-                error: "testkit: retryable failure".into(),
-                retry_after_secs: None,
+                error: error("testkit: retryable failure"),
+                retry_after_secs: self.retry_after_secs,
             },
             "unknown" => DeliveryResponse::Unknown {
-                error: "testkit: outcome unknown".into(),
+                error: error("testkit: outcome unknown"),
             },
             "skipped" => DeliveryResponse::Skipped {
                 reason: "testkit: skipped".into(),
             },
             _ => DeliveryResponse::Sent {
-                receipt: Some(format!("testkit:{}", request.idempotency_key)),
+                receipt: Some(
+                    self.receipt
+                        .clone()
+                        .unwrap_or_else(|| format!("testkit:{}", request.idempotency_key)),
+                ),
             },
         }
     }
