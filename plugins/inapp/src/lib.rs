@@ -12,19 +12,24 @@
 //!   database). On PostgreSQL every daemon's inbox server sees every
 //!   message, and live updates cross daemons with `NOTIFY dunningd_inapp`:
 //!   a browser may talk to any of them (behind one load-balanced address).
+//!   A SQLite file (and any folder above it) that does not exist yet is
+//!   created private to the daemon's user.
 //! - `secret` (required, under `secrets:`): the key the product's backend
-//!   signs customer tokens with: `token = hex(HMAC-SHA256(secret, customer_id))`.
+//!   signs customer tokens with, each valid until `expires` (Unix seconds):
+//!   `token = "<expires>." + hex(HMAC-SHA256(secret, "inapp:<expires>:<customer_id>"))`
+//!   (see [`customer_token`]).
 //! - `allowed_origins`: CORS origins of the product's pages (default `*`: the
 //!   token, not the origin, is what authenticates).
 //!
-//! HTTP API (every call needs the customer's token, as `Authorization:
-//! Bearer <token>` or `?token=`; a missing or wrong token is `401` with no
-//! detail):
+//! HTTP API (every call needs the customer's unexpired token, as
+//! `Authorization: Bearer <token>` or `?token=`; anything else is `401` with
+//! no detail; no call takes a request body):
 //! - `GET  /v1/customers/{id}/messages?status=unread|all`
 //! - `POST /v1/customers/{id}/messages/{message}/read`
 //! - `POST /v1/customers/{id}/messages/{message}/dismiss`
 //! - `GET  /v1/customers/{id}/stream`: Server-Sent Events; an `inbox` event
-//!   with the unread, undismissed messages at once and after every change.
+//!   with the unread, undismissed messages at once and after every change,
+//!   until the token expires.
 //! - `GET  /banner.js`: the embeddable banner (see `banner.js`).
 //!
 //! A delivery stores `title`, `body` and `url` from the template, once per
