@@ -1051,3 +1051,50 @@ async fn the_inbox_files_are_private_whatever_the_umask() {
         );
     }
 }
+
+/// One customer's token opens at most 16 streams at once (each costs the
+/// inbox a task and a query per change); a stream the client closes frees
+/// its place.
+#[tokio::test]
+async fn a_customer_keeps_at_most_16_streams_open() {
+    let (_daemon, base) = start(&Backend::Sqlite).await;
+    let http = reqwest::Client::new();
+    let open = |customer: &str| {
+        http.get(format!(
+            "{base}/v1/customers/{customer}/stream?token={}",
+            token(customer)
+        ))
+        .send()
+    };
+    let mut streams = Vec::new();
+    for _ in 0..16 {
+        let stream = open("cus_ada").await.expect("stream");
+        assert_eq!(stream.status(), 200);
+        streams.push(stream);
+    }
+    let refused = open("cus_ada").await.expect("stream");
+    assert_eq!(refused.status(), 429);
+    assert_eq!(
+        refused.text().await.expect("body"),
+        "too many open streams (at most 16 per customer)"
+    );
+    assert_eq!(
+        open("cus_bo").await.expect("stream").status(),
+        200,
+        "another customer's"
+    );
+
+    drop(streams.pop());
+    let started = Instant::now();
+    loop {
+        let again = open("cus_ada").await.expect("stream");
+        if again.status() == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "a closed stream's place was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

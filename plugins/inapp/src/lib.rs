@@ -29,7 +29,7 @@
 //! - `POST /v1/customers/{id}/messages/{message}/dismiss`
 //! - `GET  /v1/customers/{id}/stream`: Server-Sent Events; an `inbox` event
 //!   with the unread, undismissed messages at once and after every change,
-//!   until the token expires.
+//!   until the token expires; at most 16 open per customer.
 //! - `GET  /banner.js`: the embeddable banner (see `banner.js`).
 //!
 //! A delivery stores `title`, `body` and `url` from the template, once per
@@ -57,6 +57,8 @@
 //!   never sent.
 //! - **No request bodies.** No call takes one: a request with a body is
 //!   `413` before it reaches a handler.
+//! - **Bounded streams.** A stream ends when its token expires, and one
+//!   customer has at most [`STREAMS_PER_CUSTOMER`] open at once (`429`).
 //! - **Private answers.** Every API answer (all but `banner.js`) is
 //!   `Cache-Control: no-store` and `Vary: Origin`.
 //! - **Private files.** A folder the plugin makes for its SQLite file is
@@ -121,6 +123,47 @@ struct Inbox {
     secret: RwLock<Vec<u8>>,
     origins: RwLock<Vec<String>>,
     database: String,
+    /// Open streams per customer: each holds a task and a query per change,
+    /// so one token may not open them without end.
+    streams: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// How many streams one customer may have open at once (tabs, devices).
+const STREAMS_PER_CUSTOMER: usize = 16;
+
+/// One open stream of a customer's, counted until it is dropped.
+struct StreamSlot {
+    streams: Arc<Mutex<HashMap<String, usize>>>,
+    customer: String,
+}
+
+impl StreamSlot {
+    /// A slot for one more of `customer`'s streams, or `None` if they have
+    /// [`STREAMS_PER_CUSTOMER`] open.
+    fn take(streams: &Arc<Mutex<HashMap<String, usize>>>, customer: &str) -> Option<StreamSlot> {
+        let mut open = streams.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(customer.to_string()).or_insert(0);
+        if *count >= STREAMS_PER_CUSTOMER {
+            return None;
+        }
+        *count += 1;
+        Some(StreamSlot {
+            streams: streams.clone(),
+            customer: customer.to_string(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.customer) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.customer);
+            }
+        }
+    }
 }
 
 /// `listen` address → its inbox. The library is never unloaded, so this
@@ -567,6 +610,7 @@ impl Inbox {
             secret: RwLock::new(Vec::new()),
             origins: RwLock::new(Vec::new()),
             database: database.to_string(),
+            streams: Arc::new(Mutex::new(HashMap::new())),
         });
         let app = Router::new()
             .route(
@@ -865,6 +909,15 @@ async fn stream(
     let Some(expires) = inbox.authorized(&customer, &headers, &params) else {
         return unauthorized();
     };
+    let Some(slot) = StreamSlot::take(&inbox.streams, &customer) else {
+        let mut response = (
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many open streams (at most {STREAMS_PER_CUSTOMER} per customer)"),
+        )
+            .into_response();
+        inbox.cors(&headers, &mut response);
+        return response;
+    };
     let changes = BroadcastStream::new(inbox.changes.subscribe());
     let first = tokio_stream::once(Ok::<
         _,
@@ -903,6 +956,8 @@ async fn stream(
     let (sender, receiver) = tokio::sync::mpsc::channel(4);
     let lifetime = std::time::Duration::from_secs(expires.saturating_sub(now_secs()));
     inbox.runtime.spawn(async move {
+        // Counted while this task forwards events, until the client leaves.
+        let _slot = slot;
         let end = tokio::time::sleep(lifetime);
         tokio::pin!(end);
         loop {
