@@ -321,11 +321,13 @@ async fn the_banner_shows_updates_live_and_hides_when_dismissed() {
     );
     browser.goto(&page).await.expect("open the example page");
 
+    // (not displayed, title, link): displayed is what the customer sees,
+    // whatever the `hidden` attribute says.
     let banner = |browser: fantoccini::Client| async move {
         let state = browser
             .execute(
                 "var b = document.getElementById('dunningd-banner');
-                 return b ? [String(b.hidden), b.querySelector('.dunningd-title').textContent, b.querySelector('.dunningd-action').href] : null;",
+                 return b ? [String(getComputedStyle(b).display === 'none'), b.querySelector('.dunningd-title').textContent, b.querySelector('.dunningd-action').href] : null;",
                 vec![],
             )
             .await
