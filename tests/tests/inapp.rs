@@ -624,6 +624,21 @@ async fn the_banner_shows_text_and_only_web_links_and_nothing_when_empty_or_dism
         ));
     }
     deliver(&daemon, &events).await;
+    // Script links never reach the inbox's database: dropped on delivery,
+    // and the operator told.
+    let refused = HOSTILE_LINKS
+        .iter()
+        .filter(|(_, _, answered)| answered.is_empty())
+        .count();
+    assert_eq!(
+        daemon
+            .log()
+            .matches("which is not http(s) or relative; the message is stored without it")
+            .count(),
+        refused,
+        "{}",
+        daemon.log()
+    );
 
     // Visible: the message and its web link.
     open_page(&browser, &base, "cus_visible").await;
@@ -956,11 +971,33 @@ async fn the_inbox_api_tells_strangers_nothing_and_reads_no_bodies() {
         "a refused request changed nothing: {unread:?}"
     );
 
-    // A broken database is the operator's to read about, not the browser's.
+    // A script link stored before links were checked (by an older version)
+    // is served as no link at all.
     let inbox =
         sqlx::SqlitePool::connect(&format!("sqlite://{}", daemon.path("inbox.db").display()))
             .await
             .expect("open the inbox");
+    sqlx::query(
+        "INSERT INTO messages (idempotency_key, customer_id, workflow, step, title, body, url, created_ms)
+         VALUES ('old', 'cus_old', 'w', 's', 'Old', '', ' JavaScript:void(window.__pwned=1)', 0)",
+    )
+    .execute(&inbox)
+    .await
+    .expect("an old row");
+    let old = messages(
+        &http,
+        format!(
+            "{base}/v1/customers/cus_old/messages?token={}",
+            token("cus_old")
+        ),
+    )
+    .await;
+    assert_eq!(
+        (&old[0]["title"], &old[0]["url"]),
+        (&"Old".into(), &"".into())
+    );
+
+    // A broken database is the operator's to read about, not the browser's.
     sqlx::query("ALTER TABLE messages RENAME TO gone")
         .execute(&inbox)
         .await
