@@ -33,6 +33,9 @@ pub struct Setup {
     pub extra_config: String,
     /// Extra environment for the daemon process (e.g. `NOTIFY_SOCKET`).
     pub env: Vec<(String, String)>,
+    /// The file-creation mask the daemon starts with (its parent's if `None`),
+    /// to check that what it creates is private whatever the mask.
+    pub umask: Option<u32>,
     /// Where the daemon keeps its state: SQLite in its scratch folder, or a
     /// test's own PostgreSQL database (shared by the daemons given it).
     pub backend: Backend,
@@ -78,6 +81,7 @@ impl Default for Setup {
                 .collect(),
             extra_config: String::new(),
             env: Vec::new(),
+            umask: None,
             backend: Backend::Sqlite,
         }
     }
@@ -114,6 +118,12 @@ impl Setup {
         self
     }
 
+    /// Starts the daemon with this file-creation mask (e.g. `0o000`).
+    pub fn umask(mut self, mask: u32) -> Setup {
+        self.umask = Some(mask);
+        self
+    }
+
     pub fn on(mut self, backend: &Backend) -> Setup {
         self.backend = backend.clone();
         self
@@ -129,6 +139,7 @@ pub struct TestDaemon {
     /// How many times the daemon was started (each start appends its log).
     starts: u32,
     env: Vec<(String, String)>,
+    umask: Option<u32>,
     /// Keeps a PostgreSQL test database alive while the daemon may use it.
     _backend: Backend,
 }
@@ -167,6 +178,7 @@ impl TestDaemon {
             child: None,
             starts: 0,
             env: setup.env.clone(),
+            umask: setup.umask,
             _backend: setup.backend.clone(),
         };
         daemon.spawn().await;
@@ -182,7 +194,18 @@ impl TestDaemon {
             .append(true)
             .open(self.path("dunningd.log"))
             .expect("open daemon log");
-        let child = Command::new(crate::binary("dunningd"))
+        // A mask is set by a shell that then becomes the daemon (same pid).
+        let mut command = match self.umask {
+            None => Command::new(crate::binary("dunningd")),
+            Some(mask) => {
+                let mut sh = Command::new("/bin/sh");
+                sh.arg("-c")
+                    .arg(format!("umask {mask:03o} && exec \"$0\" \"$@\""))
+                    .arg(crate::binary("dunningd"));
+                sh
+            }
+        };
+        let child = command
             .arg("--config")
             .arg(&self.config)
             .current_dir(self.dir.path())
