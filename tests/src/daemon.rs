@@ -36,6 +36,12 @@ pub struct Setup {
     /// Where the daemon keeps its state: SQLite in its scratch folder, or a
     /// test's own PostgreSQL database (shared by the daemons given it).
     pub backend: Backend,
+    /// The umask the daemon is started with (`None`: the test's own), to
+    /// prove it sets the modes of what it creates itself.
+    pub umask: Option<u32>,
+    /// The admin socket, relative to the scratch folder (a folder in it is
+    /// created by the daemon).
+    pub admin_socket: String,
 }
 
 /// The store a test daemon runs on.
@@ -79,6 +85,8 @@ impl Default for Setup {
             extra_config: String::new(),
             env: Vec::new(),
             backend: Backend::Sqlite,
+            umask: None,
+            admin_socket: "admin.sock".into(),
         }
     }
 }
@@ -129,6 +137,7 @@ pub struct TestDaemon {
     /// How many times the daemon was started (each start appends its log).
     starts: u32,
     env: Vec<(String, String)>,
+    umask: Option<u32>,
     /// Keeps a PostgreSQL test database alive while the daemon may use it.
     _backend: Backend,
 }
@@ -145,10 +154,11 @@ impl TestDaemon {
             std::fs::write(root.join("workflows").join(file), yaml).expect("write workflow");
         }
         // Unix socket paths are limited to ~100 bytes; tempdirs are short enough.
-        let socket = root.join("admin.sock");
+        let socket = root.join(&setup.admin_socket);
         let mut config = format!(
-            "workflows_dir: workflows\nplugin_dir: {}\nstate_dir: state\nadmin:\n  socket: admin.sock\nclock: manual\nclock_start: {CLOCK_START}\nchannels:\n",
-            crate::plugin_dir().display()
+            "workflows_dir: workflows\nplugin_dir: {}\nstate_dir: state\nadmin:\n  socket: {}\nclock: manual\nclock_start: {CLOCK_START}\nchannels:\n",
+            crate::plugin_dir().display(),
+            setup.admin_socket
         );
         for (name, yaml) in &setup.channels {
             let yaml = yaml.replace("{dir}", &root.display().to_string());
@@ -167,6 +177,7 @@ impl TestDaemon {
             child: None,
             starts: 0,
             env: setup.env.clone(),
+            umask: setup.umask,
             _backend: setup.backend.clone(),
         };
         daemon.spawn().await;
@@ -182,7 +193,19 @@ impl TestDaemon {
             .append(true)
             .open(self.path("dunningd.log"))
             .expect("open daemon log");
-        let child = Command::new(crate::binary("dunningd"))
+        // A umask is set by a shell that then becomes the daemon (`exec`).
+        let mut command = match self.umask {
+            None => Command::new(crate::binary("dunningd")),
+            Some(umask) => {
+                let mut shell = Command::new("sh");
+                shell
+                    .arg("-c")
+                    .arg(format!("umask {umask:03o} && exec \"$0\" \"$@\""))
+                    .arg(crate::binary("dunningd"));
+                shell
+            }
+        };
+        let child = command
             .arg("--config")
             .arg(&self.config)
             .current_dir(self.dir.path())

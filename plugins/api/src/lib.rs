@@ -50,6 +50,7 @@
 
 use std::ffi::c_void;
 
+pub mod redact;
 pub mod wire;
 
 /// The ABI version this crate speaks. Bumped only for incompatible changes.
