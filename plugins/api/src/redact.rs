@@ -81,6 +81,12 @@ fn url_secrets(text: &str) -> Vec<(usize, usize)> {
         let end = text[start..]
             .find(ends_url)
             .map_or(text.len(), |i| start + i);
+        // Prose punctuation after a URL (`POST https://…/x?token=t: 503`)
+        // is not part of it.
+        let end = start
+            + text[start..end]
+                .trim_end_matches(['.', ',', ':', ';', '!', '?'])
+                .len();
         let url = &text[start..end];
         let authority_end = url.find(['/', '?', '#']).unwrap_or(url.len());
         let authority = &url[..authority_end];
@@ -144,6 +150,22 @@ pub fn urls(text: &str) -> Cow<'_, str> {
     }
     let ranges = url_secrets(text);
     mask(text, ranges)
+}
+
+/// An error and its causes, each said once (libraries often repeat their
+/// cause's text), joined with `: `, with URL credentials hidden.
+pub fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    urls(&text).into_owned()
 }
 
 /// Hides known secret values and URL credentials in text.
@@ -214,7 +236,8 @@ impl Redactor {
                     self.collect(item, secret || is_secret_name(key));
                 }
             }
-            serde_json::Value::Number(_) | serde_json::Value::Bool(_) | serde_json::Value::Null => {}
+            serde_json::Value::Number(_) | serde_json::Value::Bool(_) | serde_json::Value::Null => {
+            }
         }
     }
 
@@ -279,7 +302,10 @@ mod tests {
                 "https://s3.example/o?X-Amz-Credential=AKIA&X-Amz-Signature=f00",
                 "https://s3.example/o?X-Amz-Credential=***&X-Amz-Signature=***",
             ),
-            ("https://h/x?api_key=k1;auth=k2", "https://h/x?api_key=***;auth=***"),
+            (
+                "https://h/x?api_key=k1;auth=k2",
+                "https://h/x?api_key=***;auth=***",
+            ),
             // A password with '@' in it: the last '@' ends the user info.
             ("http://u:p@ss@h:80/", "http://u:***@h:80/"),
             // Two URLs, and one inside the other's query.
@@ -288,9 +314,24 @@ mod tests {
                 "a http://a:***@x b https://y/?next=https://c:***@z/%3Ftoken=1",
             ),
             ("\"wss://u:secret@h\"", "\"wss://u:***@h\""),
+            // Punctuation after a URL is prose, and hiding is idempotent.
+            (
+                "POST https://h/x?token=abc: HTTP 503, see https://u:p@h.",
+                "POST https://h/x?token=***: HTTP 503, see https://u:***@h.",
+            ),
+            (
+                "POST https://h/x?token=***: 503",
+                "POST https://h/x?token=***: 503",
+            ),
             // Nothing secret: unchanged.
-            ("postgres://dunning@db/x?sslmode=require", "postgres://dunning@db/x?sslmode=require"),
-            ("https://h/x?to=a@b.example&page=2", "https://h/x?to=a@b.example&page=2"),
+            (
+                "postgres://dunning@db/x?sslmode=require",
+                "postgres://dunning@db/x?sslmode=require",
+            ),
+            (
+                "https://h/x?to=a@b.example&page=2",
+                "https://h/x?to=a@b.example&page=2",
+            ),
             ("http://[::1]:8080/x", "http://[::1]:8080/x"),
             ("http://u:@h/", "http://u:@h/"),
             ("https://h/x?token=", "https://h/x?token="),
