@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use dunningd_e2e::daemon::{Setup, TestDaemon};
+use dunningd_e2e::daemon::{PgDatabase, Setup, TestDaemon};
 use dunningd_e2e::free_port;
 
 /// Every secret the configurations below hold; none may be printed.
@@ -132,6 +132,35 @@ async fn credentials_in_channel_urls_and_secrets_never_show() {
         "the failed webhook is logged:\n{}",
         daemon.log()
     );
+}
+
+/// A PostgreSQL URL with a password (ignored by the test server's trust
+/// authentication), in the user info and as a parameter: the status and the
+/// log show the database with both hidden.
+#[tokio::test]
+async fn a_database_password_shows_nowhere() {
+    let Some(database) = PgDatabase::create().await else {
+        return;
+    };
+    let mut url = url::Url::parse(database.url()).expect("database URL");
+    url.set_password(Some("pg-pass-4711"))
+        .expect("a URL with a host");
+    url.query_pairs_mut()
+        .append_pair("password", "pg-pass-4711");
+    let mut setup = Setup::default();
+    setup.extra_config = format!("database: {url}\n");
+    let daemon = TestDaemon::start(setup).await;
+    let mut shown = url.clone();
+    shown.set_password(Some("***")).expect("a URL with a host");
+    shown.set_query(Some("password=***"));
+    let shown = shown.to_string();
+
+    let status = daemon.ctl_ok(&["status", "--json"]);
+    assert_no_secret("dunningctl status", &status);
+    assert!(status.contains(&shown), "{shown} not in:\n{status}");
+    let log = daemon.log();
+    assert_no_secret("the log", &log);
+    assert!(log.contains(&shown), "{shown} not in:\n{log}");
 }
 
 /// Runs `dunningd` on `config` (in `dir`) until it exits; returns its exit
