@@ -147,8 +147,10 @@ async fn a_database_password_shows_nowhere() {
         .expect("a URL with a host");
     url.query_pairs_mut()
         .append_pair("password", "pg-pass-4711");
-    let mut setup = Setup::default();
-    setup.extra_config = format!("database: {url}\n");
+    let setup = Setup {
+        extra_config: format!("database: {url}\n"),
+        ..Setup::default()
+    };
     let daemon = TestDaemon::start(setup).await;
     let mut shown = url.clone();
     shown.set_password(Some("***")).expect("a URL with a host");
@@ -267,9 +269,11 @@ fn mode(path: &Path) -> u32 {
 /// the daemon's group reach the 0660 socket through it).
 #[tokio::test]
 async fn what_the_daemon_creates_is_private_whatever_the_umask() {
-    let mut setup = Setup::default().workflow("payment-failed.yaml", NOTICE);
-    setup.umask = Some(0o000);
-    setup.admin_socket = "run/admin.sock".into();
+    let setup = Setup {
+        umask: Some(0o000),
+        admin_socket: "run/admin.sock".into(),
+        ..Setup::default().workflow("payment-failed.yaml", NOTICE)
+    };
     let daemon = TestDaemon::start(setup).await;
     // The manual clock's file is written when the clock moves; a send
     // writes the log plugin's file.
