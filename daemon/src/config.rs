@@ -6,6 +6,11 @@
 //! written inline: a channel's `secrets:` names a file, an environment
 //! variable or a systemd credential, and the value is merged into the
 //! channel's settings when the configuration is loaded.
+//!
+//! No error or `Debug` output of this module shows a secret: URLs are
+//! printed with their credentials redacted ([`crate::redact`]), a secret
+//! written inline where only its source belongs is refused without quoting
+//! it, and secret values are never part of a message.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,6 +22,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::duration;
+use crate::redact;
 
 /// Where the default paths point when the daemon runs under systemd.
 pub const DEFAULT_SOCKET: &str = "/run/dunningd/admin.sock";
@@ -116,8 +122,7 @@ struct RawCap {
 }
 
 /// Where one secret comes from: exactly one of `file`, `env`, `credential`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
 pub struct SecretSource {
     /// A file whose content (trailing newline removed) is the secret.
     pub file: Option<PathBuf>,
@@ -125,6 +130,77 @@ pub struct SecretSource {
     pub env: Option<String>,
     /// A systemd credential: `$CREDENTIALS_DIRECTORY/<name>` (`LoadCredential=`).
     pub credential: Option<String>,
+}
+
+/// The fields of a [`SecretSource`] as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretFields {
+    file: Option<PathBuf>,
+    env: Option<String>,
+    credential: Option<String>,
+}
+
+/// What the file says where a source was expected: serde's own message
+/// would quote the value, and a value there is a secret written inline.
+const INLINE_SECRET: &str = "expected one of { file: PATH }, { env: NAME } or { credential: NAME } (a secret is never written inline)";
+
+impl<'de> Deserialize<'de> for SecretSource {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Source;
+
+        impl<'de> serde::de::Visitor<'de> for Source {
+            type Value = SecretSource;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(INLINE_SECRET)
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<SecretSource, A::Error> {
+                let fields =
+                    SecretFields::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(SecretSource {
+                    file: fields.file,
+                    env: fields.env,
+                    credential: fields.credential,
+                })
+            }
+
+            // Anything else is refused without repeating it.
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<SecretSource, E> {
+                Err(E::custom(INLINE_SECRET))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<SecretSource, E> {
+                Err(E::custom(INLINE_SECRET))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<SecretSource, E> {
+                Err(E::custom(INLINE_SECRET))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<SecretSource, E> {
+                Err(E::custom(INLINE_SECRET))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<SecretSource, E> {
+                Err(E::custom(INLINE_SECRET))
+            }
+            fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<SecretSource, E> {
+                Err(E::custom(INLINE_SECRET))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<SecretSource, E> {
+                Err(E::custom(INLINE_SECRET))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                _: A,
+            ) -> Result<SecretSource, A::Error> {
+                Err(serde::de::Error::custom(INLINE_SECRET))
+            }
+        }
+
+        deserializer.deserialize_any(Source)
+    }
 }
 
 /// Which clock the engine reads.
@@ -139,7 +215,8 @@ pub enum ClockKind {
     Manual { start: Option<DateTime<Utc>> },
 }
 
-/// A database URL whose `Debug` and `Display` hide any password.
+/// A database URL whose `Debug` and `Display` hide its credentials (the
+/// password, and a `password=` parameter): `postgres://u:***@db/x`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DatabaseUrl(String);
 
@@ -151,24 +228,46 @@ impl DatabaseUrl {
 
 impl fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // user:password@host → user:***@host
-        match (self.0.find("://"), self.0.rfind('@')) {
-            (Some(scheme_end), Some(at)) if at > scheme_end => {
-                let userinfo = &self.0[scheme_end + 3..at];
-                match userinfo.find(':') {
-                    Some(colon) => write!(
-                        f,
-                        "{}{}:***{}",
-                        &self.0[..scheme_end + 3],
-                        &userinfo[..colon],
-                        &self.0[at..]
-                    ),
-                    None => f.write_str(&self.0),
-                }
-            }
-            _ => f.write_str(&self.0),
-        }
+        f.write_str(&redact::urls(&self.0))
     }
+}
+
+/// The connection parameters sqlx understands in a PostgreSQL URL. sqlx
+/// logs any other parameter with its value (a mistyped `sslpassword` would
+/// print the password), so others are refused, naming only the key.
+const POSTGRES_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// The first query parameter of a PostgreSQL URL that sqlx does not know.
+/// A URL that does not parse is left to the connection, whose error says why.
+fn unknown_postgres_parameter(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    parsed
+        .query_pairs()
+        .map(|(key, _)| key.into_owned())
+        .find(|key| {
+            let known = POSTGRES_PARAMETERS.contains(&key.as_str())
+                || (key.starts_with("options[") && key.ends_with(']'));
+            !known
+        })
 }
 
 impl fmt::Debug for DatabaseUrl {
@@ -183,6 +282,10 @@ pub struct ChannelSpec {
     pub plugin: String,
     /// `settings` with the resolved secrets merged in. Never logged.
     pub settings: Value,
+    /// The settings that came from `secrets:`: their values are hidden in
+    /// whatever the plugin says (with those of secret-looking names, see
+    /// [`redact::Redactor::for_settings`]).
+    pub secret_keys: Vec<String>,
     /// Longest a single plugin call may take before its outcome is `unknown`.
     pub timeout: Duration,
     /// Most calls in flight at once on this channel.
@@ -209,6 +312,7 @@ impl fmt::Debug for ChannelSpec {
         f.debug_struct("ChannelSpec")
             .field("plugin", &self.plugin)
             .field("settings", &keys)
+            .field("secret_keys", &self.secret_keys)
             .field("timeout", &self.timeout)
             .field("concurrency", &self.concurrency)
             .field("max_attempts", &self.max_attempts)
@@ -258,7 +362,7 @@ impl fmt::Debug for WebhooksConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebhooksConfig")
             .field("listen", &self.listen)
-            .field("public_url", &self.public_url)
+            .field("public_url", &redact::urls(&self.public_url))
             .finish_non_exhaustive()
     }
 }
@@ -325,7 +429,7 @@ impl Config {
                     path: path.to_path_buf(),
                     line,
                     column,
-                    message: strip_location(&e.to_string()),
+                    message: redact::urls(&strip_location(&e.to_string())).into_owned(),
                 }
             })?
         };
@@ -350,6 +454,12 @@ impl Config {
                 DatabaseUrl(format!("sqlite://{}", resolve(file).display()))
             }
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                if let Some(key) = unknown_postgres_parameter(&url) {
+                    return Err(invalid(format!(
+                        "database: unsupported parameter '{key}' (known: {})",
+                        POSTGRES_PARAMETERS.join(", ")
+                    )));
+                }
                 DatabaseUrl(url)
             }
             Some(url) => {
@@ -425,7 +535,7 @@ impl Config {
                 {
                     return Err(invalid(format!(
                         "webhooks.public_url: '{}' is not an http(s) URL without query (e.g. https://billing.example.com/dunningd)",
-                        w.public_url
+                        redact::urls(&w.public_url)
                     )));
                 }
                 let secret = read_secret(&w.secret, &resolve, credentials)
@@ -460,6 +570,7 @@ impl Config {
         for (name, ch) in raw.channels {
             let field = |f: &str| format!("channels.{name}.{f}");
             let mut settings = ch.settings;
+            let secret_keys: Vec<String> = ch.secrets.keys().cloned().collect();
             for (key, source) in ch.secrets {
                 if settings.contains_key(&key) {
                     return Err(invalid(format!(
@@ -484,6 +595,7 @@ impl Config {
             let spec = ChannelSpec {
                 plugin: ch.plugin,
                 settings: Value::Object(settings),
+                secret_keys,
                 timeout: dur(&field("timeout"), &ch.timeout, Duration::from_secs(30))?,
                 concurrency: ch.concurrency.unwrap_or(8).max(1),
                 max_attempts: ch.max_attempts.unwrap_or(5).max(1),
@@ -700,6 +812,18 @@ mod tests {
             ),
             ("metrics: {}\n", "metrics: missing field `listen`"),
             (
+                "database: postgres://u@db/x?sslpassword=hunter22\n",
+                "database: unsupported parameter 'sslpassword' (known: sslmode,",
+            ),
+            (
+                "channels: { email: { plugin: smtp, secrets: { password: hunter22 } } }\n",
+                "channels.email.secrets.password: expected one of { file: PATH }, { env: NAME } or { credential: NAME } (a secret is never written inline)",
+            ),
+            (
+                "webhooks: { listen: '127.0.0.1:8788', public_url: 'https://u:hunter22@x.example?q', secret: { env: HOME } }\n",
+                "webhooks.public_url: 'https://u:***@x.example?q' is not",
+            ),
+            (
                 "metrics: { listen: '127.0.0.1:9464', path: /m }\n",
                 "unknown field `path`",
             ),
@@ -709,6 +833,10 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(want), "{text:?}: got {err:?}, want {want:?}");
+            assert!(
+                !err.contains("hunter22"),
+                "{text:?}: shows the secret: {err}"
+            );
         }
     }
 
@@ -805,8 +933,24 @@ channels:
 
     #[test]
     fn database_urls_hide_passwords() {
-        let url = DatabaseUrl("postgres://dunning:s3cret@db:5432/dunning".into());
-        assert_eq!(url.to_string(), "postgres://dunning:***@db:5432/dunning");
-        assert!(!format!("{url:?}").contains("s3cret"));
+        let table = [
+            (
+                "postgres://dunning:s3cret@db:5432/dunning",
+                "postgres://dunning:***@db:5432/dunning",
+            ),
+            (
+                "postgres://dunning@db/dunning?sslmode=require&password=s3cret",
+                "postgres://dunning@db/dunning?sslmode=require&password=***",
+            ),
+            (
+                "sqlite:///var/lib/dunningd/dunningd.db",
+                "sqlite:///var/lib/dunningd/dunningd.db",
+            ),
+        ];
+        for (url, shown) in table {
+            let url = DatabaseUrl(url.into());
+            assert_eq!(url.to_string(), shown);
+            assert!(!format!("{url:?}").contains("s3cret"));
+        }
     }
 }

@@ -300,9 +300,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ClockKind::Manual { start } => {
             let start = start.unwrap_or(started_at);
             tracing::warn!(%start, "running on a manual clock: time moves only through the admin API");
-            std::fs::create_dir_all(&config.state_dir).with_context(|| {
-                format!("cannot create state_dir '{}'", config.state_dir.display())
-            })?;
+            crate::files::create_dir_all(&config.state_dir, crate::files::PRIVATE_DIR)
+                .with_context(|| {
+                    format!("cannot create state_dir '{}'", config.state_dir.display())
+                })?;
             Clock::manual_persisted(start, config.state_dir.join("manual-clock"))
         }
     };

@@ -17,6 +17,9 @@
 //! - [`webhooks`]: inbound HTTP: Twilio's STOP replies and status callbacks,
 //!   one-click unsubscribe links.
 //! - [`metrics`]: what the daemon counts, served to Prometheus at `/metrics`.
+//! - [`redact`]: secrets in output: URL credentials and secret values hidden
+//!   wherever text is printed or stored.
+//! - [`files`]: folders and files the daemon creates, private to its user.
 //!
 //! The binaries are `dunningd` (the daemon) and `dunningctl` (its client).
 #![deny(unsafe_code)]
@@ -26,10 +29,12 @@ pub mod config;
 pub mod daemon;
 pub mod duration;
 pub mod engine;
+pub mod files;
 pub mod metrics;
 pub mod model;
 #[allow(unsafe_code)]
 pub mod plugin_host;
+pub mod redact;
 pub mod stats;
 pub mod store;
 pub mod systemd;

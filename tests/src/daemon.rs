@@ -33,12 +33,15 @@ pub struct Setup {
     pub extra_config: String,
     /// Extra environment for the daemon process (e.g. `NOTIFY_SOCKET`).
     pub env: Vec<(String, String)>,
-    /// The file-creation mask the daemon starts with (its parent's if `None`),
-    /// to check that what it creates is private whatever the mask.
-    pub umask: Option<u32>,
     /// Where the daemon keeps its state: SQLite in its scratch folder, or a
     /// test's own PostgreSQL database (shared by the daemons given it).
     pub backend: Backend,
+    /// The umask the daemon is started with (`None`: the test's own), to
+    /// prove it sets the modes of what it creates itself.
+    pub umask: Option<u32>,
+    /// The admin socket, relative to the scratch folder (a folder in it is
+    /// created by the daemon).
+    pub admin_socket: String,
 }
 
 /// The store a test daemon runs on.
@@ -81,8 +84,9 @@ impl Default for Setup {
                 .collect(),
             extra_config: String::new(),
             env: Vec::new(),
-            umask: None,
             backend: Backend::Sqlite,
+            umask: None,
+            admin_socket: "admin.sock".into(),
         }
     }
 }
@@ -156,10 +160,11 @@ impl TestDaemon {
             std::fs::write(root.join("workflows").join(file), yaml).expect("write workflow");
         }
         // Unix socket paths are limited to ~100 bytes; tempdirs are short enough.
-        let socket = root.join("admin.sock");
+        let socket = root.join(&setup.admin_socket);
         let mut config = format!(
-            "workflows_dir: workflows\nplugin_dir: {}\nstate_dir: state\nadmin:\n  socket: admin.sock\nclock: manual\nclock_start: {CLOCK_START}\nchannels:\n",
-            crate::plugin_dir().display()
+            "workflows_dir: workflows\nplugin_dir: {}\nstate_dir: state\nadmin:\n  socket: {}\nclock: manual\nclock_start: {CLOCK_START}\nchannels:\n",
+            crate::plugin_dir().display(),
+            setup.admin_socket
         );
         for (name, yaml) in &setup.channels {
             let yaml = yaml.replace("{dir}", &root.display().to_string());
@@ -194,15 +199,16 @@ impl TestDaemon {
             .append(true)
             .open(self.path("dunningd.log"))
             .expect("open daemon log");
-        // A mask is set by a shell that then becomes the daemon (same pid).
+        // A umask is set by a shell that then becomes the daemon (`exec`).
         let mut command = match self.umask {
             None => Command::new(crate::binary("dunningd")),
-            Some(mask) => {
-                let mut sh = Command::new("/bin/sh");
-                sh.arg("-c")
-                    .arg(format!("umask {mask:03o} && exec \"$0\" \"$@\""))
+            Some(umask) => {
+                let mut shell = Command::new("sh");
+                shell
+                    .arg("-c")
+                    .arg(format!("umask {umask:03o} && exec \"$0\" \"$@\""))
                     .arg(crate::binary("dunningd"));
-                sh
+                shell
             }
         };
         let child = command

@@ -19,6 +19,7 @@ fn host(plugin: &str, settings: serde_json::Value) -> PluginHost {
     let spec = ChannelSpec {
         plugin: plugin.into(),
         settings,
+        secret_keys: Vec::new(),
         timeout: Duration::from_secs(10),
         concurrency: 4,
         max_attempts: 3,
@@ -179,6 +180,7 @@ async fn twilio_settings_are_checked_when_the_channel_opens() {
         let spec = ChannelSpec {
             plugin: "twilio".into(),
             settings,
+            secret_keys: Vec::new(),
             timeout: Duration::from_secs(5),
             concurrency: 1,
             max_attempts: 1,

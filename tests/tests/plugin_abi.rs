@@ -34,6 +34,7 @@ fn spec(plugin: &str, timeout: Duration) -> ChannelSpec {
     ChannelSpec {
         plugin: plugin.into(),
         settings: serde_json::json!({}),
+        secret_keys: Vec::new(),
         timeout,
         concurrency: 2,
         max_attempts: 3,

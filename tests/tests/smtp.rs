@@ -17,6 +17,7 @@ fn host(url: &str) -> PluginHost {
     let spec = ChannelSpec {
         plugin: "smtp".into(),
         settings: serde_json::json!({ "url": url, "from": "Billing <billing@example.com>", "reply_to": "help@example.com" }),
+        secret_keys: Vec::new(),
         timeout: Duration::from_secs(10),
         concurrency: 2,
         max_attempts: 3,

@@ -207,7 +207,8 @@ fn bind_socket(socket: &Path) -> Result<UnixListener, AdminError> {
         message,
     };
     if let Some(parent) = socket.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
+        // 0750: operators in the daemon's group reach the socket through it.
+        crate::files::create_dir_all(parent, crate::files::GROUP_DIR)
             .map_err(|e| socket_error(format!("cannot create its folder: {e}")))?;
     }
     // A socket file left by a previous run would make bind fail; but one that

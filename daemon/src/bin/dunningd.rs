@@ -2,6 +2,9 @@
 //!
 //! Exit codes: 0 after a clean stop, 64 when the configuration (or a channel
 //! it names) is unusable, 1 for any other failure.
+//!
+//! What it prints has URL credentials hidden: the log (every line passes
+//! through [`RedactedStderr`]), the error it exits with, and panics.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +12,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use dunningd::config::{Config, DEFAULT_CONFIG};
 use dunningd::daemon::ConfigurationError;
+use dunningd::redact::{self, RedactedStderr};
 
 #[derive(Parser)]
 #[command(
@@ -32,17 +36,37 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(RedactedStderr);
     if args.log_format == "json" {
         subscriber.json().init();
     } else {
         subscriber.init();
     }
+    // Logged like everything else (so redacted, and JSON with --log-format
+    // json) rather than printed raw by the default hook.
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let backtrace = std::backtrace::Backtrace::capture();
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            tracing::error!(panic = %message, %location, %backtrace, "panicked");
+        } else {
+            tracing::error!(panic = %message, %location, "panicked");
+        }
+    }));
 
     let config = match Config::load(&args.config) {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("dunningd: {error}");
+            eprintln!("dunningd: {}", redact::urls(&error.to_string()));
             return ExitCode::from(64);
         }
     };
@@ -72,6 +96,7 @@ fn main() -> ExitCode {
 
 /// The error and its causes, each said once: libraries often repeat their
 /// cause's text in their own message (`database: … refused: … refused`).
+/// URL credentials are hidden (a database driver may quote its URL).
 fn describe(error: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in error.chain() {
@@ -83,5 +108,5 @@ fn describe(error: &anyhow::Error) -> String {
             text.push_str(&part);
         }
     }
-    text
+    redact::urls(&text).into_owned()
 }

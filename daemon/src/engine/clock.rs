@@ -87,9 +87,11 @@ impl Clock {
                     return Err(ClockError::Backwards { now, to });
                 }
                 if let Some(path) = file {
-                    std::fs::write(path, to.to_rfc3339()).map_err(|e| ClockError::Persist {
-                        path: path.clone(),
-                        message: e.to_string(),
+                    crate::files::write_private(path, to.to_rfc3339().as_bytes()).map_err(|e| {
+                        ClockError::Persist {
+                            path: path.clone(),
+                            message: e.to_string(),
+                        }
                     })?;
                 }
                 tx.send_replace(to);

@@ -14,6 +14,11 @@
 //!   becomes an outcome of that one delivery, with the reason.
 //! - `configure` is all-or-nothing: a channel that fails to open leaves the
 //!   previous channels in use.
+//! - Nothing a plugin says leaves the host with a secret in it: its open
+//!   error, every outcome's error or reason and its panic messages have the
+//!   channel's secret values and all URL credentials hidden
+//!   ([`crate::redact::Redactor`]), so neither the log, the case timeline
+//!   nor `dunningctl status` can show them, whatever the plugin wrote.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -24,6 +29,7 @@ use dunningd_plugin_api::wire::{ChannelConfig, DeliveryRequest, DeliveryResponse
 
 use crate::config::ChannelSpec;
 use crate::metrics::Metrics;
+use crate::redact::Redactor;
 
 mod ffi;
 mod lanes;
@@ -68,6 +74,8 @@ struct OpenChannel {
     library: &'static Library,
     concurrency: usize,
     timeout: Duration,
+    /// Hides the channel's secrets in what its plugin says.
+    redactor: Redactor,
 }
 
 pub struct PluginHost {
@@ -140,6 +148,7 @@ impl PluginHost {
         let mut opened = BTreeMap::new();
         for (name, spec) in channels {
             let library = self.library(name, &spec.plugin)?;
+            let redactor = Redactor::for_settings(&spec.settings, &spec.secret_keys);
             let config = ChannelConfig {
                 channel: name.clone(),
                 settings: spec.settings.clone(),
@@ -153,7 +162,9 @@ impl PluginHost {
                 channel: name.clone(),
                 plugin: spec.plugin.clone(),
                 message: match e {
-                    CallError::Error(m) | CallError::Panicked(m) => m,
+                    CallError::Error(m) | CallError::Panicked(m) => {
+                        redactor.redact(&m).into_owned()
+                    }
                     CallError::BadStatus(s) => format!("undefined status {s}"),
                 },
             })?;
@@ -171,6 +182,7 @@ impl PluginHost {
                     library,
                     concurrency: spec.concurrency,
                     timeout: spec.timeout,
+                    redactor,
                 },
             );
         }
@@ -278,7 +290,7 @@ impl PluginHost {
             Called::Vanished => DeliveryResponse::Unknown {
                 error: format!("plugin '{plugin}' call ended without an answer"),
             },
-            Called::Returned(result) => interpret(plugin, result),
+            Called::Returned(result) => redacted(&channel.redactor, interpret(plugin, result)),
         };
         if let Some(metrics) = &self.metrics {
             metrics.plugin_call(&request.channel, &response, ran);
@@ -295,6 +307,31 @@ pub const MAX_PLUGIN_TEXT: usize = 1024;
 /// The longest provider receipt kept, in bytes. Receipts are provider ids
 /// (a Twilio SID, an SMTP queue id); anything longer is not one.
 pub const MAX_RECEIPT: usize = 256;
+
+/// `response` with the channel's secrets hidden in its error or reason.
+fn redacted(redactor: &Redactor, response: DeliveryResponse) -> DeliveryResponse {
+    let hide = |text: String| match redactor.redact(&text) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(hidden) => hidden,
+    };
+    match response {
+        DeliveryResponse::Sent { receipt } => DeliveryResponse::Sent {
+            receipt: receipt.map(hide),
+        },
+        DeliveryResponse::Retryable {
+            error,
+            retry_after_secs,
+        } => DeliveryResponse::Retryable {
+            error: hide(error),
+            retry_after_secs,
+        },
+        DeliveryResponse::Permanent { error } => DeliveryResponse::Permanent { error: hide(error) },
+        DeliveryResponse::Unknown { error } => DeliveryResponse::Unknown { error: hide(error) },
+        DeliveryResponse::Skipped { reason } => DeliveryResponse::Skipped {
+            reason: hide(reason),
+        },
+    }
+}
 
 /// Turns a call's raw result into a delivery outcome.
 fn interpret(plugin: &str, result: Result<Vec<u8>, CallError>) -> DeliveryResponse {
@@ -425,5 +462,43 @@ mod tests {
                 receipt: Some("SM123".into())
             }
         );
+    }
+
+    #[test]
+    fn what_plugins_say_has_the_channels_secrets_hidden() {
+        let settings = serde_json::json!({
+            "url": "https://hooks.example/x?token=t0ken-in-url",
+            "auth_token": "tw-auth-token",
+            "sender_password_file": "from-a-secret",
+        });
+        let redactor = Redactor::for_settings(&settings, &["sender_password_file".into()]);
+        let table = [
+            (
+                Err(CallError::Error("refused tw-auth-token".into())),
+                r#"Permanent { error: "plugin 'p' error: refused ***" }"#,
+            ),
+            (
+                Err(CallError::Panicked("plugin panicked: from-a-secret".into())),
+                r#"Permanent { error: "plugin 'p': plugin panicked: ***" }"#,
+            ),
+            (
+                Ok(br#"{"outcome":"retryable","error":"POST https://u:pw@hooks.example/x?token=t0ken-in-url: 503"}"#.to_vec()),
+                r#"Retryable { error: "POST https://u:***@hooks.example/x?token=***: 503", retry_after_secs: None }"#,
+            ),
+            (
+                Ok(br#"{"outcome":"unknown","error":"echo t0ken-in-url"}"#.to_vec()),
+                r#"Unknown { error: "echo ***" }"#,
+            ),
+            (
+                Ok(br#"{"outcome":"skipped","reason":"no phone"}"#.to_vec()),
+                r#"Skipped { reason: "no phone" }"#,
+            ),
+        ];
+        for (input, want) in table {
+            assert_eq!(
+                format!("{:?}", redacted(&redactor, interpret("p", input))),
+                want
+            );
+        }
     }
 }

@@ -54,15 +54,23 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database file, applies migrations and
     /// releases leases a previous process left behind.
+    ///
+    /// What it creates is private to the daemon's user, whatever the umask:
+    /// the folder 0700, the file and its lock 0600. The file is created
+    /// here, before SQLite opens it, because SQLite would create it 0644;
+    /// SQLite gives the `-wal` and `-shm` files the database file's mode.
     pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
+            crate::files::create_dir_all(parent, crate::files::PRIVATE_DIR).map_err(|e| {
                 sqlx::Error::Configuration(
                     format!("cannot create '{}': {e}", parent.display()).into(),
                 )
             })?;
         }
         let lock = lock_database(path)?;
+        crate::files::open_private(path).map_err(|e| {
+            sqlx::Error::Configuration(format!("cannot create '{}': {e}", path.display()).into())
+        })?;
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -265,14 +273,9 @@ impl SqliteStore {
 /// dies).
 fn lock_database(path: &Path) -> Result<std::fs::File, StoreError> {
     let lock_path = format!("{}.lock", path.display());
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| {
-            sqlx::Error::Configuration(format!("cannot open '{lock_path}': {e}").into())
-        })?;
+    let file = crate::files::open_private(Path::new(&lock_path)).map_err(|e| {
+        sqlx::Error::Configuration(format!("cannot open '{lock_path}': {e}").into())
+    })?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => {

@@ -46,10 +46,13 @@
 //!
 //! The SDK catches every panic at the boundary (a panic unwinding out of an
 //! `extern "C"` function aborts the process), which works only when the
-//! plugin is built with `panic = "unwind"`, Rust's default.
+//! plugin is built with `panic = "unwind"`, Rust's default. It prints a
+//! plugin's panics on one line with URL credentials hidden ([`redact`]);
+//! plugins hide their own secrets in their messages with the same module.
 
 use std::ffi::c_void;
 
+pub mod redact;
 pub mod wire;
 
 /// The ABI version this crate speaks. Bumped only for incompatible changes.
@@ -224,6 +227,7 @@ macro_rules! export_plugin {
             if host_abi_version != $crate::ABI_VERSION {
                 return ::std::ptr::null();
             }
+            $crate::__private::print_panics_redacted(<$plugin as $crate::Plugin>::NAME);
             &__DUNNINGD_VTABLE.0
         }
     };
@@ -236,6 +240,32 @@ pub mod __private {
     use std::panic::{AssertUnwindSafe, catch_unwind};
 
     use super::*;
+
+    /// Replaces this library's panic hook (a plugin has its own copy of std,
+    /// so its own hook) with one that prints the panic on one line with URL
+    /// credentials hidden, as the host logs everything else. The panic
+    /// itself still becomes the delivery's outcome (`catch_unwind` below).
+    pub fn print_panics_redacted(plugin: &'static str) {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            std::panic::set_hook(Box::new(move |info| {
+                let payload = info.payload();
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("(no message)");
+                let location = info
+                    .location()
+                    .map(|l| format!("{}:{}", l.file(), l.line()))
+                    .unwrap_or_default();
+                eprintln!(
+                    "plugin '{plugin}' panicked at {location}: {}",
+                    crate::redact::urls(message)
+                );
+            }));
+        });
+    }
 
     fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         if let Some(s) = payload.downcast_ref::<&str>() {

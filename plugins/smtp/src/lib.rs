@@ -20,9 +20,14 @@
 //! own policy — authentication, sender — rather than the recipient: the
 //! message says which it was); connection and TLS failures → retryable;
 //! a timeout → unknown (the relay may have accepted it).
+//!
+//! No message shows a secret: the relay's URL is printed with its password
+//! hidden, and the password (in the URL or the `password` secret) is hidden
+//! wherever a message would quote it, the relay's replies included.
 
 use std::time::Duration;
 
+use dunningd_plugin_api::redact::{self, Redactor};
 use dunningd_plugin_api::wire::{ChannelConfig, DeliveryRequest, DeliveryResponse};
 use dunningd_plugin_api::{Channel, Plugin, export_plugin};
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
@@ -37,6 +42,10 @@ pub struct SmtpChannel {
     from: Mailbox,
     reply_to: Option<Mailbox>,
     message_id_domain: String,
+    /// The relay's URL as messages show it (password hidden).
+    relay: String,
+    /// Hides the channel's secrets in messages.
+    redactor: Redactor,
 }
 
 fn setting<'a>(s: &'a serde_json::Value, key: &str) -> Option<&'a str> {
@@ -52,10 +61,15 @@ impl Plugin for Smtp {
 
     fn open(config: ChannelConfig) -> Result<SmtpChannel, String> {
         let s = &config.settings;
+        let redactor = Redactor::for_settings(s, &[]);
         let url = setting(s, "url")
             .ok_or("settings.url: missing (e.g. smtp://relay.example.com:587?tls=required)")?;
-        let mut builder =
-            SmtpTransport::from_url(url).map_err(|e| format!("settings.url: '{url}': {e}"))?;
+        let relay = redact::urls(url).into_owned();
+        let mut builder = SmtpTransport::from_url(url).map_err(|e| {
+            redactor
+                .redact(&format!("settings.url: '{relay}': {e}"))
+                .into_owned()
+        })?;
         match (setting(s, "username"), setting(s, "password")) {
             (Some(user), Some(password)) => {
                 builder = builder.credentials(Credentials::new(user.into(), password.into()))
@@ -91,6 +105,8 @@ impl Plugin for Smtp {
             from,
             reply_to,
             message_id_domain,
+            relay,
+            redactor,
         })
     }
 }
@@ -187,20 +203,31 @@ impl Channel for SmtpChannel {
                     ),
                 }
             }
-            Err(e) if e.is_permanent() => DeliveryResponse::Permanent {
-                error: format!("the relay refused the message: {e}"),
-            },
-            Err(e) if e.is_transient() => DeliveryResponse::Retryable {
-                error: format!("the relay deferred the message: {e}"),
-                retry_after_secs: None,
-            },
-            Err(e) if e.is_timeout() => DeliveryResponse::Unknown {
-                error: format!("SMTP timed out; the relay may have accepted the message: {e}"),
-            },
-            Err(e) => DeliveryResponse::Retryable {
-                error: format!("cannot reach the relay: {e}"),
-                retry_after_secs: None,
-            },
+            Err(e) => {
+                let hide = |text: String| self.redactor.redact(&text).into_owned();
+                let relay = &self.relay;
+                if e.is_permanent() {
+                    DeliveryResponse::Permanent {
+                        error: hide(format!("the relay {relay} refused the message: {e}")),
+                    }
+                } else if e.is_transient() {
+                    DeliveryResponse::Retryable {
+                        error: hide(format!("the relay {relay} deferred the message: {e}")),
+                        retry_after_secs: None,
+                    }
+                } else if e.is_timeout() {
+                    DeliveryResponse::Unknown {
+                        error: hide(format!(
+                            "SMTP timed out; the relay {relay} may have accepted the message: {e}"
+                        )),
+                    }
+                } else {
+                    DeliveryResponse::Retryable {
+                        error: hide(format!("cannot reach the relay {relay}: {e}")),
+                        retry_after_secs: None,
+                    }
+                }
+            }
         }
     }
 }

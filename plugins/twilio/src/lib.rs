@@ -17,9 +17,14 @@
 //! The message is the template's `body` field. A customer without a phone
 //! number is `skipped`; a number that is not E.164 is a permanent failure
 //! without a request.
+//!
+//! No message shows a secret: the auth token or API key secret, and any
+//! credentials in `base_url`, are hidden wherever a message would quote
+//! them (reqwest's errors are printed without their URL).
 
 use std::time::Duration;
 
+use dunningd_plugin_api::redact::{self, Redactor};
 use dunningd_plugin_api::wire::{ChannelConfig, DeliveryRequest, DeliveryResponse};
 use dunningd_plugin_api::{Channel, Plugin, export_plugin};
 use serde::Deserialize;
@@ -38,6 +43,10 @@ pub struct TwilioChannel {
     sender: Sender,
     status_callback: Option<String>,
     client: reqwest::blocking::Client,
+    /// The API's base URL as messages show it (credentials hidden).
+    base: String,
+    /// Hides the channel's secrets in messages.
+    redactor: Redactor,
 }
 
 /// Twilio's error body: `{code, message, status, more_info}`.
@@ -119,6 +128,7 @@ impl Plugin for Twilio {
 
     fn open(config: ChannelConfig) -> Result<TwilioChannel, String> {
         let s = &config.settings;
+        let redactor = Redactor::for_settings(s, &[]);
         let account = setting(s, "account_sid").ok_or("settings.account_sid: missing")?;
         let (user, password) = match (
             setting(s, "auth_token"),
@@ -146,8 +156,9 @@ impl Plugin for Twilio {
         let base = setting(s, "base_url")
             .unwrap_or("https://api.twilio.com")
             .trim_end_matches('/');
+        let shown = redact::urls(base).into_owned();
         reqwest::Url::parse(base)
-            .map_err(|e| format!("settings.base_url: invalid URL '{base}': {e}"))?;
+            .map_err(|e| format!("settings.base_url: invalid URL '{shown}': {e}"))?;
         let timeout = s
             .get("request_timeout")
             .and_then(|v| v.as_u64())
@@ -164,6 +175,8 @@ impl Plugin for Twilio {
             sender,
             status_callback: setting(s, "status_callback").map(String::from),
             client,
+            base: shown,
+            redactor,
         })
     }
 }
@@ -209,17 +222,26 @@ impl Channel for TwilioChannel {
             .basic_auth(&self.user, Some(&self.password))
             .form(&form)
             .send();
+        let hide = |text: String| self.redactor.redact(&text).into_owned();
         let response = match result {
             Ok(response) => response,
             Err(e) if e.is_connect() => {
                 return DeliveryResponse::Retryable {
-                    error: format!("cannot connect to Twilio: {e}"),
+                    error: hide(format!(
+                        "cannot connect to Twilio at {}: {}",
+                        self.base,
+                        redact::describe(&e.without_url())
+                    )),
                     retry_after_secs: None,
                 };
             }
             Err(e) => {
                 return DeliveryResponse::Unknown {
-                    error: format!("Twilio request failed after it was sent: {e}"),
+                    error: hide(format!(
+                        "Twilio request to {} failed after it was sent: {}",
+                        self.base,
+                        redact::describe(&e.without_url())
+                    )),
                 };
             }
         };
@@ -250,7 +272,7 @@ impl Channel for TwilioChannel {
             Some(code) => format!("Twilio error {code} (HTTP {status}): {message}"),
             None => format!("Twilio HTTP {status}: {message}"),
         };
-        ErrorClass::of(status, code).response(error, retry_after)
+        ErrorClass::of(status, code).response(hide(error), retry_after)
     }
 }
 

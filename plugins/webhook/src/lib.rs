@@ -18,9 +18,14 @@
 //! 5xx and timeouts → unknown (the action may have run; retried with the same
 //! key); any other status, redirects included (they are not followed), →
 //! permanent, with the receiver's answer.
+//!
+//! No message shows a secret: the URL is printed with its credentials
+//! (`user:password@`, a `token=`-like parameter) hidden, reqwest's errors
+//! without their URL, and the signing secret never.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use dunningd_plugin_api::redact::{self, Redactor};
 use dunningd_plugin_api::wire::{ChannelConfig, DeliveryRequest, DeliveryResponse};
 use dunningd_plugin_api::{Channel, Plugin, export_plugin};
 use hmac::{Hmac, Mac};
@@ -30,6 +35,11 @@ pub struct Webhook;
 
 pub struct WebhookChannel {
     url: String,
+    /// The URL as messages show it (credentials hidden).
+    shown: String,
+    /// Hides the channel's secrets in messages (the receiver's answer may
+    /// quote what it was sent).
+    redactor: Redactor,
     secret: Vec<u8>,
     /// Blocking client: it runs its own small runtime, invisible to the host's.
     client: reqwest::blocking::Client,
@@ -56,8 +66,9 @@ impl Plugin for Webhook {
             .get("url")
             .and_then(|v| v.as_str())
             .ok_or("settings.url: missing (the endpoint to POST to)")?;
+        let shown = redact::urls(url).into_owned();
         let parsed = reqwest::Url::parse(url)
-            .map_err(|e| format!("settings.url: invalid URL '{url}': {e}"))?;
+            .map_err(|e| format!("settings.url: invalid URL '{shown}': {e}"))?;
         if !matches!(parsed.scheme(), "https" | "http") {
             return Err(format!(
                 "settings.url: scheme '{}' is not http or https",
@@ -82,6 +93,8 @@ impl Plugin for Webhook {
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(WebhookChannel {
             url: url.to_string(),
+            shown,
+            redactor: Redactor::for_settings(s, &[]),
             secret: secret.as_bytes().to_vec(),
             client,
         })
@@ -124,22 +137,34 @@ impl Channel for WebhookChannel {
             .header("Dunningd-Signature", signature(&self.secret, t, &body))
             .body(body)
             .send();
+        let hide = |text: String| self.redactor.redact(&text).into_owned();
         let response = match result {
             Ok(response) => response,
             Err(e) if e.is_timeout() => {
                 return DeliveryResponse::Unknown {
-                    error: format!("POST {}: timed out; the receiver may have acted", self.url),
+                    error: format!(
+                        "POST {}: timed out; the receiver may have acted",
+                        self.shown
+                    ),
                 };
             }
             Err(e) if e.is_connect() => {
                 return DeliveryResponse::Retryable {
-                    error: format!("POST {}: cannot connect: {e}", self.url),
+                    error: hide(format!(
+                        "POST {}: cannot connect: {}",
+                        self.shown,
+                        redact::describe(&e.without_url())
+                    )),
                     retry_after_secs: None,
                 };
             }
             Err(e) => {
                 return DeliveryResponse::Unknown {
-                    error: format!("POST {}: {e}", self.url),
+                    error: hide(format!(
+                        "POST {}: {}",
+                        self.shown,
+                        redact::describe(&e.without_url())
+                    )),
                 };
             }
         };
@@ -160,16 +185,16 @@ impl Channel for WebhookChannel {
             .chars()
             .take(300)
             .collect();
-        let what = format!(
+        let what = hide(format!(
             "POST {}: HTTP {}{}",
-            self.url,
+            self.shown,
             status.as_u16(),
             if text.is_empty() {
                 String::new()
             } else {
                 format!(": {text}")
             }
-        );
+        ));
         match status.as_u16() {
             200..=299 => DeliveryResponse::Sent {
                 receipt: Some(request_id.unwrap_or_else(|| format!("http-{}", status.as_u16()))),
