@@ -33,8 +33,6 @@ pub mod plugin_host;
 pub mod stats;
 pub mod store;
 pub mod systemd;
-#[cfg(any(test, feature = "test-support"))]
-pub mod testing;
 pub mod webhooks;
 pub mod workflow;
 

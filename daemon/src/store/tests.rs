@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use super::*;
 use crate::model::{CaseState, Customer, DeliveryStatus, Event};
 use crate::stats::{ChannelCounts, StatsFilter};
-use crate::testing::PgDatabase;
+use dunningd_test_support::PgDatabase;
 
 fn t(text: &str) -> DateTime<Utc> {
     text.parse().expect("test time")
