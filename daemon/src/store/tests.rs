@@ -468,7 +468,7 @@ async fn case_ids_are_found_by_prefix(store: Arc<dyn Store>) {
     for id in &ids {
         let prefix = unique(id);
         let found = store.case_ids_with_prefix(&prefix, 10).await.expect("find");
-        assert_eq!(found, [id.clone()], "prefix {prefix:?}");
+        assert_eq!(found, std::slice::from_ref(id), "prefix {prefix:?}");
     }
 }
 

@@ -488,3 +488,31 @@ fn preview_refuses_bad_input() {
         "{error}"
     );
 }
+
+/// `cases show` tells "no such case" and "ambiguous prefix" apart by exit
+/// code; every other error exits 1.
+#[test]
+fn case_lookup_errors_have_their_own_exit_codes() {
+    let cases = [
+        (tonic::Status::not_found("case 'x' not found"), Some(3)),
+        (
+            tonic::Status::failed_precondition("case id prefix '01' is ambiguous: it starts a, b"),
+            Some(4),
+        ),
+        (tonic::Status::unavailable("database: gone"), None),
+        (
+            tonic::Status::invalid_argument("id: must not be empty"),
+            None,
+        ),
+    ];
+    for (status, code) in cases {
+        let message = status.message().to_string();
+        let error = case_lookup(status);
+        assert_eq!(
+            error.downcast_ref::<Exit>().map(|e| e.code),
+            code,
+            "{message}"
+        );
+        assert_eq!(error.to_string(), message);
+    }
+}
