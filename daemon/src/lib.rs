@@ -38,8 +38,6 @@ pub mod redact;
 pub mod stats;
 pub mod store;
 pub mod systemd;
-#[cfg(any(test, feature = "test-support"))]
-pub mod testing;
 pub mod webhooks;
 pub mod workflow;
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dunningd::proto::admin_client::AdminClient;
-pub use dunningd::testing::PgDatabase;
+pub use dunningd_test_support::PgDatabase;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
 

@@ -213,7 +213,14 @@ async fn webhooks_are_signed_and_their_answers_classified() {
     let got = &peer.received()[0];
     assert!(got.signature_valid, "the receiver verifies the signature");
     assert_eq!(got.idempotency_key, "dunningd-case-1-email");
-    assert_eq!(got.body["customer"]["customer_id"], "cus_1");
+    // The customer as events and templates name it: `id`, not the ABI's
+    // `customer_id` (which the webhook used to forward as it was).
+    assert_eq!(got.body["customer"]["id"], "cus_1", "{}", got.body);
+    assert!(
+        got.body["customer"].get("customer_id").is_none(),
+        "{}",
+        got.body
+    );
     assert_eq!(got.body["data"]["amount"], 4900);
     assert_eq!(got.body["message"]["body"], "suspend");
 
@@ -444,11 +451,18 @@ async fn the_shipped_workflow_runs_its_actions_through_the_webhook() {
         actions,
         ["retry_payment", "suspend_account", "send_to_collections"]
     );
-    assert!(
-        hooks
-            .received()
-            .iter()
-            .all(|h| h.signature_valid && h.body["customer"]["customer_id"] == "cus_ada")
-    );
+    assert!(hooks.received().iter().all(|h| h.signature_valid));
+    // The customer as the event gave it, under the event's own field names.
+    let customer = serde_json::json!({
+        "id": "cus_ada",
+        "name": "Ada Lovelace",
+        "email": "ada@example.com",
+        "phone": "+447700900123",
+        "timezone": "Europe/London",
+        "locale": "en-GB",
+    });
+    for hook in hooks.received() {
+        assert_eq!(hook.body["customer"], customer);
+    }
     assert_eq!(hooks.received()[2].body["message"]["amount"], "£49.00");
 }

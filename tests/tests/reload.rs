@@ -123,7 +123,13 @@ async fn edits_apply_broken_files_keep_the_last_good_version_and_deletes_remove(
         "still starting cases"
     );
 
-    let status = daemon.ctl_ok(&["status"]);
+    let status = daemon.ctl(&["status"]);
+    assert_eq!(
+        status.status.code(),
+        Some(1),
+        "status exits 1 on a refused file"
+    );
+    let status = String::from_utf8_lossy(&status.stdout);
     assert!(
         status.contains("card-expiring.yaml:"),
         "status shows the error:\n{status}"

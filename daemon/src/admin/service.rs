@@ -64,6 +64,20 @@ fn engine_status(error: EngineError) -> Status {
     }
 }
 
+/// Most cases an ambiguous id prefix lists.
+const CANDIDATES: u32 = 5;
+
+/// An id prefix that starts several cases' ids: FAILED_PRECONDITION (it
+/// names one case only while one case has it), listing a few of them.
+fn ambiguous(prefix: &str, ids: &[String]) -> Status {
+    let shown = ids.len().min(CANDIDATES as usize);
+    let more = if ids.len() > shown { " and more" } else { "" };
+    Status::failed_precondition(format!(
+        "case id prefix '{prefix}' is ambiguous: it starts {}{more}",
+        ids[..shown].join(", ")
+    ))
+}
+
 fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
     let value = value.trim();
     if value.is_empty() {
@@ -393,12 +407,24 @@ impl Admin for AdminService {
         request: Request<proto::GetCaseRequest>,
     ) -> Result<Response<proto::CaseDetail>, Status> {
         let id = required("id", &request.get_ref().id)?;
-        let detail = self
-            .shared
-            .engine
-            .get_case(id)
-            .await
-            .map_err(engine_status)?;
+        let engine = &self.shared.engine;
+        let detail = match engine.get_case(id).await {
+            Err(EngineError::Store(StoreError::CaseNotFound(_))) => {
+                // Not a whole id: a prefix of one case's id names it (like
+                // git's abbreviated hashes); one of several's does not.
+                let found = engine
+                    .case_ids_with_prefix(id, CANDIDATES + 1)
+                    .await
+                    .map_err(engine_status)?;
+                match found.as_slice() {
+                    [] => return Err(Status::not_found(format!("case '{id}' not found"))),
+                    [one] => engine.get_case(one).await,
+                    several => return Err(ambiguous(id, several)),
+                }
+            }
+            other => other,
+        }
+        .map_err(engine_status)?;
         Ok(Response::new(convert::case_detail(&detail)))
     }
 

@@ -1,8 +1,13 @@
 //! `dunningctl`: the admin client of dunningd, a thin client over its gRPC API.
 //!
-//! Readable tables by default, `--json` for scripts. Exit codes: 0 success,
-//! 1 an error (the daemon refused, a file is invalid, the daemon is not
-//! reachable), 2 a usage error.
+//! Readable tables by default, `--json` for scripts. What is printed for
+//! people shows data escaped and cut (`output`); `--json` is exact.
+//!
+//! Exit codes: 0 success; 1 an error (the daemon refused, a file is invalid,
+//! the daemon is not reachable) or a workflow file refused (`status`,
+//! `workflows list`, `reload` and `workflows validate` alike, each after
+//! printing its answer); 2 a usage error; for `cases show`, 3 when no case
+//! has the id or id prefix and 4 when a prefix names several cases.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -41,7 +46,8 @@ macro_rules! out {
     name = "dunningctl",
     version,
     about = "Administer a running dunningd (and check workflows offline)",
-    after_help = "Exit status: 0 success, 1 an error or a refusal, 2 a usage error.\n\
+    after_help = "Exit status: 0 success, 1 an error or a refusal (a workflow file refused \
+                  included), 2 a usage error; `cases show`: 3 no such case, 4 an ambiguous id prefix.\n\
                   `workflows validate` and `preview` work offline, without a daemon."
 )]
 struct Cli {
@@ -63,7 +69,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Version, uptime, workflows, plugins, cases and the last reload.
+    /// Version, uptime, workflows, plugins, cases and the last reload (exit 1 if a workflow file is refused).
     Status,
     /// Workflows served by the daemon, or checked offline.
     #[command(subcommand)]
@@ -213,7 +219,7 @@ enum CasesCommand {
     },
     /// A case's timeline: steps, deliveries, errors.
     Show {
-        /// The case id.
+        /// The case id, or its first characters if no other case starts with them.
         id: String,
     },
     /// Stop sending for a case until it is resumed; the schedule shifts by the pause.
@@ -362,6 +368,31 @@ fn rpc(status: tonic::Status) -> anyhow::Error {
     }
 }
 
+/// An error that exits with a code of its own (see the module header);
+/// every other error exits 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct Exit {
+    code: u8,
+    message: String,
+}
+
+/// `cases show`'s lookup errors, told apart by their exit code: 3 when no
+/// case has the id or prefix, 4 when a prefix names several (the daemon
+/// answers FAILED_PRECONDITION, listing a few).
+fn case_lookup(status: tonic::Status) -> anyhow::Error {
+    let code = match status.code() {
+        tonic::Code::NotFound => 3,
+        tonic::Code::FailedPrecondition => 4,
+        _ => return rpc(status),
+    };
+    Exit {
+        code,
+        message: rpc(status).to_string(),
+    }
+    .into()
+}
+
 fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     out!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -409,7 +440,7 @@ fn print_stats(stats: &proto::Stats) {
     }
     for w in &stats.workflows {
         out!();
-        out!("{}", w.workflow);
+        out!("{}", output::text(&w.workflow));
         out!(
             "  started {} · active {} · paused {} · recovered {} · exhausted {} · cancelled {}",
             w.started,
@@ -423,8 +454,8 @@ fn print_stats(stats: &proto::Stats) {
         let median = format_secs(w.median_time_to_recovery_secs);
         out!(
             "  recovery rate {rate} · at risk {} · recovered {} · median time to recovery {median}",
-            amounts(&w.at_risk),
-            amounts(&w.recovered_amount)
+            output::full(&amounts(&w.at_risk)),
+            output::full(&amounts(&w.recovered_amount))
         );
         let rows: Vec<Vec<String>> = w
             .steps
@@ -447,13 +478,13 @@ fn print_stats(stats: &proto::Stats) {
             out!();
             table(
                 &[
-                    "STEP",
-                    "CHANNEL",
-                    "SENT",
-                    "FAILED",
-                    "SKIPPED",
-                    "PENDING",
-                    "LAST TOUCH",
+                    Col::Text("STEP"),
+                    Col::Text("CHANNEL"),
+                    Col::Text("SENT"),
+                    Col::Text("FAILED"),
+                    Col::Text("SKIPPED"),
+                    Col::Text("PENDING"),
+                    Col::Text("LAST TOUCH"),
                 ],
                 &rows,
             );
@@ -461,57 +492,9 @@ fn print_stats(stats: &proto::Stats) {
     }
 }
 
-/// Prints aligned columns.
-fn table(headers: &[&str], rows: &[Vec<String>]) {
-    out!("{}", render_table(headers, rows).trim_end_matches('\n'));
-}
-
-/// Aligned columns, two spaces apart, no trailing spaces; widths count
-/// characters, as `format!` pads by them.
-fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            match widths.get_mut(i) {
-                Some(w) => *w = (*w).max(cell.chars().count()),
-                None => widths.push(cell.chars().count()),
-            }
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: &[&str]| {
-        let mut text = String::new();
-        for (cell, width) in cells.iter().zip(&widths) {
-            text.push_str(&format!("{cell:<width$}  "));
-        }
-        out.push_str(text.trim_end());
-        out.push('\n');
-    };
-    line(headers);
-    for row in rows {
-        line(&row.iter().map(String::as_str).collect::<Vec<_>>());
-    }
-    out
-}
-
-/// `2026-01-05T09:00:00.000Z` → `2026-01-05 09:00:00`: seconds are plenty
-/// for a person; `--json` keeps the milliseconds.
-fn short_time(t: &str) -> String {
-    if t.is_empty() {
-        return "-".into();
-    }
-    let t = t.trim_end_matches('Z');
-    let t = t.split_once('.').map_or(t, |(whole, _)| whole);
-    t.replacen('T', " ", 1)
-}
-
-fn dash(s: &str) -> String {
-    if s.is_empty() {
-        "-".into()
-    } else {
-        s.to_string()
-    }
-}
+#[path = "dunningctl/output.rs"]
+mod output;
+use output::{Col, dash, short_time, table};
 
 #[path = "dunningctl/report.rs"]
 mod report;
@@ -536,8 +519,14 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(error) => {
-            eprintln!("dunningctl: {error:#}");
-            ExitCode::FAILURE
+            // Errors quote what they refuse, which may come from an event:
+            // escaped line by line, so a multi-line error stays readable.
+            let text = format!("{error:#}");
+            let lines: Vec<String> = text.split('\n').map(output::full).collect();
+            eprintln!("dunningctl: {}", lines.join("\n"));
+            error
+                .downcast_ref::<Exit>()
+                .map_or(ExitCode::FAILURE, |e| ExitCode::from(e.code))
         }
     }
 }
@@ -587,7 +576,14 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
                     })
                     .collect();
                 table(
-                    &["NAME", "VERSION", "TRIGGER", "STEPS", "OPEN CASES", "STATE"],
+                    &[
+                        Col::Text("NAME"),
+                        Col::Id("VERSION"),
+                        Col::Text("TRIGGER"),
+                        Col::Text("STEPS"),
+                        Col::Text("OPEN CASES"),
+                        Col::Text("STATE"),
+                    ],
                     &rows,
                 );
                 print_file_errors(&list.errors);
@@ -604,19 +600,24 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
                 print_json(&detail)?;
             } else {
                 if let Some(s) = &detail.summary {
-                    out!("{} (version {}) from {}", s.name, s.version, s.path);
+                    out!(
+                        "{} (version {}) from {}",
+                        output::text(&s.name),
+                        output::full(&s.version),
+                        output::full(&s.path)
+                    );
                     if !s.description.is_empty() {
-                        out!("{}", s.description);
+                        out!("{}", output::full(&s.description));
                     }
                     let when = if s.condition.is_empty() {
                         String::new()
                     } else {
-                        format!(" when {}", s.condition)
+                        format!(" when {}", output::full(&s.condition))
                     };
                     out!(
                         "trigger: {}{when}; exits on: {}",
-                        s.trigger,
-                        s.exit_on.join(", ")
+                        output::text(&s.trigger),
+                        output::full(&s.exit_on.join(", "))
                     );
                     out!();
                 }
@@ -625,7 +626,10 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
                     .iter()
                     .map(|s| vec![s.name.clone(), s.after.clone(), s.channels.join(", ")])
                     .collect();
-                table(&["STEP", "AFTER", "CHANNELS"], &rows);
+                table(
+                    &[Col::Text("STEP"), Col::Text("AFTER"), Col::Long("CHANNELS")],
+                    &rows,
+                );
             }
             Ok(true)
         }
@@ -641,7 +645,7 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
                 let changed = if result.changed.is_empty() {
                     "nothing changed".to_string()
                 } else {
-                    format!("changed: {}", result.changed.join(", "))
+                    format!("changed: {}", output::full(&result.changed.join(", ")))
                 };
                 out!("{} workflows loaded; {changed}", result.workflows_loaded);
                 print_file_errors(&result.errors);
@@ -669,9 +673,9 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
             } else {
                 out!(
                     "{} opted out of {} ({})",
-                    record.customer_id,
-                    record.channel,
-                    record.reason
+                    output::full(&record.customer_id),
+                    output::text(&record.channel),
+                    output::text(&record.reason)
                 );
             }
             Ok(true)
@@ -687,10 +691,13 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
                 .into_inner();
             if cli.json {
                 print_json(&response)?;
-            } else if response.removed {
-                out!("{customer} opted in to {channel} again");
             } else {
-                out!("{customer} had not opted out of {channel}; nothing changed");
+                let (customer, channel) = (output::full(customer), output::text(channel));
+                if response.removed {
+                    out!("{customer} opted in to {channel} again");
+                } else {
+                    out!("{customer} had not opted out of {channel}; nothing changed");
+                }
             }
             Ok(true)
         }
@@ -719,7 +726,16 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
                         ]
                     })
                     .collect();
-                table(&["CUSTOMER", "CHANNEL", "SOURCE", "SINCE", "REASON"], &rows);
+                table(
+                    &[
+                        Col::Id("CUSTOMER"),
+                        Col::Text("CHANNEL"),
+                        Col::Text("SOURCE"),
+                        Col::Text("SINCE"),
+                        Col::Long("REASON"),
+                    ],
+                    &rows,
+                );
             }
             Ok(true)
         }
@@ -751,7 +767,7 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
             } else {
                 out!(
                     "wrote {} ({} workflow{})",
-                    out.display(),
+                    output::full(&out.display().to_string()),
                     stats.workflows.len(),
                     if stats.workflows.len() == 1 { "" } else { "s" }
                 );
@@ -780,7 +796,16 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
                         ]
                     })
                     .collect();
-                table(&["PLUGIN", "VERSION", "ABI", "CHANNELS", "PATH"], &rows);
+                table(
+                    &[
+                        Col::Text("PLUGIN"),
+                        Col::Text("VERSION"),
+                        Col::Text("ABI"),
+                        Col::Text("CHANNELS"),
+                        Col::Id("PATH"),
+                    ],
+                    &rows,
+                );
             }
             Ok(true)
         }
@@ -808,7 +833,11 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
             if cli.json {
                 print_json(&clock)?;
             } else {
-                out!("{} ({} clock)", short_time(&clock.now), clock.kind);
+                out!(
+                    "{} ({} clock)",
+                    short_time(&clock.now),
+                    output::text(&clock.kind)
+                );
             }
             Ok(true)
         }
@@ -838,7 +867,7 @@ fn print_file_errors(errors: &[proto::FileError]) {
     if !errors.is_empty() {
         eprintln!("refused (the last good version, if any, stays in use):");
         for e in errors {
-            eprintln!("  {}", e.display);
+            eprintln!("  {}", output::full(&e.display));
         }
     }
 }
@@ -849,15 +878,17 @@ async fn status(cli: &Cli, client: &mut Client) -> anyhow::Result<bool> {
         .await
         .map_err(rpc)?
         .into_inner();
+    // Like `workflows list`: a refused file is something to look at.
+    let ok = s.workflows_with_errors == 0;
     if cli.json {
         print_json(&s)?;
-        return Ok(true);
+        return Ok(ok);
     }
     // Minutes are enough for an uptime.
     let up = std::time::Duration::from_secs(s.uptime_seconds / 60 * 60);
     out!(
         "dunningd {}, up {} (since {})",
-        s.version,
+        output::text(&s.version),
         if up.is_zero() {
             "under a minute".to_string()
         } else {
@@ -865,8 +896,12 @@ async fn status(cli: &Cli, client: &mut Client) -> anyhow::Result<bool> {
         },
         short_time(&s.started_at)
     );
-    out!("database   {}", s.database);
-    out!("clock      {} ({})", short_time(&s.now), s.clock);
+    out!("database   {}", output::full(&s.database));
+    out!(
+        "clock      {} ({})",
+        short_time(&s.now),
+        output::text(&s.clock)
+    );
     out!(
         "workflows  {} loaded, {} file errors",
         s.workflows,
@@ -881,9 +916,9 @@ async fn status(cli: &Cli, client: &mut Client) -> anyhow::Result<bool> {
     for p in &s.plugins {
         out!(
             "plugin     {} {} ({})",
-            p.name,
-            p.version,
-            p.channels.join(", ")
+            output::text(&p.name),
+            output::text(&p.version),
+            output::full(&p.channels.join(", "))
         );
     }
     if let Some(r) = &s.last_reload {
@@ -894,10 +929,10 @@ async fn status(cli: &Cli, client: &mut Client) -> anyhow::Result<bool> {
             r.workflows_loaded
         );
         for e in &r.errors {
-            out!("  {}", e.display);
+            out!("  {}", output::full(&e.display));
         }
     }
-    Ok(true)
+    Ok(ok)
 }
 
 /// Reads events from a file or `-` (stdin); see [`parse_events`].
@@ -1014,9 +1049,13 @@ async fn send_events(cli: &Cli, client: &mut Client, file: &str) -> anyhow::Resu
         return Ok(true);
     }
     for r in &results {
-        out!("{}  {}", r.event_id, event_outcome(r));
+        out!(
+            "{}  {}",
+            output::full(&r.event_id),
+            output::full(&event_outcome(r))
+        );
         for note in &r.notes {
-            out!("  note: {note}");
+            out!("  note: {}", output::full(note));
         }
     }
     Ok(true)
@@ -1077,7 +1116,12 @@ async fn cases(cli: &Cli, client: &mut Client, command: &CasesCommand) -> anyhow
                     .collect();
                 table(
                     &[
-                        "CASE", "WORKFLOW", "CUSTOMER", "SUBJECT", "STATE", "STARTED",
+                        Col::Id("CASE"),
+                        Col::Text("WORKFLOW"),
+                        Col::Id("CUSTOMER"),
+                        Col::Text("SUBJECT"),
+                        Col::Text("STATE"),
+                        Col::Text("STARTED"),
                     ],
                     &rows,
                 );
@@ -1088,24 +1132,32 @@ async fn cases(cli: &Cli, client: &mut Client, command: &CasesCommand) -> anyhow
             let detail = client
                 .get_case(proto::GetCaseRequest { id: id.clone() })
                 .await
-                .map_err(rpc)?
+                .map_err(case_lookup)?
                 .into_inner();
             if cli.json {
                 print_json(&detail)?;
             } else if let Some(c) = &detail.case {
-                out!("case {} — {}", c.id, c.state);
-                out!("workflow   {} (version {})", c.workflow, c.workflow_version);
-                out!("customer   {}, subject {}", c.customer_id, c.subject);
+                out!("case {} — {}", output::full(&c.id), output::text(&c.state));
+                out!(
+                    "workflow   {} (version {})",
+                    output::text(&c.workflow),
+                    output::full(&c.workflow_version)
+                );
+                out!(
+                    "customer   {}, subject {}",
+                    output::full(&c.customer_id),
+                    output::text(&c.subject)
+                );
                 out!(
                     "started    {} by event {}",
                     short_time(&c.started_at),
-                    c.trigger_event_id
+                    output::full(&c.trigger_event_id)
                 );
                 if !c.ended_reason.is_empty() {
                     out!(
                         "ended      {}: {}",
                         short_time(&c.updated_at),
-                        c.ended_reason
+                        output::full(&c.ended_reason)
                     );
                 }
                 out!();
@@ -1146,14 +1198,14 @@ async fn cases(cli: &Cli, client: &mut Client, command: &CasesCommand) -> anyhow
                     .collect();
                 table(
                     &[
-                        "STEP",
-                        "CHANNEL",
-                        "STATUS",
-                        "DUE",
-                        "PLANNED",
-                        "ATTEMPTS",
-                        "RECEIPT",
-                        "ERROR / REASON",
+                        Col::Text("STEP"),
+                        Col::Text("CHANNEL"),
+                        Col::Text("STATUS"),
+                        Col::Text("DUE"),
+                        Col::Text("PLANNED"),
+                        Col::Text("ATTEMPTS"),
+                        Col::Id("RECEIPT"),
+                        Col::Long("ERROR / REASON"),
                     ],
                     &rows,
                 );
@@ -1169,7 +1221,11 @@ async fn cases(cli: &Cli, client: &mut Client, command: &CasesCommand) -> anyhow
     if cli.json {
         print_json(&case)?;
     } else {
-        out!("case {} is {}", case.id, case.state);
+        out!(
+            "case {} is {}",
+            output::full(&case.id),
+            output::text(&case.state)
+        );
     }
     Ok(true)
 }
@@ -1205,7 +1261,7 @@ fn validate(cli: &Cli, files: &[PathBuf], config: Option<&Path>) -> anyhow::Resu
         out!("{} file(s) valid", files.len());
     } else {
         for p in &problems {
-            out!("{p}");
+            out!("{}", output::full(&p.to_string()));
         }
     }
     Ok(problems.is_empty())
@@ -1255,14 +1311,14 @@ fn preview(
     }
     out!(
         "workflow {} (version {}), event {}",
-        plan.workflow,
-        plan.version,
-        plan.event_id
+        output::text(&plan.workflow),
+        output::full(&plan.version),
+        output::full(&plan.event_id)
     );
     if !plan.triggered {
         out!(
             "no case would start: {}",
-            plan.reason.as_deref().unwrap_or("")
+            output::full(plan.reason.as_deref().unwrap_or(""))
         );
         return Ok(true);
     }
@@ -1271,7 +1327,7 @@ fn preview(
         out!();
         let mut notes = Vec::new();
         if let Some(condition) = &step.condition {
-            notes.push(format!("when {condition}"));
+            notes.push(format!("when {}", output::full(condition)));
         }
         if let Some(expires) = &step.expires_after {
             notes.push(format!("expires after {expires}"));
@@ -1286,44 +1342,52 @@ fn preview(
         };
         out!(
             "step {} (after {}): due {}{notes}",
-            step.name,
-            step.after,
+            output::text(&step.name),
+            output::text(&step.after),
             step.due_at.format("%Y-%m-%d %H:%M UTC"),
         );
         for send in &step.sends {
             let fallback = send
                 .fallback
                 .as_deref()
-                .map(|f| format!(", fallback {f}"))
+                .map(|f| format!(", fallback {}", output::text(f)))
                 .unwrap_or_default();
             let when = match (&send.skipped, send.planned_at) {
-                (Some(reason), _) => format!("skipped: {reason}"),
+                (Some(reason), _) => format!("skipped: {}", output::full(reason)),
                 (None, Some(at)) => {
                     let local = send
                         .planned_local
                         .as_deref()
-                        .map(|l| format!(" ({l})"))
+                        .map(|l| format!(" ({})", output::full(l)))
                         .unwrap_or_default();
                     format!("sent {}{local}", at.format("%Y-%m-%d %H:%M UTC"))
                 }
                 (None, None) => "not sent".to_string(),
             };
-            out!("  {} [{}{fallback}]: {when}", send.channel, send.template);
+            out!(
+                "  {} [{}{fallback}]: {when}",
+                output::text(&send.channel),
+                output::text(&send.template)
+            );
             if let Some(message) = &send.message
                 && send.skipped.is_none()
             {
-                for (field, text) in message {
-                    let mut lines = text.lines();
-                    out!("    {field}: {}", lines.next().unwrap_or("").trim_end());
+                for (field, rendered) in message {
+                    // Line by line: the message's own line breaks are kept,
+                    // anything else that is not text is escaped.
+                    let field = output::text(field);
+                    let mut lines = rendered.lines().map(|l| output::full(l.trim_end()));
+                    out!("    {field}: {}", lines.next().unwrap_or_default());
                     for line in lines {
                         // Blank lines stay blank: no trailing spaces.
-                        let line = format!("    {:width$}  {line}", "", width = field.len());
+                        let width = field.chars().count();
+                        let line = format!("    {:width$}  {line}", "");
                         out!("{}", line.trim_end());
                     }
                 }
             }
             if let Some(error) = &send.error {
-                out!("    error: {error}");
+                out!("    error: {}", output::full(error));
             }
         }
     }

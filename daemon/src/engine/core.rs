@@ -196,6 +196,15 @@ impl Engine {
         Ok(self.store.get_case(id).await?)
     }
 
+    /// The ids of at most `limit` cases whose id starts with `prefix`.
+    pub async fn case_ids_with_prefix(
+        &self,
+        prefix: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, EngineError> {
+        Ok(self.store.case_ids_with_prefix(prefix, limit).await?)
+    }
+
     pub async fn case_action(&self, id: &str, action: CaseAction) -> Result<Case, EngineError> {
         let case = self.store.case_action(id, action, self.clock.now()).await?;
         if action == CaseAction::Resume {

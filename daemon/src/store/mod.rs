@@ -373,6 +373,14 @@ pub trait Store: Send + Sync {
 
     async fn list_cases(&self, filter: &CaseFilter) -> Result<Vec<Case>, StoreError>;
     async fn get_case(&self, id: &str) -> Result<CaseDetail, StoreError>;
+    /// The ids of at most `limit` cases whose id starts with `prefix`, in id
+    /// order; none when the prefix holds a character no case id has (see
+    /// [`is_id_prefix`]), so no pattern character reaches the query.
+    async fn case_ids_with_prefix(
+        &self,
+        prefix: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError>;
     async fn case_counts(&self) -> Result<BTreeMap<CaseState, u64>, StoreError>;
     /// Open (`active` or `paused`) cases per workflow name.
     async fn open_cases_by_workflow(&self) -> Result<BTreeMap<String, u64>, StoreError>;
@@ -424,6 +432,17 @@ pub(crate) async fn hand_out<S: Store + ?Sized>(
         given_up.extend(broken_channels);
     }
     Ok(Claims { claimed, given_up })
+}
+
+/// Whether `prefix` could begin a case id. Case ids are UUIDs (lowercase hex
+/// digits and `-`); letters and digits are let through so a mistyped id is
+/// simply not found, while the pattern characters of LIKE and GLOB (`%`, `_`,
+/// `*`, `?`, `[`) and everything else are refused before any query.
+pub(crate) fn is_id_prefix(prefix: &str) -> bool {
+    !prefix.is_empty()
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {

@@ -984,6 +984,22 @@ impl Store for PostgresStore {
         Ok(CaseDetail { case, deliveries })
     }
 
+    async fn case_ids_with_prefix(
+        &self,
+        prefix: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        if !super::is_id_prefix(prefix) {
+            return Ok(Vec::new());
+        }
+        let ids = sqlx::query_scalar("SELECT id FROM cases WHERE id LIKE $1 ORDER BY id LIMIT $2")
+            .bind(format!("{prefix}%"))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(ids)
+    }
+
     async fn case_counts(&self) -> Result<BTreeMap<CaseState, u64>, StoreError> {
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM cases GROUP BY state")
             .fetch_all(&self.pool)

@@ -1008,6 +1008,24 @@ impl Store for SqliteStore {
         Ok(CaseDetail { case, deliveries })
     }
 
+    async fn case_ids_with_prefix(
+        &self,
+        prefix: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        if !super::is_id_prefix(prefix) {
+            return Ok(Vec::new());
+        }
+        // GLOB, not LIKE: it is case-sensitive, so SQLite can range-scan the
+        // primary key for a bound pattern with a fixed prefix.
+        let ids = sqlx::query_scalar("SELECT id FROM cases WHERE id GLOB ?1 ORDER BY id LIMIT ?2")
+            .bind(format!("{prefix}*"))
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(ids)
+    }
+
     async fn case_counts(&self) -> Result<BTreeMap<CaseState, u64>, StoreError> {
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM cases GROUP BY state")
             .fetch_all(&self.reader)

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use super::*;
 use crate::model::{CaseState, Customer, DeliveryStatus, Event};
 use crate::stats::{ChannelCounts, StatsFilter};
-use crate::testing::PgDatabase;
+use dunningd_test_support::PgDatabase;
 
 fn t(text: &str) -> DateTime<Utc> {
     text.parse().expect("test time")
@@ -399,6 +399,77 @@ async fn claims_follow_due_times_leases_and_case_state(store: Arc<dyn Store>) {
         store.get_case("nope").await,
         Err(StoreError::CaseNotFound(_))
     ));
+}
+
+/// `dunningctl cases show` takes an id prefix: the store finds the cases
+/// whose id starts with it, a bounded few, and never reads the prefix as a
+/// pattern.
+async fn case_ids_are_found_by_prefix(store: Arc<dyn Store>) {
+    let now = t("2026-01-05T09:00:00Z");
+    let plans = (1..=3)
+        .map(|i| {
+            plan(
+                event(
+                    &format!("e{i}"),
+                    "payment_failed",
+                    &format!("inv_{i}"),
+                    None,
+                ),
+                vec![new_case("pf", now)],
+            )
+        })
+        .collect();
+    let mut ids: Vec<String> = store
+        .ingest(plans, now)
+        .await
+        .expect("ingest")
+        .into_iter()
+        .flat_map(|o| o.cases_started)
+        .collect();
+    ids.sort();
+    assert_eq!(ids.len(), 3);
+    // The shortest prefix of each id that starts no other.
+    let unique = |id: &String| {
+        (1..=id.len())
+            .map(|n| &id[..n])
+            .find(|p| ids.iter().filter(|other| other.starts_with(p)).count() == 1)
+            .expect("ids differ")
+            .to_string()
+    };
+    let common: String = ids[0]
+        .chars()
+        .zip(ids[2].chars())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a)
+        .collect();
+    let upper = ids[0].to_uppercase();
+    let cases: Vec<(&str, u32, Vec<String>)> = vec![
+        (&ids[1], 10, vec![ids[1].clone()]),
+        (&common, 10, ids.clone()),
+        (&common, 2, ids[..2].to_vec()),
+        (&ids[0][..1], 10, ids.clone()),
+        ("zzz", 10, vec![]),
+        (&upper, 10, vec![]),
+        // Pattern characters match nothing rather than everything.
+        ("%", 10, vec![]),
+        ("_", 10, vec![]),
+        ("*", 10, vec![]),
+        ("?", 10, vec![]),
+        ("[0-9]", 10, vec![]),
+        ("", 10, vec![]),
+    ];
+    for (prefix, limit, expected) in cases {
+        let found = store
+            .case_ids_with_prefix(prefix, limit)
+            .await
+            .expect("find by prefix");
+        assert_eq!(found, expected, "prefix {prefix:?}, limit {limit}");
+    }
+    for id in &ids {
+        let prefix = unique(id);
+        let found = store.case_ids_with_prefix(&prefix, 10).await.expect("find");
+        assert_eq!(found, std::slice::from_ref(id), "prefix {prefix:?}");
+    }
 }
 
 async fn a_delivery_that_keeps_crashing_is_parked(store: Arc<dyn Store>) {
@@ -1328,6 +1399,7 @@ backend_tests!(sqlite = sqlite_store:
     exit_events_recover_and_stale_triggers_start_nothing,
     claims_follow_due_times_leases_and_case_state,
     a_delivery_that_keeps_crashing_is_parked,
+    case_ids_are_found_by_prefix,
     cancel_skips_what_is_left,
     optouts_and_fallbacks,
     frequency_caps_hold_what_exceeds_them,
@@ -1343,6 +1415,7 @@ backend_tests!(postgres = postgres_store:
     exit_events_recover_and_stale_triggers_start_nothing,
     claims_follow_due_times_leases_and_case_state,
     a_delivery_that_keeps_crashing_is_parked,
+    case_ids_are_found_by_prefix,
     cancel_skips_what_is_left,
     optouts_and_fallbacks,
     frequency_caps_hold_what_exceeds_them,

@@ -12,7 +12,8 @@
 //! Every request carries `Idempotency-Key` (stable across retries) and
 //! `Dunningd-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`,
 //! which the receiver verifies with the shared secret (and rejects when `t`
-//! is too old, against replays). Outcomes:
+//! is too old, against replays). The body names the customer's id `id`, as
+//! events and templates do. Outcomes:
 //! 2xx → sent (receipt: the `X-Request-Id` header, else the status);
 //! 408, 425, 429 (with `Retry-After`), connection failures → retryable;
 //! 5xx and timeouts → unknown (the action may have run; retried with the same
@@ -26,7 +27,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dunningd_plugin_api::redact::{self, Redactor};
-use dunningd_plugin_api::wire::{ChannelConfig, DeliveryRequest, DeliveryResponse};
+use dunningd_plugin_api::wire::{ChannelConfig, DeliveryRequest, DeliveryResponse, Recipient};
 use dunningd_plugin_api::{Channel, Plugin, export_plugin};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -53,6 +54,20 @@ pub fn signature(secret: &[u8], t: u64, body: &[u8]) -> String {
     mac.update(b".");
     mac.update(body);
     format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The customer as events and templates name it: `id` (the ABI's
+/// `customer_id`), `name`, `email`, `phone`, `locale`, `timezone`, those the
+/// event did not give left out. Built from the recipient's own serialisation,
+/// so a field the ABI adds later is forwarded too.
+fn customer(recipient: &Recipient) -> serde_json::Value {
+    let mut customer = serde_json::to_value(recipient).unwrap_or_default();
+    if let Some(fields) = customer.as_object_mut()
+        && let Some(id) = fields.remove("customer_id")
+    {
+        fields.insert("id".to_string(), id);
+    }
+    customer
 }
 
 impl Plugin for Webhook {
@@ -112,7 +127,7 @@ impl Channel for WebhookChannel {
             "case_id": request.case_id,
             "channel": request.channel,
             "attempt": request.attempt,
-            "customer": request.recipient,
+            "customer": customer(&request.recipient),
             "subject": request.subject,
             "data": request.data,
             "message": request.message,

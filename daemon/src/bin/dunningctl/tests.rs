@@ -6,6 +6,7 @@ use clap::CommandFactory;
 use clap::error::ErrorKind;
 
 use super::*;
+use output::{LONG_WIDTH, WIDTH, full, render_table, shown, text};
 
 /// The repository root (the daemon crate is one level down).
 fn repo() -> PathBuf {
@@ -268,17 +269,102 @@ fn tables_align_without_trailing_spaces() {
         vec!["c22".to_string(), "é".into(), "x".into()],
     ];
     assert_eq!(
-        render_table(&["CASE", "WORKFLOW", "NOTE"], &rows),
+        render_table(
+            &[Col::Id("CASE"), Col::Text("WORKFLOW"), Col::Long("NOTE")],
+            &rows
+        ),
         "CASE  WORKFLOW        NOTE\n\
          c1    payment-failed\n\
          c22   é               x\n"
     );
     // A row longer than the header does not panic.
     assert_eq!(
-        render_table(&["A"], &[vec!["1".into(), "2".into()]]),
+        render_table(&[Col::Text("A")], &[vec!["1".into(), "2".into()]]),
         "A\n1  2\n"
     );
-    assert_eq!(render_table(&["A", "B"], &[]), "A  B\n");
+    assert_eq!(
+        render_table(&[Col::Text("A"), Col::Text("B")], &[]),
+        "A  B\n"
+    );
+}
+
+/// What customers bring is shown, not obeyed: control characters and the
+/// characters that reorder text are escaped, long values cut.
+#[test]
+fn values_are_escaped_for_the_terminal() {
+    let cases: &[(&str, &str)] = &[
+        ("Ada Lovelace", "Ada Lovelace"),
+        ("\x1b[31mred\x1b[0m", "\\x1b[31mred\\x1b[0m"),
+        ("two\nlines\r\n", "two\\nlines\\r\\n"),
+        ("a\tb", "a\\tb"),
+        ("nul\0bell\x07del\x7f", "nul\\x00bell\\x07del\\x7f"),
+        // C1: the 8-bit CSI, and NEL (a line break to some terminals).
+        ("\u{9b}31m\u{85}", "\\u{9b}31m\\u{85}"),
+        // Bidi overrides, embeddings, isolates and marks.
+        ("invoice\u{202e}fdp.exe", "invoice\\u{202e}fdp.exe"),
+        (
+            "\u{202a}\u{202b}\u{202c}\u{202d}",
+            "\\u{202a}\\u{202b}\\u{202c}\\u{202d}",
+        ),
+        (
+            "\u{2066}\u{2067}\u{2068}\u{2069}",
+            "\\u{2066}\\u{2067}\\u{2068}\\u{2069}",
+        ),
+        ("\u{200e}\u{200f}\u{61c}", "\\u{200e}\\u{200f}\\u{61c}"),
+        ("line\u{2028}para\u{2029}", "line\\u{2028}para\\u{2029}"),
+        // Text is text, in any script, backslashes included.
+        ("Zoë Ødegård 李 🙂 C:\\x", "Zoë Ødegård 李 🙂 C:\\x"),
+        ("", ""),
+    ];
+    for (input, expected) in cases {
+        assert_eq!(full(input), *expected, "{input:?}");
+        assert_eq!(text(input), *expected, "{input:?}");
+    }
+}
+
+#[test]
+fn long_values_are_cut_with_an_ellipsis() {
+    let long = "x".repeat(500);
+    let cases: &[(&str, Option<usize>, String)] = &[
+        ("abcdef", Some(6), "abcdef".into()),
+        ("abcdefg", Some(6), "abcde…".into()),
+        (&long, Some(WIDTH), format!("{}…", "x".repeat(WIDTH - 1))),
+        (
+            &long,
+            Some(LONG_WIDTH),
+            format!("{}…", "x".repeat(LONG_WIDTH - 1)),
+        ),
+        (&long, None, long.clone()),
+        // The limit counts escaped characters; an escape is never split.
+        ("ab\x1bcdef", Some(6), "ab…".into()),
+        ("ab\ncd", Some(6), "ab\\ncd".into()),
+        ("ééééééé", Some(6), "ééééé…".into()),
+    ];
+    for (input, limit, expected) in cases {
+        let got = shown(input, *limit);
+        assert_eq!(&got, expected, "{input:?} at {limit:?}");
+        if let Some(limit) = limit {
+            assert!(got.chars().count() <= *limit);
+        }
+    }
+}
+
+/// Every cell of a table is shown through the same function: ids whole,
+/// text at WIDTH, errors at LONG_WIDTH; nothing raw gets through.
+#[test]
+fn table_cells_are_escaped_and_cut_by_their_column() {
+    let name = format!("\x1b[31mEvil\nCorp{}", "y".repeat(500));
+    let id = format!("cus_{}", "9".repeat(100));
+    let rendered = render_table(
+        &[Col::Id("CUSTOMER"), Col::Text("NAME"), Col::Long("ERROR")],
+        &[vec![id.clone(), name.clone(), name.clone()]],
+    );
+    assert!(!rendered.contains('\x1b'), "{rendered}");
+    let row = rendered.lines().nth(1).expect("a row");
+    assert!(row.starts_with(&id), "ids are never cut: {row}");
+    assert!(row.contains(&shown(&name, Some(WIDTH))), "{row}");
+    assert!(row.ends_with(&shown(&name, Some(LONG_WIDTH))), "{row}");
+    assert_eq!(rendered.lines().count(), 2, "a newline in data ends no row");
 }
 
 #[test]
@@ -401,4 +487,32 @@ fn preview_refuses_bad_input() {
         error.starts_with("cannot read '/nonexistent.json'"),
         "{error}"
     );
+}
+
+/// `cases show` tells "no such case" and "ambiguous prefix" apart by exit
+/// code; every other error exits 1.
+#[test]
+fn case_lookup_errors_have_their_own_exit_codes() {
+    let cases = [
+        (tonic::Status::not_found("case 'x' not found"), Some(3)),
+        (
+            tonic::Status::failed_precondition("case id prefix '01' is ambiguous: it starts a, b"),
+            Some(4),
+        ),
+        (tonic::Status::unavailable("database: gone"), None),
+        (
+            tonic::Status::invalid_argument("id: must not be empty"),
+            None,
+        ),
+    ];
+    for (status, code) in cases {
+        let message = status.message().to_string();
+        let error = case_lookup(status);
+        assert_eq!(
+            error.downcast_ref::<Exit>().map(|e| e.code),
+            code,
+            "{message}"
+        );
+        assert_eq!(error.to_string(), message);
+    }
 }

@@ -1,5 +1,6 @@
-//! Test support shared by the store's unit tests and the end-to-end suite
-//! (feature `test-support`; never in a release build).
+//! Test support shared by the store's unit tests and the end-to-end suite:
+//! a PostgreSQL database per test. Never a dependency of the shipped binaries
+//! (the daemon takes this crate only as a dev-dependency).
 
 use std::str::FromStr;
 
