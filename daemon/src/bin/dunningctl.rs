@@ -374,7 +374,7 @@ fn amounts(money: &[proto::Money]) -> String {
     }
     money
         .iter()
-        .map(|m| dunningd::workflow::format_minor(m.amount, &m.currency))
+        .map(|m| dunningd::workflow::format_minor(report::minor_units(m), &m.currency))
         .collect::<Vec<_>>()
         .join(" + ")
 }
