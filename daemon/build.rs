@@ -9,6 +9,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // `dunningctl --json` prints the API's own messages.
         .type_attribute(".dunningd.v1", "#[derive(serde::Serialize)]")
+        // Sums of money as a string of digits, exact beyond int64 and beyond
+        // the 2^53 a JavaScript number holds: `"amount": "4900"`.
+        .field_attribute(".dunningd.v1.Money.amount", "#[serde(skip)]")
+        .field_attribute(".dunningd.v1.Money.exact", r#"#[serde(rename = "amount")]"#)
         .file_descriptor_set_path(out.join("dunningd_descriptor.bin"))
         .compile_protos(&["proto/dunningd/v1/admin.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");

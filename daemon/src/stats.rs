@@ -13,6 +13,8 @@
 //! - Revenue at risk: the sum of the trigger events' `data.amount` (minor
 //!   units) per `data.currency`, over every case; revenue recovered: the same
 //!   over recovered cases. Events without a numeric amount count nowhere.
+//!   Sums are `i128`: ingest bounds an amount to ±(2^53 - 1), so no number
+//!   of cases a store can hold makes them overflow (that would take 2^74).
 //! - Time to recovery: from the case's start to the event that recovered it.
 //! - Last touch: the step of the last message sent before the recovery; each
 //!   of that step's channels that had sent by then is credited (a step that
@@ -52,9 +54,9 @@ pub struct WorkflowStats {
     pub by_state: BTreeMap<CaseState, u64>,
     /// `None` until a case has recovered or exhausted.
     pub recovery_rate: Option<f64>,
-    /// Minor units per currency.
-    pub at_risk: BTreeMap<String, i64>,
-    pub recovered_amount: BTreeMap<String, i64>,
+    /// Minor units per currency; exact (see the module header).
+    pub at_risk: BTreeMap<String, i128>,
+    pub recovered_amount: BTreeMap<String, i128>,
     pub median_time_to_recovery_secs: Option<i64>,
     pub steps: Vec<StepStats>,
 }
@@ -163,7 +165,7 @@ impl StatsBuilder {
         *w.by_state.entry(case.state).or_default() += 1;
         let recovered = case.state == CaseState::Recovered;
         if let (Some(amount), Some(currency)) = (
-            case.amount.as_deref().and_then(minor_units),
+            case.amount.as_deref().and_then(minor_units).map(i128::from),
             case.currency.as_deref(),
         ) {
             let currency = currency.to_uppercase();
@@ -373,6 +375,32 @@ mod tests {
             .map(|s| s.contacted)
             .collect();
         assert_eq!(contacted, [2, 0]);
+    }
+
+    /// Regression for "safe with what customers bring": the sums were i64
+    /// and overflowed past 1024 cases of the largest amount ingest accepts.
+    #[test]
+    fn sums_of_the_largest_amounts_are_exact() {
+        let max = crate::model::MAX_AMOUNT;
+        let mut b = StatsBuilder::default();
+        for i in 0..2000 {
+            let state = if i % 2 == 0 {
+                CaseState::Recovered
+            } else {
+                CaseState::Exhausted
+            };
+            b.add(row(&format!("c{i}"), state, &max.to_string(), None));
+        }
+        b.add(row(
+            "refund",
+            CaseState::Exhausted,
+            &(-max).to_string(),
+            None,
+        ));
+        let w = &b.finish().workflows[0];
+        assert_eq!(w.at_risk["EUR"].to_string(), "18005391310227241009");
+        assert_eq!(w.at_risk["EUR"], 1999 * i128::from(max));
+        assert_eq!(w.recovered_amount["EUR"], 1000 * i128::from(max));
     }
 
     #[test]

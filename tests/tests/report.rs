@@ -77,7 +77,11 @@ fn expected_figures(stats: &Value) -> BTreeMap<Key, Shown> {
         for metric in ["at_risk", "recovered_amount"] {
             for m in w[metric].as_array().expect("amounts") {
                 let currency = m["currency"].as_str().expect("currency");
-                let amount = m["amount"].as_i64().expect("amount");
+                // A string of digits: exact however large.
+                let amount: i128 = m["amount"]
+                    .as_str()
+                    .and_then(|a| a.parse().ok())
+                    .expect("amount");
                 let mut k = key(metric, name);
                 k.4 = Some(currency.into());
                 figures.insert(

@@ -7,7 +7,10 @@ use dunningd_e2e::daemon::{Backend, Setup, TestDaemon};
 use dunningd_e2e::fixtures::{WORKFLOW, event};
 use dunningd_e2e::on_both_backends;
 
-on_both_backends!(stats_report_recoveries_revenue_and_last_touch);
+on_both_backends!(
+    stats_report_recoveries_revenue_and_last_touch,
+    sums_of_the_largest_amounts_are_exact
+);
 
 async fn stats_report_recoveries_revenue_and_last_touch(backend: Backend) {
     let daemon =
@@ -85,7 +88,7 @@ async fn stats_report_recoveries_revenue_and_last_touch(backend: Backend) {
             .map(|m| {
                 (
                     m["currency"].as_str().unwrap_or("").to_string(),
-                    m["amount"].as_i64(),
+                    m["amount"].as_str().and_then(|a| a.parse::<i64>().ok()),
                 )
             })
             .collect::<Vec<_>>()
@@ -176,4 +179,89 @@ async fn stats_report_recoveries_revenue_and_last_touch(backend: Backend) {
     );
     let reversed = daemon.ctl(&["stats", "--since", "2026-02-01", "--until", "2026-01-01"]);
     assert!(!reversed.status.success());
+}
+
+/// Nothing is sent before 30 days, so cases stay quiet until they recover.
+const QUIET: &str = r#"
+name: quiet
+trigger: { event: payment_failed }
+exit_on: [payment_succeeded]
+steps:
+  - name: much-later
+    after: 30d
+    send: [{ channel: email, template: t }]
+templates:
+  t: { subject: "due", text: "{{ data.amount | money(data.currency) }}" }
+"#;
+
+/// The largest amount an event may carry (2^53 - 1 minor units).
+const MAX_AMOUNT: u64 = (1 << 53) - 1;
+
+/// Regression for "safe with what customers bring": 1100 recovered cases of
+/// the largest amount ingest accepts sum beyond i64 (the stats builder's
+/// sum overflowed). The totals are exact in `stats --json` (a string of
+/// digits), in `stats`, in the report, and the metrics still scrape.
+async fn sums_of_the_largest_amounts_are_exact(backend: Backend) {
+    const CASES: u64 = 1100;
+    let port = dunningd_e2e::free_port();
+    let mut setup = Setup::default().workflow("quiet.yaml", QUIET).on(&backend);
+    setup.extra_config = format!("metrics:\n  listen: 127.0.0.1:{port}\n");
+    let daemon = TestDaemon::start(setup).await;
+    let events = |kind: &str, prefix: &str| -> Vec<String> {
+        (0..CASES)
+            .map(|i| {
+                let (customer, invoice) = (format!("cus_{i}"), format!("inv_{i}"));
+                event(
+                    &format!("{prefix}{i}"),
+                    kind,
+                    &customer,
+                    &invoice,
+                    MAX_AMOUNT,
+                )
+            })
+            .collect()
+    };
+    daemon.send_events(events("payment_failed", "f")).await;
+    daemon.advance("1d").await;
+    daemon.send_events(events("payment_succeeded", "p")).await;
+
+    let total = u128::from(CASES) * u128::from(MAX_AMOUNT);
+    assert!(total > i64::MAX as u128, "the test must pass i64");
+    let json: serde_json::Value =
+        serde_json::from_str(&daemon.ctl_ok(&["stats", "--json"])).expect("stats JSON");
+    let w = &json["workflows"][0];
+    assert_eq!(w["recovered"], CASES, "{w}");
+    for key in ["at_risk", "recovered_amount"] {
+        assert_eq!(
+            w[key],
+            serde_json::json!([{ "currency": "USD", "amount": total.to_string() }]),
+            "{key}"
+        );
+    }
+    // $99079191802150901.00: the total in dollars and cents.
+    let dollars = format!("${}.{:02}", total / 100, total % 100);
+    let text = daemon.ctl_ok(&["stats"]);
+    assert!(
+        text.contains(&format!("at risk {dollars} · recovered {dollars}")),
+        "{text}"
+    );
+    daemon.ctl_ok(&["report", "--out", "report.html"]);
+    let page = std::fs::read_to_string(daemon.path("report.html")).expect("report");
+    assert!(
+        page.contains(&format!(
+            r#"data-metric="recovered_amount" data-workflow="quiet" data-currency="USD" data-value="{total}">{dollars}<"#
+        )),
+        "{page}"
+    );
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("scrape");
+    assert!(metrics.status().is_success());
+    let metrics = metrics.text().await.expect("metrics text");
+    assert!(
+        metrics.contains(&format!(
+            "dunningd_cases{{workflow=\"quiet\",state=\"recovered\"}} {CASES}"
+        )),
+        "{metrics}"
+    );
 }

@@ -124,11 +124,12 @@ pub fn plugin(p: &PluginInfo) -> proto::PluginInfo {
 }
 
 pub fn stats(s: &Stats, filter: &StatsFilter) -> proto::Stats {
-    let money = |m: &std::collections::BTreeMap<String, i64>| {
+    let money = |m: &std::collections::BTreeMap<String, i128>| {
         m.iter()
             .map(|(currency, amount)| proto::Money {
                 currency: currency.clone(),
-                amount: *amount,
+                amount: clamp_i64(*amount),
+                exact: amount.to_string(),
             })
             .collect()
     };
@@ -177,6 +178,11 @@ pub fn stats(s: &Stats, filter: &StatsFilter) -> proto::Stats {
             })
             .collect(),
     }
+}
+
+/// A sum as int64 for `Money.amount`: itself, or the nearest limit.
+fn clamp_i64(sum: i128) -> i64 {
+    i64::try_from(sum).unwrap_or(if sum < 0 { i64::MIN } else { i64::MAX })
 }
 
 pub fn optout(o: &OptOut) -> proto::OptOutRecord {
@@ -395,6 +401,32 @@ mod tests {
             assert_eq!(s.version, w.version);
             assert_eq!(s.error.map(|e| e.line), expected_error);
         }
+    }
+
+    #[test]
+    fn sums_beyond_int64_are_exact_and_clamped() {
+        let big = i128::from(i64::MAX) + 1;
+        let mut w = crate::stats::WorkflowStats::default();
+        w.at_risk.insert("USD".into(), big);
+        w.at_risk.insert("EUR".into(), -big);
+        w.recovered_amount.insert("USD".into(), 4900);
+        let s = stats(&Stats { workflows: vec![w] }, &StatsFilter::default());
+        let money = |m: &[proto::Money]| {
+            m.iter()
+                .map(|m| (m.currency.clone(), m.amount, m.exact.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            money(&s.workflows[0].at_risk),
+            [
+                ("EUR".into(), i64::MIN, "-9223372036854775808".into()),
+                ("USD".into(), i64::MAX, "9223372036854775808".into()),
+            ]
+        );
+        assert_eq!(
+            money(&s.workflows[0].recovered_amount),
+            [("USD".into(), 4900, "4900".into())]
+        );
     }
 
     #[test]

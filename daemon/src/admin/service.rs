@@ -162,7 +162,8 @@ fn configured_channel<'a>(shared: &Shared, value: &'a str) -> Result<&'a str, St
     Ok(channel)
 }
 
-/// `SendEvents` checked: every event parses, or none is taken.
+/// `SendEvents` checked: every event parses and passes
+/// [`Event::from_json_numbered`]'s checks, or none is taken.
 fn events(texts: &[String]) -> Result<Vec<Event>, Status> {
     if texts.is_empty() {
         return Err(Status::invalid_argument(
@@ -179,8 +180,8 @@ fn events(texts: &[String]) -> Result<Vec<Event>, Status> {
         .iter()
         .enumerate()
         .map(|(i, text)| {
-            Event::from_json(text)
-                .map_err(|e| Status::invalid_argument(format!("events[{i}]: {e}")))
+            Event::from_json_numbered(i + 1, text)
+                .map_err(|e| Status::invalid_argument(e.to_string()))
         })
         .collect()
 }
@@ -188,6 +189,9 @@ fn events(texts: &[String]) -> Result<Vec<Event>, Status> {
 /// The type of an event that may not parse, for counting a refused batch:
 /// empty (so counted as `other`) when it has none.
 fn type_of(text: &str) -> String {
+    if text.len() > crate::model::MAX_EVENT_BYTES {
+        return String::new();
+    }
     serde_json::from_str::<serde_json::Value>(text)
         .ok()
         .and_then(|event| Some(event.get("type")?.as_str()?.to_string()))
@@ -688,9 +692,12 @@ mod tests {
             (vec![], "events: the batch is empty"),
             (
                 vec![good.clone(), good.clone(), good.clone(), no_customer],
-                "events[3]: field 'customer.id' must not be empty",
+                "event 4 (e1): customer.id: must not be empty",
             ),
-            (vec!["{".into()], "events[0]: invalid event JSON"),
+            (
+                vec![good.clone(), "{".into()],
+                "event 2: not JSON: EOF while parsing an object",
+            ),
             (
                 vec![good.clone(); MAX_BATCH + 1],
                 "events: 10001 events in one call",

@@ -55,15 +55,17 @@ pub fn money(amount: Value, currency: Option<String>) -> Result<String, Error> {
     Ok(format_minor(minor, &code))
 }
 
-/// `minor` units of the currency `code` (upper case), e.g. `€49.00`.
-pub fn format_minor(minor: i64, code: &str) -> String {
+/// `minor` units of the currency `code` (upper case), e.g. `€49.00`. Takes
+/// an event's amount or a sum of them (`i128`, so sums need no rounding).
+pub fn format_minor(minor: impl Into<i128>, code: &str) -> String {
+    let minor: i128 = minor.into();
     let exp = exponent(code);
     let sign = if minor < 0 { "-" } else { "" };
     let abs = minor.unsigned_abs();
     let number = if exp == 0 {
         abs.to_string()
     } else {
-        let scale = 10u64.pow(exp);
+        let scale = 10u128.pow(exp);
         format!(
             "{}.{:0width$}",
             abs / scale,

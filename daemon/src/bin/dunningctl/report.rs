@@ -13,6 +13,7 @@
 //!   they apply, `data-step`, `data-channel`, `data-currency` or
 //!   `data-stage`, and its raw value in `data-value` (minor units, seconds,
 //!   a rate between 0 and 1), so scripts and tests read the page as data.
+//!   Amounts are exact, however large (`Money.exact`, every digit).
 //! - Only figures the stats carry are drawn: the funnel's step stages are
 //!   the cases contacted at each step (`StepStats.contacted`), not a guess
 //!   from message counts.
@@ -48,7 +49,8 @@ struct Figure {
 struct Amount {
     currency: String,
     text: String,
-    value: i64,
+    /// Minor units, every digit.
+    value: String,
 }
 
 /// One bar of a chart, laid out here so the template only places it.
@@ -159,13 +161,22 @@ fn share(count: u64, of: u64) -> String {
     format!("{:.0}%", count as f64 * 100.0 / of as f64)
 }
 
+/// A sum's exact minor units: `exact`, or `amount` from a daemon that does
+/// not send `exact` yet (it had no sums beyond int64 either).
+pub fn minor_units(m: &proto::Money) -> i128 {
+    m.exact.parse().unwrap_or(i128::from(m.amount))
+}
+
 fn amounts(money: &[proto::Money]) -> Vec<Amount> {
     money
         .iter()
-        .map(|m| Amount {
-            currency: m.currency.clone(),
-            text: dunningd::workflow::format_minor(m.amount, &m.currency),
-            value: m.amount,
+        .map(|m| {
+            let minor = minor_units(m);
+            Amount {
+                currency: m.currency.clone(),
+                text: dunningd::workflow::format_minor(minor, &m.currency),
+                value: minor.to_string(),
+            }
         })
         .collect()
 }
@@ -600,6 +611,7 @@ mod tests {
         proto::Money {
             currency: currency.into(),
             amount,
+            exact: amount.to_string(),
         }
     }
 
@@ -748,6 +760,33 @@ mod tests {
             r#"data-metric="last_touch" data-workflow="pf" data-step="reminder" data-channel="sms" data-value="2">2<"#,
             r#"data-metric="pending" data-workflow="pf" data-step="first-notice" data-channel="in_app" data-value="3">3<"#,
             r#"data-metric="contacted" data-workflow="pf" data-step="reminder" data-value="4">4<"#,
+        ] {
+            assert!(page.contains(expected), "{expected}");
+        }
+    }
+
+    /// Regression for "safe with what customers bring": sums beyond int64
+    /// show every digit (the daemon sends them in `exact`, `amount` clamped).
+    #[test]
+    fn sums_beyond_int64_show_every_digit() {
+        let mut w = workflow("pf", "reminder", "sms");
+        w.at_risk = vec![
+            proto::Money {
+                currency: "USD".into(),
+                amount: i64::MAX,
+                exact: "9907919180215090100".into(),
+            },
+            // From a daemon that sends no `exact`.
+            proto::Money {
+                currency: "EUR".into(),
+                amount: 4500,
+                exact: String::new(),
+            },
+        ];
+        let page = render_ok(&stats(vec![w]), &header());
+        for expected in [
+            r#"data-currency="USD" data-value="9907919180215090100">$99079191802150901.00<"#,
+            r#"data-currency="EUR" data-value="4500">€45.00<"#,
         ] {
             assert!(page.contains(expected), "{expected}");
         }

@@ -193,40 +193,49 @@ fn events_are_read_in_every_shape() {
 }
 
 #[test]
-fn bad_events_name_file_and_line() {
-    let no_customer = EVENT.replace("cus_1", "");
+fn bad_events_name_file_line_event_and_field() {
+    let no_customer = EVENT.replace("cus_1", "").replace("e1", "evt_42");
+    let string_amount = EVENT.replace(r#""subject""#, r#""data":{"amount":"4900"},"subject""#);
     let cases = [
         ("", "f.json: no events"),
         ("\n  \n", "f.json: no events"),
         ("[]", "f.json: no events"),
         (
             &format!("{EVENT}\n{{\"id\": \n"),
-            "f.json:2:7: invalid JSON: EOF while parsing a value",
+            "f.json:2:7: not JSON: EOF while parsing a value",
         ),
         (
-            &format!("{EVENT}\nnot json\n"),
-            "f.json:2:2: invalid JSON: expected ident",
+            &format!("{EVENT}\n\n{EVENT}\n{EVENT}\n{EVENT}\n{EVENT}\nnot json\n"),
+            "f.json:7:2: not JSON: expected ident",
         ),
         (
             "{\n  \"id\": \"e1\",\n  \"type\": oops\n}\n",
-            "f.json:3:11: invalid JSON: expected value",
+            "f.json:3:11: not JSON: expected value",
         ),
         (
-            &format!("{EVENT}\n{no_customer}\n"),
-            "f.json:2: field 'customer.id' must not be empty",
+            &format!("{EVENT}\n\n{no_customer}\n"),
+            "f.json:3: event 2 (evt_42): customer.id: must not be empty",
         ),
         (
-            &format!("[{EVENT}, {no_customer}]"),
-            "f.json: event 2: field 'customer.id' must not be empty",
+            &format!("[{EVENT}, {EVENT}, {no_customer}]"),
+            "f.json: event 3 (evt_42): customer.id: must not be empty",
         ),
-        ("42", "f.json:1: invalid event JSON"),
+        (
+            &string_amount,
+            r#"f.json:1: event 1 (e1): data.amount: must be an integer amount in minor units, got string "4900""#,
+        ),
+        (
+            r#"{"type":"payment_failed"}"#,
+            "f.json:1: event 1: id: missing",
+        ),
+        (
+            "42",
+            "f.json:1: event 1: must be a JSON object, got number 42",
+        ),
     ];
     for (text, expected) in cases {
         let error = parse_events("f.json", text).expect_err(text).to_string();
-        assert!(
-            error.starts_with(expected),
-            "{text:?}: got {error:?}, expected {expected:?}"
-        );
+        assert_eq!(error, expected, "{text:?}");
     }
 }
 
