@@ -471,6 +471,11 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
     Ok(AdminClient::with_interceptor(channel, auth))
 }
 
+/// Why a TLS connection may close under the first call. The daemon checks a
+/// client certificate after the handshake, so a refusal reaches the call as
+/// "connection closed"; `connect` sets this for `rpc` to add.
+static TLS_HINT: std::sync::OnceLock<&str> = std::sync::OnceLock::new();
+
 /// TLS for an https:// address: the daemon's CA (or the system's roots), and
 /// this client's certificate where the daemon requires mutual TLS.
 fn client_tls(conn: &Connection) -> anyhow::Result<ClientTlsConfig> {
@@ -488,8 +493,15 @@ fn client_tls(conn: &Connection) -> anyhow::Result<ClientTlsConfig> {
                 read("--cert-file", cert)?,
                 read("--key-file", key)?,
             ));
+            let _ = TLS_HINT.set(
+                "if the daemon requires mutual TLS, is --cert-file signed by its admin.tls.client_ca_file?",
+            );
         }
-        (None, None) => {}
+        (None, None) => {
+            let _ = TLS_HINT.set(
+                "if the daemon requires mutual TLS, give --cert-file and --key-file",
+            );
+        }
         (Some(_), None) => bail!("--cert-file needs --key-file (the certificate's private key)"),
         (None, Some(_)) => bail!("--key-file needs --cert-file (the certificate it belongs to)"),
     }
@@ -532,6 +544,18 @@ fn rpc(status: tonic::Status) -> anyhow::Error {
     } else {
         status.message()
     };
+    // A connection that failed under the call (a TLS alert, a reset) says
+    // why only in the status' source.
+    let cause = std::error::Error::source(&status).map(root_cause);
+    let mut message = match &cause {
+        Some(cause) if cause != message => format!("{message}: {cause}"),
+        _ => message.to_string(),
+    };
+    if cause.is_some()
+        && let Some(hint) = TLS_HINT.get()
+    {
+        message = format!("{message} ({hint})");
+    }
     match status.code() {
         tonic::Code::Unauthenticated => {
             anyhow!("{message} (is --token-file or DUNNINGD_TOKEN_FILE right?)")
