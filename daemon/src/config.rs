@@ -635,7 +635,10 @@ fn normalize(path: &Path) -> PathBuf {
 /// Checks the `admin:` section's combinations and resolves its paths. Whether
 /// plain TCP listens on loopback is known only once bound: the admin module
 /// checks `allow_plaintext` then.
-fn admin_config(raw: RawAdmin, resolve: &dyn Fn(PathBuf) -> PathBuf) -> Result<AdminConfig, String> {
+fn admin_config(
+    raw: RawAdmin,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<AdminConfig, String> {
     let mutual_tls = raw
         .tls
         .as_ref()

@@ -78,10 +78,9 @@ impl Pki {
 
     /// Writes `{file}.crt` and `{file}.key` for these names.
     fn issue(&self, dir: &Path, file: &str, names: &[&str]) {
-        let params = CertificateParams::new(
-            names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-        )
-        .expect("params");
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("params");
         let key = KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign");
         std::fs::write(dir.join(format!("{file}.crt")), cert.pem()).expect("write cert");
@@ -112,7 +111,11 @@ fn text(out: &std::process::Output) -> (String, String) {
 fn ctl(daemon: &TestDaemon, args: &[&str]) -> Result<String, String> {
     let out = daemon.ctl(args);
     let (stdout, stderr) = text(&out);
-    if out.status.success() { Ok(stdout) } else { Err(stderr) }
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(stderr)
+    }
 }
 
 #[tokio::test]
@@ -137,11 +140,25 @@ async fn tls_with_the_right_ca_works_and_refuses_a_wrong_one() {
     // (arguments after `status`, Ok(stdout contains) or Err(stderr contains))
     let table: &[(&[&str], Result<&str, &str>)] = &[
         (
-            &["--addr", &https, "--ca-file", "ca.crt", "--token-file", "token"],
+            &[
+                "--addr",
+                &https,
+                "--ca-file",
+                "ca.crt",
+                "--token-file",
+                "token",
+            ],
             Ok("dunningd "),
         ),
         (
-            &["--addr", &https, "--ca-file", "other-ca.crt", "--token-file", "token"],
+            &[
+                "--addr",
+                &https,
+                "--ca-file",
+                "other-ca.crt",
+                "--token-file",
+                "token",
+            ],
             Err("invalid peer certificate: UnknownIssuer"),
         ),
         // TLS alone authenticates the server, not the client: the token is
@@ -160,7 +177,9 @@ async fn tls_with_the_right_ca_works_and_refuses_a_wrong_one() {
         ),
     ];
     for (args, expected) in table {
-        let args: Vec<&str> = std::iter::once("status").chain(args.iter().copied()).collect();
+        let args: Vec<&str> = std::iter::once("status")
+            .chain(args.iter().copied())
+            .collect();
         match (ctl(&daemon, &args), expected) {
             (Ok(out), Ok(want)) => assert!(out.contains(want), "{args:?}: {out}"),
             (Err(err), Err(want)) => assert!(err.contains(want), "{args:?}: {err}"),
@@ -232,7 +251,9 @@ async fn plain_tcp_off_loopback_is_refused_unless_allowed() {
     let admin = |extra: &str| {
         original.replace(
             "admin:\n  socket: admin.sock\n",
-            &format!("admin:\n  socket: admin.sock\n  tcp: 0.0.0.0:{port}\n  token_file: token\n{extra}"),
+            &format!(
+                "admin:\n  socket: admin.sock\n  tcp: 0.0.0.0:{port}\n  token_file: token\n{extra}"
+            ),
         )
     };
 
@@ -279,8 +300,14 @@ async fn plain_tcp_off_loopback_is_refused_unless_allowed() {
         daemon.log()
     );
     let addr = format!("http://127.0.0.1:{port}");
-    let out = ctl(&daemon, &["status", "--addr", &addr, "--token-file", "token"]);
-    assert!(out.as_ref().is_ok_and(|o| o.contains("dunningd ")), "{out:?}");
+    let out = ctl(
+        &daemon,
+        &["status", "--addr", &addr, "--token-file", "token"],
+    );
+    assert!(
+        out.as_ref().is_ok_and(|o| o.contains("dunningd ")),
+        "{out:?}"
+    );
 }
 
 /// Offline commands do not offer options they ignore; commands that talk to
@@ -314,7 +341,11 @@ fn connection_options_only_in_the_help_of_commands_that_connect() {
         assert!(out.status.success(), "{command:?}");
         let help = String::from_utf8_lossy(&out.stdout);
         for option in OPTIONS {
-            assert_eq!(help.contains(option), *connects, "{command:?} {option}:\n{help}");
+            assert_eq!(
+                help.contains(option),
+                *connects,
+                "{command:?} {option}:\n{help}"
+            );
         }
     }
 }

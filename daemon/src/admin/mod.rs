@@ -466,7 +466,10 @@ mod tests {
             client_ca_file: None,
         };
         config.tls = Some(tls.clone());
-        assert!(tcp_token(&config).is_err(), "TLS alone does not authenticate clients");
+        assert!(
+            tcp_token(&config).is_err(),
+            "TLS alone does not authenticate clients"
+        );
         config.tls = Some(AdminTls {
             client_ca_file: Some("ca".into()),
             ..tls

@@ -96,7 +96,8 @@ impl Connection {
         let Ok(all) = Connection::from_arg_matches(matches) else {
             return Connection::default();
         };
-        let typed = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+        let typed =
+            |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
         Connection {
             socket: all.socket.filter(|_| typed("socket")),
             addr: all.addr.filter(|_| typed("addr")),
@@ -137,9 +138,9 @@ const OFFLINE: &[&[&str]] = &[&["workflows", "validate"], &["preview"]];
 /// them at once).
 fn command() -> clap::Command {
     fn offline_below(path: &[String]) -> bool {
-        OFFLINE
-            .iter()
-            .any(|offline| offline.len() >= path.len() && offline.iter().zip(path).all(|(a, b)| a == b))
+        OFFLINE.iter().any(|offline| {
+            offline.len() >= path.len() && offline.iter().zip(path).all(|(a, b)| a == b)
+        })
     }
     fn add(command: clap::Command, path: &mut Vec<String>) -> clap::Command {
         let names: Vec<String> = command
@@ -190,13 +191,12 @@ where
         .get_arguments()
         .map(|arg| arg.get_id().clone())
         .collect();
-    let given_to_command = if !std::ptr::eq(leaf, &matches)
-        && leaf.ids().any(|id| connection_ids.contains(id))
-    {
-        Connection::typed(leaf)
-    } else {
-        Connection::default()
-    };
+    let given_to_command =
+        if !std::ptr::eq(leaf, &matches) && leaf.ids().any(|id| connection_ids.contains(id)) {
+            Connection::typed(leaf)
+        } else {
+            Connection::default()
+        };
     cli.connection = given_to_command
         .or(Connection::typed(&matches))
         .or(cli.connection);
@@ -431,11 +431,16 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
             match endpoint.uri().scheme_str() {
                 Some("https") => endpoint = endpoint.tls_config(client_tls(conn)?)?,
                 Some("http") => {
-                    if conn.ca_file.is_some() || conn.cert_file.is_some() || conn.key_file.is_some() {
-                        bail!("--ca-file, --cert-file and --key-file are for TLS: use an https:// --addr, not '{addr}'");
+                    if conn.ca_file.is_some() || conn.cert_file.is_some() || conn.key_file.is_some()
+                    {
+                        bail!(
+                            "--ca-file, --cert-file and --key-file are for TLS: use an https:// --addr, not '{addr}'"
+                        );
                     }
                 }
-                _ => bail!("invalid --addr '{addr}' (expected http:// or https://, e.g. https://admin.example.com:7070)"),
+                _ => bail!(
+                    "invalid --addr '{addr}' (expected http:// or https://, e.g. https://admin.example.com:7070)"
+                ),
             }
             let channel = endpoint.connect().await.map_err(|e| {
                 anyhow!(
@@ -498,9 +503,8 @@ fn client_tls(conn: &Connection) -> anyhow::Result<ClientTlsConfig> {
             );
         }
         (None, None) => {
-            let _ = TLS_HINT.set(
-                "if the daemon requires mutual TLS, give --cert-file and --key-file",
-            );
+            let _ =
+                TLS_HINT.set("if the daemon requires mutual TLS, give --cert-file and --key-file");
         }
         (Some(_), None) => bail!("--cert-file needs --key-file (the certificate's private key)"),
         (None, Some(_)) => bail!("--key-file needs --cert-file (the certificate it belongs to)"),

@@ -2,7 +2,6 @@
 //! helpers, and the offline commands on the shipped workflows and examples.
 //! Commands that need a daemon are tested end to end in `tests/`.
 
-use clap::CommandFactory;
 use clap::error::ErrorKind;
 
 use super::*;
@@ -71,17 +70,42 @@ fn connection_options() {
         (&["status"], None),
         (&["--socket", "/a.sock", "status"], Some("/a.sock")),
         (&["status", "--socket", "/b.sock"], Some("/b.sock")),
-        (&["--socket", "/a.sock", "status", "--socket", "/b.sock"], Some("/b.sock")),
+        (
+            &["--socket", "/a.sock", "status", "--socket", "/b.sock"],
+            Some("/b.sock"),
+        ),
         (&["cases", "--socket", "/c.sock", "list"], Some("/c.sock")),
-        (&["workflows", "list", "--socket", "/d.sock"], Some("/d.sock")),
-        (&["--socket", "/e.sock", "workflows", "validate", "x.yaml"], Some("/e.sock")),
+        (
+            &["workflows", "list", "--socket", "/d.sock"],
+            Some("/d.sock"),
+        ),
+        (
+            &["--socket", "/e.sock", "workflows", "validate", "x.yaml"],
+            Some("/e.sock"),
+        ),
     ];
     for (args, socket) in table {
         let cli = parse(std::iter::once("dunningctl").chain(args.iter().copied()))
             .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-        assert_eq!(cli.connection.socket.as_deref(), socket.map(Path::new), "{args:?}");
+        assert_eq!(
+            cli.connection.socket.as_deref(),
+            socket.map(Path::new),
+            "{args:?}"
+        );
     }
-    let cli = parse(["dunningctl", "status", "--addr", "https://a:1", "--ca-file", "ca.pem", "--cert-file", "c.pem", "--key-file", "k.pem"]).expect("tls");
+    let cli = parse([
+        "dunningctl",
+        "status",
+        "--addr",
+        "https://a:1",
+        "--ca-file",
+        "ca.pem",
+        "--cert-file",
+        "c.pem",
+        "--key-file",
+        "k.pem",
+    ])
+    .expect("tls");
     assert_eq!(cli.connection.ca_file.as_deref(), Some(Path::new("ca.pem")));
     assert_eq!(cli.connection.key_file.as_deref(), Some(Path::new("k.pem")));
 
@@ -179,8 +203,7 @@ fn stats_and_report_share_their_filter() {
         "--until",
         "2026-02-01",
     ];
-    let stats = parse(["dunningctl", "stats"].into_iter().chain(flags))
-        .expect("stats parses");
+    let stats = parse(["dunningctl", "stats"].into_iter().chain(flags)).expect("stats parses");
     let Command::Stats { filter: parsed } = stats.command else {
         panic!("wrong command")
     };
