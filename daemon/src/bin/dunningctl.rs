@@ -133,6 +133,14 @@ impl Connection {
 /// so their help does not offer any.
 const OFFLINE: &[&[&str]] = &[&["workflows", "validate"], &["preview"]];
 
+/// The connection options as clap arguments, to add to a command.
+fn connection_args() -> Vec<clap::Arg> {
+    Connection::augment_args(clap::Command::new("connection"))
+        .get_arguments()
+        .cloned()
+        .collect()
+}
+
 /// The command line: [`Cli`] with the connection options added to every
 /// command that connects (to a group whose commands all connect, for all of
 /// them at once).
@@ -156,11 +164,7 @@ fn command() -> clap::Command {
                 if !offline {
                     // Global within the group: `cases --socket … list` and
                     // `cases list --socket …` both work.
-                    let args: Vec<clap::Arg> = Connection::augment_args(clap::Command::new("c"))
-                        .get_arguments()
-                        .map(|arg| arg.clone().global(true))
-                        .collect();
-                    sub.args(args)
+                    sub.args(connection_args().into_iter().map(|arg| arg.global(true)))
                 } else {
                     add(sub, &mut sub_path)
                 }
@@ -187,8 +191,8 @@ where
     }
     // Only a command that takes the options has them in its matches (and
     // asking for an id a command does not define is a programming error).
-    let connection_ids: Vec<clap::Id> = Connection::augment_args(clap::Command::new("c"))
-        .get_arguments()
+    let connection_ids: Vec<clap::Id> = connection_args()
+        .iter()
         .map(|arg| arg.get_id().clone())
         .collect();
     let given_to_command =
