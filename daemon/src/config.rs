@@ -84,9 +84,22 @@ struct RawWebhooks {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     socket: Option<PathBuf>,
-    /// Also listen on TCP (e.g. `127.0.0.1:7070`); requires `token_file`.
+    /// Also listen on TCP (e.g. `127.0.0.1:7070`); requires `token_file`
+    /// unless `tls.client_ca_file` authenticates clients.
     tcp: Option<String>,
     token_file: Option<PathBuf>,
+    tls: Option<RawAdminTls>,
+    /// Serve plain TCP on an address other than loopback.
+    #[serde(default)]
+    allow_plaintext: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdminTls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -337,11 +350,32 @@ pub struct SchedulerConfig {
     pub shutdown_grace: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
+    /// The Unix socket; access is its file permissions (owner and group).
     pub socket: PathBuf,
+    /// An optional TCP listener, e.g. `127.0.0.1:7070`.
     pub tcp: Option<String>,
+    /// The bearer token TCP clients must send; optional only with mutual TLS.
     pub token_file: Option<PathBuf>,
+    /// TLS on the TCP listener.
+    pub tls: Option<AdminTls>,
+    /// Plain TCP on a non-loopback address is refused unless this is set:
+    /// the token would cross the network readable by anyone on the path.
+    pub allow_plaintext: bool,
+}
+
+/// The TCP listener's certificate, and the CA that signs client certificates
+/// when clients must present one (mutual TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTls {
+    /// PEM certificate chain, the server's certificate first.
+    pub cert_file: PathBuf,
+    /// PEM private key of that certificate.
+    pub key_file: PathBuf,
+    /// PEM CA certificate(s); when set, a client without a certificate they
+    /// signed is refused during the handshake.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// The daemon's inbound HTTP endpoints: providers' webhooks (Twilio's
@@ -508,17 +542,7 @@ impl Config {
             )?,
         };
 
-        if raw.admin.tcp.is_some() && raw.admin.token_file.is_none() {
-            return Err(invalid(
-                "admin.tcp: a TCP listener needs admin.token_file (a bearer token clients must send)"
-                    .into(),
-            ));
-        }
-        let admin = AdminConfig {
-            socket: resolve(raw.admin.socket.unwrap_or_else(|| DEFAULT_SOCKET.into())),
-            tcp: raw.admin.tcp,
-            token_file: raw.admin.token_file.map(resolve),
-        };
+        let admin = admin_config(raw.admin, &resolve).map_err(invalid)?;
 
         let webhooks = match raw.webhooks {
             None => None,
@@ -720,6 +744,43 @@ fn normalize(path: &Path) -> PathBuf {
     }
 }
 
+/// Checks the `admin:` section's combinations and resolves its paths. Whether
+/// plain TCP listens on loopback is known only once bound: the admin module
+/// checks `allow_plaintext` then.
+fn admin_config(
+    raw: RawAdmin,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<AdminConfig, String> {
+    let mutual_tls = raw
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.client_ca_file.is_some());
+    if raw.tcp.is_none() {
+        if raw.tls.is_some() {
+            return Err("admin.tls: TLS is for the TCP listener; set admin.tcp too".into());
+        }
+        if raw.allow_plaintext {
+            return Err("admin.allow_plaintext: there is no TCP listener (admin.tcp)".into());
+        }
+    } else if raw.token_file.is_none() && !mutual_tls {
+        return Err("admin.tcp: a TCP listener needs admin.token_file (a bearer token clients must send) or mutual TLS (admin.tls.client_ca_file)".into());
+    }
+    if raw.tls.is_some() && raw.allow_plaintext {
+        return Err("admin.allow_plaintext: contradicts admin.tls; remove one".into());
+    }
+    Ok(AdminConfig {
+        socket: resolve(raw.socket.unwrap_or_else(|| DEFAULT_SOCKET.into())),
+        tcp: raw.tcp,
+        token_file: raw.token_file.map(resolve),
+        tls: raw.tls.map(|tls| AdminTls {
+            cert_file: resolve(tls.cert_file),
+            key_file: resolve(tls.key_file),
+            client_ca_file: tls.client_ca_file.map(resolve),
+        }),
+        allow_plaintext: raw.allow_plaintext,
+    })
+}
+
 /// serde_norway appends " at line X column Y" to messages; we print the
 /// location in front instead (`file:line:col: message`).
 pub(crate) fn strip_location(message: &str) -> String {
@@ -782,6 +843,26 @@ mod tests {
                 "scheduler.lease: invalid duration '3'",
             ),
             ("admin: { tcp: '127.0.0.1:1' }\n", "needs admin.token_file"),
+            (
+                "admin: { tcp: '127.0.0.1:1', tls: { cert_file: c, key_file: k } }\n",
+                "needs admin.token_file",
+            ),
+            (
+                "admin: { tls: { cert_file: c, key_file: k } }\n",
+                "admin.tls: TLS is for the TCP listener; set admin.tcp too",
+            ),
+            (
+                "admin: { tcp: '127.0.0.1:1', token_file: t, tls: { cert_file: c } }\n",
+                "missing field `key_file`",
+            ),
+            (
+                "admin: { allow_plaintext: true }\n",
+                "admin.allow_plaintext: there is no TCP listener (admin.tcp)",
+            ),
+            (
+                "admin: { tcp: '0.0.0.0:1', token_file: t, allow_plaintext: true, tls: { cert_file: c, key_file: k } }\n",
+                "admin.allow_plaintext: contradicts admin.tls",
+            ),
             (
                 "channels: { email: { plugin: log, timeout: 5m } }\n",
                 "channels.email.timeout: 5m must be shorter than scheduler.lease (2m)",
@@ -883,6 +964,27 @@ channels:
             err.contains("webhooks.secret: at least 16 characters"),
             "{err}"
         );
+    }
+
+    /// Mutual TLS authenticates clients by their certificate, so it needs no
+    /// token; paths are resolved like every other.
+    #[test]
+    fn admin_tls_paths_and_mutual_tls_without_a_token() {
+        let config = Config::parse(
+            Path::new("/etc/dunningd/dunningd.yaml"),
+            "admin:\n  tcp: 0.0.0.0:7070\n  tls: { cert_file: tls/admin.crt, key_file: tls/admin.key, client_ca_file: /etc/pki/clients.crt }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.admin.tls,
+            Some(AdminTls {
+                cert_file: "/etc/dunningd/tls/admin.crt".into(),
+                key_file: "/etc/dunningd/tls/admin.key".into(),
+                client_ca_file: Some("/etc/pki/clients.crt".into()),
+            })
+        );
+        assert_eq!(config.admin.token_file, None);
+        assert!(!config.admin.allow_plaintext);
     }
 
     #[test]

@@ -167,10 +167,7 @@ impl Shared {
         for (what, changed) in [
             ("database", new.database != current.database),
             ("state_dir", new.state_dir != current.state_dir),
-            (
-                "admin",
-                new.admin.socket != current.admin.socket || new.admin.tcp != current.admin.tcp,
-            ),
+            ("admin", new.admin != current.admin),
             ("clock", new.clock != current.clock),
             ("workflows_dir", new.workflows_dir != current.workflows_dir),
             ("scheduler", new.scheduler != current.scheduler),

@@ -4,11 +4,17 @@
 //! `grpc.health.v1` on the Unix socket (access is the socket file's
 //! permissions: owner and group) and, when configured, on TCP, where every
 //! call, health and reflection included, must carry
-//! `authorization: Bearer <token>`.
+//! `authorization: Bearer <token>` unless mutual TLS authenticates the
+//! client instead.
+//!
+//! The Unix socket accepts any `:authority`: stock gRPC clients send the
+//! socket path there, which is no valid HTTP authority (the vendored h2 in
+//! `vendor/h2` ignores it instead of resetting the stream).
 //!
 //! Invariants: protobuf types never leave this module (conversion is in
 //! `convert`); every request field is validated here before the engine sees
-//! it; a bad request changes nothing.
+//! it; a bad request changes nothing; plain TCP listens on a non-loopback
+//! address only when the configuration says `allow_plaintext`.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
@@ -19,11 +25,11 @@ use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::config::AdminConfig;
+use crate::config::{AdminConfig, AdminTls};
 use crate::daemon::Shared;
 use crate::proto::admin_server::AdminServer;
 
@@ -43,8 +49,18 @@ pub enum AdminError {
     Tcp { addr: String, message: String },
     #[error("admin token file '{path}': {message}")]
     Token { path: String, message: String },
-    #[error("admin.tcp: a TCP listener needs admin.token_file (a bearer token clients must send)")]
+    #[error(
+        "admin.tcp: a TCP listener needs admin.token_file (a bearer token clients must send) or mutual TLS (admin.tls.client_ca_file)"
+    )]
     NoToken,
+    #[error("admin.tls: '{path}': {message}")]
+    TlsFile { path: String, message: String },
+    #[error("admin.tls: {0}")]
+    Tls(String),
+    #[error(
+        "admin.tcp '{addr}': refusing plain TCP on a non-loopback address (the bearer token and all data would cross the network unencrypted): configure admin.tls, listen on 127.0.0.1, or set admin.allow_plaintext: true"
+    )]
+    Plaintext { addr: String },
     #[error("reflection: {0}")]
     Reflection(String),
     #[error("admin API: {0}")]
@@ -102,12 +118,22 @@ pub async fn listen(
     let tcp = match &config.tcp {
         None => None,
         Some(addr) => {
-            let token = read_token(config.token_file.as_deref())?;
+            let token = tcp_token(config)?;
+            let tls = config.tls.as_ref().map(server_tls).transpose()?;
             let listener = TcpListener::bind(addr).await.map_err(|e| AdminError::Tcp {
                 addr: addr.clone(),
                 message: e.to_string(),
             })?;
-            Some((listener, token))
+            check_plaintext(&listener, addr, config)?;
+            // Checked here, not per connection: a bad certificate or key
+            // stops the start instead of failing every handshake.
+            let mut builder = Server::builder();
+            if let Some(tls) = tls {
+                builder = builder
+                    .tls_config(tls)
+                    .map_err(|e| AdminError::Tls(root_cause(&e)))?;
+            }
+            Some((builder, listener, token))
         }
     };
 
@@ -136,9 +162,12 @@ pub async fn listen(
         .add_service(reflection_alpha.clone())
         .add_service(AdminServer::new(service.clone()))
         .serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(stop.clone()));
-    let tcp_server = tcp.map(|(listener, token)| {
-        let check = BearerCheck::new(&token);
-        Server::builder()
+    let tcp_server = tcp.map(|(mut builder, listener, token)| {
+        let check = match &token {
+            Some(token) => BearerCheck::new(token),
+            None => BearerCheck::mutual_tls_only(),
+        };
+        builder
             .add_service(tonic::service::interceptor::InterceptedService::new(
                 health_service,
                 check.clone(),
@@ -233,14 +262,81 @@ fn bind_socket(socket: &Path) -> Result<UnixListener, AdminError> {
     Ok(unix)
 }
 
+/// The TLS configuration of the TCP listener, from its PEM files.
+fn server_tls(tls: &AdminTls) -> Result<ServerTlsConfig, AdminError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| AdminError::TlsFile {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    };
+    let identity = Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?);
+    let mut config = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca_file {
+        // A client certificate is then required: tonic's default, stated.
+        config = config
+            .client_ca_root(Certificate::from_pem(read(ca)?))
+            .client_auth_optional(false);
+    }
+    Ok(config)
+}
+
+/// Refuses plain TCP on a non-loopback address unless the configuration
+/// allows it, and warns when it does. The bound address decides, so a host
+/// name such as `localhost` counts as what it resolved to.
+fn check_plaintext(
+    listener: &TcpListener,
+    addr: &str,
+    config: &AdminConfig,
+) -> Result<(), AdminError> {
+    let local = listener.local_addr().map_err(|e| AdminError::Tcp {
+        addr: addr.to_string(),
+        message: e.to_string(),
+    })?;
+    if config.tls.is_some() || local.ip().is_loopback() {
+        return Ok(());
+    }
+    if !config.allow_plaintext {
+        return Err(AdminError::Plaintext {
+            addr: addr.to_string(),
+        });
+    }
+    tracing::warn!(
+        addr = %local,
+        "admin API on plain TCP on a non-loopback address (admin.allow_plaintext): the bearer token and all data cross the network unencrypted"
+    );
+    Ok(())
+}
+
+/// The innermost error: rustls' "no private key found" says more than
+/// tonic's wrapper.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut error = error;
+    while let Some(source) = error.source() {
+        error = source;
+    }
+    error.to_string()
+}
+
 /// The shortest token accepted: guessing 16 random characters is hopeless.
 const MIN_TOKEN_LEN: usize = 16;
 
-fn read_token(path: Option<&Path>) -> Result<String, AdminError> {
-    // Config::load refuses this already; a hand-built AdminConfig may not.
-    let Some(path) = path else {
-        return Err(AdminError::NoToken);
-    };
+/// The bearer token TCP clients must send; none only where mutual TLS
+/// authenticates them instead.
+fn tcp_token(config: &AdminConfig) -> Result<Option<String>, AdminError> {
+    let mutual_tls = config
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.client_ca_file.is_some());
+    match config.token_file.as_deref() {
+        Some(path) => read_token(path).map(Some),
+        None if mutual_tls => Ok(None),
+        // Config::load refuses this already; a hand-built AdminConfig may not.
+        None => Err(AdminError::NoToken),
+    }
+}
+
+fn read_token(path: &Path) -> Result<String, AdminError> {
     let token_error = |message: String| AdminError::Token {
         path: path.display().to_string(),
         message,
@@ -262,19 +358,29 @@ fn read_token(path: Option<&Path>) -> Result<String, AdminError> {
 struct BearerCheck {
     /// SHA-256 of the whole expected header value: comparing digests of equal
     /// length reveals neither the token's bytes nor its length through timing.
-    expected: [u8; 32],
+    /// `None` only behind mutual TLS, where the handshake already refused
+    /// every client without a certificate from the configured CA.
+    expected: Option<[u8; 32]>,
 }
 
 impl BearerCheck {
     fn new(token: &str) -> BearerCheck {
         BearerCheck {
-            expected: Sha256::digest(format!("Bearer {token}")).into(),
+            expected: Some(Sha256::digest(format!("Bearer {token}")).into()),
         }
     }
 
+    /// For a listener with mutual TLS and no token file.
+    fn mutual_tls_only() -> BearerCheck {
+        BearerCheck { expected: None }
+    }
+
     fn allows(&self, header: Option<&[u8]>) -> bool {
+        let Some(expected) = &self.expected else {
+            return true;
+        };
         let given: [u8; 32] = Sha256::digest(header.unwrap_or(b"")).into();
-        constant_time_eq(&given, &self.expected) && header.is_some()
+        constant_time_eq(&given, expected) && header.is_some()
     }
 }
 
@@ -337,15 +443,40 @@ mod tests {
         std::fs::write(&short, "abc\n").expect("write");
         let good = dir.path().join("good");
         std::fs::write(&good, "  0123456789abcdef\n").expect("write");
-        assert_eq!(read_token(Some(&good)).expect("good"), "0123456789abcdef");
-        let e = read_token(Some(&short)).expect_err("short").to_string();
+        assert_eq!(read_token(&good).expect("good"), "0123456789abcdef");
+        let e = read_token(&short).expect_err("short").to_string();
         assert!(e.contains("at least 16 characters"), "{e}");
-        let e = read_token(Some(&dir.path().join("missing")))
+        let e = read_token(&dir.path().join("missing"))
             .expect_err("missing")
             .to_string();
         assert!(e.starts_with("admin token file '"), "{e}");
-        let e = read_token(None).expect_err("none").to_string();
+
+        // No token file: refused, unless mutual TLS authenticates clients.
+        let mut config = AdminConfig {
+            socket: dir.path().join("admin.sock"),
+            tcp: Some("127.0.0.1:0".into()),
+            token_file: None,
+            tls: None,
+            allow_plaintext: false,
+        };
+        let e = tcp_token(&config).expect_err("none").to_string();
         assert!(e.contains("admin.token_file"), "{e}");
+        let tls = AdminTls {
+            cert_file: "c".into(),
+            key_file: "k".into(),
+            client_ca_file: None,
+        };
+        config.tls = Some(tls.clone());
+        assert!(
+            tcp_token(&config).is_err(),
+            "TLS alone does not authenticate clients"
+        );
+        config.tls = Some(AdminTls {
+            client_ca_file: Some("ca".into()),
+            ..tls
+        });
+        assert_eq!(tcp_token(&config).expect("mutual TLS"), None);
+        assert!(BearerCheck::mutual_tls_only().allows(None));
     }
 
     #[tokio::test]

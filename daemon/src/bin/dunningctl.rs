@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow, bail};
-use clap::{Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use dunningd::config::{Config, DEFAULT_SOCKET};
 use dunningd::model::{CaseState, Event};
 use dunningd::proto::{self, admin_client::AdminClient};
@@ -24,7 +24,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// `println!` that ignores a closed stdout (`dunningctl … | head`) instead of
 /// panicking.
@@ -51,20 +51,166 @@ macro_rules! out {
                   `workflows validate` and `preview` work offline, without a daemon."
 )]
 struct Cli {
-    /// The daemon's admin socket.
-    #[arg(long, global = true, env = "DUNNINGD_SOCKET", default_value = DEFAULT_SOCKET)]
-    socket: PathBuf,
-    /// Talk to the daemon over TCP instead (e.g. http://127.0.0.1:7070).
-    #[arg(long, global = true, env = "DUNNINGD_ADDR")]
-    addr: Option<String>,
-    /// A file holding the bearer token for --addr.
-    #[arg(long, global = true, env = "DUNNINGD_TOKEN_FILE")]
-    token_file: Option<PathBuf>,
     /// Print JSON instead of tables (field names as in the gRPC API).
     #[arg(long, global = true)]
     json: bool,
+    // Where the daemon is, given before the command (`dunningctl --socket …
+    // reload`), as command lines written for older versions do; [`parse`]
+    // merges in what the command itself was given. After `json`, or the
+    // heading "Connection" would carry over to it.
+    #[command(flatten)]
+    connection: Connection,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How to reach the daemon. Only commands that talk to it take these
+/// options (see [`OFFLINE`]); every option also reads its environment
+/// variable.
+#[derive(clap::Args, Clone, Debug, Default, PartialEq, Eq)]
+#[command(next_help_heading = "Connection")]
+struct Connection {
+    /// The daemon's admin socket [default: /run/dunningd/admin.sock].
+    #[arg(long, env = "DUNNINGD_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Talk to the daemon over TCP instead: http://HOST:PORT, or
+    /// https://HOST:PORT for TLS.
+    #[arg(long, env = "DUNNINGD_ADDR", value_name = "URL")]
+    addr: Option<String>,
+    /// A file holding the bearer token for --addr.
+    #[arg(long, env = "DUNNINGD_TOKEN_FILE", value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// The CA certificate (PEM) that signed the daemon's certificate, for an
+    /// https:// --addr; without it, the system's trusted roots.
+    #[arg(long, env = "DUNNINGD_CA_FILE", value_name = "PATH")]
+    ca_file: Option<PathBuf>,
+    /// This client's certificate (PEM), for a daemon that requires mutual TLS.
+    #[arg(long, env = "DUNNINGD_CERT_FILE", value_name = "PATH")]
+    cert_file: Option<PathBuf>,
+    /// The private key (PEM) of --cert-file.
+    #[arg(long, env = "DUNNINGD_KEY_FILE", value_name = "PATH")]
+    key_file: Option<PathBuf>,
+    /// The name the daemon's certificate must carry, when --addr reaches it
+    /// by another name or an IP address.
+    #[arg(long, env = "DUNNINGD_TLS_SERVER_NAME", value_name = "NAME")]
+    tls_server_name: Option<String>,
+}
+
+impl Connection {
+    /// Only what was typed on the command line (not environment variables).
+    fn typed(matches: &clap::ArgMatches) -> Connection {
+        let Ok(all) = Connection::from_arg_matches(matches) else {
+            return Connection::default();
+        };
+        let typed =
+            |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+        Connection {
+            socket: all.socket.filter(|_| typed("socket")),
+            addr: all.addr.filter(|_| typed("addr")),
+            token_file: all.token_file.filter(|_| typed("token_file")),
+            ca_file: all.ca_file.filter(|_| typed("ca_file")),
+            cert_file: all.cert_file.filter(|_| typed("cert_file")),
+            key_file: all.key_file.filter(|_| typed("key_file")),
+            tls_server_name: all.tls_server_name.filter(|_| typed("tls_server_name")),
+        }
+    }
+
+    /// Each option from `self`, else from `other`.
+    fn or(self, other: Connection) -> Connection {
+        Connection {
+            socket: self.socket.or(other.socket),
+            addr: self.addr.or(other.addr),
+            token_file: self.token_file.or(other.token_file),
+            ca_file: self.ca_file.or(other.ca_file),
+            cert_file: self.cert_file.or(other.cert_file),
+            key_file: self.key_file.or(other.key_file),
+            tls_server_name: self.tls_server_name.or(other.tls_server_name),
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+    }
+}
+
+/// Commands that never talk to the daemon: they take no connection options,
+/// so their help does not offer any.
+const OFFLINE: &[&[&str]] = &[&["workflows", "validate"], &["preview"]];
+
+/// The connection options as clap arguments, to add to a command.
+fn connection_args() -> Vec<clap::Arg> {
+    Connection::augment_args(clap::Command::new("connection"))
+        .get_arguments()
+        .cloned()
+        .collect()
+}
+
+/// The command line: [`Cli`] with the connection options added to every
+/// command that connects (to a group whose commands all connect, for all of
+/// them at once).
+fn command() -> clap::Command {
+    fn offline_below(path: &[String]) -> bool {
+        OFFLINE.iter().any(|offline| {
+            offline.len() >= path.len() && offline.iter().zip(path).all(|(a, b)| a == b)
+        })
+    }
+    fn add(command: clap::Command, path: &mut Vec<String>) -> clap::Command {
+        let names: Vec<String> = command
+            .get_subcommands()
+            .map(|sub| sub.get_name().to_string())
+            .collect();
+        let mut command = command;
+        for name in names {
+            path.push(name.clone());
+            let offline = offline_below(path);
+            let mut sub_path = path.clone();
+            command = command.mut_subcommand(&name, |sub| {
+                if !offline {
+                    // Global within the group: `cases --socket … list` and
+                    // `cases list --socket …` both work.
+                    sub.args(connection_args().into_iter().map(|arg| arg.global(true)))
+                } else {
+                    add(sub, &mut sub_path)
+                }
+            });
+            path.pop();
+        }
+        command
+    }
+    add(Cli::command(), &mut Vec::new())
+}
+
+/// Parses the command line: the options a command was given win over those
+/// given before it, and both over environment variables.
+fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = command().try_get_matches_from(args)?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    let mut leaf = &matches;
+    while let Some((_, sub)) = leaf.subcommand() {
+        leaf = sub;
+    }
+    // Only a command that takes the options has them in its matches (and
+    // asking for an id a command does not define is a programming error).
+    let connection_ids: Vec<clap::Id> = connection_args()
+        .iter()
+        .map(|arg| arg.get_id().clone())
+        .collect();
+    let given_to_command =
+        if !std::ptr::eq(leaf, &matches) && leaf.ids().any(|id| connection_ids.contains(id)) {
+            Connection::typed(leaf)
+        } else {
+            Connection::default()
+        };
+    cli.connection = given_to_command
+        .or(Connection::typed(&matches))
+        .or(cli.connection);
+    Ok(cli)
 }
 
 #[derive(Subcommand)]
@@ -282,15 +428,30 @@ impl tonic::service::Interceptor for Auth {
 type Client = AdminClient<InterceptedService<Channel, Auth>>;
 
 async fn connect(cli: &Cli) -> anyhow::Result<Client> {
-    let (channel, auth) = match &cli.addr {
+    let conn = &cli.connection;
+    let (channel, auth) = match &conn.addr {
         Some(addr) => {
-            let token = match &cli.token_file {
+            let token = match &conn.token_file {
                 None => None,
                 Some(path) => Some(read_token(path)?),
             };
-            let endpoint = Endpoint::from_shared(addr.clone()).map_err(|_| {
-                anyhow!("invalid --addr '{addr}' (expected e.g. http://127.0.0.1:7070)")
+            let mut endpoint = Endpoint::from_shared(addr.clone()).map_err(|_| {
+                anyhow!("invalid --addr '{addr}' (expected e.g. http://127.0.0.1:7070 or https://admin.example.com:7070)")
             })?;
+            match endpoint.uri().scheme_str() {
+                Some("https") => endpoint = endpoint.tls_config(client_tls(conn)?)?,
+                Some("http") => {
+                    if conn.ca_file.is_some() || conn.cert_file.is_some() || conn.key_file.is_some()
+                    {
+                        bail!(
+                            "--ca-file, --cert-file and --key-file are for TLS: use an https:// --addr, not '{addr}'"
+                        );
+                    }
+                }
+                _ => bail!(
+                    "invalid --addr '{addr}' (expected http:// or https://, e.g. https://admin.example.com:7070)"
+                ),
+            }
             let channel = endpoint.connect().await.map_err(|e| {
                 anyhow!(
                     "cannot connect to {addr}: {}; is dunningd listening there (admin.tcp)?",
@@ -300,13 +461,14 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
             (channel, Auth(token))
         }
         None => {
-            let socket = cli.socket.clone();
+            let socket = conn.socket();
+            let path = socket.clone();
             // The URI is a placeholder: the connector below ignores it.
             let channel = Endpoint::from_static("http://[::]:50051")
                 .connect_with_connector(tower::service_fn(move |_| {
-                    let socket = socket.clone();
+                    let path = path.clone();
                     async move {
-                        let stream = tokio::net::UnixStream::connect(socket).await?;
+                        let stream = tokio::net::UnixStream::connect(path).await?;
                         Ok::<_, std::io::Error>(TokioIo::new(stream))
                     }
                 }))
@@ -314,7 +476,7 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
                 .map_err(|e| {
                     anyhow!(
                         "cannot connect to '{}': {}; is dunningd running? is --socket (or DUNNINGD_SOCKET) right?",
-                        cli.socket.display(),
+                        socket.display(),
                         root_cause(&e)
                     )
                 })?;
@@ -322,6 +484,45 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
         }
     };
     Ok(AdminClient::with_interceptor(channel, auth))
+}
+
+/// Why a TLS connection may close under the first call. The daemon checks a
+/// client certificate after the handshake, so a refusal reaches the call as
+/// "connection closed"; `connect` sets this for `rpc` to add.
+static TLS_HINT: std::sync::OnceLock<&str> = std::sync::OnceLock::new();
+
+/// TLS for an https:// address: the daemon's CA (or the system's roots), and
+/// this client's certificate where the daemon requires mutual TLS.
+fn client_tls(conn: &Connection) -> anyhow::Result<ClientTlsConfig> {
+    let read = |what: &str, path: &Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {what} '{}'", path.display()))
+    };
+    let mut tls = ClientTlsConfig::new();
+    tls = match &conn.ca_file {
+        Some(path) => tls.ca_certificate(Certificate::from_pem(read("--ca-file", path)?)),
+        None => tls.with_native_roots(),
+    };
+    match (&conn.cert_file, &conn.key_file) {
+        (Some(cert), Some(key)) => {
+            tls = tls.identity(Identity::from_pem(
+                read("--cert-file", cert)?,
+                read("--key-file", key)?,
+            ));
+            let _ = TLS_HINT.set(
+                "if the daemon requires mutual TLS, is --cert-file signed by its admin.tls.client_ca_file?",
+            );
+        }
+        (None, None) => {
+            let _ =
+                TLS_HINT.set("if the daemon requires mutual TLS, give --cert-file and --key-file");
+        }
+        (Some(_), None) => bail!("--cert-file needs --key-file (the certificate's private key)"),
+        (None, Some(_)) => bail!("--key-file needs --cert-file (the certificate it belongs to)"),
+    }
+    if let Some(name) = &conn.tls_server_name {
+        tls = tls.domain_name(name.clone());
+    }
+    Ok(tls)
 }
 
 fn read_token(path: &Path) -> anyhow::Result<MetadataValue<tonic::metadata::Ascii>> {
@@ -357,6 +558,18 @@ fn rpc(status: tonic::Status) -> anyhow::Error {
     } else {
         status.message()
     };
+    // A connection that failed under the call (a TLS alert, a reset) says
+    // why only in the status' source.
+    let cause = std::error::Error::source(&status).map(root_cause);
+    let mut message = match &cause {
+        Some(cause) if cause != message => format!("{message}: {cause}"),
+        _ => message.to_string(),
+    };
+    if cause.is_some()
+        && let Some(hint) = TLS_HINT.get()
+    {
+        message = format!("{message} ({hint})");
+    }
     match status.code() {
         tonic::Code::Unauthenticated => {
             anyhow!("{message} (is --token-file or DUNNINGD_TOKEN_FILE right?)")
@@ -504,7 +717,10 @@ mod report;
 mod tests;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -857,9 +1073,9 @@ async fn get_stats(client: &mut Client, filter: &StatsFilter) -> anyhow::Result<
 
 /// The daemon talked to, as the user named it.
 fn daemon_name(cli: &Cli) -> String {
-    match &cli.addr {
+    match &cli.connection.addr {
         Some(addr) => addr.clone(),
-        None => cli.socket.display().to_string(),
+        None => cli.connection.socket().display().to_string(),
     }
 }
 

@@ -2,7 +2,6 @@
 //! helpers, and the offline commands on the shipped workflows and examples.
 //! Commands that need a daemon are tested end to end in `tests/`.
 
-use clap::CommandFactory;
 use clap::error::ErrorKind;
 
 use super::*;
@@ -28,7 +27,7 @@ fn files(dir: &str, ext: &str) -> Vec<PathBuf> {
 
 #[test]
 fn the_command_line_is_consistent() {
-    Cli::command().debug_assert();
+    command().debug_assert();
 }
 
 /// Every command and subcommand answers `--help` (and so does the top).
@@ -38,7 +37,7 @@ fn help_everywhere() {
         let mut args = vec!["dunningctl".to_string()];
         args.extend(path.iter().cloned());
         args.push("--help".into());
-        let error = Cli::try_parse_from(&args)
+        let error = parse(&args)
             .err()
             .unwrap_or_else(|| panic!("{args:?} parsed"));
         assert_eq!(error.kind(), ErrorKind::DisplayHelp, "{args:?}");
@@ -57,10 +56,70 @@ fn help_everywhere() {
         }
     }
     let mut seen = 0;
-    walk(&Cli::command(), &mut Vec::new(), &mut seen);
+    walk(&command(), &mut Vec::new(), &mut seen);
     // top, status, workflows (+3), reload, events (+1), cases (+5), preview,
     // optout, optin, optouts, stats, report, plugins (+1), clock (+3)
     assert_eq!(seen, 27);
+}
+
+/// Connection options go where they were always accepted (before the
+/// command, after it, after its group), the command's own win over those
+/// before it; offline commands take none.
+#[test]
+fn connection_options() {
+    let table: &[(&[&str], Option<&str>)] = &[
+        (&["status"], None),
+        (&["--socket", "/a.sock", "status"], Some("/a.sock")),
+        (&["status", "--socket", "/b.sock"], Some("/b.sock")),
+        (
+            &["--socket", "/a.sock", "status", "--socket", "/b.sock"],
+            Some("/b.sock"),
+        ),
+        (&["cases", "--socket", "/c.sock", "list"], Some("/c.sock")),
+        (
+            &["workflows", "list", "--socket", "/d.sock"],
+            Some("/d.sock"),
+        ),
+        (
+            &["--socket", "/e.sock", "workflows", "validate", "x.yaml"],
+            Some("/e.sock"),
+        ),
+    ];
+    for (args, socket) in table {
+        let cli = parse(std::iter::once("dunningctl").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert_eq!(
+            cli.connection.socket.as_deref(),
+            socket.map(Path::new),
+            "{args:?}"
+        );
+    }
+    let cli = parse([
+        "dunningctl",
+        "status",
+        "--addr",
+        "https://a:1",
+        "--ca-file",
+        "ca.pem",
+        "--cert-file",
+        "c.pem",
+        "--key-file",
+        "k.pem",
+    ])
+    .expect("tls");
+    assert_eq!(cli.connection.ca_file.as_deref(), Some(Path::new("ca.pem")));
+    assert_eq!(cli.connection.key_file.as_deref(), Some(Path::new("k.pem")));
+
+    for offline in [
+        &["workflows", "validate", "x.yaml", "--socket", "/s"][..],
+        &["preview", "w.yaml", "e.json", "--addr", "http://a:1"],
+        &["preview", "w.yaml", "e.json", "--ca-file", "ca.pem"],
+    ] {
+        let error = parse(std::iter::once("dunningctl").chain(offline.iter().copied()))
+            .err()
+            .unwrap_or_else(|| panic!("{offline:?} parsed"));
+        assert_eq!(error.kind(), ErrorKind::UnknownArgument, "{offline:?}");
+    }
 }
 
 #[test]
@@ -85,7 +144,7 @@ fn usage_errors_exit_2() {
     ];
     for args in bad {
         let argv = std::iter::once("dunningctl").chain(args.iter().copied());
-        match Cli::try_parse_from(argv) {
+        match parse(argv) {
             Ok(_) => panic!("{args:?} parsed"),
             Err(e) => assert_eq!(e.exit_code(), 2, "{args:?}: {e}"),
         }
@@ -94,7 +153,7 @@ fn usage_errors_exit_2() {
 
 #[test]
 fn arguments_parse() {
-    let cli = Cli::try_parse_from([
+    let cli = parse([
         "dunningctl",
         "cases",
         "list",
@@ -108,7 +167,7 @@ fn arguments_parse() {
     ])
     .expect("parses");
     assert!(cli.json);
-    assert_eq!(cli.socket, Path::new("/tmp/x.sock"));
+    assert_eq!(cli.connection.socket(), Path::new("/tmp/x.sock"));
     match cli.command {
         Command::Cases(CasesCommand::List {
             state,
@@ -124,7 +183,7 @@ fn arguments_parse() {
     }
     // Every state the daemon knows is accepted.
     for state in CaseState::ALL {
-        Cli::try_parse_from(["dunningctl", "cases", "list", "--state", state.as_str()])
+        parse(["dunningctl", "cases", "list", "--state", state.as_str()])
             .unwrap_or_else(|e| panic!("{state}: {e}"));
     }
 }
@@ -145,13 +204,12 @@ fn stats_and_report_share_their_filter() {
         "--until",
         "2026-02-01",
     ];
-    let stats = Cli::try_parse_from(["dunningctl", "stats"].into_iter().chain(flags))
-        .expect("stats parses");
+    let stats = parse(["dunningctl", "stats"].into_iter().chain(flags)).expect("stats parses");
     let Command::Stats { filter: parsed } = stats.command else {
         panic!("wrong command")
     };
     assert_eq!(parsed, filter);
-    let report = Cli::try_parse_from(
+    let report = parse(
         ["dunningctl", "report", "-o", "r.html"]
             .into_iter()
             .chain(flags),
@@ -410,7 +468,7 @@ fn grpc_errors_print_the_message() {
 }
 
 fn cli(args: &[&str]) -> Cli {
-    Cli::try_parse_from(std::iter::once("dunningctl").chain(args.iter().copied())).expect("parses")
+    parse(std::iter::once("dunningctl").chain(args.iter().copied())).expect("parses")
 }
 
 #[test]
