@@ -24,13 +24,13 @@ pub fn find(source: &str, path: &[&str]) -> (u32, u32) {
     }
     match found {
         None => (0, 0),
-        Some(at) => offset(source, at),
+        Some(at) => offset(source.as_bytes(), at),
     }
 }
 
 /// 1-based (line, column) of byte `at` of `source` (its end if past it).
-pub fn offset(source: &str, at: usize) -> (u32, u32) {
-    let before = &source.as_bytes()[..at.min(source.len())];
+pub fn offset(source: &[u8], at: usize) -> (u32, u32) {
+    let before = &source[..at.min(source.len())];
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
     let column = before.len()
         - before
@@ -43,7 +43,6 @@ pub fn offset(source: &str, at: usize) -> (u32, u32) {
         u32::try_from(column).unwrap_or(u32::MAX),
     )
 }
-
 #[cfg(test)]
 mod tests {
     #[test]

@@ -549,7 +549,7 @@ impl Workflow {
             message,
         };
         if source.len() as u64 > limits.max_bytes {
-            let (line, column) = locate::offset(source, limits.max_bytes as usize);
+            let (line, column) = locate::offset(source.as_bytes(), limits.max_bytes as usize);
             return Err(vec![at(line, column, source::too_large(limits))]);
         }
         let decoded: Result<RawWorkflow, _> =

@@ -210,6 +210,43 @@ mod tests {
     }
 
     #[test]
+    fn runaway_templates_stop_at_their_budget_or_the_output_limit() {
+        let mut env = template_environment();
+        // (template, expected)
+        let table = [
+            (
+                "{% for i in range(100000) %}{% for j in range(100000) %}.{% endfor %}{% endfor %}",
+                "budget",
+            ),
+            (
+                "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+                "other",
+            ),
+            (
+                "{% for i in range(3000) %}{{ 'x' * 1000 }}{% endfor %}",
+                "output",
+            ),
+            ("{{ 'x' * 1000000000 }}", "budget"),
+            ("{{ range(100000) | map('string') | join(',') }}", "ok"),
+        ];
+        for (source, expected) in table {
+            env.add_template_owned("t.text".to_string(), source.to_string())
+                .expect("compiles");
+            let template = env.get_template("t.text").expect("added");
+            let started = std::time::Instant::now();
+            let mut left = OUTPUT_LIMIT;
+            let got = match render_capped(&template, &minijinja::Value::UNDEFINED, &mut left) {
+                Ok(_) => "ok",
+                Err(Bounded::Budget) => "budget",
+                Err(Bounded::Output) => "output",
+                Err(Bounded::Other(_)) => "other",
+            };
+            eprintln!("{source}: {got} after {:?}", started.elapsed());
+            assert_eq!(got, expected, "{source}");
+        }
+    }
+
+    #[test]
     fn only_html_fields_are_escaped() {
         let mut env = template_environment();
         let source = "{{ v }}|{{ v | safe }}";

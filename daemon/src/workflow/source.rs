@@ -73,19 +73,8 @@ pub fn read(path: &Path, limits: FileLimits) -> Result<String, Diagnostic> {
         .map_err(|e| diagnostic(0, 0, format!("cannot read: {e}")))?;
     if bytes.len() as u64 > limits.max_bytes {
         // Where the limit falls: the first byte past it.
-        let within = &bytes[..limits.max_bytes as usize];
-        let line = within.iter().filter(|&&b| b == b'\n').count() + 1;
-        let column = within.len()
-            - within
-                .iter()
-                .rposition(|&b| b == b'\n')
-                .map_or(0, |i| i + 1)
-            + 1;
-        return Err(diagnostic(
-            u32::try_from(line).unwrap_or(u32::MAX),
-            u32::try_from(column).unwrap_or(u32::MAX),
-            too_large(limits),
-        ));
+        let (line, column) = super::locate::offset(&bytes, limits.max_bytes as usize);
+        return Err(diagnostic(line, column, too_large(limits)));
     }
     String::from_utf8(bytes).map_err(|e| {
         diagnostic(
@@ -190,8 +179,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("w.yaml");
         std::fs::write(&path, "ab\ncdef\ngh").expect("write");
-        // (limit, Ok(content) or Err((line, column)))
-        let table: &[(u64, Result<&str, (u32, u32)>)] = &[
+        /// Ok(content) or Err((line, column)) of the refusal.
+        type Expected = Result<&'static str, (u32, u32)>;
+        let table: &[(u64, Expected)] = &[
             (100, Ok("ab\ncdef\ngh")),
             (10, Ok("ab\ncdef\ngh")),
             (9, Err((3, 2))),
