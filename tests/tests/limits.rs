@@ -236,6 +236,7 @@ async fn a_file_of_aliases_is_refused_without_growing_the_daemon() {
     std::fs::write(&file, &yaml).expect("write");
     let report = reload(&daemon).await;
     let after = rss_kib(daemon.pid());
+    eprintln!("peak RSS before the reload {before} KiB, after {after} KiB");
     assert!(!report.ok);
     let error = &report.errors[0];
     assert!(error.line > 0, "the error has a line: {error:?}");
