@@ -28,6 +28,14 @@ use crate::redact;
 pub const DEFAULT_SOCKET: &str = "/run/dunningd/admin.sock";
 pub const DEFAULT_CONFIG: &str = "/etc/dunningd/dunningd.yaml";
 
+/// The largest message of the admin API, both ways: the server's and
+/// `dunningctl`'s decoding and encoding limits are set from it.
+pub const ADMIN_MESSAGE_LIMIT: usize = 64 * 1024 * 1024;
+/// The largest `limits.workflow_file_size`: a quarter of an admin message,
+/// so that `dunningctl workflows show` of a file at the limit (its source,
+/// plus the steps and description it repeats) always fits in one answer.
+pub const MAX_WORKFLOW_FILE_SIZE: u64 = (ADMIN_MESSAGE_LIMIT / 4) as u64;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read: {source}")]
@@ -64,6 +72,15 @@ struct RawConfig {
     channels: BTreeMap<String, RawChannel>,
     webhooks: Option<RawWebhooks>,
     metrics: Option<RawMetrics>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    /// `1MiB`, `512KiB`, `2000000` (bytes).
+    workflow_file_size: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -426,6 +443,8 @@ pub struct Config {
     pub webhooks: Option<WebhooksConfig>,
     /// `None`: no metrics endpoint (nothing listens).
     pub metrics: Option<MetricsConfig>,
+    /// What a workflow file may cost to read and decode.
+    pub limits: crate::workflow::FileLimits,
 }
 
 impl Config {
@@ -590,6 +609,20 @@ impl Config {
             }),
         };
 
+        let limits = match &raw.limits.workflow_file_size {
+            None => crate::workflow::FileLimits::DEFAULT,
+            Some(value) => {
+                let field = "limits.workflow_file_size";
+                let bytes = parse_size(value).map_err(|e| invalid(format!("{field}: {e}")))?;
+                if bytes == 0 || bytes > MAX_WORKFLOW_FILE_SIZE {
+                    return Err(invalid(format!(
+                        "{field}: {bytes} bytes is not between 1 and {MAX_WORKFLOW_FILE_SIZE} (16MiB, so that `dunningctl workflows show` can always show the file)"
+                    )));
+                }
+                crate::workflow::FileLimits { max_bytes: bytes }
+            }
+        };
+
         let mut channels = BTreeMap::new();
         for (name, ch) in raw.channels {
             let field = |f: &str| format!("channels.{name}.{f}");
@@ -689,8 +722,44 @@ impl Config {
             channels,
             webhooks,
             metrics,
+            limits,
         })
     }
+}
+
+/// A size in bytes: a number, or a number with a unit — `B`, `KiB`, `MiB`
+/// (1024-based) or `KB`, `MB` (1000-based), e.g. `8MiB`.
+fn parse_size(value: &Value) -> Result<u64, String> {
+    if let Some(bytes) = value.as_u64() {
+        return Ok(bytes);
+    }
+    let Some(text) = value.as_str() else {
+        return Err(format!(
+            "'{value}' is not a size (e.g. 1MiB, 512KiB, 2000000)"
+        ));
+    };
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit_size: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1024,
+        "MiB" => 1024 * 1024,
+        "KB" | "kB" => 1000,
+        "MB" => 1000 * 1000,
+        _ => {
+            return Err(format!(
+                "'{text}' is not a size (e.g. 1MiB, 512KiB, 2000000)"
+            ));
+        }
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_size))
+        .ok_or_else(|| format!("'{text}' is not a size (e.g. 1MiB, 512KiB, 2000000)"))
 }
 
 fn read_secret(
@@ -1031,6 +1100,55 @@ channels:
                 listen: "127.0.0.1:9464".parse().unwrap()
             })
         );
+    }
+
+    #[test]
+    fn the_workflow_file_limit_is_a_size_up_to_the_cap() {
+        // (value, Ok(bytes) or Err(part of the message))
+        let table: &[(&str, Result<u64, &str>)] = &[
+            ("", Ok(1024 * 1024)),
+            ("limits: { workflow_file_size: 8MiB }", Ok(8 * 1024 * 1024)),
+            ("limits: { workflow_file_size: 512KiB }", Ok(512 * 1024)),
+            ("limits: { workflow_file_size: 2MB }", Ok(2_000_000)),
+            ("limits: { workflow_file_size: 2000000 }", Ok(2_000_000)),
+            (
+                "limits: { workflow_file_size: 16MiB }",
+                Ok(MAX_WORKFLOW_FILE_SIZE),
+            ),
+            (
+                "limits: { workflow_file_size: 17MiB }",
+                Err("limits.workflow_file_size: 17825792 bytes is not between 1 and 16777216"),
+            ),
+            (
+                "limits: { workflow_file_size: 0 }",
+                Err("is not between 1 and"),
+            ),
+            (
+                "limits: { workflow_file_size: 8 GiB }",
+                Err("limits.workflow_file_size: '8 GiB' is not a size"),
+            ),
+            (
+                "limits: { workflow_file_size: lots }",
+                Err("'lots' is not a size"),
+            ),
+            ("limits: { workflow_file_size: -1 }", Err("is not a size")),
+            (
+                "limits: { workflow_size: 1 }",
+                Err("unknown field `workflow_size`"),
+            ),
+        ];
+        for (yaml, expected) in table {
+            let got = Config::parse(Path::new("/etc/dunningd/dunningd.yaml"), yaml)
+                .map(|c| c.limits.max_bytes)
+                .map_err(|e| e.to_string());
+            match (expected, &got) {
+                (Ok(want), Ok(got)) => assert_eq!(got, want, "{yaml}"),
+                (Err(want), Err(got)) => assert!(got.contains(want), "{yaml}: {got}"),
+                _ => panic!("{yaml}: expected {expected:?}, got {got:?}"),
+            }
+        }
+        // A file at the cap, with what `workflows show` adds, fits an answer.
+        assert!(2 * MAX_WORKFLOW_FILE_SIZE + 1024 * 1024 < ADMIN_MESSAGE_LIMIT as u64);
     }
 
     #[test]

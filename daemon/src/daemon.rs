@@ -205,7 +205,7 @@ impl Shared {
         let channels: BTreeSet<String> = new.channels.keys().cloned().collect();
         let previous = self.workflows();
         // The folder stays the one the daemon started with (the watcher watches it).
-        let set = WorkflowSet::load_dir(&current.workflows_dir, &channels, &previous);
+        let set = WorkflowSet::load_dir(&current.workflows_dir, &channels, &previous, new.limits);
         let changed = set.changes_from(&previous);
         let errors = set.errors().to_vec();
         let loaded = set.iter().count() as u32;

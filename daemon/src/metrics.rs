@@ -590,7 +590,12 @@ mod tests {
         )
         .expect("write workflow");
         let channels = ["email".to_string()].into_iter().collect();
-        let workflows = WorkflowSet::load_dir(dir.path(), &channels, &WorkflowSet::empty());
+        let workflows = WorkflowSet::load_dir(
+            dir.path(),
+            &channels,
+            &WorkflowSet::empty(),
+            crate::workflow::FileLimits::DEFAULT,
+        );
         assert!(workflows.errors().is_empty(), "{:?}", workflows.errors());
         for (event_type, label) in [
             ("payment_failed", "payment_failed"),

@@ -206,6 +206,15 @@ async fn the_shipped_payment_failed_workflow_emails_the_customer() {
         text.contains("https://billing.example.com/update/cus_ada"),
         "{text}"
     );
+    // The HTML part links only through `| url`, its values escaped.
+    let html = m["parts"]["text/html"].as_str().unwrap_or("");
+    assert!(html.starts_with("<p>Hi Ada Lovelace,</p>"), "{html}");
+    assert!(
+        html.contains(
+            "<a href=\"https:&#x2f;&#x2f;billing.example.com&#x2f;update&#x2f;cus_ada\">Update your payment method</a>"
+        ),
+        "{html}"
+    );
     let key = m["headers"]["Message-ID"].as_str().unwrap_or("");
     assert!(
         key.starts_with(&format!(
@@ -213,5 +222,77 @@ async fn the_shipped_payment_failed_workflow_emails_the_customer() {
             results[0].cases_started[0]
         )),
         "{key}"
+    );
+}
+
+const ESCAPING: &str = r#"
+name: escaping
+trigger: { event: payment_failed }
+steps:
+  - name: first
+    after: 0s
+    send: [{ channel: email, template: note }]
+templates:
+  note:
+    subject: "Hi {{ customer.name }}"
+    text: "Hi {{ customer.name }}, update your card: {{ data.update_url }}"
+    html: "<p>Hi {{ customer.name }}, <a href=\"{{ data.update_url | url }}\">update your card</a>.</p>{{ '<hr>' | safe }}"
+"#;
+
+/// Regression: HTML parts were rendered without escaping, so a customer
+/// name (or any event value) was markup in the recipient's mail client, and
+/// a `javascript:` URL from an event could be put into a link.
+#[tokio::test]
+async fn event_values_are_escaped_in_html_and_links_take_only_http_urls() {
+    let Some(peer) = SmtpPeer::start() else {
+        return;
+    };
+    let setup = Setup::default().workflow("escaping.yaml", ESCAPING).channel(
+        "email",
+        &format!(
+            "{{ plugin: smtp, settings: {{ url: '{}', from: 'Billing <billing@example.com>' }} }}",
+            peer.url()
+        ),
+    );
+    let daemon = TestDaemon::start(setup).await;
+    let name = "<img src=x onerror=alert(1)>";
+    let event = |id: &str, customer: &str, url: &str| {
+        serde_json::json!({
+            "id": id, "type": "payment_failed",
+            "customer": { "id": customer, "name": name, "email": format!("{customer}@example.com") },
+            "subject": "inv_1", "data": { "update_url": url }
+        })
+        .to_string()
+    };
+    let results = daemon
+        .send_events(vec![
+            event("e1", "ada", "https://pay.example.com/u?a=1&b=\"2\""),
+            event("e2", "eve", "javascript:alert(1)"),
+        ])
+        .await;
+    daemon.settle().await;
+
+    let messages = peer.messages();
+    assert_eq!(messages.len(), 1, "only the message with an http link");
+    let m = &messages[0];
+    assert_eq!(m["headers"]["Subject"], format!("Hi {name}"));
+    assert_eq!(
+        m["parts"]["text/plain"].as_str().map(str::trim_end),
+        Some(
+            format!("Hi {name}, update your card: https://pay.example.com/u?a=1&b=\"2\"").as_str()
+        )
+    );
+    assert_eq!(
+        m["parts"]["text/html"].as_str().map(str::trim_end),
+        Some(
+            "<p>Hi &lt;img src=x onerror=alert(1)&gt;, <a href=\"https:&#x2f;&#x2f;pay.example.com&#x2f;u?a=1&amp;b=%222%22\">update your card</a>.</p><hr>"
+        )
+    );
+
+    let refused = daemon.case(&results[1].cases_started[0]).await.deliveries;
+    assert_eq!(refused[0].status, "failed");
+    assert_eq!(
+        refused[0].last_error,
+        "template 'note', field 'html': url 'javascript:alert(1)' is not an http or https url"
     );
 }

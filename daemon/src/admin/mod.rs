@@ -160,7 +160,7 @@ pub async fn listen(
         .add_service(health_service.clone())
         .add_service(reflection.clone())
         .add_service(reflection_alpha.clone())
-        .add_service(AdminServer::new(service.clone()))
+        .add_service(limited(AdminServer::new(service.clone())))
         .serve_with_incoming_shutdown(UnixListenerStream::new(unix), stopped(stop.clone()));
     let tcp_server = tcp.map(|(mut builder, listener, token)| {
         let check = match &token {
@@ -180,7 +180,10 @@ pub async fn listen(
                 reflection_alpha,
                 check.clone(),
             ))
-            .add_service(AdminServer::with_interceptor(service, check))
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                limited(AdminServer::new(service)),
+                check,
+            ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped(stop))
     });
     let serve = async move {
@@ -199,6 +202,15 @@ pub async fn listen(
         health,
         serve: Box::pin(serve),
     })
+}
+
+/// The admin service with the one message-size limit the client shares
+/// (`config::ADMIN_MESSAGE_LIMIT`): what the daemon accepts, `dunningctl`
+/// can be shown.
+fn limited(server: AdminServer<AdminService>) -> AdminServer<AdminService> {
+    server
+        .max_decoding_message_size(crate::config::ADMIN_MESSAGE_LIMIT)
+        .max_encoding_message_size(crate::config::ADMIN_MESSAGE_LIMIT)
 }
 
 /// Server reflection describing the Admin and health services, in both

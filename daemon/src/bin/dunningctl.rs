@@ -483,7 +483,10 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
             (channel, Auth(None))
         }
     };
-    Ok(AdminClient::with_interceptor(channel, auth))
+    // The daemon's own limit: whatever it accepts, it can show.
+    Ok(AdminClient::with_interceptor(channel, auth)
+        .max_decoding_message_size(dunningd::config::ADMIN_MESSAGE_LIMIT)
+        .max_encoding_message_size(dunningd::config::ADMIN_MESSAGE_LIMIT))
 }
 
 /// Why a TLS connection may close under the first call. The daemon checks a
@@ -1447,25 +1450,24 @@ async fn cases(cli: &Cli, client: &mut Client, command: &CasesCommand) -> anyhow
 }
 
 fn validate(cli: &Cli, files: &[PathBuf], config: Option<&Path>) -> anyhow::Result<bool> {
-    let channels: Option<BTreeSet<String>> = match config {
+    let (channels, limits): (Option<BTreeSet<String>>, _) = match config {
         None => {
             if !cli.json {
                 eprintln!(
                     "note: channel names not checked (pass --config dunningd.yaml to check them)"
                 );
             }
-            None
+            (None, workflow::FileLimits::DEFAULT)
         }
-        Some(path) => Some(
-            Config::load(path)
-                .map_err(|e| anyhow!("{e}"))?
-                .channels
-                .keys()
-                .cloned()
-                .collect(),
-        ),
+        Some(path) => {
+            let config = Config::load(path).map_err(|e| anyhow!("{e}"))?;
+            (
+                Some(config.channels.keys().cloned().collect()),
+                config.limits,
+            )
+        }
     };
-    let problems = workflow::validate_files(files, channels.as_ref());
+    let problems = workflow::validate_files(files, channels.as_ref(), limits);
     if cli.json {
         print_json(&serde_json::json!({
             "ok": problems.is_empty(),

@@ -8,6 +8,11 @@
 //! time, a wake-up, or a short cap (leases of other processes expire in
 //! wall-clock time, which no wake-up announces).
 //!
+//! Conditions and templates run on the blocking pool, never on the async
+//! workers: each is bounded by its budget (`workflow::RENDER_FUEL`,
+//! `workflow::CONDITION_FUEL`) and waited for at most the channel's timeout,
+//! so a workflow file cannot stall the loop, other channels or a shutdown.
+//!
 //! A claim's lease is renewed while the claim is in flight (waiting for a
 //! channel slot, being sent, or sent and waiting for its outcome's commit),
 //! so a batch that takes longer than one lease is not taken over and sent
@@ -46,6 +51,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
 pub struct RetryPolicy {
     pub max_attempts: u32,
     pub backoff: Duration,
+    /// The channel's timeout, which also bounds the wait for a render.
+    pub timeout: Duration,
 }
 
 impl From<&ChannelSpec> for RetryPolicy {
@@ -53,6 +60,7 @@ impl From<&ChannelSpec> for RetryPolicy {
         RetryPolicy {
             max_attempts: spec.max_attempts,
             backoff: spec.retry_backoff,
+            timeout: spec.timeout,
         }
     }
 }
@@ -240,7 +248,28 @@ impl Scheduler {
         policies.get(channel).cloned().unwrap_or(RetryPolicy {
             max_attempts: 5,
             backoff: Duration::from_secs(60),
+            timeout: Duration::from_secs(30),
         })
+    }
+
+    /// Runs workflow code (a condition, a render) on the blocking pool and
+    /// waits for it at most the channel's timeout. The work itself is
+    /// bounded by its budget; a wait given up leaves the thread to finish it.
+    async fn off_worker<T: Send + 'static>(
+        &self,
+        channel: &str,
+        what: &str,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let timeout = self.policy(channel).timeout;
+        match tokio::time::timeout(timeout, tokio::task::spawn_blocking(work)).await {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(error)) => Err(format!("{what} failed: {error}")),
+            Err(_) => Err(format!(
+                "{what} took longer than the channel's timeout of {}",
+                crate::duration::format(timeout)
+            )),
+        }
     }
 
     /// Runs until `shutdown` turns true, then stops claiming, waits up to the
@@ -464,6 +493,8 @@ impl Scheduler {
                 };
             }
         };
+        // Shared with the blocking pool, where conditions and templates run.
+        let shared_event = Arc::new(claimed.trigger_event.clone());
         let event = &claimed.trigger_event;
         let timezone = event.customer.timezone.as_deref();
         let index = claimed.step_index as usize;
@@ -484,7 +515,23 @@ impl Scheduler {
                     .unwrap_or(now),
             });
 
-        match workflow.step_applies(index, event) {
+        let applies = {
+            let (workflow, event) = (workflow.clone(), shared_event.clone());
+            self.off_worker(&claimed.channel, "the step's condition", move || {
+                workflow.step_applies(index, &event)
+            })
+            .await
+        };
+        let applies = match applies {
+            Ok(applies) => applies,
+            Err(error) => {
+                return Completion::Skipped {
+                    reason: format!("cannot evaluate the step's condition: {error}"),
+                    fallback: None,
+                };
+            }
+        };
+        match applies {
             Ok(true) => {}
             Ok(false) => {
                 return Completion::Skipped {
@@ -551,15 +598,35 @@ impl Scheduler {
             .links
             .as_ref()
             .map(|links| links.unsubscribe_url(&event.customer.id, &claimed.channel));
-        let context = RenderContext {
-            event,
-            case_id: &claimed.case_id,
-            case_started_at: claimed.case_started_at,
-            step: &claimed.step,
-            channel: &claimed.channel,
-            unsubscribe_url: unsubscribe_url.as_deref(),
+        let rendered = {
+            let workflow = workflow.clone();
+            let event = shared_event;
+            let (template, case_id, case_started_at, step, channel, url) = (
+                claimed.template.clone(),
+                claimed.case_id.clone(),
+                claimed.case_started_at,
+                claimed.step.clone(),
+                claimed.channel.clone(),
+                unsubscribe_url.clone(),
+            );
+            let what = format!("template '{}': rendering", claimed.template);
+            self.off_worker(&claimed.channel, &what, move || {
+                let context = RenderContext {
+                    event: &event,
+                    case_id: &case_id,
+                    case_started_at,
+                    step: &step,
+                    channel: &channel,
+                    unsubscribe_url: url.as_deref(),
+                };
+                workflow
+                    .render(&template, &context)
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .and_then(|rendered| rendered)
         };
-        let message = match workflow.render(&claimed.template, &context) {
+        let message = match rendered {
             Ok(mut message) => {
                 if let Some(url) = unsubscribe_url {
                     message.entry("unsubscribe_url".into()).or_insert(url);

@@ -24,15 +24,25 @@ pub fn find(source: &str, path: &[&str]) -> (u32, u32) {
     }
     match found {
         None => (0, 0),
-        Some(at) => {
-            let before = &source[..at];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            (line as u32, column as u32)
-        }
+        Some(at) => offset(source.as_bytes(), at),
     }
 }
 
+/// 1-based (line, column) of byte `at` of `source` (its end if past it).
+pub fn offset(source: &[u8], at: usize) -> (u32, u32) {
+    let before = &source[..at.min(source.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = before.len()
+        - before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1)
+        + 1;
+    (
+        u32::try_from(line).unwrap_or(u32::MAX),
+        u32::try_from(column).unwrap_or(u32::MAX),
+    )
+}
 #[cfg(test)]
 mod tests {
     #[test]

@@ -5,6 +5,11 @@
 //! Validation is complete before a workflow is served — syntax, unknown keys,
 //! durations, step order, cron expressions, time zones, conditions, channels,
 //! templates — and every problem is reported as `file:line:col: message`.
+//!
+//! Files and events are not the daemon's own: a file is read and decoded
+//! within limits (`source`), templates escape HTML and render within a budget
+//! (`render`), and conditions compare only values of the same kind
+//! (`condition`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -15,17 +20,24 @@ use std::time::Duration;
 
 use chrono::{DateTime, Timelike, Utc};
 use chrono_tz::Tz;
-use minijinja::{Environment, UndefinedBehavior};
+use minijinja::Environment;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::model::Event;
 
+mod condition;
 mod locate;
 mod money;
 pub use money::format_minor;
 pub mod preview;
+mod render;
+mod source;
 mod watch;
+
+pub use render::{CONDITION_FUEL, OUTPUT_LIMIT, RENDER_FUEL};
+use source::Text;
+pub use source::{EXPANSION_FACTOR, FileLimits};
 
 pub use watch::{WatchGuard, watch};
 
@@ -66,7 +78,23 @@ pub enum WorkflowError {
         field: String,
         message: String,
     },
-    #[error("trigger condition '{condition}': {message}")]
+    #[error(
+        "template '{template}', field '{field}': rendering exceeded its budget of {fuel} instructions"
+    )]
+    RenderBudget {
+        template: String,
+        field: String,
+        fuel: u64,
+    },
+    #[error(
+        "template '{template}', field '{field}': the output exceeded its limit of {limit} bytes"
+    )]
+    RenderOutput {
+        template: String,
+        field: String,
+        limit: usize,
+    },
+    #[error("condition '{condition}': {message}")]
     Condition { condition: String, message: String },
     #[error("cannot watch '{path}': {message}")]
     Watch { path: PathBuf, message: String },
@@ -77,23 +105,23 @@ pub enum WorkflowError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWorkflow {
-    name: String,
+    name: Text,
     #[serde(default)]
-    description: String,
+    description: Text,
     trigger: RawTrigger,
     #[serde(default)]
-    exit_on: Vec<String>,
+    exit_on: Vec<Text>,
     send_window: Option<RawWindow>,
     steps: Vec<RawStep>,
     #[serde(default)]
-    templates: BTreeMap<String, BTreeMap<String, String>>,
+    templates: BTreeMap<Text, BTreeMap<Text, Text>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTrigger {
-    event: String,
-    when: Option<String>,
+    event: Text,
+    when: Option<Text>,
 }
 
 /// A send window as written, in a workflow, a step or the daemon's channel
@@ -101,25 +129,25 @@ struct RawTrigger {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawWindow {
-    cron: String,
+    cron: Text,
     #[serde(default = "default_window_zone")]
-    timezone: String,
-    default_timezone: Option<String>,
+    timezone: Text,
+    default_timezone: Option<Text>,
 }
 
-fn default_window_zone() -> String {
-    "customer".to_string()
+fn default_window_zone() -> Text {
+    Text("customer".to_string())
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStep {
-    name: String,
-    after: String,
+    name: Text,
+    after: Text,
     /// Send only if this holds (same expressions as `trigger.when`).
-    when: Option<String>,
+    when: Option<Text>,
     /// How late the step may still go out after it was due.
-    expires_after: Option<String>,
+    expires_after: Option<Text>,
     /// This step's own window, instead of the workflow's.
     send_window: Option<RawWindow>,
     /// Exempt from frequency caps (never from opt-outs).
@@ -131,21 +159,71 @@ struct RawStep {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSend {
-    channel: String,
-    template: String,
+    channel: Text,
+    template: Text,
     fallback: Option<RawFallback>,
 }
 
 /// `fallback: email` (same template) or `fallback: { channel: email,
 /// template: final_email }`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 enum RawFallback {
     Channel(String),
     Full {
         channel: String,
         template: Option<String>,
     },
+}
+
+/// Read as it comes, not as serde's untagged enum: that buffers the whole
+/// value first, aliases expanded, outside the decoding budget.
+impl<'de> Deserialize<'de> for RawFallback {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = RawFallback;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a channel name or { channel, template }")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, channel: &str) -> Result<RawFallback, E> {
+                Text::deserialize(serde::de::value::StrDeserializer::<E>::new(channel))
+                    .map(|channel| RawFallback::Channel(channel.into()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawFallback, A::Error> {
+                #[derive(Deserialize)]
+                #[serde(field_identifier, rename_all = "lowercase")]
+                enum Key {
+                    Channel,
+                    Template,
+                }
+                let (mut channel, mut template) = (None::<Text>, None::<Text>);
+                while let Some(key) = map.next_key::<Key>()? {
+                    match key {
+                        Key::Channel if channel.is_some() => {
+                            return Err(serde::de::Error::duplicate_field("channel"));
+                        }
+                        Key::Template if template.is_some() => {
+                            return Err(serde::de::Error::duplicate_field("template"));
+                        }
+                        Key::Channel => channel = Some(map.next_value()?),
+                        Key::Template => template = Some(map.next_value()?),
+                    }
+                }
+                let channel = channel.ok_or_else(|| serde::de::Error::missing_field("channel"))?;
+                Ok(RawFallback::Full {
+                    channel: channel.into(),
+                    template: template.map(String::from),
+                })
+            }
+        }
+        deserializer.deserialize_any(Visit)
+    }
 }
 
 impl RawFallback {
@@ -333,6 +411,10 @@ pub struct Workflow {
     pub templates: BTreeMap<String, Vec<String>>,
     /// Every template field compiled as `"<template>.<field>"`.
     env: Environment<'static>,
+    /// The same with a condition's budget, for `when`.
+    conditions_env: Environment<'static>,
+    /// Each condition as written → as evaluated (comparisons typed).
+    conditions: BTreeMap<String, String>,
 }
 
 impl fmt::Debug for Workflow {
@@ -418,14 +500,16 @@ fn context_value(event: &Event, extra: Option<&RenderContext<'_>>) -> minijinja:
     }))
 }
 
-fn new_environment() -> Environment<'static> {
-    let mut env = Environment::new();
-    // A typo like {{ custmer.name }} is an error, not an empty string.
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
-    // Messages are text; HTML parts escape explicitly with `| e` where needed.
-    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
-    env.add_filter("money", money::money);
-    env
+/// Checks a condition and records how it is evaluated (comparisons typed).
+fn typed_condition(
+    env: &Environment<'static>,
+    conditions: &mut BTreeMap<String, String>,
+    when: &str,
+) -> Result<(), minijinja::Error> {
+    let typed = condition::typed(when)?;
+    env.compile_expression(&typed)?;
+    conditions.insert(when.to_string(), typed);
+    Ok(())
 }
 
 fn valid_name(name: &str) -> bool {
@@ -438,11 +522,25 @@ fn valid_name(name: &str) -> bool {
 impl Workflow {
     /// Parses and fully validates one file. `channels`: the configured channel
     /// names, or `None` to skip that check (offline validation without a
-    /// configuration, or a stored old version).
+    /// configuration, or a stored old version). Decodes within the largest
+    /// limits a daemon may be configured with ([`FileLimits::MAX`]): a stored
+    /// version was accepted once, and a lower limit set since must not break
+    /// its cases.
     pub fn parse(
         path: &Path,
         source: &str,
         channels: Option<&BTreeSet<String>>,
+    ) -> Result<Workflow, Vec<Diagnostic>> {
+        Workflow::parse_within(path, source, channels, FileLimits::MAX)
+    }
+
+    /// [`Workflow::parse`] within `limits`: the size of `source`, and what
+    /// its YAML decodes to with aliases expanded.
+    pub fn parse_within(
+        path: &Path,
+        source: &str,
+        channels: Option<&BTreeSet<String>>,
+        limits: FileLimits,
     ) -> Result<Workflow, Vec<Diagnostic>> {
         let at = |line: u32, column: u32, message: String| Diagnostic {
             path: path.to_path_buf(),
@@ -450,7 +548,13 @@ impl Workflow {
             column,
             message,
         };
-        let raw: RawWorkflow = match serde_norway::from_str(source) {
+        if source.len() as u64 > limits.max_bytes {
+            let (line, column) = locate::offset(source.as_bytes(), limits.max_bytes as usize);
+            return Err(vec![at(line, column, source::too_large(limits))]);
+        }
+        let decoded: Result<RawWorkflow, _> =
+            source::with_budget(limits, || serde_norway::from_str(source));
+        let raw: RawWorkflow = match decoded {
             Ok(raw) => raw,
             Err(e) => {
                 let (line, column) = e
@@ -486,9 +590,10 @@ impl Workflow {
                 "trigger.event must not be empty".into(),
             );
         }
-        let mut env = new_environment();
+        let mut env = render::template_environment();
+        let mut conditions = BTreeMap::new();
         if let Some(when) = &raw.trigger.when
-            && let Err(e) = env.compile_expression(when)
+            && let Err(e) = typed_condition(&env, &mut conditions, when)
         {
             err(
                 &["trigger:", "when:"],
@@ -513,7 +618,7 @@ impl Workflow {
             }
             for (field, text) in fields {
                 let key = format!("{name}.{field}");
-                if let Err(e) = env.add_template_owned(key, text.clone()) {
+                if let Err(e) = env.add_template_owned(key, text.to_string()) {
                     let (line, column) =
                         find(&["templates:", &format!("{name}:"), &format!("{field}:")]);
                     let offset = e.line().map(|l| l.saturating_sub(1) as u32).unwrap_or(0);
@@ -527,7 +632,10 @@ impl Workflow {
                     ));
                 }
             }
-            templates.insert(name.clone(), fields.keys().cloned().collect::<Vec<_>>());
+            templates.insert(
+                name.to_string(),
+                fields.keys().map(ToString::to_string).collect::<Vec<_>>(),
+            );
         }
 
         if raw.steps.is_empty() {
@@ -538,7 +646,7 @@ impl Workflow {
         let mut previous_after = Duration::ZERO;
         for step in &raw.steps {
             let here = format!("name: {}", step.name);
-            if !seen.insert(step.name.clone()) {
+            if !seen.insert(step.name.to_string()) {
                 // Point at the second definition, not the first.
                 err(
                     &["steps:", &here, &here],
@@ -574,7 +682,7 @@ impl Workflow {
                 );
             }
             if let Some(when) = &step.when
-                && let Err(e) = env.compile_expression(when)
+                && let Err(e) = typed_condition(&env, &mut conditions, when)
             {
                 err(
                     &["steps:", &here, "when:"],
@@ -585,7 +693,11 @@ impl Workflow {
                     ),
                 );
             }
-            let expires_after = match step.expires_after.as_deref().map(crate::duration::parse) {
+            let expires_after = match step
+                .expires_after
+                .as_ref()
+                .map(|e| crate::duration::parse(e))
+            {
                 None => None,
                 Some(Ok(d)) if d.is_zero() => {
                     err(
@@ -622,13 +734,15 @@ impl Workflow {
                         format!("step '{}': unknown channel '{}'", step.name, send.channel),
                     );
                 }
-                if !templates.contains_key(&send.template) {
+                if !templates.contains_key(send.template.as_str()) {
                     err(
                         &["steps:", &here, &format!("template: {}", send.template)],
                         format!("step '{}': unknown template '{}'", step.name, send.template),
                     );
                 }
                 let fallback = send.fallback.as_ref().map(|f| f.resolve(&send.template));
+                let fallback_is =
+                    |channel: &Text| Some(&channel.0) == fallback.as_ref().map(|f| &f.channel);
                 if let Some(Fallback {
                     channel: fallback,
                     template,
@@ -643,7 +757,7 @@ impl Workflow {
                             ),
                         );
                     }
-                    if fallback == &send.channel {
+                    if fallback_is(&send.channel) {
                         err(
                             &["steps:", &here, "fallback:"],
                             format!(
@@ -651,7 +765,7 @@ impl Workflow {
                                 step.name
                             ),
                         );
-                    } else if step.send.iter().any(|s| &s.channel == fallback) {
+                    } else if step.send.iter().any(|s| fallback_is(&s.channel)) {
                         // A delivery per (case, step, channel): it would never go.
                         err(
                             &["steps:", &here, "fallback:"],
@@ -672,9 +786,9 @@ impl Workflow {
                 }
             }
             steps.push(Step {
-                name: step.name.clone(),
+                name: step.name.to_string(),
                 after,
-                when: step.when.clone(),
+                when: step.when.as_ref().map(ToString::to_string),
                 expires_after,
                 send_window: step_window,
                 critical: step.critical,
@@ -682,8 +796,8 @@ impl Workflow {
                     .send
                     .iter()
                     .map(|s| Send {
-                        channel: s.channel.clone(),
-                        template: s.template.clone(),
+                        channel: s.channel.to_string(),
+                        template: s.template.to_string(),
                         fallback: s.fallback.as_ref().map(|f| f.resolve(&s.template)),
                     })
                     .collect(),
@@ -695,20 +809,22 @@ impl Workflow {
         }
         let digest = Sha256::digest(source.as_bytes());
         Ok(Workflow {
-            name: raw.name,
-            description: raw.description,
+            name: raw.name.into(),
+            description: raw.description.into(),
             version: hex::encode(&digest[..8]),
             source: source.to_string(),
             path: path.to_path_buf(),
             trigger: Trigger {
-                event: raw.trigger.event,
-                when: raw.trigger.when,
+                event: raw.trigger.event.into(),
+                when: raw.trigger.when.map(String::from),
             },
-            exit_on: raw.exit_on,
+            exit_on: raw.exit_on.into_iter().map(String::from).collect(),
             steps,
             send_window,
             templates,
+            conditions_env: render::condition_environment(&env),
             env,
+            conditions,
         })
     }
 
@@ -717,14 +833,32 @@ impl Workflow {
         if event.event_type != self.trigger.event {
             return Ok(false);
         }
-        let Some(when) = &self.trigger.when else {
-            return Ok(true);
-        };
+        match &self.trigger.when {
+            None => Ok(true),
+            Some(when) => self.holds(when, event),
+        }
+    }
+
+    /// Evaluates a condition of this workflow (comparisons typed, within a
+    /// condition's budget) for an event.
+    fn holds(&self, when: &str, event: &Event) -> Result<bool, WorkflowError> {
         let condition_error = |e: minijinja::Error| WorkflowError::Condition {
-            condition: when.clone(),
-            message: minijinja_message(&e),
+            condition: when.to_string(),
+            message: if render::is_out_of_fuel(&e) {
+                format!("evaluation exceeded its budget of {CONDITION_FUEL} instructions")
+            } else {
+                minijinja_message(&e)
+            },
         };
-        let expr = self.env.compile_expression(when).map_err(condition_error)?;
+        // Every condition was checked and recorded when the file was parsed.
+        let typed = match self.conditions.get(when) {
+            Some(typed) => typed.clone(),
+            None => condition::typed(when).map_err(condition_error)?,
+        };
+        let expr = self
+            .conditions_env
+            .compile_expression(&typed)
+            .map_err(condition_error)?;
         let value = expr
             .eval(context_value(event, None))
             .map_err(condition_error)?;
@@ -735,7 +869,8 @@ impl Workflow {
         self.exit_on.iter().any(|t| t == event_type)
     }
 
-    /// Renders every field of a template for one delivery.
+    /// Renders every field of a template for one delivery, each field within
+    /// [`RENDER_FUEL`] and the whole message within [`OUTPUT_LIMIT`] bytes.
     pub fn render(
         &self,
         template: &str,
@@ -749,6 +884,7 @@ impl Workflow {
                 })?;
         let value = context_value(ctx.event, Some(ctx));
         let mut out = BTreeMap::new();
+        let mut left = OUTPUT_LIMIT;
         for field in fields {
             let render_error = |e: minijinja::Error| WorkflowError::Render {
                 template: template.to_string(),
@@ -759,10 +895,21 @@ impl Workflow {
                 .env
                 .get_template(&format!("{template}.{field}"))
                 .map_err(render_error)?;
-            out.insert(
-                field.clone(),
-                compiled.render(&value).map_err(render_error)?,
-            );
+            let text =
+                render::render_capped(&compiled, &value, &mut left).map_err(|e| match e {
+                    render::Bounded::Budget => WorkflowError::RenderBudget {
+                        template: template.to_string(),
+                        field: field.clone(),
+                        fuel: RENDER_FUEL,
+                    },
+                    render::Bounded::Output => WorkflowError::RenderOutput {
+                        template: template.to_string(),
+                        field: field.clone(),
+                        limit: OUTPUT_LIMIT,
+                    },
+                    render::Bounded::Other(e) => render_error(e),
+                })?;
+            out.insert(field.clone(), text);
         }
         Ok(out)
     }
@@ -811,18 +958,10 @@ impl Workflow {
     /// Does step `step`'s `when` condition hold for this case's trigger
     /// event? (True for a step without one.)
     pub fn step_applies(&self, step: usize, event: &Event) -> Result<bool, WorkflowError> {
-        let Some(when) = self.steps.get(step).and_then(|s| s.when.as_ref()) else {
-            return Ok(true);
-        };
-        let condition_error = |e: minijinja::Error| WorkflowError::Condition {
-            condition: when.clone(),
-            message: minijinja_message(&e),
-        };
-        let expr = self.env.compile_expression(when).map_err(condition_error)?;
-        let value = expr
-            .eval(context_value(event, None))
-            .map_err(condition_error)?;
-        Ok(value.is_true())
+        match self.steps.get(step).and_then(|s| s.when.as_ref()) {
+            None => Ok(true),
+            Some(when) => self.holds(when, event),
+        }
     }
 }
 
@@ -866,16 +1005,19 @@ fn parse_window(raw: &RawWindow) -> Result<SendWindow, (&'static str, String)> {
         }
     };
     Ok(SendWindow {
-        cron: raw.cron.clone(),
+        cron: raw.cron.to_string(),
         schedule,
         zone,
     })
 }
 
 /// minijinja's message without its "(in template …)" tail: we say where.
+/// An invalid operation (ours, such as a refused URL or comparison, or
+/// minijinja's own) says what it is by its detail alone.
 fn minijinja_message(e: &minijinja::Error) -> String {
     let kind = e.kind().to_string();
     match e.detail() {
+        Some(detail) if e.kind() == minijinja::ErrorKind::InvalidOperation => detail.to_string(),
         Some(detail) => format!("{kind}: {detail}"),
         None => kind,
     }
@@ -899,11 +1041,13 @@ impl WorkflowSet {
     }
 
     /// Loads every `*.yaml`/`*.yml` of `dir` (not recursive, hidden files
-    /// ignored). A refused file keeps the workflow it held in `previous`.
+    /// ignored), each within `limits`. A refused file keeps the workflow it
+    /// held in `previous`.
     pub fn load_dir(
         dir: &Path,
         channels: &BTreeSet<String>,
         previous: &WorkflowSet,
+        limits: FileLimits,
     ) -> WorkflowSet {
         let mut set = WorkflowSet::default();
         let entries = match std::fs::read_dir(dir) {
@@ -928,16 +1072,9 @@ impl WorkflowSet {
         // Name → candidates (path, workflow), in path order.
         let mut candidates: BTreeMap<String, Vec<Arc<Workflow>>> = BTreeMap::new();
         for path in &files {
-            let parsed = std::fs::read_to_string(path)
-                .map_err(|e| {
-                    vec![Diagnostic {
-                        path: path.clone(),
-                        line: 0,
-                        column: 0,
-                        message: format!("cannot read: {e}"),
-                    }]
-                })
-                .and_then(|source| Workflow::parse(path, &source, Some(channels)));
+            let parsed = source::read(path, limits)
+                .map_err(|d| vec![d])
+                .and_then(|source| Workflow::parse_within(path, &source, Some(channels), limits));
             match parsed {
                 Ok(workflow) => candidates
                     .entry(workflow.name.clone())
@@ -1028,25 +1165,25 @@ fn is_workflow_file(path: &Path) -> bool {
     !hidden && yaml && path.is_file()
 }
 
-/// Validates files offline: every diagnostic of every file, including
-/// duplicate names across the given files.
-pub fn validate_files(paths: &[PathBuf], channels: Option<&BTreeSet<String>>) -> Vec<Diagnostic> {
+/// Validates files offline, within `limits` as the daemon would: every
+/// diagnostic of every file, including duplicate names across the given
+/// files.
+pub fn validate_files(
+    paths: &[PathBuf],
+    channels: Option<&BTreeSet<String>>,
+    limits: FileLimits,
+) -> Vec<Diagnostic> {
     let mut diagnostics = Vec::new();
     let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
     for path in paths {
-        let source = match std::fs::read_to_string(path) {
+        let source = match source::read(path, limits) {
             Ok(source) => source,
-            Err(e) => {
-                diagnostics.push(Diagnostic {
-                    path: path.clone(),
-                    line: 0,
-                    column: 0,
-                    message: format!("cannot read: {e}"),
-                });
+            Err(diagnostic) => {
+                diagnostics.push(diagnostic);
                 continue;
             }
         };
-        match Workflow::parse(path, &source, channels) {
+        match Workflow::parse_within(path, &source, channels, limits) {
             Ok(workflow) => {
                 if let Some(first) = names.get(&workflow.name) {
                     let (line, column) = locate::find(&source, &["name:"]);

@@ -197,7 +197,7 @@ fn the_shipped_workflows_validate() {
         files.len() >= 3,
         "payment-failed, card-expired, card-expiring: {files:?}"
     );
-    let problems = validate_files(&files, Some(&channels()));
+    let problems = validate_files(&files, Some(&channels()), FileLimits::DEFAULT);
     assert!(problems.is_empty(), "{problems:#?}");
 }
 
@@ -298,7 +298,12 @@ fn a_folder_keeps_last_good_versions_refuses_duplicates_and_forgets_deleted_file
     std::fs::write(&file, GOOD).expect("write");
     std::fs::write(dir.path().join(".hidden.yaml"), "garbage: [").expect("write");
     std::fs::write(dir.path().join("notes.txt"), "not a workflow").expect("write");
-    let first = WorkflowSet::load_dir(dir.path(), &channels(), &WorkflowSet::empty());
+    let first = WorkflowSet::load_dir(
+        dir.path(),
+        &channels(),
+        &WorkflowSet::empty(),
+        FileLimits::DEFAULT,
+    );
     assert!(first.errors().is_empty(), "{:?}", first.errors());
     assert_eq!(
         first.changes_from(&WorkflowSet::empty()),
@@ -307,14 +312,14 @@ fn a_folder_keeps_last_good_versions_refuses_duplicates_and_forgets_deleted_file
     let v1 = first.get("payment-failed").expect("loaded").version.clone();
 
     std::fs::write(&file, GOOD.replace("after: 3d", "after: later")).expect("break");
-    let broken = WorkflowSet::load_dir(dir.path(), &channels(), &first);
+    let broken = WorkflowSet::load_dir(dir.path(), &channels(), &first, FileLimits::DEFAULT);
     assert_eq!(broken.get("payment-failed").expect("kept").version, v1);
     assert!(broken.error_for("payment-failed").is_some());
     assert!(broken.changes_from(&first).is_empty());
 
     std::fs::write(&file, GOOD.replace("description: test", "description: new")).expect("fix");
     std::fs::write(dir.path().join("a-copy.yaml"), GOOD).expect("dup");
-    let fixed = WorkflowSet::load_dir(dir.path(), &channels(), &broken);
+    let fixed = WorkflowSet::load_dir(dir.path(), &channels(), &broken, FileLimits::DEFAULT);
     assert_eq!(
         fixed.get("payment-failed").expect("loaded").path,
         file,
@@ -329,7 +334,7 @@ fn a_folder_keeps_last_good_versions_refuses_duplicates_and_forgets_deleted_file
 
     std::fs::remove_file(&file).expect("rm");
     std::fs::remove_file(dir.path().join("a-copy.yaml")).expect("rm");
-    let gone = WorkflowSet::load_dir(dir.path(), &channels(), &fixed);
+    let gone = WorkflowSet::load_dir(dir.path(), &channels(), &fixed, FileLimits::DEFAULT);
     assert!(gone.get("payment-failed").is_none());
     assert_eq!(gone.changes_from(&fixed), vec!["payment-failed"]);
 }
