@@ -37,28 +37,29 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Regression: `cases list` and `cases show` printed customers' data as it
-/// came, so a subject could recolour the terminal, move the cursor or break
-/// the table's rows, and a long one pushed every column off the screen.
+/// Regression: `cases list` and `cases show` printed what they were given as
+/// it came, so a provider's error could recolour the terminal, move the
+/// cursor or break the table's rows, and a long value pushed every column off
+/// the screen. Events may no longer carry control characters in their ids,
+/// subject or customer fields (ingest refuses them), but plugins' and
+/// providers' texts still can, and old rows may.
 #[tokio::test]
 async fn what_customers_bring_is_shown_escaped_and_json_stays_exact() {
     // An ANSI colour, a newline, a bidi override, and 500 characters more.
-    let nasty = |what: &str| format!("\x1b[31m{what}\nline two\u{202e}{}", "z".repeat(500));
-    let (name, subject, phone) = (nasty("name"), nasty("subject"), nasty("+1"));
-    // No request is made: the number is refused before one would be.
-    let token = tempfile::tempdir().expect("tempdir");
-    std::fs::write(token.path().join("token"), "token").expect("token file");
+    let nasty = format!("\x1b[31merror\nline two\u{202e}{}", "z".repeat(500));
+    // The longest subject an event may have: cut in tables, whole in JSON.
+    let subject = format!("inv_{}", "z".repeat(250));
     let setup = Setup::default().workflow("payment-failed.yaml", WORKFLOW).channel(
         "sms",
         &format!(
-            "{{ plugin: twilio, settings: {{ account_sid: AC00000000000000000000000000000000, from: '+15005550006', base_url: 'http://127.0.0.1:9' }}, secrets: {{ auth_token: {{ file: '{}' }} }} }}",
-            token.path().join("token").display()
+            "{{ plugin: testkit, settings: {{ behaviour: permanent, error: {} }} }}",
+            serde_json::to_string(&nasty).expect("a string serializes")
         ),
     );
     let daemon = TestDaemon::start(setup).await;
     let event = serde_json::json!({
         "id": "evt_1", "type": "payment_failed",
-        "customer": { "id": "cus_1", "name": name, "phone": phone },
+        "customer": { "id": "cus_1", "name": "Ada", "phone": "+15005550006" },
         "subject": subject, "data": { "amount": 4900, "currency": "EUR" }
     });
     let started = daemon.send_events(vec![event.to_string()]).await;
@@ -70,10 +71,7 @@ async fn what_customers_bring_is_shown_escaped_and_json_stays_exact() {
     for (command, output) in [("cases list", &list), ("cases show", &show)] {
         assert!(!output.contains('\x1b'), "{command}: a raw ESC:\n{output}");
         assert!(!output.contains('\u{202e}'), "{command}: a raw U+202E");
-        assert!(
-            output.contains("\\x1b[31msubject\\nline two\\u{202e}zz"),
-            "{command}: the escaped subject:\n{output}"
-        );
+        assert!(output.contains("inv_zz"), "{command}: the subject:\n{output}");
         assert!(output.contains("zz…"), "{command}: cut:\n{output}");
         assert!(
             !output.contains(&"z".repeat(200)),
@@ -81,9 +79,9 @@ async fn what_customers_bring_is_shown_escaped_and_json_stays_exact() {
         );
     }
     assert_eq!(list.lines().count(), 2, "a header and one row:\n{list}");
-    // The provider's error quotes the number: escaped and cut too.
+    // The plugin's error: escaped and cut.
     assert!(
-        show.contains("invalid phone number '\\x1b[31m+1\\nline two\\u{202e}zz"),
+        show.contains("\\x1b[31merror\\nline two\\u{202e}zz"),
         "{show}"
     );
     let timeline: Vec<&str> = show
@@ -100,10 +98,7 @@ async fn what_customers_bring_is_shown_escaped_and_json_stays_exact() {
         serde_json::from_str(&daemon.ctl_ok(&["cases", "show", &case_id, "--json"])).expect("JSON");
     assert_eq!(json["case"]["subject"], subject.as_str());
     let error = json["deliveries"][0]["last_error"].as_str().expect("error");
-    assert!(error.contains(&phone), "{error}");
-    let trigger: serde_json::Value =
-        serde_json::from_str(json["trigger_event_json"].as_str().expect("event")).expect("event");
-    assert_eq!(trigger["customer"]["name"], name.as_str());
+    assert!(error.contains(&nasty), "{error}");
 }
 
 on_both_backends!(cases_show_takes_a_unique_id_prefix);
