@@ -169,7 +169,7 @@ async fn tls_with_the_right_ca_works_and_refuses_a_wrong_one() {
         ),
         (
             &["--addr", &http, "--token-file", "token"],
-            Err("transport error"),
+            Err("use an https:// --addr"),
         ),
         (
             &["--addr", &http, "--ca-file", "ca.crt"],

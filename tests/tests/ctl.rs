@@ -49,13 +49,15 @@ async fn what_customers_bring_is_shown_escaped_and_json_stays_exact() {
     let nasty = format!("\x1b[31merror\nline two\u{202e}{}", "z".repeat(500));
     // The longest subject an event may have: cut in tables, whole in JSON.
     let subject = format!("inv_{}", "z".repeat(250));
-    let setup = Setup::default().workflow("payment-failed.yaml", WORKFLOW).channel(
-        "sms",
-        &format!(
-            "{{ plugin: testkit, settings: {{ behaviour: permanent, error: {} }} }}",
-            serde_json::to_string(&nasty).expect("a string serializes")
-        ),
-    );
+    let setup = Setup::default()
+        .workflow("payment-failed.yaml", WORKFLOW)
+        .channel(
+            "sms",
+            &format!(
+                "{{ plugin: testkit, settings: {{ behaviour: permanent, error: {} }} }}",
+                serde_json::to_string(&nasty).expect("a string serializes")
+            ),
+        );
     let daemon = TestDaemon::start(setup).await;
     let event = serde_json::json!({
         "id": "evt_1", "type": "payment_failed",
@@ -71,7 +73,10 @@ async fn what_customers_bring_is_shown_escaped_and_json_stays_exact() {
     for (command, output) in [("cases list", &list), ("cases show", &show)] {
         assert!(!output.contains('\x1b'), "{command}: a raw ESC:\n{output}");
         assert!(!output.contains('\u{202e}'), "{command}: a raw U+202E");
-        assert!(output.contains("inv_zz"), "{command}: the subject:\n{output}");
+        assert!(
+            output.contains("inv_zz"),
+            "{command}: the subject:\n{output}"
+        );
         assert!(output.contains("zz…"), "{command}: cut:\n{output}");
         assert!(
             !output.contains(&"z".repeat(200)),

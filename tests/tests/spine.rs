@@ -257,12 +257,20 @@ async fn kill_9_between_steps_loses_nothing_and_repeats_nothing(backend: Backend
 }
 
 async fn kill_9_right_after_the_acknowledgement_loses_nothing(backend: Backend) {
-    let mut daemon = TestDaemon::start(
-        Setup::default()
-            .workflow("payment-failed.yaml", WORKFLOW)
-            .on(&backend),
-    )
-    .await;
+    // The kill may come after the first claim: on PostgreSQL the claims of
+    // the killed daemon are taken over only once their lease runs out (it
+    // may have been another daemon, still sending), so the lease is short.
+    let mut setup = Setup::default()
+        .workflow("payment-failed.yaml", WORKFLOW)
+        .on(&backend);
+    for channel in ["email", "sms", "in_app", "webhook"] {
+        setup = setup.channel(
+            channel,
+            "{ plugin: log, timeout: 1s, settings: { path: '{dir}/deliveries.jsonl' } }",
+        );
+    }
+    setup.extra_config.push_str("scheduler: { lease: 4s }\n");
+    let mut daemon = TestDaemon::start(setup).await;
     let events = (0..50)
         .map(|i| numbered_event("e", "payment_failed", i))
         .collect();

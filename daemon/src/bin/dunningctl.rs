@@ -447,6 +447,10 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
                             "--ca-file, --cert-file and --key-file are for TLS: use an https:// --addr, not '{addr}'"
                         );
                     }
+                    // A plain client speaking to a TLS listener reads the
+                    // TLS alert as a broken HTTP/2 frame.
+                    let _ =
+                        TLS_HINT.set("if the daemon's admin.tls is set, use an https:// --addr");
                 }
                 _ => bail!(
                     "invalid --addr '{addr}' (expected http:// or https://, e.g. https://admin.example.com:7070)"
