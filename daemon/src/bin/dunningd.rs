@@ -45,16 +45,7 @@ fn main() -> ExitCode {
     // Logged like everything else (so redacted, and JSON with --log-format
     // json) rather than printed raw by the default hook.
     std::panic::set_hook(Box::new(|info| {
-        let payload = info.payload();
-        let message = payload
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("(no message)");
-        let location = info
-            .location()
-            .map(|l| format!("{}:{}", l.file(), l.line()))
-            .unwrap_or_default();
+        let (message, location) = redact::panic_parts(info);
         let backtrace = std::backtrace::Backtrace::capture();
         if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
             tracing::error!(panic = %message, %location, %backtrace, "panicked");

@@ -249,16 +249,7 @@ pub mod __private {
         static ONCE: std::sync::Once = std::sync::Once::new();
         ONCE.call_once(|| {
             std::panic::set_hook(Box::new(move |info| {
-                let payload = info.payload();
-                let message = payload
-                    .downcast_ref::<&str>()
-                    .copied()
-                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-                    .unwrap_or("(no message)");
-                let location = info
-                    .location()
-                    .map(|l| format!("{}:{}", l.file(), l.line()))
-                    .unwrap_or_default();
+                let (message, location) = crate::redact::panic_parts(info);
                 eprintln!(
                     "plugin '{plugin}' panicked at {location}: {}",
                     crate::redact::urls(message)

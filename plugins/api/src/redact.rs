@@ -269,6 +269,22 @@ impl Redactor {
     }
 }
 
+/// A panic's message and `file:line`, for a panic hook that prints it
+/// through [`urls`] (the daemon's and every plugin's hook).
+pub fn panic_parts<'a>(info: &'a std::panic::PanicHookInfo<'_>) -> (&'a str, String) {
+    let payload = info.payload();
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    let location = info
+        .location()
+        .map(|l| format!("{}:{}", l.file(), l.line()))
+        .unwrap_or_default();
+    (message, location)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
