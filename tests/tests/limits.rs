@@ -220,6 +220,30 @@ async fn a_file_over_the_size_limit_is_refused_and_the_last_good_version_runs() 
         stdout.contains("big.yaml:") && stdout.contains("limits.workflow_file_size"),
         "{stdout}"
     );
+
+    // So does `dunningctl preview`, for the workflow and for the event.
+    let event = daemon.path("event.json");
+    std::fs::write(&event, payment_failed("e1", serde_json::json!({}))).expect("write");
+    let (big, event) = (
+        path.to_str().expect("utf-8"),
+        event.to_str().expect("utf-8"),
+    );
+    let out = daemon.ctl(&["preview", big, event]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("limits.workflow_file_size"), "{stderr}");
+    let huge_event = daemon.path("huge.json");
+    std::fs::write(&huge_event, " ".repeat(100_000)).expect("write");
+    let small = daemon.path("small-copy.yaml");
+    std::fs::write(&small, SMALL).expect("write");
+    let out = daemon.ctl(&[
+        "preview",
+        small.to_str().expect("utf-8"),
+        huge_event.to_str().expect("utf-8"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("larger than 65536 bytes"), "{stderr}");
 }
 
 /// Regression: YAML aliases expanded without bound (a 1 MB file decoded to

@@ -1158,6 +1158,21 @@ async fn status(cli: &Cli, client: &mut Client) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
+/// A file's text, refused past `limit` bytes without reading further (the
+/// event checks would refuse it anyway, after reading all of it).
+fn read_bounded(path: &Path, limit: u64) -> anyhow::Result<String> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+    let mut text = String::new();
+    file.take(limit + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read '{}'", path.display()))?;
+    if text.len() as u64 > limit {
+        bail!("{}: larger than {limit} bytes", path.display());
+    }
+    Ok(text)
+}
+
 /// Reads events from a file or `-` (stdin); see [`parse_events`].
 fn read_events(file: &str) -> anyhow::Result<Vec<String>> {
     let (name, text) = if file == "-" {
@@ -1496,20 +1511,26 @@ fn preview(
     at: Option<&str>,
     config: Option<&Path>,
 ) -> anyhow::Result<bool> {
-    let source = std::fs::read_to_string(workflow_path)
-        .with_context(|| format!("cannot read '{}'", workflow_path.display()))?;
-    let workflow = Workflow::parse(workflow_path, &source, None).map_err(|errors| {
-        anyhow!(
-            "{}",
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })?;
-    let text = std::fs::read_to_string(event_path)
-        .with_context(|| format!("cannot read '{}'", event_path.display()))?;
+    // The daemon's own limits: a file it would refuse is refused here too.
+    let config = config
+        .map(|path| Config::load(path).map_err(|e| anyhow!("{e}")))
+        .transpose()?;
+    let limits = config
+        .as_ref()
+        .map_or(workflow::FileLimits::DEFAULT, |c| c.limits);
+    let source = workflow::read_file(workflow_path, limits).map_err(|d| anyhow!("{d}"))?;
+    let workflow =
+        Workflow::parse_within(workflow_path, &source, None, limits).map_err(|errors| {
+            anyhow!(
+                "{}",
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })?;
+    let text = read_bounded(event_path, dunningd::model::MAX_EVENT_BYTES as u64)?;
     let event = Event::from_json(&text).map_err(|e| anyhow!("{}: {e}", event_path.display()))?;
     let start = match at {
         None => chrono::Utc::now(),
@@ -1519,8 +1540,7 @@ fn preview(
     };
     let channel_windows = match config {
         None => BTreeMap::new(),
-        Some(path) => Config::load(path)
-            .map_err(|e| anyhow!("{e}"))?
+        Some(config) => config
             .channels
             .into_iter()
             .filter_map(|(name, spec)| Some((name, spec.send_window?)))

@@ -37,7 +37,7 @@ mod watch;
 
 pub use render::{CONDITION_FUEL, OUTPUT_LIMIT, RENDER_FUEL};
 use source::Text;
-pub use source::{EXPANSION_FACTOR, FileLimits};
+pub use source::{EXPANSION_FACTOR, FileLimits, read as read_file};
 
 pub use watch::{WatchGuard, watch};
 
