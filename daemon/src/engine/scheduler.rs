@@ -598,6 +598,9 @@ impl Scheduler {
             .links
             .as_ref()
             .map(|links| links.unsubscribe_url(&event.customer.id, &claimed.channel));
+        // Rendering counts against the channel's timeout: the plugin call
+        // gets what the render left of it.
+        let render_started = Instant::now();
         let rendered = {
             let workflow = workflow.clone();
             let event = shared_event;
@@ -669,7 +672,7 @@ impl Scheduler {
         let (held, claim) = (self.held.clone(), id.clone());
         let Some(response) = self
             .plugins
-            .send_within(request, move |timeout| {
+            .send_within(request, render_started.elapsed(), move |timeout| {
                 Instant::now() + timeout <= held.until(&claim)
             })
             .await

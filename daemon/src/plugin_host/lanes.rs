@@ -63,6 +63,9 @@ struct State {
 
 struct Job {
     request: Vec<u8>,
+    /// What the delivery already spent of the channel's timeout before the
+    /// call (its render); the call gets the rest.
+    spent: Duration,
     may_start: MayStart,
     state: Arc<State>,
     reply: oneshot::Sender<Option<Result<Vec<u8>, CallError>>>,
@@ -110,9 +113,16 @@ impl Lanes {
     /// Queues one call and waits for what became of it; also says how long
     /// the plugin ran (from the lane's start to the answer or the deadline;
     /// zero if no lane started it), without the time it waited for a lane.
-    pub async fn call(&self, request: Vec<u8>, may_start: MayStart) -> (Called, Duration) {
+    /// `spent`: what the delivery already used of the channel's timeout
+    /// (rendering); the call's deadline is the rest of it.
+    pub async fn call(
+        &self,
+        request: Vec<u8>,
+        spent: Duration,
+        may_start: MayStart,
+    ) -> (Called, Duration) {
         let state = Arc::new(State::default());
-        let called = self.queue_and_wait(request, may_start, &state).await;
+        let called = self.queue_and_wait(request, spent, may_start, &state).await;
         let ran = state
             .started
             .get()
@@ -124,6 +134,7 @@ impl Lanes {
     async fn queue_and_wait(
         &self,
         request: Vec<u8>,
+        spent: Duration,
         may_start: MayStart,
         state: &Arc<State>,
     ) -> Called {
@@ -133,6 +144,7 @@ impl Lanes {
         let (reply, mut answer) = oneshot::channel();
         let job = Job {
             request,
+            spent,
             may_start,
             state: state.clone(),
             reply,
@@ -145,8 +157,15 @@ impl Lanes {
         // passes with no call of the channel returning.
         let mut returned = self.returned.load(Ordering::Relaxed);
         let mut deadline = Instant::now() + self.timeout;
+        let left = self.timeout.saturating_sub(spent);
         loop {
-            match tokio::time::timeout_at(deadline.into(), &mut answer).await {
+            // A call that started gets `left` from its start, which may end
+            // before the queue's deadline: look again by then.
+            let until = match state.started.get() {
+                Some(started) => deadline.min(*started + left),
+                None => deadline.min(Instant::now() + left),
+            };
+            match tokio::time::timeout_at(until.into(), &mut answer).await {
                 Ok(Ok(Some(result))) => return Called::Returned(result),
                 Ok(Ok(None)) => return Called::Refused,
                 Ok(Err(_)) => return Called::Vanished,
@@ -154,6 +173,9 @@ impl Lanes {
             }
             if state.phase.load(Ordering::Acquire) == STARTED {
                 break;
+            }
+            if Instant::now() < deadline {
+                continue;
             }
             let now = self.returned.load(Ordering::Relaxed);
             if now != returned {
@@ -171,9 +193,10 @@ impl Lanes {
             // A lane started it just now.
             break;
         }
-        // Started: the call gets the channel's timeout from its start.
+        // Started: the call gets what is left of the channel's timeout,
+        // from its start.
         let started = state.started.get().copied().unwrap_or_else(Instant::now);
-        match tokio::time::timeout_at((started + self.timeout).into(), answer).await {
+        match tokio::time::timeout_at((started + left).into(), answer).await {
             Ok(Ok(Some(result))) => Called::Returned(result),
             Ok(Ok(None)) => Called::Refused,
             Ok(Err(_)) => Called::Vanished,
@@ -207,7 +230,7 @@ fn run(raw: &RawChannel, returned: &AtomicU64, timeout: Duration, job: Job) {
         return;
     }
     let _ = job.state.started.set(Instant::now());
-    if !(job.may_start)(timeout) {
+    if !(job.may_start)(timeout.saturating_sub(job.spent)) {
         let _ = job.reply.send(None);
         return;
     }
@@ -314,7 +337,9 @@ mod tests {
             let two = two.clone();
             calls.spawn(async move {
                 let queued = Instant::now();
-                let (called, ran) = two.call(request(100), Box::new(|_| true)).await;
+                let (called, ran) = two
+                    .call(request(100), Duration::ZERO, Box::new(|_| true))
+                    .await;
                 (called, ran, queued.elapsed())
             });
         }
@@ -336,10 +361,31 @@ mod tests {
         assert_eq!(MOST_AT_ONCE.load(Ordering::SeqCst), 2);
 
         // A lease that no longer fits: the plugin is not called.
-        let (called, ran) = two.call(request(0), Box::new(|_| false)).await;
+        let (called, ran) = two
+            .call(request(0), Duration::ZERO, Box::new(|_| false))
+            .await;
         assert!(matches!(called, Called::Refused), "{called:?}");
         assert!(ran < Duration::from_secs(1), "ran {ran:?}");
         assert_eq!(CALLS.load(Ordering::SeqCst), 0);
+
+        // What the delivery spent before the call (its render) counts
+        // against the timeout: after 4.8 s of a 5 s timeout the call gets
+        // 200 ms, and the lease check is asked about those 200 ms.
+        let (called, ran) = two
+            .call(
+                request(400),
+                Duration::from_millis(4_800),
+                Box::new(|left| left <= Duration::from_millis(200)),
+            )
+            .await;
+        assert!(matches!(called, Called::TimedOut), "{called:?}");
+        assert!(
+            ran >= Duration::from_millis(200) && ran < Duration::from_millis(400),
+            "ran {ran:?}"
+        );
+        // Let the plugin finish before the count is reset.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        CALLS.swap(0, Ordering::SeqCst);
 
         // One lane, stuck in the plugin: the running call times out a timeout
         // after it started; the one queued behind it is withdrawn unstarted
@@ -347,17 +393,25 @@ mod tests {
         let one = Arc::new(lanes(1, Duration::from_millis(300)));
         let hung = {
             let one = one.clone();
-            tokio::spawn(async move { one.call(request(2_000), Box::new(|_| true)).await })
+            tokio::spawn(async move {
+                one.call(request(2_000), Duration::ZERO, Box::new(|_| true))
+                    .await
+            })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
         // A caller that goes away while its call is queued (its task aborted).
         let abandoned = {
             let one = one.clone();
-            tokio::spawn(async move { one.call(request(0), Box::new(|_| true)).await })
+            tokio::spawn(async move {
+                one.call(request(0), Duration::ZERO, Box::new(|_| true))
+                    .await
+            })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         abandoned.abort();
-        let queued = one.call(request(0), Box::new(|_| true)).await;
+        let queued = one
+            .call(request(0), Duration::ZERO, Box::new(|_| true))
+            .await;
         let (hung, ran) = hung.await.expect("task");
         assert!(matches!(hung, Called::TimedOut), "{hung:?}");
         assert!(

@@ -230,7 +230,7 @@ impl PluginHost {
     /// A channel whose every lane stays busy for a whole timeout is stuck
     /// (its plugin hangs): the delivery is retried later.
     pub async fn send(&self, request: DeliveryRequest) -> DeliveryResponse {
-        match self.send_within(request, |_| true).await {
+        match self.send_within(request, Duration::ZERO, |_| true).await {
             Some(response) => response,
             // Unreachable: every call may start.
             None => DeliveryResponse::Retryable {
@@ -245,10 +245,12 @@ impl PluginHost {
     /// channel's timeout still fits in the claim's lease (which may have
     /// been renewed while waiting). If not, the plugin is not called and
     /// `None` is returned, so that no message goes out under a lease another
-    /// daemon may take over.
+    /// daemon may take over. `spent`: what the delivery already used of the
+    /// channel's timeout (its render); the call gets the rest of it.
     pub async fn send_within(
         &self,
         request: DeliveryRequest,
+        spent: Duration,
         may_start: impl FnOnce(Duration) -> bool + Send + 'static,
     ) -> Option<DeliveryResponse> {
         let channels = self.current();
@@ -266,7 +268,7 @@ impl PluginHost {
                 });
             }
         };
-        let (called, ran) = channel.lanes.call(json, Box::new(may_start)).await;
+        let (called, ran) = channel.lanes.call(json, spent, Box::new(may_start)).await;
         let response = match called {
             Called::Refused => return None,
             // Not sent at all: safe to retry.
@@ -360,8 +362,11 @@ pub fn decode_response(plugin: &str, bytes: &[u8]) -> DeliveryResponse {
         Ok(response) => response,
         Err(e) => {
             let excerpt: String = String::from_utf8_lossy(bytes).chars().take(80).collect();
+            // serde's message quotes the offending value, whole: bounded too.
             return DeliveryResponse::Unknown {
-                error: format!("plugin '{plugin}' returned an invalid response ({e}): {excerpt:?}"),
+                error: bounded(&format!(
+                    "plugin '{plugin}' returned an invalid response ({e}): {excerpt:?}"
+                )),
             };
         }
     };
@@ -448,6 +453,18 @@ mod tests {
         };
         assert_eq!(error.chars().count(), MAX_PLUGIN_TEXT + 1);
         assert!(error.ends_with('…'));
+
+        // Regression (found by fuzz/plugin_answer): an answer that is one
+        // long JSON string was quoted whole in the "invalid response" error.
+        let answer = serde_json::to_vec(&"x".repeat(100_000)).expect("json");
+        let DeliveryResponse::Unknown { error } = decode_response("p", &answer) else {
+            panic!("an answer that is not the schema is unknown");
+        };
+        assert!(
+            error.chars().count() <= MAX_PLUGIN_TEXT + 1,
+            "{} characters",
+            error.len()
+        );
 
         let receipt = "r".repeat(MAX_RECEIPT + 1);
         let answer = serde_json::json!({ "outcome": "sent", "receipt": receipt }).to_string();
