@@ -12,6 +12,8 @@
 //! workers: each is bounded by its budget (`workflow::RENDER_FUEL`,
 //! `workflow::CONDITION_FUEL`) and waited for at most the channel's timeout,
 //! so a workflow file cannot stall the loop, other channels or a shutdown.
+//! The render's time counts against that timeout: the plugin call gets the
+//! rest.
 //!
 //! A claim's lease is renewed while the claim is in flight (waiting for a
 //! channel slot, being sent, or sent and waiting for its outcome's commit),
