@@ -517,38 +517,31 @@ impl Scheduler {
                     .unwrap_or(now),
             });
 
-        let applies = {
+        // Only a step with a condition needs the blocking pool: most have none.
+        if let Some(when) = step.and_then(|s| s.when.clone()) {
             let (workflow, event) = (workflow.clone(), shared_event.clone());
-            self.off_worker(&claimed.channel, "the step's condition", move || {
-                workflow.step_applies(index, &event)
-            })
-            .await
-        };
-        let applies = match applies {
-            Ok(applies) => applies,
-            Err(error) => {
-                return Completion::Skipped {
-                    reason: format!("cannot evaluate the step's condition: {error}"),
-                    fallback: None,
-                };
-            }
-        };
-        match applies {
-            Ok(true) => {}
-            Ok(false) => {
-                return Completion::Skipped {
-                    reason: format!(
-                        "condition '{}' is false",
-                        step.and_then(|s| s.when.as_deref()).unwrap_or("")
-                    ),
-                    fallback: None,
-                };
-            }
-            Err(error) => {
-                return Completion::Skipped {
-                    reason: format!("cannot evaluate the step's condition: {error}"),
-                    fallback: None,
-                };
+            let applies = self
+                .off_worker(&claimed.channel, "the step's condition", move || {
+                    workflow
+                        .step_applies(index, &event)
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .and_then(|applies| applies);
+            match applies {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Completion::Skipped {
+                        reason: format!("condition '{when}' is false"),
+                        fallback: None,
+                    };
+                }
+                Err(error) => {
+                    return Completion::Skipped {
+                        reason: format!("cannot evaluate the step's condition: {error}"),
+                        fallback: None,
+                    };
+                }
             }
         }
         if let Some(source) = &claimed.opted_out {
