@@ -131,6 +131,21 @@ proptest! {
         prop_assert_eq!(dunningd::duration::parse(&text).expect("a formatted duration parses"), d);
     }
 
+    /// Redaction runs on every log line and every plugin text: any text
+    /// passes without a panic, and a URL's password never survives it,
+    /// whatever surrounds the URL.
+    #[test]
+    fn redaction_takes_any_text_and_hides_url_passwords(
+        before in any::<String>(),
+        password in "[A-Za-z0-9._~-]{6,20}",
+        after in any::<String>(),
+    ) {
+        let _ = dunningd::redact::urls(&before);
+        let text = format!("{before} https://user:{password}@relay.example/x {after}");
+        let shown = dunningd::redact::urls(&text);
+        prop_assert!(shown.contains("https://user:***@relay.example/x"), "{shown}");
+    }
+
     /// Comparing a string with a number is an error whatever the string,
     /// never an answer by kind order.
     #[test]

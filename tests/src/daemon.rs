@@ -487,6 +487,38 @@ impl Drop for TestDaemon {
     }
 }
 
+/// Starts `dunningd --config config` in `dir` for a configuration it must
+/// refuse, and returns how it exited and what it wrote to stderr. Fails the
+/// test if it is still running after 30 s (it started when it should not).
+pub async fn start_refused(config: &Path, dir: &Path) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(crate::binary("dunningd"))
+        .arg("--config")
+        .arg(config)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start dunningd");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "dunningd started with {}, which it should refuse",
+                config.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let stderr = std::io::read_to_string(child.stderr.take().expect("stderr")).expect("read");
+    (status, stderr)
+}
+
 /// Reads a JSON-lines file; a missing file is empty.
 pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)

@@ -5,7 +5,6 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use dunningd_e2e::daemon::{Setup, TestDaemon};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
@@ -259,28 +258,8 @@ async fn plain_tcp_off_loopback_is_refused_unless_allowed() {
 
     // Refused: the daemon exits at start, naming the address and the way out.
     std::fs::write(&daemon.config, admin("")).expect("write config");
-    let mut child = Command::new(dunningd_e2e::binary("dunningd"))
-        .arg("--config")
-        .arg(&daemon.config)
-        .current_dir(daemon.dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start dunningd");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("dunningd started with plain TCP on 0.0.0.0:{port}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let stderr = std::io::read_to_string(child.stderr.take().expect("stderr")).expect("read");
+    let (status, stderr) =
+        dunningd_e2e::daemon::start_refused(&daemon.config, daemon.dir.path()).await;
     assert!(!status.success(), "{stderr}");
     assert!(
         stderr.contains(&format!(

@@ -678,11 +678,7 @@ async fn the_banner_shows_text_and_only_web_links_and_nothing_when_empty_or_dism
     })
     .await;
     assert!(!empty.shown, "{empty:?}");
-    let banner = browser
-        .find(fantoccini::Locator::Id("dunningd-banner"))
-        .await
-        .expect("banner");
-    assert!(!banner.is_displayed().await.expect("displayed"));
+    assert!(!banner_displayed(&browser).await);
 
     // Dismissed: gone at once, and still gone once the inbox confirms it.
     open_page(&browser, &base, "cus_dismiss").await;

@@ -576,27 +576,7 @@ async fn a_taken_metrics_address_is_a_start_error_naming_it() {
         ),
     )
     .expect("write config");
-    let mut child = std::process::Command::new(dunningd_e2e::binary("dunningd"))
-        .arg("--config")
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start dunningd");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("dunningd kept running on a taken metrics address");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
-        .expect("read stderr");
+    let (status, stderr) = dunningd_e2e::daemon::start_refused(&config, dir.path()).await;
     assert_eq!(status.code(), Some(64), "{stderr}");
     assert!(
         stderr.contains(&format!("metrics.listen: cannot listen on {address}")),
