@@ -74,6 +74,24 @@ struct RawConfig {
     metrics: Option<RawMetrics>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    sources: BTreeMap<String, RawSource>,
+}
+
+/// A billing source as written (`sources:`); see [`crate::sources`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    provider: String,
+    path: Option<String>,
+    /// One secret source, or a list of them while a secret is rotated.
+    signing_secret: Option<serde_norway::Value>,
+    username: Option<String>,
+    api_key: Option<SecretSource>,
+    api_base: Option<String>,
+    subject: Option<String>,
+    tolerance: Option<String>,
+    api_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -445,6 +463,8 @@ pub struct Config {
     pub metrics: Option<MetricsConfig>,
     /// What a workflow file may cost to read and decode.
     pub limits: crate::workflow::FileLimits,
+    /// Billing sources, served on the `webhooks:` listener; reloadable.
+    pub sources: Vec<crate::sources::SourceConfig>,
 }
 
 impl Config {
@@ -707,6 +727,22 @@ impl Config {
             channels.insert(name, spec);
         }
 
+        let sources = raw
+            .sources
+            .into_iter()
+            .map(|(name, raw)| source_config(name, raw, webhooks.is_some(), &resolve, credentials))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(invalid)?;
+        let mut paths = BTreeMap::new();
+        for source in &sources {
+            if let Some(other) = paths.insert(source.path.as_str(), source.name.as_str()) {
+                return Err(invalid(format!(
+                    "sources.{}.path: '{}' is already the path of source '{other}'",
+                    source.name, source.path
+                )));
+            }
+        }
+
         Ok(Config {
             path: Some(path.to_path_buf()),
             workflows_dir: resolve(raw.workflows_dir.unwrap_or_else(|| "workflows".into())),
@@ -723,8 +759,176 @@ impl Config {
             webhooks,
             metrics,
             limits,
+            sources,
         })
     }
+}
+
+/// Paths of the webhook listener that a source may not take.
+const RESERVED_PATHS: [&str; 2] = ["/twilio/", "/unsubscribe"];
+
+/// One billing source, checked and its secrets read.
+fn source_config(
+    name: String,
+    raw: RawSource,
+    has_webhooks: bool,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+    credentials: Option<&Path>,
+) -> Result<crate::sources::SourceConfig, String> {
+    use crate::sources::{DEFAULT_TOLERANCE, Provider, SourceConfig, SubjectLevel};
+    let field = |f: &str| format!("sources.{name}.{f}");
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "sources: '{}' is not a source name (lower-case letters, digits, '-' and '_', at most 64)",
+            name.escape_debug()
+        ));
+    }
+    if !has_webhooks {
+        return Err(format!(
+            "sources.{name}: sources are served on the webhooks listener; configure 'webhooks:' (listen, public_url, secret)"
+        ));
+    }
+    let provider = Provider::parse(&raw.provider).ok_or_else(|| {
+        format!(
+            "{}: unknown provider '{}' (expected one of: {})",
+            field("provider"),
+            raw.provider.escape_debug(),
+            Provider::ALL.map(Provider::as_str).join(", ")
+        )
+    })?;
+    let path = raw.path.unwrap_or_else(|| format!("/sources/{name}"));
+    if !path.starts_with('/')
+        || path.len() > 200
+        || !path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/-_.".contains(c))
+    {
+        return Err(format!(
+            "{}: '{}' is not a path (starts with '/'; letters, digits, '/', '-', '_', '.')",
+            field("path"),
+            path.escape_debug()
+        ));
+    }
+    if let Some(reserved) = RESERVED_PATHS.iter().find(|r| path.starts_with(*r)) {
+        return Err(format!(
+            "{}: '{path}' is taken by the webhooks listener's own '{reserved}' endpoints",
+            field("path")
+        ));
+    }
+    let secret_sources: Vec<SecretSource> = match raw.signing_secret {
+        None => {
+            return Err(format!(
+                "{}: missing (the provider's webhook signing secret, as {{ file: PATH }}, {{ env: NAME }} or {{ credential: NAME }})",
+                field("signing_secret")
+            ));
+        }
+        Some(serde_norway::Value::Sequence(list)) => list
+            .into_iter()
+            .map(SecretSource::deserialize)
+            .collect::<Result<_, _>>()
+            .map_err(|e| {
+                format!(
+                    "{}: {}",
+                    field("signing_secret"),
+                    strip_location(&e.to_string())
+                )
+            })?,
+        Some(one) => vec![SecretSource::deserialize(one).map_err(|e| {
+            format!(
+                "{}: {}",
+                field("signing_secret"),
+                strip_location(&e.to_string())
+            )
+        })?],
+    };
+    if secret_sources.is_empty() {
+        return Err(format!("{}: give at least one", field("signing_secret")));
+    }
+    let mut secrets = Vec::new();
+    for (i, source) in secret_sources.iter().enumerate() {
+        let secret = read_secret(source, resolve, credentials)
+            .map_err(|e| format!("{}[{i}]: {e}", field("signing_secret")))?;
+        if secret.is_empty() {
+            return Err(format!("{}[{i}]: is empty", field("signing_secret")));
+        }
+        secrets.push(secret.into_bytes());
+    }
+    match (provider.uses_username(), &raw.username) {
+        (true, None) => {
+            return Err(format!(
+                "{}: missing (the user name of the webhook's basic auth; signing_secret is its password)",
+                field("username")
+            ));
+        }
+        (false, Some(_)) => {
+            return Err(format!(
+                "{}: only a chargebee source has one",
+                field("username")
+            ));
+        }
+        _ => {}
+    }
+    let api_key = match &raw.api_key {
+        None => None,
+        Some(source) => Some(
+            read_secret(source, resolve, credentials)
+                .map_err(|e| format!("{}: {e}", field("api_key")))?,
+        ),
+    };
+    let api_base = match raw.api_base {
+        Some(base) => {
+            let base = base.trim_end_matches('/').to_string();
+            let shown = redact::urls(&base).into_owned();
+            match url::Url::parse(&base) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.query().is_none() => {}
+                _ => {
+                    return Err(format!(
+                        "{}: '{shown}' is not an http(s) URL without query",
+                        field("api_base")
+                    ));
+                }
+            }
+            Some(base)
+        }
+        None => provider.default_api_base().map(String::from),
+    };
+    if api_key.is_some() && api_base.is_none() {
+        return Err(format!(
+            "{}: required with api_key for {provider} (your site's API address)",
+            field("api_base")
+        ));
+    }
+    let subject = match raw.subject.as_deref() {
+        None => SubjectLevel::default(),
+        Some(text) => SubjectLevel::parse(text).ok_or_else(|| {
+            format!(
+                "{}: '{}' is not one of invoice, subscription, customer",
+                field("subject"),
+                text.escape_debug()
+            )
+        })?,
+    };
+    let duration = |f: &str, value: &Option<String>, default| match value {
+        None => Ok(default),
+        Some(text) => duration::parse(text).map_err(|e| format!("{}: {e}", field(f))),
+    };
+    Ok(SourceConfig {
+        provider,
+        path,
+        secrets,
+        username: raw.username,
+        api_key,
+        api_base,
+        subject,
+        tolerance: duration("tolerance", &raw.tolerance, DEFAULT_TOLERANCE)?,
+        api_timeout: duration("api_timeout", &raw.api_timeout, Duration::from_secs(10))?,
+        name,
+    })
 }
 
 /// A size in bytes: a number, or a number with a unit — `B`, `KiB`, `MiB`

@@ -51,6 +51,8 @@ pub struct Shared {
     plugins: Arc<PluginHost>,
     /// What the daemon counts; served at `/metrics` when configured.
     metrics: Arc<Metrics>,
+    /// What each billing source has heard since start.
+    pub sources: Arc<crate::sources::endpoint::Activity>,
     /// The configuration in force; replaced only by a reload that succeeded.
     config: RwLock<Config>,
     last_reload: RwLock<ReloadReport>,
@@ -131,6 +133,8 @@ impl Shared {
             report.workflows_loaded,
             self.config().channels.keys(),
         );
+        self.metrics
+            .sources_configured(self.config().sources.iter().map(|s| s.name.as_str()));
         write(&self.last_reload, report.clone());
         if announce {
             crate::systemd::ready(&self.status_line().await);
@@ -331,6 +335,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         scheduler: scheduler.clone(),
         plugins,
         metrics,
+        sources: Arc::default(),
         config: RwLock::new(config.clone()),
         last_reload: RwLock::new(ReloadReport {
             at: started_at,

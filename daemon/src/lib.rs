@@ -16,6 +16,8 @@
 //! - [`systemd`]: the notify protocol (readiness, reloads, watchdog, status).
 //! - [`webhooks`]: inbound HTTP: Twilio's STOP replies and status callbacks,
 //!   one-click unsubscribe links.
+//! - [`sources`]: billing systems' webhooks (Stripe, Paddle, Chargebee,
+//!   Recurly, Lago) verified, mapped to events and ingested.
 //! - [`metrics`]: what the daemon counts, served to Prometheus at `/metrics`.
 //! - [`redact`]: secrets in output: URL credentials and secret values hidden
 //!   wherever text is printed or stored.
@@ -35,6 +37,7 @@ pub mod model;
 #[allow(unsafe_code)]
 pub mod plugin_host;
 pub mod redact;
+pub mod sources;
 pub mod stats;
 pub mod store;
 pub mod systemd;

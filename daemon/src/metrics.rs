@@ -91,6 +91,12 @@ struct ChannelOutcome {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     result: &'static str,
 }
@@ -133,6 +139,7 @@ pub struct Metrics {
     deliveries: Family<ChannelOutcome, Counter>,
     plugin_calls: Family<ChannelOutcome, Histogram, fn() -> Histogram>,
     reloads: Family<ReloadLabels, Counter>,
+    source_events: Family<SourceLabels, Counter>,
     workflows_served: Gauge,
     /// Cases and backlog, as last read from the store.
     store: Arc<StoreReading>,
@@ -193,6 +200,12 @@ impl Metrics {
         for result in ["success", "failure"] {
             let _ = reloads.get_or_create(&ReloadLabels { result });
         }
+        let source_events = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "source_events",
+            "Webhooks received by each billing source (sources:), by result: accepted, duplicate, ignored (not mapped; answered 2xx), refused (signature or event; 4xx), unavailable (the provider's API or the database did not answer; 5xx, the provider retries)",
+            source_events.clone(),
+        );
         let workflows_served = Gauge::default();
         registry.register(
             "workflows_served",
@@ -207,6 +220,7 @@ impl Metrics {
             deliveries,
             plugin_calls,
             reloads,
+            source_events,
             workflows_served,
             store,
             scrape_turn: tokio::sync::Mutex::new(()),
@@ -270,6 +284,29 @@ impl Metrics {
                 let _ = self.deliveries.get_or_create(&ChannelOutcome {
                     channel: channel.clone(),
                     outcome,
+                });
+            }
+        }
+    }
+
+    /// Counts one webhook received by a billing source.
+    pub fn source_event(&self, source: &str, outcome: crate::sources::endpoint::Outcome) {
+        self.source_events
+            .get_or_create(&SourceLabels {
+                source: source.to_string(),
+                result: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    /// Gives each configured source every result at 0, so increases show
+    /// from the first webhook.
+    pub fn sources_configured<'a>(&self, sources: impl IntoIterator<Item = &'a str>) {
+        for source in sources {
+            for outcome in crate::sources::endpoint::Outcome::ALL {
+                let _ = self.source_events.get_or_create(&SourceLabels {
+                    source: source.to_string(),
+                    result: outcome.as_str(),
                 });
             }
         }

@@ -14,7 +14,9 @@
 
 use std::io::Write;
 
-pub use dunningd_plugin_api::redact::{MASK, Redactor, is_secret_name, panic_parts, urls};
+pub use dunningd_plugin_api::redact::{
+    MASK, Redactor, describe, is_secret_name, panic_parts, urls,
+};
 
 /// Standard error for `tracing`'s formatter, each event's text passed
 /// through [`urls`] before it is written: a library that logs a URL (sqlx,

@@ -170,11 +170,14 @@ pub async fn listen(
         shared,
         config,
     });
+    let sources = crate::sources::endpoint::router(hooks.shared.clone());
     let app = Router::new()
         .route("/twilio/{channel}/inbound", post(twilio_inbound))
         .route("/twilio/{channel}/status", post(twilio_status))
         .route("/unsubscribe", get(unsubscribe_page).post(unsubscribe))
-        .with_state(hooks);
+        .with_state(hooks)
+        // Every other path may be a billing source's (see `sources`).
+        .fallback_service(sources);
     Ok(serve_until_stopped(
         listener,
         app,

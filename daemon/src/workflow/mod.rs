@@ -28,7 +28,7 @@ use crate::model::Event;
 
 mod condition;
 mod locate;
-mod money;
+pub(crate) mod money;
 pub use money::format_minor;
 pub mod preview;
 mod render;

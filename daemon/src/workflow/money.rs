@@ -7,7 +7,7 @@
 use minijinja::{Error, ErrorKind, Value};
 
 /// ISO 4217 currencies whose minor unit is not 1/100.
-fn exponent(code: &str) -> u32 {
+pub(crate) fn exponent(code: &str) -> u32 {
     match code {
         "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
         | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,

@@ -1,0 +1,288 @@
+//! The HTTP side of billing sources: `POST <path>` of each configured
+//! source, served on the `webhooks:` listener, and what each source has
+//! heard ([`Activity`]) for `dunningctl sources list` and the metrics.
+//!
+//! Sources are looked up in the configuration in force for every request,
+//! so a source added, changed or removed by a reload is served (or not)
+//! from the next request on, without a restart.
+//!
+//! Answers, and why:
+//! - 200 with the event's id: committed (or a duplicate of one committed).
+//! - 200 `ignored: …`: not an event any workflow can use; a retry would be
+//!   ignored again, so the provider must not retry.
+//! - 400/401: the signature is missing, malformed, wrong or too old.
+//!   Nothing is read beyond the signature.
+//! - 422: a mapped event that fails the checks every event passes (a field
+//!   too long, no customer id); the reason is in the answer and the log.
+//! - 503: the provider's API or the database cannot be reached; nothing was
+//!   stored and the provider's retry will be accepted.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+use super::enrich::{self, EnrichError};
+use super::{MAX_BODY, Refusal, SourceConfig};
+use crate::daemon::Shared;
+use crate::metrics::EventResult;
+
+/// What became of one webhook, as counted per source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Committed as a new event.
+    Accepted,
+    /// Its event id was already stored: nothing changed.
+    Duplicate,
+    /// Not mapped to any event type: answered 2xx.
+    Ignored,
+    /// Signature or event refused: answered 4xx.
+    Refused,
+    /// The provider's API or the database did not answer: 5xx, retried by
+    /// the provider.
+    Unavailable,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Accepted,
+        Outcome::Duplicate,
+        Outcome::Ignored,
+        Outcome::Refused,
+        Outcome::Unavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Ignored => "ignored",
+            Outcome::Refused => "refused",
+            Outcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// What one source has heard since the daemon started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceActivity {
+    pub accepted: u64,
+    pub duplicate: u64,
+    pub ignored: u64,
+    pub refused: u64,
+    pub unavailable: u64,
+    /// When the last webhook arrived, whatever became of it.
+    pub last_at: Option<DateTime<Utc>>,
+    /// The last webhook: its provider type and id, or what refused it.
+    pub last: Option<String>,
+    /// The last refusal or failure, with when it happened.
+    pub last_error: Option<(DateTime<Utc>, String)>,
+}
+
+/// Every source's activity, by source name; kept in memory (per daemon,
+/// since its start). The metrics keep the same counts for history.
+#[derive(Debug, Default)]
+pub struct Activity {
+    by_source: Mutex<BTreeMap<String, SourceActivity>>,
+}
+
+impl Activity {
+    pub fn record(&self, source: &str, outcome: Outcome, what: String, at: DateTime<Utc>) {
+        let mut by_source = match self.by_source.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let activity = by_source.entry(source.to_string()).or_default();
+        match outcome {
+            Outcome::Accepted => activity.accepted += 1,
+            Outcome::Duplicate => activity.duplicate += 1,
+            Outcome::Ignored => activity.ignored += 1,
+            Outcome::Refused => activity.refused += 1,
+            Outcome::Unavailable => activity.unavailable += 1,
+        }
+        if matches!(outcome, Outcome::Refused | Outcome::Unavailable) {
+            activity.last_error = Some((at, what.clone()));
+        }
+        activity.last_at = Some(at);
+        activity.last = Some(what);
+    }
+
+    /// The activity of `source` (all zero if it has heard nothing).
+    pub fn of(&self, source: &str) -> SourceActivity {
+        let by_source = match self.by_source.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        by_source.get(source).cloned().unwrap_or_default()
+    }
+}
+
+struct Endpoint {
+    shared: Arc<Shared>,
+    client: reqwest::Client,
+}
+
+/// The sources' endpoint, to serve as the webhook listener's fallback:
+/// every path that is not one of its fixed routes is looked up among the
+/// sources.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .fallback(handle)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(Arc::new(Endpoint {
+            shared,
+            client: enrich::client(),
+        }))
+}
+
+fn plain(status: StatusCode, text: impl Into<String>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text.into(),
+    )
+        .into_response()
+}
+
+async fn handle(
+    State(endpoint): State<Arc<Endpoint>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let config = endpoint.shared.config();
+    let Some(source) = config.sources.iter().find(|s| s.path == uri.path()) else {
+        return plain(StatusCode::NOT_FOUND, "not found");
+    };
+    if method != Method::POST {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, "POST")],
+            "a source takes POST",
+        )
+            .into_response();
+    }
+    let (outcome, what, response) = endpoint.receive(source, &headers, &body).await;
+    endpoint
+        .shared
+        .sources
+        .record(&source.name, outcome, what, Utc::now());
+    endpoint
+        .shared
+        .metrics()
+        .source_event(&source.name, outcome);
+    response
+}
+
+impl Endpoint {
+    async fn receive(
+        &self,
+        source: &SourceConfig,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> (Outcome, String, Response) {
+        let name = &source.name;
+        if let Err(refusal) = source.provider.verify(source, headers, body, Utc::now()) {
+            tracing::warn!(source = %name, provider = %source.provider, %refusal, "refused a webhook: its signature does not hold; nothing changed");
+            let status = match refusal {
+                Refusal::Missing(_) | Refusal::Malformed { .. } => StatusCode::BAD_REQUEST,
+                Refusal::Mismatch(_) | Refusal::TooOld { .. } => StatusCode::UNAUTHORIZED,
+            };
+            let what = format!("signature refused: {refusal}");
+            return (Outcome::Refused, what.clone(), plain(status, what));
+        }
+        let payload: Value = match serde_json::from_slice(body) {
+            Ok(payload) => payload,
+            Err(error) => {
+                let what = format!("body is not JSON: {error}");
+                tracing::warn!(source = %name, %what, "refused a signed webhook");
+                return (
+                    Outcome::Refused,
+                    what.clone(),
+                    plain(StatusCode::BAD_REQUEST, what),
+                );
+            }
+        };
+        let mut draft = match source.provider.map(headers, &payload) {
+            Ok(draft) => draft,
+            Err(ignored) => {
+                tracing::info!(source = %name, provider_type = %ignored.provider_type, reason = %ignored.reason, "webhook ignored");
+                let what = format!("ignored {ignored}");
+                return (Outcome::Ignored, what.clone(), plain(StatusCode::OK, what));
+            }
+        };
+        let what = format!("{} {}", draft.provider_type, draft.id);
+        if let Err(error) = enrich::enrich(&self.client, source, &mut draft).await {
+            let refused_key = matches!(error, EnrichError::Refused { .. });
+            tracing::error!(source = %name, event = %what, %error, refused_key, "cannot complete a webhook from the provider's API; answered 503 so the provider retries");
+            return (
+                Outcome::Unavailable,
+                format!("{what}: {error}"),
+                plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cannot complete this event now; try again",
+                ),
+            );
+        }
+        let event = match draft.to_event(source.provider, name, source.subject) {
+            Ok(event) => event,
+            Err(error) => {
+                let problem = error.problem.to_string();
+                tracing::warn!(source = %name, event = %what, %problem, "refused a webhook: the event it maps to does not pass the event checks");
+                return (
+                    Outcome::Refused,
+                    format!("{what}: {problem}"),
+                    plain(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!("refused: {problem}"),
+                    ),
+                );
+            }
+        };
+        let event_type = event.event_type.clone();
+        let workflows = self.shared.workflows();
+        let metrics = self.shared.metrics();
+        let outcome = match self.shared.engine.ingest(vec![event]).await {
+            Ok(mut outcomes) if outcomes.len() == 1 => outcomes.remove(0),
+            Ok(_) | Err(_) => {
+                tracing::error!(source = %name, event = %what, "cannot store a webhook's event now; answered 503 so the provider retries");
+                metrics.event(&workflows, &event_type, EventResult::Refused);
+                return (
+                    Outcome::Unavailable,
+                    format!("{what}: the database did not answer"),
+                    plain(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "cannot record this event now; try again",
+                    ),
+                );
+            }
+        };
+        let (result, counted) = if outcome.duplicate {
+            (EventResult::Duplicate, Outcome::Duplicate)
+        } else {
+            (EventResult::Accepted, Outcome::Accepted)
+        };
+        metrics.event(&workflows, &event_type, result);
+        tracing::info!(source = %name, event = %outcome.event_id, r#type = %event_type, duplicate = outcome.duplicate, cases_started = outcome.cases_started.len(), cases_recovered = outcome.cases_recovered.len(), "webhook recorded");
+        let answer = json!({
+            "event": outcome.event_id,
+            "type": event_type,
+            "duplicate": outcome.duplicate,
+            "cases_started": outcome.cases_started,
+            "cases_recovered": outcome.cases_recovered,
+            "notes": outcome.notes,
+        });
+        (
+            counted,
+            what,
+            (StatusCode::OK, axum::Json(answer)).into_response(),
+        )
+    }
+}

@@ -1,0 +1,428 @@
+//! Stripe: `Stripe-Signature` and Stripe's event objects.
+//!
+//! The signature is `t=<unix seconds>,v1=<hex>[,v1=<hex>…]`: HMAC-SHA256 of
+//! `<t>.<body>` under the endpoint's signing secret (`whsec_…`). While a
+//! secret is being rolled Stripe sends one `v1` per live secret; any match
+//! accepts. `v0` (test-mode legacy) is not accepted, as Stripe's libraries
+//! do. The timestamp must be within the tolerance (300 s by default).
+//!
+//! | Stripe event | dunningd type |
+//! |---|---|
+//! | `invoice.payment_failed` | `payment_failed` |
+//! | `invoice.paid` | `payment_succeeded` |
+//! | `payment_method.attached`, `payment_method.updated`, `payment_method.automatically_updated` | `payment_method_updated` |
+//! | `customer.source.expiring` | `card_expiring` |
+//! | `customer.subscription.deleted` | `subscription_canceled` |
+//! | `charge.dispute.created` / `charge.dispute.closed` | `dispute_opened` / `dispute_closed` |
+//!
+//! `invoice.payment_succeeded` is ignored: Stripe sends `invoice.paid` for
+//! the same payment (and for an invoice marked paid outside Stripe).
+//!
+//! Thin parts, fetched with the source's `api_key`: the decline code, the
+//! failure message and the card from the invoice's PaymentIntent (or its
+//! charge, on API versions that name one); the phone, name, locale and time
+//! zone (`metadata.timezone`) from the customer when the event lacks the
+//! phone; a dispute's customer from its charge.
+
+use axum::http::HeaderMap;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::{
+    Card, Draft, Fetch, Ignored, Refusal, SourceConfig, any_hex_signature, currency, header, id_of,
+    text, unix_time, within_tolerance,
+};
+
+const SIGNATURE: &str = "Stripe-Signature";
+
+pub fn verify(
+    source: &SourceConfig,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: DateTime<Utc>,
+) -> Result<(), Refusal> {
+    let value = header(headers, SIGNATURE).ok_or(Refusal::Missing(SIGNATURE))?;
+    let mut timestamp = None;
+    let mut signatures = Vec::new();
+    for item in value.split(',') {
+        match item.trim().split_once('=') {
+            Some(("t", t)) => timestamp = Some(t),
+            Some(("v1", sig)) => signatures.push(sig),
+            _ => {}
+        }
+    }
+    let malformed = |problem| Refusal::Malformed {
+        header: SIGNATURE,
+        problem,
+    };
+    let timestamp = timestamp.ok_or(malformed("no t= timestamp"))?;
+    let at: i64 = timestamp
+        .parse()
+        .map_err(|_| malformed("t= is not a Unix time"))?;
+    if signatures.is_empty() {
+        return Err(malformed("no v1= signature"));
+    }
+    let parts: [&[u8]; 3] = [timestamp.as_bytes(), b".", body];
+    if !any_hex_signature(&source.secrets, &parts, signatures.iter().copied()) {
+        return Err(Refusal::Mismatch(SIGNATURE));
+    }
+    within_tolerance(at, now, source.tolerance)
+}
+
+pub fn map(payload: &Value) -> Result<Draft, Ignored> {
+    let provider_type = payload["type"].as_str().unwrap_or("(no type)");
+    let Some(id) = text(payload, "/id") else {
+        return Err(Ignored::malformed(provider_type, "id"));
+    };
+    let object = &payload["data"]["object"];
+    if !object.is_object() {
+        return Err(Ignored::malformed(provider_type, "data.object"));
+    }
+    let event_type = match provider_type {
+        "invoice.payment_failed" => "payment_failed",
+        "invoice.paid" => "payment_succeeded",
+        "payment_method.attached"
+        | "payment_method.updated"
+        | "payment_method.automatically_updated" => "payment_method_updated",
+        "customer.source.expiring" => "card_expiring",
+        "customer.subscription.deleted" => "subscription_canceled",
+        "charge.dispute.created" => "dispute_opened",
+        "charge.dispute.closed" => "dispute_closed",
+        "invoice.payment_succeeded" => {
+            return Err(Ignored::new(
+                provider_type,
+                "the same payment arrives as invoice.paid, which is mapped",
+            ));
+        }
+        _ => {
+            return Err(Ignored::new(
+                provider_type,
+                "not an event dunningd maps (see the README's Stripe table)",
+            ));
+        }
+    };
+    let mut draft = Draft::new(&id, event_type, provider_type, object.clone());
+    draft.occurred_at = unix_time(payload, "/created");
+    match object["object"].as_str() {
+        Some("invoice") => invoice(&mut draft, object),
+        Some("payment_method") => payment_method(&mut draft, object),
+        Some("card") | Some("source") => expiring_card(&mut draft, object),
+        Some("subscription") => {
+            draft.customer_id = id_of(object, "/customer");
+            draft.subscription = text(object, "/id");
+            draft.currency = currency(object, "/currency");
+        }
+        Some("dispute") => dispute(&mut draft, object),
+        _ => return Err(Ignored::malformed(provider_type, "data.object.object")),
+    }
+    if draft.customer_id.is_none() && draft.fetches.is_empty() {
+        return Err(Ignored::new(
+            provider_type,
+            "the object names no customer, so no case can be about one",
+        ));
+    }
+    if draft.customer_id.is_some() && draft.phone.is_none() {
+        let customer = draft.customer_id.clone().unwrap_or_default();
+        draft.fetches.push(Fetch {
+            what: "customer",
+            path: format!("/v1/customers/{customer}"),
+        });
+    }
+    Ok(draft)
+}
+
+fn invoice(draft: &mut Draft, invoice: &Value) {
+    draft.invoice = text(invoice, "/id");
+    draft.customer_id = id_of(invoice, "/customer");
+    draft.email = text(invoice, "/customer_email");
+    draft.name = text(invoice, "/customer_name");
+    draft.phone = text(invoice, "/customer_phone");
+    // Before API version 2025-03-31 the subscription is a field of its own;
+    // since, it sits under the invoice's parent.
+    draft.subscription = id_of(invoice, "/subscription")
+        .or_else(|| id_of(invoice, "/parent/subscription_details/subscription"));
+    draft.currency = currency(invoice, "/currency");
+    draft.amount = match draft.event_type {
+        "payment_succeeded" => invoice["amount_paid"].as_i64(),
+        _ => invoice["amount_due"].as_i64(),
+    };
+    draft.attempt = invoice["attempt_count"]
+        .as_u64()
+        .and_then(|n| u32::try_from(n).ok());
+    draft.next_retry_at = unix_time(invoice, "/next_payment_attempt");
+    draft.update_url = text(invoice, "/hosted_invoice_url");
+    if draft.event_type == "payment_failed" {
+        if let Some(intent) = id_of(invoice, "/payment_intent") {
+            draft.fetches.push(Fetch {
+                what: "payment_intent",
+                path: format!("/v1/payment_intents/{intent}?expand[]=latest_charge"),
+            });
+        } else if let Some(charge) = id_of(invoice, "/charge") {
+            draft.fetches.push(Fetch {
+                what: "charge",
+                path: format!("/v1/charges/{charge}"),
+            });
+        }
+    }
+}
+
+fn card_of(card: &Value) -> Card {
+    Card {
+        brand: text(card, "/brand").map(|b| b.to_ascii_lowercase()),
+        last4: text(card, "/last4"),
+        exp_month: card["exp_month"]
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok()),
+        exp_year: card["exp_year"]
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok()),
+    }
+}
+
+fn payment_method(draft: &mut Draft, method: &Value) {
+    draft.customer_id = id_of(method, "/customer");
+    draft.email = text(method, "/billing_details/email");
+    draft.name = text(method, "/billing_details/name");
+    draft.phone = text(method, "/billing_details/phone");
+    draft.card = card_of(&method["card"]);
+}
+
+fn expiring_card(draft: &mut Draft, card: &Value) {
+    draft.customer_id = id_of(card, "/customer");
+    draft.name = text(card, "/name");
+    draft.card = card_of(card);
+}
+
+fn dispute(draft: &mut Draft, dispute: &Value) {
+    draft.amount = dispute["amount"].as_i64();
+    draft.currency = currency(dispute, "/currency");
+    draft.failure_message = text(dispute, "/reason");
+    // A dispute names its charge; the charge names the customer.
+    match dispute.pointer("/charge") {
+        Some(Value::Object(charge)) => {
+            draft.customer_id = charge
+                .get("customer")
+                .and_then(|c| id_of(c, ""))
+                .or_else(|| {
+                    charge
+                        .get("customer")
+                        .and_then(Value::as_str)
+                        .map(String::from)
+                });
+            draft.invoice = charge.get("invoice").and_then(|i| id_of(i, ""));
+        }
+        Some(Value::String(charge)) if !charge.is_empty() => draft.fetches.push(Fetch {
+            what: "charge",
+            path: format!("/v1/charges/{charge}"),
+        }),
+        _ => {}
+    }
+}
+
+pub fn apply(draft: &mut Draft, fetch: &Fetch, object: &Value) {
+    match fetch.what {
+        "customer" => {
+            draft.email = draft.email.take().or_else(|| text(object, "/email"));
+            draft.name = draft.name.take().or_else(|| text(object, "/name"));
+            draft.phone = draft.phone.take().or_else(|| text(object, "/phone"));
+            draft.locale = draft
+                .locale
+                .take()
+                .or_else(|| text(object, "/preferred_locales/0"));
+            draft.timezone = draft
+                .timezone
+                .take()
+                .or_else(|| text(object, "/metadata/timezone"));
+        }
+        "payment_intent" => {
+            let error = &object["last_payment_error"];
+            draft.decline_code = text(error, "/decline_code").or_else(|| text(error, "/code"));
+            draft.failure_message = text(error, "/message");
+            let card = if error["payment_method"]["card"].is_object() {
+                card_of(&error["payment_method"]["card"])
+            } else {
+                card_of(&object["latest_charge"]["payment_method_details"]["card"])
+            };
+            if !card.is_empty() {
+                draft.card = card;
+            }
+        }
+        "charge" => {
+            if draft.event_type == "payment_failed" {
+                draft.decline_code =
+                    text(object, "/outcome/reason").or_else(|| text(object, "/failure_code"));
+                draft.failure_message = text(object, "/failure_message");
+                let card = card_of(&object["payment_method_details"]["card"]);
+                if !card.is_empty() {
+                    draft.card = card;
+                }
+            } else {
+                // A dispute's charge: whose it is and what it paid.
+                draft.customer_id = id_of(object, "/customer");
+                draft.invoice = id_of(object, "/invoice");
+                if let Some(customer) = draft.customer_id.clone() {
+                    draft.fetches.push(Fetch {
+                        what: "customer",
+                        path: format!("/v1/customers/{customer}"),
+                    });
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::{Provider, SubjectLevel};
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    fn source(secrets: &[&str]) -> SourceConfig {
+        SourceConfig {
+            name: "stripe".into(),
+            provider: Provider::Stripe,
+            path: "/sources/stripe".into(),
+            secrets: secrets.iter().map(|s| s.as_bytes().to_vec()).collect(),
+            username: None,
+            api_key: None,
+            api_base: None,
+            subject: SubjectLevel::Invoice,
+            tolerance: super::super::DEFAULT_TOLERANCE,
+            api_timeout: std::time::Duration::from_secs(10),
+        }
+    }
+
+    fn signed(secret: &str, t: i64, body: &str) -> String {
+        let mac = crate::sources::hmac_sha256(
+            secret.as_bytes(),
+            &[t.to_string().as_bytes(), b".", body.as_bytes()],
+        );
+        hex::encode(hmac::Mac::finalize(mac).into_bytes())
+    }
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("stripe-signature", value.parse().expect("header"));
+        headers
+    }
+
+    #[test]
+    fn signatures_follow_stripes_scheme() {
+        let body = r#"{"id":"evt_1"}"#;
+        let t = 1_700_000_000;
+        let now = Utc.timestamp_opt(t + 10, 0).unwrap();
+        let good = signed("whsec_new", t, body);
+        let old = signed("whsec_old", t, body);
+        let one = source(&["whsec_new"]);
+        let check = |source: &SourceConfig, value: &str, body: &str| {
+            verify(source, &headers(value), body.as_bytes(), now)
+        };
+        assert_eq!(check(&one, &format!("t={t},v1={good}"), body), Ok(()));
+        // Rolling: Stripe signs with both secrets; either configured accepts.
+        assert_eq!(
+            check(&one, &format!("t={t},v1={old},v1={good}"), body),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                &source(&["whsec_old", "whsec_x"]),
+                &format!("t={t},v1={old},v1={good}"),
+                body
+            ),
+            Ok(())
+        );
+        let refusals = [
+            (
+                format!("t={t},v1={good}"),
+                "{\"id\":\"evt_2\"}",
+                Refusal::Mismatch(SIGNATURE),
+            ),
+            (
+                format!("t={t},v1={old}"),
+                body,
+                Refusal::Mismatch(SIGNATURE),
+            ),
+            (
+                format!("t={},v1={good}", t + 1),
+                body,
+                Refusal::Mismatch(SIGNATURE),
+            ),
+            (
+                format!("t={t},v0={good}"),
+                body,
+                Refusal::Malformed {
+                    header: SIGNATURE,
+                    problem: "no v1= signature",
+                },
+            ),
+            (
+                format!("v1={good}"),
+                body,
+                Refusal::Malformed {
+                    header: SIGNATURE,
+                    problem: "no t= timestamp",
+                },
+            ),
+            (
+                format!("t=yesterday,v1={good}"),
+                body,
+                Refusal::Malformed {
+                    header: SIGNATURE,
+                    problem: "t= is not a Unix time",
+                },
+            ),
+            (format!("t={t},v1=zz"), body, Refusal::Mismatch(SIGNATURE)),
+        ];
+        for (value, body, refusal) in refusals {
+            assert_eq!(check(&one, &value, body), Err(refusal), "{value}");
+        }
+        let late = Utc.timestamp_opt(t + 301, 0).unwrap();
+        assert!(matches!(
+            verify(
+                &one,
+                &headers(&format!("t={t},v1={good}")),
+                body.as_bytes(),
+                late
+            ),
+            Err(Refusal::TooOld { .. })
+        ));
+        assert_eq!(
+            verify(&one, &HeaderMap::new(), body.as_bytes(), now),
+            Err(Refusal::Missing(SIGNATURE))
+        );
+    }
+
+    #[test]
+    fn unmapped_and_malformed_events_are_ignored_with_a_reason() {
+        for (payload, reason) in [
+            (
+                json!({"id": "evt_1", "type": "customer.created", "data": {"object": {"object": "customer"}}}),
+                "not an event dunningd maps",
+            ),
+            (
+                json!({"id": "evt_1", "type": "invoice.payment_succeeded", "data": {"object": {"object": "invoice"}}}),
+                "invoice.paid",
+            ),
+            (
+                json!({"type": "invoice.payment_failed", "data": {"object": {"object": "invoice"}}}),
+                "'id'",
+            ),
+            (
+                json!({"id": "evt_1", "type": "invoice.payment_failed", "data": {}}),
+                "'data.object'",
+            ),
+            (
+                json!({"id": "evt_1", "type": "invoice.payment_failed", "data": {"object": {"object": "invoice", "id": "in_1"}}}),
+                "names no customer",
+            ),
+        ] {
+            let ignored = map(&payload).expect_err("ignored");
+            assert!(
+                ignored.reason.contains(reason),
+                "{ignored} should say {reason}"
+            );
+        }
+    }
+}
