@@ -113,6 +113,35 @@ pub fn event_result(o: IngestOutcome) -> proto::EventResult {
     }
 }
 
+pub fn source(
+    source: &crate::sources::SourceConfig,
+    public_url: &str,
+    activity: &crate::sources::endpoint::SourceActivity,
+) -> proto::SourceInfo {
+    let time =
+        |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_default();
+    proto::SourceInfo {
+        name: source.name.clone(),
+        provider: source.provider.as_str().into(),
+        url: format!("{public_url}{}", source.path),
+        subject: source.subject.as_str().into(),
+        enriches: source.api_key.is_some(),
+        accepted: activity.accepted,
+        duplicate: activity.duplicate,
+        ignored: activity.ignored,
+        refused: activity.refused,
+        unavailable: activity.unavailable,
+        last_at: time(activity.last_at),
+        last: activity.last.clone().unwrap_or_default(),
+        last_error_at: time(activity.last_error.as_ref().map(|(at, _)| *at)),
+        last_error: activity
+            .last_error
+            .as_ref()
+            .map(|(_, e)| e.clone())
+            .unwrap_or_default(),
+    }
+}
+
 pub fn plugin(p: &PluginInfo) -> proto::PluginInfo {
     proto::PluginInfo {
         name: p.name.clone(),

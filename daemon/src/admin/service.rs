@@ -553,6 +553,27 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn list_sources(
+        &self,
+        _: Request<proto::ListSourcesRequest>,
+    ) -> Result<Response<proto::ListSourcesResponse>, Status> {
+        let config = self.shared.config();
+        let public_url = config
+            .webhooks
+            .as_ref()
+            .map(|w| w.public_url.clone())
+            .unwrap_or_default();
+        Ok(Response::new(proto::ListSourcesResponse {
+            sources: config
+                .sources
+                .iter()
+                .map(|source| {
+                    convert::source(source, &public_url, &self.shared.sources.of(&source.name))
+                })
+                .collect(),
+        }))
+    }
+
     async fn get_clock(
         &self,
         _: Request<proto::GetClockRequest>,

@@ -289,6 +289,9 @@ enum Command {
     /// Channel plugins loaded by the daemon.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+    /// Billing sources: the providers' webhooks the daemon hears.
+    #[command(subcommand)]
+    Sources(SourcesCommand),
     /// The engine clock (moving it works only on daemons run with `clock: manual`).
     #[command(subcommand)]
     Clock(ClockCommand),
@@ -389,6 +392,27 @@ enum CasesCommand {
 enum PluginsCommand {
     /// Loaded plugins, their ABI version and the channels they serve.
     List,
+}
+
+#[derive(Subcommand)]
+enum SourcesCommand {
+    /// Each source's URL and what it has heard since the daemon started:
+    /// accepted, duplicate, ignored, refused, unavailable, the last webhook.
+    List,
+    /// Offline: the dunningd event a provider's webhook payload becomes, or
+    /// why it is ignored (no signature is checked, nothing is fetched).
+    Map {
+        /// stripe, paddle, chargebee, recurly or lago.
+        provider: String,
+        /// The webhook's body as the provider sends it (JSON), e.g. saved from its dashboard.
+        file: PathBuf,
+        /// What cases are about: invoice (default), subscription or customer.
+        #[arg(long, default_value = "invoice")]
+        subject: String,
+        /// The source's name, as `data.source` shows it.
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -719,6 +743,9 @@ use output::{Col, dash, short_time, table};
 #[path = "dunningctl/report.rs"]
 mod report;
 
+#[path = "dunningctl/sources.rs"]
+mod sources;
+
 #[cfg(test)]
 #[path = "dunningctl/tests.rs"]
 mod tests;
@@ -766,6 +793,12 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
             at,
             config,
         } => return preview(cli, workflow, event, at.as_deref(), config.as_deref()),
+        Command::Sources(SourcesCommand::Map {
+            provider,
+            file,
+            subject,
+            name,
+        }) => return sources::map(cli, provider, file, subject, name.as_deref()),
         _ => {}
     }
     let mut client = connect(cli).await?;
@@ -1064,7 +1097,10 @@ async fn run(cli: &Cli) -> anyhow::Result<bool> {
             }
             Ok(true)
         }
-        Command::Preview { .. } | Command::Workflows(WorkflowsCommand::Validate { .. }) => Ok(true),
+        Command::Sources(SourcesCommand::List) => sources::list(cli, &mut client).await,
+        Command::Preview { .. }
+        | Command::Workflows(WorkflowsCommand::Validate { .. })
+        | Command::Sources(SourcesCommand::Map { .. }) => Ok(true),
     }
 }
 

@@ -142,6 +142,14 @@ pub enum SubjectLevel {
 }
 
 impl SubjectLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubjectLevel::Invoice => "invoice",
+            SubjectLevel::Subscription => "subscription",
+            SubjectLevel::Customer => "customer",
+        }
+    }
+
     pub fn parse(text: &str) -> Option<SubjectLevel> {
         match text {
             "invoice" => Some(SubjectLevel::Invoice),
