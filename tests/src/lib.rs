@@ -15,6 +15,7 @@ pub mod browser;
 pub mod daemon;
 pub mod fixtures;
 pub mod peers;
+pub mod signers;
 
 /// The packages whose artifacts the end-to-end tests run.
 const ARTIFACT_PACKAGES: &[&str] = &[
