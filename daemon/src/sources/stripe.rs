@@ -425,4 +425,160 @@ mod tests {
             );
         }
     }
+
+    fn fixture(name: &str) -> Value {
+        let text = match name {
+            "invoice.payment_failed" => {
+                include_str!("../../../tests/fixtures/sources/stripe/invoice.payment_failed.json")
+            }
+            "invoice.paid" => {
+                include_str!("../../../tests/fixtures/sources/stripe/invoice.paid.json")
+            }
+            "payment_method.attached" => {
+                include_str!("../../../tests/fixtures/sources/stripe/payment_method.attached.json")
+            }
+            "customer.source.expiring" => {
+                include_str!("../../../tests/fixtures/sources/stripe/customer.source.expiring.json")
+            }
+            "customer.subscription.deleted" => include_str!(
+                "../../../tests/fixtures/sources/stripe/customer.subscription.deleted.json"
+            ),
+            "api.payment_intent" => {
+                include_str!("../../../tests/fixtures/sources/stripe/api.payment_intent.json")
+            }
+            "api.customer" => {
+                include_str!("../../../tests/fixtures/sources/stripe/api.customer.json")
+            }
+            other => panic!("no fixture {other}"),
+        };
+        serde_json::from_str(text).expect("fixture is JSON")
+    }
+
+    #[test]
+    fn stripe_events_map_field_by_field() {
+        let failed = map(&fixture("invoice.payment_failed")).expect("mapped");
+        let event = failed.to_json(Provider::Stripe, "billing", SubjectLevel::Invoice);
+        assert_eq!(event["id"], "stripe:evt_1QdunningFailed01");
+        assert_eq!(event["type"], "payment_failed");
+        assert_eq!(event["subject"], "in_1QdunningFailed01");
+        assert_eq!(event["occurred_at"], "2026-01-05T08:59:00+00:00");
+        assert_eq!(
+            event["customer"],
+            json!({ "id": "cus_RdunningAda01", "email": "ada@example.com", "name": "Ada Lovelace" })
+        );
+        let data = &event["data"];
+        for (key, value) in [
+            ("provider", json!("stripe")),
+            ("source", json!("billing")),
+            ("provider_event_type", json!("invoice.payment_failed")),
+            ("invoice", json!("in_1QdunningFailed01")),
+            ("subscription", json!("sub_1QdunningPro01")),
+            ("amount", json!(4900)),
+            ("currency", json!("EUR")),
+            ("attempt", json!(1)),
+            ("next_retry_at", json!("2026-01-08T08:59:00+00:00")),
+            (
+                "update_url",
+                json!(
+                    "https://invoice.stripe.com/i/acct_1Qacme/test_YWNjdF8xUWFjbWUsX1JkdW5uaW5n0200abcdef"
+                ),
+            ),
+        ] {
+            assert_eq!(data[key], value, "data.{key}");
+        }
+        assert_eq!(data["object"]["number"], "ACME-0042");
+        assert_eq!(
+            failed.fetches,
+            vec![
+                Fetch {
+                    what: "payment_intent",
+                    path: "/v1/payment_intents/pi_3QdunningIntent01?expand[]=latest_charge".into()
+                },
+                Fetch {
+                    what: "customer",
+                    path: "/v1/customers/cus_RdunningAda01".into()
+                },
+            ]
+        );
+        // What the API adds: the decline, the card, the phone, locale and zone.
+        let mut enriched = failed.clone();
+        apply(
+            &mut enriched,
+            &failed.fetches[0],
+            &fixture("api.payment_intent"),
+        );
+        apply(&mut enriched, &failed.fetches[1], &fixture("api.customer"));
+        let event = enriched
+            .to_event(Provider::Stripe, "billing", SubjectLevel::Invoice)
+            .expect("passes the event checks");
+        assert_eq!(event.data["decline_code"], "insufficient_funds");
+        assert_eq!(
+            event.data["failure_message"],
+            "Your card has insufficient funds."
+        );
+        assert_eq!(
+            event.data["card"],
+            json!({ "brand": "visa", "last4": "0341", "exp_month": 12, "exp_year": 2027 })
+        );
+        assert_eq!(event.customer.phone.as_deref(), Some("+447700900123"));
+        assert_eq!(event.customer.locale.as_deref(), Some("en-GB"));
+        assert_eq!(event.customer.timezone.as_deref(), Some("Europe/London"));
+
+        let table = [
+            (
+                "invoice.paid",
+                "payment_succeeded",
+                "in_1QdunningFailed01",
+                Some(4900),
+            ),
+            (
+                "payment_method.attached",
+                "payment_method_updated",
+                "cus_RdunningAda01",
+                None,
+            ),
+            (
+                "customer.source.expiring",
+                "card_expiring",
+                "cus_RdunningAda01",
+                None,
+            ),
+            (
+                "customer.subscription.deleted",
+                "subscription_canceled",
+                "sub_1QdunningPro01",
+                None,
+            ),
+        ];
+        for (name, event_type, subject, amount) in table {
+            let draft = map(&fixture(name)).expect(name);
+            let event = draft
+                .to_event(Provider::Stripe, "billing", SubjectLevel::Invoice)
+                .expect(name);
+            assert_eq!(event.event_type, event_type, "{name}");
+            assert_eq!(event.subject, subject, "{name}");
+            assert_eq!(event.customer.id, "cus_RdunningAda01", "{name}");
+            assert_eq!(event.data["amount"].as_i64(), amount, "{name}");
+        }
+        let expiring = map(&fixture("customer.source.expiring")).expect("mapped");
+        assert_eq!(
+            expiring.card,
+            Card {
+                brand: Some("mastercard".into()),
+                last4: Some("4444".into()),
+                exp_month: Some(2),
+                exp_year: Some(2026)
+            }
+        );
+        // Account-level dunning: every event is about the customer.
+        let paid = map(&fixture("invoice.paid")).expect("mapped");
+        assert_eq!(
+            paid.subject(SubjectLevel::Customer),
+            Some("cus_RdunningAda01")
+        );
+        assert_eq!(
+            paid.subject(SubjectLevel::Subscription),
+            Some("sub_1QdunningPro01")
+        );
+    }
 }
