@@ -15,6 +15,7 @@ pub mod browser;
 pub mod daemon;
 pub mod fixtures;
 pub mod peers;
+pub mod stripe_peer;
 
 /// The packages whose artifacts the end-to-end tests run.
 const ARTIFACT_PACKAGES: &[&str] = &[
@@ -24,6 +25,7 @@ const ARTIFACT_PACKAGES: &[&str] = &[
     "dunningd-plugin-testkit",
     "dunningd-plugin-hello",
     "dunningd-plugin-smtp",
+    "dunningd-plugin-stripe",
     "dunningd-plugin-twilio",
     "dunningd-plugin-webhook",
 ];
