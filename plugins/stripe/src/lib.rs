@@ -148,14 +148,15 @@ pub struct Call {
 }
 
 /// Whether `id` can be put in a Stripe URL as it is: Stripe's ids are
-/// letters, digits and `_` (`in_1MtHbELkdIwHu7ixl4OzzPMv`).
-pub fn check_id(field: &str, id: &str) -> Result<(), String> {
+/// letters, digits and `_` (`in_1MtHbELkdIwHu7ixl4OzzPMv`). `what` names
+/// where it came from (`field 'invoice'`, `settings.stripe_account`).
+pub fn check_id(what: &str, id: &str) -> Result<(), String> {
     if id.is_empty() {
-        return Err(format!("field '{field}' is empty"));
+        return Err(format!("{what} is empty"));
     }
     if id.len() > MAX_ID {
         return Err(format!(
-            "field '{field}': id of {} characters, Stripe's are at most {MAX_ID}",
+            "{what}: id of {} characters, Stripe's are at most {MAX_ID}",
             id.len()
         ));
     }
@@ -164,7 +165,7 @@ pub fn check_id(field: &str, id: &str) -> Result<(), String> {
         .find(|c| !(c.is_ascii_alphanumeric() || *c == '_'))
     {
         return Err(format!(
-            "field '{field}': invalid Stripe id '{}': {bad:?} is not a letter, digit or '_'",
+            "{what}: invalid Stripe id '{}': {bad:?} is not a letter, digit or '_'",
             id.escape_debug()
         ));
     }
@@ -222,16 +223,18 @@ pub fn plan(request: &DeliveryRequest) -> Result<Call, String> {
     })?;
     let invoice = || -> Result<String, String> {
         let id = field(request, "invoice").unwrap_or(request.subject.trim());
-        check_id("invoice", id).map_err(|e| match request.message.contains_key("invoice") {
-            true => e,
-            false => format!("{e} (no 'invoice' field: the event's subject is used)"),
+        check_id("field 'invoice'", id).map_err(|e| {
+            match request.message.contains_key("invoice") {
+                true => e,
+                false => format!("{e} (no 'invoice' field: the event's subject is used)"),
+            }
         })?;
         Ok(id.to_string())
     };
     let subscription = || -> Result<String, String> {
         let id =
             field(request, "subscription").ok_or("field 'subscription' is missing or empty")?;
-        check_id("subscription", id)?;
+        check_id("field 'subscription'", id)?;
         Ok(id.to_string())
     };
     let mut params = Vec::new();
@@ -428,7 +431,7 @@ impl Plugin for Stripe {
         }
         let stripe_account = setting(s, "stripe_account");
         if let Some(account) = stripe_account {
-            check_id("stripe_account", account).map_err(|e| format!("settings.{e}"))?;
+            check_id("settings.stripe_account", account)?;
         }
         let api_version = setting(s, "api_version");
         if let Some(version) = api_version
@@ -732,7 +735,7 @@ mod tests {
             "x",
             &"a".repeat(255),
         ] {
-            assert_eq!(check_id("invoice", ok), Ok(()), "{ok}");
+            assert_eq!(check_id("field 'invoice'", ok), Ok(()), "{ok}");
         }
         let table = [
             ("", "field 'invoice' is empty"),
@@ -743,7 +746,7 @@ mod tests {
             (&"a".repeat(256), "id of 256 characters"),
         ];
         for (bad, want) in table {
-            let err = check_id("invoice", bad).expect_err(bad);
+            let err = check_id("field 'invoice'", bad).expect_err(bad);
             assert!(err.contains(want), "{bad}: {err}");
         }
     }
