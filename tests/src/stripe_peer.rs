@@ -405,9 +405,7 @@ fn route(objects: &mut BTreeMap<String, Value>, request: &StripeRequest) -> (u16
                         400,
                         "invalid_request_error",
                         Some("parameter_invalid_string"),
-                        &format!(
-                            "Invalid pause_collection[behavior]: must be one of keep_as_draft, mark_uncollectible, or void"
-                        ),
+                        "Invalid pause_collection[behavior]: must be one of keep_as_draft, mark_uncollectible, or void",
                     );
                 }
                 subscription["pause_collection"] =

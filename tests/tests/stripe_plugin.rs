@@ -224,7 +224,8 @@ async fn stripe_errors_become_outcomes_and_the_key_is_never_shown() {
     let mut errors = Vec::new();
 
     // (fields, status the peer fails the next request with, outcome, text)
-    let table: Vec<(Vec<(&str, &str)>, Option<u16>, &str, &str)> = vec![
+    type Row<'a> = (Vec<(&'a str, &'a str)>, Option<u16>, &'a str, &'a str);
+    let table: Vec<Row> = vec![
         (
             vec![("action", "retry_payment"), ("invoice", "in_declined")],
             None,

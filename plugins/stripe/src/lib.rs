@@ -773,10 +773,9 @@ mod tests {
 
     #[test]
     fn deliveries_are_planned_into_requests() {
-        let table: Vec<(
-            Vec<(&str, &str)>,
-            Result<(&str, &str, Vec<(&str, &str)>), &str>,
-        )> = vec![
+        // (fields, Ok((method, path, params)) or Err(part of the error))
+        type Planned<'a> = Result<(&'a str, &'a str, Vec<(&'a str, &'a str)>), &'a str>;
+        let table: Vec<(Vec<(&str, &str)>, Planned)> = vec![
             (
                 vec![("action", "retry_payment")],
                 Ok(("POST", "/v1/invoices/in_subject/pay", vec![])),
