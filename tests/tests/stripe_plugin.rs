@@ -603,3 +603,62 @@ async fn a_workflow_retries_the_payment_then_cancels_the_subscription() {
     );
     assert!(!show.contains(KEY) && !daemon.log().contains(KEY));
 }
+
+/// The peer itself, as other suites use it to stand in for Stripe: objects
+/// put in answer GETs (query ignored), with Bearer or basic auth; anything
+/// else is Stripe's error.
+#[tokio::test]
+async fn the_peer_answers_objects_as_stripe_does() {
+    let peer = StripePeer::start(KEY).await;
+    peer.put_object(
+        "/v1/customers/cus_1",
+        json!({ "id": "cus_1", "object": "customer", "_switch": 1 }),
+    );
+    let client = reqwest::Client::new();
+    let url = format!(
+        "{}/v1/customers/cus_1?expand[]=subscriptions",
+        peer.base_url()
+    );
+    let get = |request: reqwest::RequestBuilder| async move {
+        let response = request.send().await.expect("GET");
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.expect("JSON");
+        (status, body)
+    };
+    let bearer = get(client.get(&url).bearer_auth(KEY)).await;
+    assert_eq!(
+        bearer,
+        (200, json!({ "id": "cus_1", "object": "customer" }))
+    );
+    let basic = get(client.get(&url).basic_auth(KEY, None::<&str>)).await;
+    assert_eq!(basic, bearer);
+    let (status, body) = get(client.get(&url).bearer_auth("sk_test_other")).await;
+    assert_eq!(
+        (status, &body["error"]["type"]),
+        (401, &json!("authentication_error"))
+    );
+    let (status, body) = get(client.get(&url)).await;
+    assert_eq!(
+        (status, &body["error"]["type"]),
+        (401, &json!("authentication_error"))
+    );
+    let missing = format!("{}/v1/customers/cus_2", peer.base_url());
+    let (status, body) = get(client.get(&missing).bearer_auth(KEY)).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &json!("resource_missing"))
+    );
+    let (status, body) = get(client
+        .post(format!("{}/v1/invoices/in_1/pay", peer.base_url()))
+        .bearer_auth(KEY)
+        .header("Content-Type", "application/json")
+        .body("{}"))
+    .await;
+    assert_eq!(
+        (status, &body["error"]["type"]),
+        (400, &json!("invalid_request_error"))
+    );
+    let seen = peer.requests();
+    assert_eq!(seen.len(), 6, "refused requests are recorded too");
+    assert_eq!(seen[0].query, "expand[]=subscriptions");
+}
