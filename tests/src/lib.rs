@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod fixtures;
 pub mod peers;
 pub mod signers;
+pub mod stripe_peer;
 
 /// The packages whose artifacts the end-to-end tests run.
 const ARTIFACT_PACKAGES: &[&str] = &[
@@ -25,6 +26,7 @@ const ARTIFACT_PACKAGES: &[&str] = &[
     "dunningd-plugin-testkit",
     "dunningd-plugin-hello",
     "dunningd-plugin-smtp",
+    "dunningd-plugin-stripe",
     "dunningd-plugin-twilio",
     "dunningd-plugin-webhook",
 ];

@@ -97,6 +97,7 @@ async fn the_debian_package_installs_a_working_service() {
         "./usr/bin/dunningctl",
         "./usr/lib/dunningd/plugins/libdunningd_plugin_log.so",
         "./usr/lib/dunningd/plugins/libdunningd_plugin_smtp.so",
+        "./usr/lib/dunningd/plugins/libdunningd_plugin_stripe.so",
         "./usr/lib/dunningd/plugins/libdunningd_plugin_twilio.so",
         "./usr/lib/dunningd/plugins/libdunningd_plugin_webhook.so",
         "./usr/lib/dunningd/plugins/libdunningd_plugin_inapp.so",
