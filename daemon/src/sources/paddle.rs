@@ -24,14 +24,16 @@
 //! | `transaction.completed` | `payment_succeeded` (`payment_method_updated` when its origin is `subscription_payment_method_change`) |
 //! | `payment_method.saved` | `payment_method_updated` |
 //! | `subscription.canceled` | `subscription_canceled` |
-//! | `adjustment.created` / `adjustment.updated` with action `chargeback` | `dispute_opened` |
-//! | `adjustment.created` / `adjustment.updated` with action `chargeback_reverse` | `dispute_closed` |
+//! | `adjustment.created` with action `chargeback` | `dispute_opened` |
+//! | `adjustment.created` with action `chargeback_reverse` | `dispute_closed` |
 //!
 //! Ignored on purpose: `transaction.paid` (it comes before the subscription
 //! and the invoice are attached — Paddle's documented example has both null
 //! — and `transaction.completed` follows for the same payment),
 //! `transaction.past_due` and `subscription.past_due` (the same failure
-//! arrives as `transaction.payment_failed`, once per attempt), and
+//! arrives as `transaction.payment_failed`, once per attempt),
+//! `adjustment.updated` (a status change of an adjustment already heard as
+//! created; mapping it would open a second dispute for one chargeback), and
 //! `customer.updated` (a changed name or email is not a payment method).
 //! Paddle sends nothing before a card expires, so no `card_expiring`.
 //!
@@ -112,7 +114,7 @@ pub fn map(payload: &Value) -> Result<Draft, Ignored> {
         }
         "payment_method.saved" => "payment_method_updated",
         "subscription.canceled" => "subscription_canceled",
-        "adjustment.created" | "adjustment.updated" => match data["action"].as_str() {
+        "adjustment.created" => match data["action"].as_str() {
             Some("chargeback") => "dispute_opened",
             Some("chargeback_reverse") => "dispute_closed",
             _ => {
@@ -126,6 +128,12 @@ pub fn map(payload: &Value) -> Result<Draft, Ignored> {
             return Err(Ignored::new(
                 provider_type,
                 "the same payment arrives as transaction.completed, which is mapped",
+            ));
+        }
+        "adjustment.updated" => {
+            return Err(Ignored::new(
+                provider_type,
+                "a change to an adjustment already mapped from adjustment.created",
             ));
         }
         "transaction.past_due" | "subscription.past_due" => {
@@ -619,6 +627,8 @@ mod tests {
         let mut reversed = fixture("adjustment_created");
         reversed["data"]["action"] = json!("chargeback_reverse");
         assert_eq!(map(&reversed).expect("mapped").event_type, "dispute_closed");
+        let mut updated = fixture("adjustment_created");
+        updated["event_type"] = json!("adjustment.updated");
         let mut no_customer = fixture("subscription_canceled");
         no_customer["data"]["customer_id"] = Value::Null;
         for (payload, reason) in [
@@ -628,6 +638,7 @@ mod tests {
                 "transaction.payment_failed",
             ),
             (refund, "not a chargeback"),
+            (updated, "adjustment.created"),
             (no_customer, "names no customer"),
             (
                 json!({"event_id": "evt_1", "event_type": "customer.created", "data": {}}),
