@@ -59,6 +59,8 @@ impl Provider {
     fn authorize(self, request: reqwest::RequestBuilder, key: &str) -> reqwest::RequestBuilder {
         match self {
             Provider::Stripe => request.bearer_auth(key),
+            Provider::Paddle => request.bearer_auth(key),
+            Provider::Chargebee => request.basic_auth(key, None::<&str>),
         }
     }
 }

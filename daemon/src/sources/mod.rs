@@ -32,8 +32,10 @@
 //!   (lengths, control characters, amounts), bodies are bounded
 //!   ([`MAX_BODY`]), the provider's object is trimmed to fit an event.
 
+pub mod chargebee;
 pub mod endpoint;
 pub mod enrich;
+pub mod paddle;
 pub mod stripe;
 
 use std::fmt;
@@ -59,14 +61,18 @@ pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Provider {
     Stripe,
+    Paddle,
+    Chargebee,
 }
 
 impl Provider {
-    pub const ALL: [Provider; 1] = [Provider::Stripe];
+    pub const ALL: [Provider; 3] = [Provider::Stripe, Provider::Paddle, Provider::Chargebee];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Provider::Stripe => "stripe",
+            Provider::Paddle => "paddle",
+            Provider::Chargebee => "chargebee",
         }
     }
 
@@ -79,6 +85,8 @@ impl Provider {
     pub fn default_api_base(self) -> Option<&'static str> {
         match self {
             Provider::Stripe => Some("https://api.stripe.com"),
+            Provider::Paddle => Some("https://api.paddle.com"),
+            Provider::Chargebee => None,
         }
     }
 
@@ -87,6 +95,8 @@ impl Provider {
     pub fn uses_username(self) -> bool {
         match self {
             Provider::Stripe => false,
+            Provider::Paddle => false,
+            Provider::Chargebee => true,
         }
     }
 
@@ -101,6 +111,8 @@ impl Provider {
     ) -> Result<(), Refusal> {
         match self {
             Provider::Stripe => stripe::verify(source, headers, body, now),
+            Provider::Paddle => paddle::verify(source, headers, body, now),
+            Provider::Chargebee => chargebee::verify(source, headers, body, now),
         }
     }
 
@@ -113,6 +125,8 @@ impl Provider {
                 let _ = headers;
                 stripe::map(payload)
             }
+            Provider::Paddle => paddle::map(payload),
+            Provider::Chargebee => chargebee::map(payload),
         }
     }
 
@@ -120,6 +134,8 @@ impl Provider {
     pub fn apply(self, draft: &mut Draft, fetch: &Fetch, object: &Value) {
         match self {
             Provider::Stripe => stripe::apply(draft, fetch, object),
+            Provider::Paddle => paddle::apply(draft, fetch, object),
+            Provider::Chargebee => chargebee::apply(draft, fetch, object),
         }
     }
 }
