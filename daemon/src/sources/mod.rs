@@ -53,8 +53,9 @@ use crate::model::{Event, EventError, MAX_EVENT_BYTES};
 /// smaller (Stripe's are tens of kilobytes).
 pub const MAX_BODY: usize = 1024 * 1024;
 
-/// How old a signed timestamp may be by default (Stripe's, Paddle's and
-/// Recurly's libraries all use five minutes).
+/// How old a signed timestamp may be by default: Stripe's libraries' five
+/// minutes. Paddle's SDKs allow only five seconds, which a proxy's queue or
+/// a clock a little off exceeds; `tolerance` sets it per source.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
 /// A billing system whose webhooks dunningd understands.
