@@ -59,6 +59,10 @@ impl Provider {
     fn authorize(self, request: reqwest::RequestBuilder, key: &str) -> reqwest::RequestBuilder {
         match self {
             Provider::Stripe => request.bearer_auth(key),
+            Provider::Recurly => request
+                .basic_auth(key, None::<&str>)
+                .header("Accept", "application/vnd.recurly.v2021-02-25+json"),
+            Provider::Lago => request.bearer_auth(key),
         }
     }
 }

@@ -34,6 +34,8 @@
 
 pub mod endpoint;
 pub mod enrich;
+pub mod lago;
+pub mod recurly;
 pub mod stripe;
 
 use std::fmt;
@@ -59,14 +61,18 @@ pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Provider {
     Stripe,
+    Recurly,
+    Lago,
 }
 
 impl Provider {
-    pub const ALL: [Provider; 1] = [Provider::Stripe];
+    pub const ALL: [Provider; 3] = [Provider::Stripe, Provider::Recurly, Provider::Lago];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Provider::Stripe => "stripe",
+            Provider::Recurly => "recurly",
+            Provider::Lago => "lago",
         }
     }
 
@@ -79,6 +85,8 @@ impl Provider {
     pub fn default_api_base(self) -> Option<&'static str> {
         match self {
             Provider::Stripe => Some("https://api.stripe.com"),
+            Provider::Recurly => Some("https://v3.recurly.com"),
+            Provider::Lago => Some("https://api.getlago.com"),
         }
     }
 
@@ -87,6 +95,8 @@ impl Provider {
     pub fn uses_username(self) -> bool {
         match self {
             Provider::Stripe => false,
+            Provider::Recurly => false,
+            Provider::Lago => false,
         }
     }
 
@@ -101,6 +111,8 @@ impl Provider {
     ) -> Result<(), Refusal> {
         match self {
             Provider::Stripe => stripe::verify(source, headers, body, now),
+            Provider::Recurly => recurly::verify(source, headers, body, now),
+            Provider::Lago => lago::verify(source, headers, body, now),
         }
     }
 
@@ -108,11 +120,9 @@ impl Provider {
     /// one. `headers` may be empty (an offline `sources map`).
     pub fn map(self, headers: &HeaderMap, payload: &Value) -> Result<Draft, Ignored> {
         match self {
-            Provider::Stripe => {
-                // Stripe's event carries its id; only Lago's is in a header.
-                let _ = headers;
-                stripe::map(payload)
-            }
+            Provider::Stripe => stripe::map(payload),
+            Provider::Recurly => recurly::map(headers, payload),
+            Provider::Lago => lago::map(headers, payload),
         }
     }
 
@@ -120,6 +130,8 @@ impl Provider {
     pub fn apply(self, draft: &mut Draft, fetch: &Fetch, object: &Value) {
         match self {
             Provider::Stripe => stripe::apply(draft, fetch, object),
+            Provider::Recurly => recurly::apply(draft, fetch, object),
+            Provider::Lago => lago::apply(draft, fetch, object),
         }
     }
 }
