@@ -61,6 +61,10 @@ impl Provider {
             Provider::Stripe => request.bearer_auth(key),
             Provider::Paddle => request.bearer_auth(key),
             Provider::Chargebee => request.basic_auth(key, None::<&str>),
+            Provider::Recurly => request
+                .basic_auth(key, None::<&str>)
+                .header("Accept", "application/vnd.recurly.v2021-02-25+json"),
+            Provider::Lago => request.bearer_auth(key),
         }
     }
 }

@@ -35,7 +35,9 @@
 pub mod chargebee;
 pub mod endpoint;
 pub mod enrich;
+pub mod lago;
 pub mod paddle;
+pub mod recurly;
 pub mod stripe;
 
 use std::fmt;
@@ -64,16 +66,26 @@ pub enum Provider {
     Stripe,
     Paddle,
     Chargebee,
+    Recurly,
+    Lago,
 }
 
 impl Provider {
-    pub const ALL: [Provider; 3] = [Provider::Stripe, Provider::Paddle, Provider::Chargebee];
+    pub const ALL: [Provider; 5] = [
+        Provider::Stripe,
+        Provider::Paddle,
+        Provider::Chargebee,
+        Provider::Recurly,
+        Provider::Lago,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Provider::Stripe => "stripe",
             Provider::Paddle => "paddle",
             Provider::Chargebee => "chargebee",
+            Provider::Recurly => "recurly",
+            Provider::Lago => "lago",
         }
     }
 
@@ -88,6 +100,8 @@ impl Provider {
             Provider::Stripe => Some("https://api.stripe.com"),
             Provider::Paddle => Some("https://api.paddle.com"),
             Provider::Chargebee => None,
+            Provider::Recurly => Some("https://v3.recurly.com"),
+            Provider::Lago => Some("https://api.getlago.com"),
         }
     }
 
@@ -98,6 +112,8 @@ impl Provider {
             Provider::Stripe => false,
             Provider::Paddle => false,
             Provider::Chargebee => true,
+            Provider::Recurly => false,
+            Provider::Lago => false,
         }
     }
 
@@ -114,6 +130,8 @@ impl Provider {
             Provider::Stripe => stripe::verify(source, headers, body, now),
             Provider::Paddle => paddle::verify(source, headers, body, now),
             Provider::Chargebee => chargebee::verify(source, headers, body, now),
+            Provider::Recurly => recurly::verify(source, headers, body, now),
+            Provider::Lago => lago::verify(source, headers, body, now),
         }
     }
 
@@ -121,13 +139,11 @@ impl Provider {
     /// one. `headers` may be empty (an offline `sources map`).
     pub fn map(self, headers: &HeaderMap, payload: &Value) -> Result<Draft, Ignored> {
         match self {
-            Provider::Stripe => {
-                // Stripe's event carries its id; only Lago's is in a header.
-                let _ = headers;
-                stripe::map(payload)
-            }
+            Provider::Stripe => stripe::map(payload),
             Provider::Paddle => paddle::map(payload),
             Provider::Chargebee => chargebee::map(payload),
+            Provider::Recurly => recurly::map(headers, payload),
+            Provider::Lago => lago::map(headers, payload),
         }
     }
 
@@ -137,6 +153,8 @@ impl Provider {
             Provider::Stripe => stripe::apply(draft, fetch, object),
             Provider::Paddle => paddle::apply(draft, fetch, object),
             Provider::Chargebee => chargebee::apply(draft, fetch, object),
+            Provider::Recurly => recurly::apply(draft, fetch, object),
+            Provider::Lago => lago::apply(draft, fetch, object),
         }
     }
 }
