@@ -92,6 +92,7 @@ struct RawSource {
     subject: Option<String>,
     tolerance: Option<String>,
     api_timeout: Option<String>,
+    portal_return_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -917,7 +918,25 @@ fn source_config(
         None => Ok(default),
         Some(text) => duration::parse(text).map_err(|e| format!("{}: {e}", field(f))),
     };
+    let portal_return_url = match raw.portal_return_url {
+        None => None,
+        Some(_) if provider != Provider::Stripe => {
+            return Err(format!(
+                "{}: only a stripe source has a customer portal",
+                field("portal_return_url")
+            ));
+        }
+        Some(url) if url.starts_with("https://") || url.starts_with("http://") => Some(url),
+        Some(url) => {
+            return Err(format!(
+                "{}: '{}' is not an http(s) URL",
+                field("portal_return_url"),
+                redact::urls(&url)
+            ));
+        }
+    };
     Ok(SourceConfig {
+        portal_return_url,
         provider,
         path,
         secrets,

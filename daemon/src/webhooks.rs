@@ -402,7 +402,9 @@ struct UnsubscribeQuery {
     sig: String,
 }
 
-fn page(status: StatusCode, title: &str, body: &str) -> Response {
+/// A small HTML page for a person who followed a link; `title` and `body`
+/// are the caller's own text, never a value from outside.
+pub(crate) fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\

@@ -432,6 +432,39 @@ fn route(objects: &mut BTreeMap<String, Value>, request: &StripeRequest) -> (u16
             subscription["ended_at"] = now.into();
             (200, public(subscription))
         }
+        ("POST", ["v1", "billing_portal", "sessions"]) => {
+            let Some(customer) = request.form.get("customer").filter(|c| !c.is_empty()) else {
+                return stripe_error(
+                    400,
+                    "invalid_request_error",
+                    Some("parameter_missing"),
+                    "Missing required param: customer.",
+                );
+            };
+            if !objects.contains_key(&format!("/v1/customers/{customer}")) {
+                return no_such("customer", customer);
+            }
+            let number = objects
+                .keys()
+                .filter(|k| k.starts_with("/v1/billing_portal/sessions/"))
+                .count()
+                + 1;
+            let id = format!("bps_{number:024}");
+            let session = json!({
+                "id": id,
+                "object": "billing_portal.session",
+                "configuration": "bpc_default",
+                "created": now,
+                "customer": customer,
+                "livemode": false,
+                "locale": null,
+                "on_behalf_of": null,
+                "return_url": request.form.get("return_url"),
+                "url": format!("https://billing.stripe.com/p/session/test_{id}"),
+            });
+            objects.insert(format!("/v1/billing_portal/sessions/{id}"), session.clone());
+            (200, session)
+        }
         (method, _) => stripe_error(
             404,
             "invalid_request_error",

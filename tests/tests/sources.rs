@@ -201,6 +201,45 @@ async fn a_signed_stripe_event_starts_one_case_with_what_the_api_adds(backend: B
         ]
     );
 
+    // The portal link makes a session when followed, for that customer only.
+    let portal = event["data"]["portal_url"].as_str().expect("portal_url");
+    let local = portal.replace("https://billing.example.com/hooks", &s.base);
+    assert!(
+        local.starts_with(&format!(
+            "{}/sources/billing/portal?customer=cus_RdunningAda01&expires=",
+            s.base
+        )),
+        "{portal}"
+    );
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let followed = no_redirects
+        .get(&local)
+        .send()
+        .await
+        .expect("follow the link");
+    assert_eq!(followed.status().as_u16(), 303);
+    let location = followed.headers()["location"].to_str().expect("location");
+    assert!(
+        location.starts_with("https://billing.stripe.com/p/session/test_bps_"),
+        "{location}"
+    );
+    let session = api.requests().pop().expect("the session request");
+    assert_eq!(
+        (
+            session.method.as_str(),
+            session.path.as_str(),
+            session.form.get("customer").map(String::as_str)
+        ),
+        ("POST", "/v1/billing_portal/sessions", Some(CUSTOMER))
+    );
+    let altered = local.replace("cus_RdunningAda01", "cus_SomeoneElse01");
+    let refused = no_redirects.get(&altered).send().await.expect("follow");
+    assert_eq!(refused.status().as_u16(), 403);
+    assert_eq!(api.requests().len(), 3, "an altered link makes no session");
+
     s.daemon.settle().await;
     let sent = s.daemon.deliveries();
     assert_eq!(sent.len(), 1, "{sent:?}");

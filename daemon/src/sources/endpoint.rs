@@ -16,6 +16,9 @@
 //!   too long, no customer id); the reason is in the answer and the log.
 //! - 503: the provider's API or the database cannot be reached; nothing was
 //!   stored and the provider's retry will be accepted.
+//!
+//! `GET <path>/portal?…` of a Stripe source with an `api_key` is the signed
+//! customer-portal link events carry as `data.portal_url` ([`portal`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -29,9 +32,10 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use super::enrich::{self, EnrichError};
-use super::{MAX_BODY, Refusal, SourceConfig};
+use super::{MAX_BODY, Provider, Refusal, SourceConfig, portal};
 use crate::daemon::Shared;
 use crate::metrics::EventResult;
+use crate::webhooks::page;
 
 /// What became of one webhook, as counted per source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +163,18 @@ async fn handle(
 ) -> Response {
     let config = endpoint.shared.config();
     let Some(source) = config.sources.iter().find(|s| s.path == uri.path()) else {
+        if let Some(source) = uri
+            .path()
+            .strip_suffix("/portal")
+            .and_then(|path| config.sources.iter().find(|s| s.path == path))
+            .filter(|s| s.provider == Provider::Stripe && s.api_key.is_some())
+            && method == Method::GET
+            && let Some(webhooks) = &config.webhooks
+        {
+            return endpoint
+                .portal(source, &webhooks.secret, uri.query().unwrap_or(""))
+                .await;
+        }
         return plain(StatusCode::NOT_FOUND, "not found");
     };
     if method != Method::POST {
@@ -182,6 +198,47 @@ async fn handle(
 }
 
 impl Endpoint {
+    /// `GET <path>/portal?customer=…&expires=…&sig=…`: a session of the
+    /// provider's customer portal, made now, for a signed link.
+    async fn portal(&self, source: &SourceConfig, secret: &[u8], query: &str) -> Response {
+        let Some(customer) = portal::verify(source, secret, query, Utc::now()) else {
+            tracing::warn!(source = %source.name, "refused a portal link: altered or expired");
+            return page(
+                StatusCode::FORBIDDEN,
+                "This link is not valid any more",
+                "<p>It may have expired or been copied incompletely. Use the link in our latest message, or sign in to your account.</p>",
+            );
+        };
+        match portal::session(&self.client, source, &customer).await {
+            Ok(url) => match header::HeaderValue::from_str(&url) {
+                Ok(location) => (
+                    StatusCode::SEE_OTHER,
+                    [
+                        (header::LOCATION, location),
+                        (
+                            header::CACHE_CONTROL,
+                            header::HeaderValue::from_static("no-store"),
+                        ),
+                    ],
+                )
+                    .into_response(),
+                Err(_) => page(
+                    StatusCode::BAD_GATEWAY,
+                    "Please try again",
+                    "<p>We could not open your billing page just now.</p>",
+                ),
+            },
+            Err(error) => {
+                tracing::error!(source = %source.name, %error, "cannot open a customer-portal session");
+                page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Please try again",
+                    "<p>We could not open your billing page just now. Please try again in a minute.</p>",
+                )
+            }
+        }
+    }
+
     async fn receive(
         &self,
         source: &SourceConfig,
@@ -230,6 +287,20 @@ impl Endpoint {
                     "cannot complete this event now; try again",
                 ),
             );
+        }
+        // Stripe: a portal link that makes its session when followed.
+        if source.provider == Provider::Stripe
+            && source.api_key.is_some()
+            && let (Some(customer), Some(webhooks)) =
+                (&draft.customer_id, &self.shared.config().webhooks)
+        {
+            draft.portal_url = Some(portal::link(
+                &webhooks.public_url,
+                source,
+                &webhooks.secret,
+                customer,
+                Utc::now(),
+            ));
         }
         let event = match draft.to_event(source.provider, name, source.subject) {
             Ok(event) => event,

@@ -37,6 +37,7 @@ pub mod endpoint;
 pub mod enrich;
 pub mod lago;
 pub mod paddle;
+pub mod portal;
 pub mod recurly;
 pub mod stripe;
 
@@ -217,6 +218,9 @@ pub struct SourceConfig {
     pub tolerance: Duration,
     /// The longest one API request may take.
     pub api_timeout: Duration,
+    /// Stripe: where the customer portal sends the customer back to
+    /// (`None`: the portal configuration's default).
+    pub portal_return_url: Option<String>,
 }
 
 impl fmt::Debug for SourceConfig {
@@ -337,6 +341,9 @@ pub struct Draft {
     pub next_retry_at: Option<DateTime<Utc>>,
     /// Where the customer pays or updates their card (the provider's page).
     pub update_url: Option<String>,
+    /// A link to the provider's customer portal through this daemon
+    /// ([`portal`]); set by the endpoint, which holds the signing secret.
+    pub portal_url: Option<String>,
     pub card: Card,
     /// The provider's object the event is about, whole.
     pub object: Value,
@@ -378,6 +385,7 @@ impl Draft {
             attempt: None,
             next_retry_at: None,
             update_url: None,
+            portal_url: None,
             card: Card::default(),
             object,
             fetches: Vec::new(),
@@ -439,6 +447,7 @@ impl Draft {
             self.next_retry_at.map(|t| Value::String(t.to_rfc3339())),
         );
         put("update_url", text(&self.update_url));
+        put("portal_url", text(&self.portal_url));
         if !self.card.is_empty() {
             let mut card = Map::new();
             if let Some(brand) = &self.card.brand {

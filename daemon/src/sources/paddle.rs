@@ -273,6 +273,7 @@ mod tests {
             subject: SubjectLevel::Invoice,
             tolerance: super::super::DEFAULT_TOLERANCE,
             api_timeout: std::time::Duration::from_secs(10),
+            portal_return_url: None,
         }
     }
 
