@@ -485,3 +485,128 @@ async fn sources_map_prints_the_event_or_why_none() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown provider 'square'"));
 }
+
+/// The `yaml` block that follows `heading` in the README.
+fn readme_yaml_after(heading: &str) -> String {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).expect("README");
+    let section = &readme[readme.find(heading).expect("the README has the heading")..];
+    let start = section.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+    let block = &section[start..];
+    let end = block.find("```").expect("the block ends");
+    // The block is indented as part of a numbered list item.
+    block[..end]
+        .lines()
+        .map(|line| line.strip_prefix("   ").unwrap_or(line))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A user follows "Connect Stripe in five minutes" to the letter, with the
+/// test peer standing for api.stripe.com: the README's `sources:` block and
+/// credentials, the shipped Stripe example workflow with a `stripe`
+/// channel. A signed Stripe event starts a case; Stripe's retry of the
+/// charge on day 3 and its `invoice.paid` end it before the cancellation.
+#[tokio::test]
+async fn connect_stripe_as_the_readme_says() {
+    if !node_signers_available() {
+        return;
+    }
+    let api = stripe_api().await;
+    api.put_object(
+        "/v1/invoices/in_1QdunningFailed01",
+        serde_json::json!({ "id": "in_1QdunningFailed01", "object": "invoice", "status": "open", "amount_due": 4900 }),
+    );
+    let credentials = tempfile::tempdir().expect("tempdir");
+    for (name, value) in [
+        ("stripe-webhook-secret", SIGNING_SECRET),
+        ("stripe-api-key", API_KEY),
+        ("webhooks-secret", LINK_SECRET),
+    ] {
+        std::fs::write(credentials.path().join(name), value).expect("credential");
+    }
+    let sources = readme_yaml_after("### Connect Stripe in five minutes");
+    assert!(sources.starts_with("sources:\n  stripe:\n"), "{sources}");
+    let base = format!("http://127.0.0.1:{}", free_port());
+    let workflow = std::fs::read_to_string(
+        workspace_root().join("examples/workflows/stripe-payment-failed.yaml"),
+    )
+    .expect("example workflow");
+    let mut setup = Setup::default()
+        .workflow("stripe-payment-failed.yaml", &workflow)
+        .channel(
+            "stripe",
+            &format!(
+                "{{ plugin: stripe, settings: {{ base_url: '{}' }}, secrets: {{ api_key: {{ credential: stripe-api-key }} }} }}",
+                api.base_url()
+            ),
+        );
+    setup.env = vec![(
+        "CREDENTIALS_DIRECTORY".into(),
+        credentials.path().display().to_string(),
+    )];
+    setup.extra_config = format!(
+        "webhooks:\n  listen: '{}'\n  public_url: '{base}'\n  secret: {{ credential: webhooks-secret }}\n{}\n    api_base: '{}'\n",
+        base.trim_start_matches("http://"),
+        sources.trim_end(),
+        api.base_url()
+    );
+    let daemon = TestDaemon::start(setup).await;
+    let url = format!("{base}/sources/stripe");
+
+    let (status, answer) = post_signed(&url, &fixture("invoice.payment_failed")).await;
+    assert_eq!(status, 200, "{answer}\n{}", daemon.log());
+    let cases = cases_of(&daemon, CUSTOMER).await;
+    assert_eq!(cases.len(), 1, "{answer}");
+    daemon.settle().await;
+    let sent = daemon.deliveries();
+    assert_eq!(
+        sent.len(),
+        1,
+        "insufficient funds: no new-card SMS: {sent:?}"
+    );
+    let text = sent[0]["message"]["text"].as_str().expect("text");
+    assert!(
+        text.contains("Your Visa ending in 0341 was declined for insufficient funds; we'll try again in 3 days."),
+        "{text}"
+    );
+    // Attributes are HTML-escaped (`/` as `&#x2f;`), as browsers read them.
+    let html = sent[0]["message"]["html"]
+        .as_str()
+        .expect("html")
+        .replace("&#x2f;", "/")
+        .replace("&amp;", "&");
+    assert!(
+        html.contains(&format!(
+            "{base}/sources/stripe/portal?customer=cus_RdunningAda01"
+        )),
+        "{html}"
+    );
+
+    daemon.advance("3d").await;
+    let paid = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == "/v1/invoices/in_1QdunningFailed01/pay")
+        .count();
+    assert_eq!(paid, 1, "Stripe was asked to retry the charge once");
+    let case = daemon.case(&cases[0].id).await;
+    let retry = case
+        .deliveries
+        .iter()
+        .find(|d| d.channel == "stripe")
+        .expect("the retry delivery");
+    assert_eq!(
+        (retry.status.as_str(), retry.receipt.as_str()),
+        ("sent", "in_1QdunningFailed01")
+    );
+
+    // Stripe tells us the invoice is paid: the case ends, nothing is cancelled.
+    let (status, answer) = post_signed(&url, &fixture("invoice.paid")).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(cases_of(&daemon, CUSTOMER).await[0].state, "recovered");
+    daemon.advance("27d").await;
+    assert!(
+        api.requests().iter().all(|r| r.method != "DELETE"),
+        "a recovered case cancels nothing"
+    );
+}
