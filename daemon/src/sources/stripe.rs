@@ -20,7 +20,8 @@
 //!
 //! Thin parts, fetched with the source's `api_key`: the decline code, the
 //! failure message and the card from the invoice's PaymentIntent (or its
-//! charge, on API versions that name one); the phone, name, locale and time
+//! charge, on API versions that name one; since 2025-03-31 invoices name
+//! neither, and the PaymentIntent comes from the invoice's payments); the phone, name, locale and time
 //! zone (`metadata.timezone`) from the customer when the event lacks the
 //! phone; a dispute's customer from its charge.
 
@@ -115,7 +116,10 @@ pub fn map(payload: &Value) -> Result<Draft, Ignored> {
         Some("dispute") => dispute(&mut draft, object),
         _ => return Err(Ignored::malformed(provider_type, "data.object.object")),
     }
-    if draft.customer_id.is_none() && draft.fetches.is_empty() {
+    // A dispute names only its charge, which names the customer; anything
+    // else without a customer cannot be about one.
+    let dispute = matches!(draft.event_type, "dispute_opened" | "dispute_closed");
+    if draft.customer_id.is_none() && !(dispute && !draft.fetches.is_empty()) {
         return Err(Ignored::new(
             provider_type,
             "the object names no customer, so no case can be about one",
@@ -161,6 +165,15 @@ fn invoice(draft: &mut Draft, invoice: &Value) {
             draft.fetches.push(Fetch {
                 what: "charge",
                 path: format!("/v1/charges/{charge}"),
+            });
+        } else if let Some(id) = &draft.invoice {
+            // Since API version 2025-03-31 an invoice names neither: its
+            // payments are listed, newest first, each with its PaymentIntent.
+            draft.fetches.push(Fetch {
+                what: "invoice_payments",
+                path: format!(
+                    "/v1/invoice_payments?invoice={id}&limit=1&expand[]=data.payment.payment_intent"
+                ),
             });
         }
     }
@@ -219,6 +232,22 @@ fn dispute(draft: &mut Draft, dispute: &Value) {
     }
 }
 
+/// The decline, its message and the card, from a PaymentIntent's last error
+/// (or, without one, its latest charge).
+fn payment_intent(draft: &mut Draft, intent: &Value) {
+    let error = &intent["last_payment_error"];
+    draft.decline_code = text(error, "/decline_code").or_else(|| text(error, "/code"));
+    draft.failure_message = text(error, "/message");
+    let card = if error["payment_method"]["card"].is_object() {
+        card_of(&error["payment_method"]["card"])
+    } else {
+        card_of(&intent["latest_charge"]["payment_method_details"]["card"])
+    };
+    if !card.is_empty() {
+        draft.card = card;
+    }
+}
+
 pub fn apply(draft: &mut Draft, fetch: &Fetch, object: &Value) {
     match fetch.what {
         "customer" => {
@@ -234,19 +263,15 @@ pub fn apply(draft: &mut Draft, fetch: &Fetch, object: &Value) {
                 .take()
                 .or_else(|| text(object, "/metadata/timezone"));
         }
-        "payment_intent" => {
-            let error = &object["last_payment_error"];
-            draft.decline_code = text(error, "/decline_code").or_else(|| text(error, "/code"));
-            draft.failure_message = text(error, "/message");
-            let card = if error["payment_method"]["card"].is_object() {
-                card_of(&error["payment_method"]["card"])
-            } else {
-                card_of(&object["latest_charge"]["payment_method_details"]["card"])
-            };
-            if !card.is_empty() {
-                draft.card = card;
-            }
-        }
+        "invoice_payments" => match object.pointer("/data/0/payment/payment_intent") {
+            Some(intent @ Value::Object(_)) => payment_intent(draft, intent),
+            Some(Value::String(intent)) if !intent.is_empty() => draft.fetches.push(Fetch {
+                what: "payment_intent",
+                path: format!("/v1/payment_intents/{intent}?expand[]=latest_charge"),
+            }),
+            _ => {}
+        },
+        "payment_intent" => payment_intent(draft, object),
         "charge" => {
             if draft.event_type == "payment_failed" {
                 draft.decline_code =
@@ -450,6 +475,12 @@ mod tests {
             "api.customer" => {
                 include_str!("../../../tests/fixtures/sources/stripe/api.customer.json")
             }
+            "invoice.payment_failed.basil" => include_str!(
+                "../../../tests/fixtures/sources/stripe/invoice.payment_failed.basil.json"
+            ),
+            "api.invoice_payments" => {
+                include_str!("../../../tests/fixtures/sources/stripe/api.invoice_payments.json")
+            }
             other => panic!("no fixture {other}"),
         };
         serde_json::from_str(text).expect("fixture is JSON")
@@ -581,5 +612,41 @@ mod tests {
             paid.subject(SubjectLevel::Subscription),
             Some("sub_1QdunningPro01")
         );
+    }
+
+    /// API versions since 2025-03-31 (basil) name no PaymentIntent on the
+    /// invoice: it is found through the invoice's payments.
+    #[test]
+    fn newer_api_versions_find_the_decline_through_invoice_payments() {
+        let draft = map(&fixture("invoice.payment_failed.basil")).expect("mapped");
+        assert_eq!(draft.subscription.as_deref(), Some("sub_1QdunningPro01"));
+        assert_eq!(
+            draft.fetches[0],
+            Fetch {
+                what: "invoice_payments",
+                path: "/v1/invoice_payments?invoice=in_1QdunningFailed01&limit=1&expand[]=data.payment.payment_intent".into()
+            }
+        );
+        let mut enriched = draft.clone();
+        apply(
+            &mut enriched,
+            &draft.fetches[0],
+            &fixture("api.invoice_payments"),
+        );
+        assert_eq!(enriched.decline_code.as_deref(), Some("insufficient_funds"));
+        assert_eq!(enriched.card.last4.as_deref(), Some("0341"));
+        // Not expanded: the PaymentIntent is fetched on its own.
+        let mut thin = draft.clone();
+        thin.fetches.clear();
+        apply(
+            &mut thin,
+            &draft.fetches[0],
+            &json!({ "data": [{ "payment": { "type": "payment_intent", "payment_intent": "pi_2" } }] }),
+        );
+        assert_eq!(
+            thin.fetches[0].path,
+            "/v1/payment_intents/pi_2?expand[]=latest_charge"
+        );
+        assert_eq!(thin.decline_code, None);
     }
 }
