@@ -84,12 +84,30 @@ pub async fn enrich(
     while !draft.fetches.is_empty() && done < MAX_FETCHES {
         let fetch = draft.fetches.remove(0);
         done += 1;
+        if !safe_path(&fetch.path) {
+            // Ids come from the payload: one that would leave the object's
+            // path (`..`, `?`, `#`, spaces) is not asked for.
+            tracing::warn!(source = %source.name, what = fetch.what, "an id in the webhook is not a plain id; not fetched");
+            continue;
+        }
         if let Some(object) = get(client, source, key, base, &fetch).await? {
             source.provider.apply(draft, &fetch, &object);
         }
     }
     draft.fetches.clear();
     Ok(())
+}
+
+/// Whether a fetch's path (before its query) is made of plain id
+/// characters and stays where it points.
+fn safe_path(path: &str) -> bool {
+    let bare = path.split_once('?').map_or(path, |(bare, _)| bare);
+    bare.starts_with('/')
+        && !bare.contains("..")
+        && !bare.contains("//")
+        && bare
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/_-.:@%".contains(c))
 }
 
 /// One fetch, tried [`ATTEMPTS`] times. `None`: the API has no such object.
@@ -169,4 +187,31 @@ async fn read_bounded(mut response: reqwest::Response) -> Result<Value, String> 
         body.extend_from_slice(&chunk);
     }
     serde_json::from_slice(&body).map_err(|e| format!("answer is not JSON: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_path;
+
+    #[test]
+    fn fetch_paths_must_stay_plain() {
+        for ok in [
+            "/v1/customers/cus_1",
+            "/accounts/code-ver%20ena",
+            "/api/v1/invoices/1a901a90-1a90-1a90-1a90-1a901a901a90",
+            "/v1/invoice_payments?invoice=in_1&expand[]=data.payment",
+        ] {
+            assert!(safe_path(ok), "{ok}");
+        }
+        for bad in [
+            "/v1/customers/../charges",
+            "/v1/customers/cus 1",
+            "/v1/customers/cus#1",
+            "//evil.example/x",
+            "v1/customers",
+            "/v1/customers/cus\n1",
+        ] {
+            assert!(!safe_path(bad), "{bad}");
+        }
+    }
 }
