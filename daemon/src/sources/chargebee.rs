@@ -63,9 +63,9 @@ pub fn verify(
     // Basic auth covers the request, not the body, and carries no time.
     let _ = (body, now);
     let value = header(headers, AUTHORIZATION).ok_or(Refusal::Missing(AUTHORIZATION))?;
-    let malformed = |problem| Refusal::Malformed {
+    let malformed = |problem: &str| Refusal::Malformed {
         header: AUTHORIZATION,
-        problem,
+        problem: problem.into(),
     };
     let encoded = match value.trim().split_once(' ') {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("basic") => rest.trim(),
@@ -241,17 +241,8 @@ mod tests {
 
     fn source(username: &str, passwords: &[&str]) -> SourceConfig {
         SourceConfig {
-            name: "chargebee".into(),
-            provider: Provider::Chargebee,
-            path: "/sources/chargebee".into(),
-            secrets: passwords.iter().map(|s| s.as_bytes().to_vec()).collect(),
             username: Some(username.into()),
-            api_key: None,
-            api_base: None,
-            subject: SubjectLevel::Invoice,
-            tolerance: super::super::DEFAULT_TOLERANCE,
-            api_timeout: std::time::Duration::from_secs(10),
-            portal_return_url: None,
+            ..crate::sources::test_source(Provider::Chargebee, passwords)
         }
     }
 
@@ -275,9 +266,9 @@ mod tests {
         let one = source("dunningd", &["s3cret:with:colons"]);
         let rotating = source("dunningd", &["old-pass", "new-pass"]);
         let check = |source: &SourceConfig, value: &str| verify(source, &headers(value), body, now);
-        let malformed = |problem| Refusal::Malformed {
+        let malformed = |problem: &str| Refusal::Malformed {
             header: AUTHORIZATION,
-            problem,
+            problem: problem.into(),
         };
         let table = [
             (&one, basic("dunningd", "s3cret:with:colons"), Ok(())),

@@ -76,13 +76,13 @@ pub fn verify(
         Some("jwt") => {
             return Err(Refusal::Malformed {
                 header: ALGORITHM,
-                problem: "jwt is not verified by dunningd; create the Lago webhook endpoint with the HMAC signature",
+                problem: "jwt is not verified by dunningd; create the Lago webhook endpoint with the HMAC signature".into(),
             });
         }
         Some(_) => {
             return Err(Refusal::Malformed {
                 header: ALGORITHM,
-                problem: "not hmac, the algorithm dunningd verifies",
+                problem: "not hmac, the algorithm dunningd verifies".into(),
             });
         }
     }
@@ -91,7 +91,7 @@ pub fn verify(
         .decode(value.trim())
         .map_err(|_| Refusal::Malformed {
             header: SIGNATURE,
-            problem: "not base64",
+            problem: "not base64".into(),
         })?;
     let matches = source
         .secrets
@@ -281,19 +281,7 @@ mod tests {
     use serde_json::json;
 
     fn source(secrets: &[&str]) -> SourceConfig {
-        SourceConfig {
-            name: "lago".into(),
-            provider: Provider::Lago,
-            path: "/sources/lago".into(),
-            secrets: secrets.iter().map(|s| s.as_bytes().to_vec()).collect(),
-            username: None,
-            api_key: None,
-            api_base: None,
-            subject: SubjectLevel::Invoice,
-            tolerance: super::super::DEFAULT_TOLERANCE,
-            api_timeout: std::time::Duration::from_secs(10),
-            portal_return_url: None,
-        }
+        crate::sources::test_source(Provider::Lago, secrets)
     }
 
     fn signed(secret: &str, body: &str) -> String {
@@ -334,7 +322,10 @@ mod tests {
             ),
             Ok(())
         );
-        let malformed = |header, problem| Refusal::Malformed { header, problem };
+        let malformed = |header, problem: &str| Refusal::Malformed {
+            header,
+            problem: problem.into(),
+        };
         let hex_signature = hex::encode(
             hmac_sha256(b"hmac_key", &[body.as_bytes()])
                 .finalize()

@@ -54,11 +54,20 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::{
-    Card, Draft, Fetch, Ignored, Refusal, SourceConfig, any_hex_signature, currency, header,
-    minor_units, rfc3339, text, within_tolerance,
+    Card, Draft, Fetch, Ignored, Refusal, SourceConfig, TimedSignature, currency, minor_units,
+    rfc3339, text,
 };
 
 const SIGNATURE: &str = "Paddle-Signature";
+
+/// `Paddle-Signature: ts=<unix seconds>;h1=<hex>[;h1=<hex>…]` over `<ts>:<body>`.
+const SCHEME: TimedSignature = TimedSignature {
+    header: SIGNATURE,
+    separator: ';',
+    time_key: "ts",
+    signature_key: "h1",
+    joiner: b":",
+};
 
 pub fn verify(
     source: &SourceConfig,
@@ -66,32 +75,7 @@ pub fn verify(
     body: &[u8],
     now: DateTime<Utc>,
 ) -> Result<(), Refusal> {
-    let value = header(headers, SIGNATURE).ok_or(Refusal::Missing(SIGNATURE))?;
-    let mut timestamp = None;
-    let mut signatures = Vec::new();
-    for item in value.split(';') {
-        match item.trim().split_once('=') {
-            Some(("ts", ts)) => timestamp = Some(ts),
-            Some(("h1", sig)) => signatures.push(sig),
-            _ => {}
-        }
-    }
-    let malformed = |problem| Refusal::Malformed {
-        header: SIGNATURE,
-        problem,
-    };
-    let timestamp = timestamp.ok_or(malformed("no ts= timestamp"))?;
-    let at: i64 = timestamp
-        .parse()
-        .map_err(|_| malformed("ts= is not a Unix time"))?;
-    if signatures.is_empty() {
-        return Err(malformed("no h1= signature"));
-    }
-    let parts: [&[u8]; 3] = [timestamp.as_bytes(), b":", body];
-    if !any_hex_signature(&source.secrets, &parts, signatures.iter().copied()) {
-        return Err(Refusal::Mismatch(SIGNATURE));
-    }
-    within_tolerance(at, now, source.tolerance)
+    SCHEME.verify(source, headers, body, now)
 }
 
 pub fn map(payload: &Value) -> Result<Draft, Ignored> {
@@ -262,19 +246,7 @@ mod tests {
     use serde_json::json;
 
     fn source(secrets: &[&str]) -> SourceConfig {
-        SourceConfig {
-            name: "paddle".into(),
-            provider: Provider::Paddle,
-            path: "/sources/paddle".into(),
-            secrets: secrets.iter().map(|s| s.as_bytes().to_vec()).collect(),
-            username: None,
-            api_key: None,
-            api_base: None,
-            subject: SubjectLevel::Invoice,
-            tolerance: super::super::DEFAULT_TOLERANCE,
-            api_timeout: std::time::Duration::from_secs(10),
-            portal_return_url: None,
-        }
+        crate::sources::test_source(Provider::Paddle, secrets)
     }
 
     fn signed(secret: &str, ts: i64, body: &str) -> String {
@@ -338,9 +310,9 @@ mod tests {
             ),
             Ok(())
         );
-        let malformed = |problem| Refusal::Malformed {
+        let malformed = |problem: &str| Refusal::Malformed {
             header: SIGNATURE,
-            problem,
+            problem: problem.into(),
         };
         let refusals = [
             (

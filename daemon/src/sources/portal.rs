@@ -136,23 +136,14 @@ pub async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::{DEFAULT_TOLERANCE, Provider, SubjectLevel};
+    use crate::sources::Provider;
     use chrono::TimeZone;
 
     #[test]
     fn links_are_bound_to_source_customer_and_time() {
         let source = SourceConfig {
-            name: "stripe".into(),
-            provider: Provider::Stripe,
-            path: "/sources/stripe".into(),
-            secrets: vec![b"whsec".to_vec()],
-            username: None,
             api_key: Some("sk".into()),
-            api_base: None,
-            subject: SubjectLevel::Invoice,
-            tolerance: DEFAULT_TOLERANCE,
-            api_timeout: Duration::from_secs(10),
-            portal_return_url: None,
+            ..crate::sources::test_source(Provider::Stripe, &["whsec"])
         };
         let other = SourceConfig {
             name: "stripe-eu".into(),

@@ -79,9 +79,9 @@ pub fn verify(
     now: DateTime<Utc>,
 ) -> Result<(), Refusal> {
     let value = header(headers, SIGNATURE).ok_or(Refusal::Missing(SIGNATURE))?;
-    let malformed = |problem| Refusal::Malformed {
+    let malformed = |problem: &str| Refusal::Malformed {
         header: SIGNATURE,
-        problem,
+        problem: problem.into(),
     };
     // Positional, as Recurly's libraries read it: the first element is the
     // timestamp, every other one a signature.
@@ -363,19 +363,7 @@ mod tests {
     use serde_json::json;
 
     fn source(secrets: &[&str]) -> SourceConfig {
-        SourceConfig {
-            name: "recurly".into(),
-            provider: Provider::Recurly,
-            path: "/sources/recurly".into(),
-            secrets: secrets.iter().map(|s| s.as_bytes().to_vec()).collect(),
-            username: None,
-            api_key: None,
-            api_base: None,
-            subject: SubjectLevel::Invoice,
-            tolerance: super::super::DEFAULT_TOLERANCE,
-            api_timeout: std::time::Duration::from_secs(10),
-            portal_return_url: None,
-        }
+        crate::sources::test_source(Provider::Recurly, secrets)
     }
 
     fn signed(secret: &str, t_ms: i64, body: &str) -> String {
@@ -434,9 +422,9 @@ mod tests {
                 now,
             )
         };
-        let malformed = |problem| Refusal::Malformed {
+        let malformed = |problem: &str| Refusal::Malformed {
             header: SIGNATURE,
-            problem,
+            problem: problem.into(),
         };
         let accepted = [
             (&one, format!("{t},{good}")),
