@@ -1214,6 +1214,145 @@ mod tests {
     }
 
     #[test]
+    fn sources_are_checked_where_they_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "whsec_0123456789\n").unwrap();
+        std::fs::write(dir.path().join("empty"), "").unwrap();
+        let webhooks = format!(
+            "webhooks: {{ listen: '127.0.0.1:8788', public_url: 'https://b.example/d', secret: {{ file: '{}' }} }}\n",
+            dir.path().join("secret").display()
+        );
+        let parse = |yaml: &str| {
+            Config::parse(
+                &dir.path().join("dunningd.yaml"),
+                &format!("{webhooks}sources:\n{yaml}"),
+            )
+        };
+        let table = [
+            (
+                "  s: { provider: stripe, signing_secret: { file: secret } }\n",
+                None,
+            ),
+            (
+                "  Stripe: { provider: stripe, signing_secret: { file: secret } }\n",
+                Some("sources: 'Stripe' is not a source name"),
+            ),
+            (
+                "  s: { provider: square, signing_secret: { file: secret } }\n",
+                Some(
+                    "sources.s.provider: unknown provider 'square' (expected one of: stripe, paddle, chargebee, recurly, lago)",
+                ),
+            ),
+            (
+                "  s: { provider: stripe }\n",
+                Some("sources.s.signing_secret: missing"),
+            ),
+            (
+                "  s: { provider: stripe, signing_secret: whsec_inline_secret }\n",
+                Some("sources.s.signing_secret: expected one of { file: PATH }"),
+            ),
+            (
+                "  s: { provider: stripe, signing_secret: [] }\n",
+                Some("sources.s.signing_secret: give at least one"),
+            ),
+            (
+                "  s: { provider: stripe, signing_secret: [{ file: secret }, { file: empty }] }\n",
+                Some("sources.s.signing_secret[1]: is empty"),
+            ),
+            (
+                "  s: { provider: stripe, signing_secret: { file: secret }, path: /twilio/x }\n",
+                Some("sources.s.path: '/twilio/x' is taken"),
+            ),
+            (
+                "  s: { provider: stripe, signing_secret: { file: secret }, path: 'x y' }\n",
+                Some("sources.s.path: 'x y' is not a path"),
+            ),
+            (
+                "  a: { provider: stripe, signing_secret: { file: secret }, path: /in }\n  b: { provider: paddle, signing_secret: { file: secret }, path: /in }\n",
+                Some("sources.b.path: '/in' is already the path of source 'a'"),
+            ),
+            (
+                "  s: { provider: stripe, signing_secret: { file: secret }, username: u }\n",
+                Some("sources.s.username: only a chargebee source has one"),
+            ),
+            (
+                "  s: { provider: chargebee, signing_secret: { file: secret } }\n",
+                Some("sources.s.username: missing"),
+            ),
+            (
+                "  s: { provider: chargebee, username: u, signing_secret: { file: secret }, api_key: { file: secret } }\n",
+                Some("sources.s.api_base: required with api_key for chargebee"),
+            ),
+            (
+                "  s: { provider: stripe, signing_secret: { file: secret }, api_base: 'ftp://x' }\n",
+                Some("sources.s.api_base: 'ftp://x' is not an http(s) URL"),
+            ),
+            (
+                "  s: { provider: stripe, signing_secret: { file: secret }, api_base: 'https://u:sk_live_x@api.example' }\n",
+                None,
+            ),
+            (
+                "  s: { provider: stripe, signing_secret: { file: secret }, subject: account }\n",
+                Some("sources.s.subject: 'account' is not one of invoice, subscription, customer"),
+            ),
+            (
+                "  s: { provider: stripe, signing_secret: { file: secret }, tolerance: soon }\n",
+                Some("sources.s.tolerance: invalid duration 'soon'"),
+            ),
+            (
+                "  s: { provider: paddle, signing_secret: { file: secret }, portal_return_url: 'https://x' }\n",
+                Some("sources.s.portal_return_url: only a stripe source"),
+            ),
+            (
+                "  s: { provider: stripe, signing_secret: { file: secret }, colour: red }\n",
+                Some("unknown field `colour`"),
+            ),
+        ];
+        for (yaml, expected) in table {
+            match (parse(yaml), expected) {
+                (Ok(_), None) => {}
+                (Err(e), Some(expected)) => {
+                    let e = e.to_string();
+                    assert!(e.contains(expected), "{yaml}: {e}");
+                    assert!(!e.contains("whsec_"), "a secret in: {e}");
+                }
+                (Ok(_), Some(expected)) => panic!("{yaml}: accepted, expected {expected}"),
+                (Err(e), None) => panic!("{yaml}: {e}"),
+            }
+        }
+        let rotating = parse(
+            "  billing: { provider: stripe, signing_secret: [{ file: secret }, { env: DUNNINGD_TEST_UNSET_VAR }] }\n",
+        );
+        assert!(
+            rotating
+                .unwrap_err()
+                .to_string()
+                .contains("sources.billing.signing_secret[1]: environment variable"),
+        );
+        let config = parse("  billing: { provider: stripe, signing_secret: [{ file: secret }, { file: secret }], api_key: { file: secret } }\n").unwrap();
+        let source = &config.sources[0];
+        assert_eq!(source.path, "/sources/billing");
+        assert_eq!(source.secrets, vec![b"whsec_0123456789".to_vec(); 2]);
+        assert_eq!(source.api_base.as_deref(), Some("https://api.stripe.com"));
+        assert_eq!(source.tolerance, crate::sources::DEFAULT_TOLERANCE);
+        assert!(!format!("{config:?}").contains("whsec_"));
+        // Sources are served by the webhooks listener.
+        let alone = Config::parse(
+            &dir.path().join("dunningd.yaml"),
+            "sources: { s: { provider: stripe, signing_secret: { file: secret } } }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            alone.contains(
+                "sources.s: sources are served on the webhooks listener; configure 'webhooks:'"
+            ),
+            "{alone}"
+        );
+    }
+
+    #[test]
     fn webhooks_give_twilio_channels_their_status_callback() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("secret"), "0123456789abcdef0123\n").unwrap();

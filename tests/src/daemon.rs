@@ -354,6 +354,31 @@ impl TestDaemon {
             .into_inner()
     }
 
+    /// One customer's cases, newest first.
+    pub async fn cases_of(&self, customer: &str) -> Vec<dunningd::proto::Case> {
+        self.client()
+            .await
+            .list_cases(dunningd::proto::ListCasesRequest {
+                customer: customer.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("list cases")
+            .into_inner()
+            .cases
+    }
+
+    /// The billing sources and what each has heard (`ListSources`).
+    pub async fn sources(&self) -> Vec<dunningd::proto::SourceInfo> {
+        self.client()
+            .await
+            .list_sources(dunningd::proto::ListSourcesRequest {})
+            .await
+            .expect("list sources")
+            .into_inner()
+            .sources
+    }
+
     /// Moves the manual clock forward and waits until every delivery due by
     /// then has an outcome.
     pub async fn advance(&self, by: &str) {

@@ -96,6 +96,21 @@ pub async fn post_as_twilio(
     (status, response.text().await.unwrap_or_default())
 }
 
+/// POSTs a JSON webhook `body` to `url` with `headers` (a provider's
+/// signature); returns the answer's status and body.
+pub async fn post_webhook(url: &str, body: &str, headers: &[(&str, String)]) -> (u16, String) {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header("Content-Type", "application/json; charset=utf-8")
+        .body(body.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let response = request.send().await.expect("post the webhook");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
 fn twilio_error(status: u16, code: u32, message: &str) -> Response {
     let body = serde_json::json!({
         "code": code,

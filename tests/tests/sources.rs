@@ -5,6 +5,7 @@
 
 use dunningd::proto;
 use dunningd_e2e::daemon::{Backend, Setup, TestDaemon};
+use dunningd_e2e::peers::post_webhook;
 use dunningd_e2e::signers::{node_signers_available, stripe_signature};
 use dunningd_e2e::stripe_peer::StripePeer;
 use dunningd_e2e::{free_port, on_both_backends, workspace_root};
@@ -102,20 +103,11 @@ async fn start(backend: &Backend, api: &StripePeer) -> Sources {
 
 /// Posts `body` as Stripe does, with `signature` as `Stripe-Signature`.
 async fn post(url: &str, body: &str, signature: Option<&str>) -> (u16, String) {
-    let mut request = reqwest::Client::new()
-        .post(url)
-        .header("Content-Type", "application/json; charset=utf-8")
-        .header(
-            "User-Agent",
-            "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
-        )
-        .body(body.to_string());
-    if let Some(signature) = signature {
-        request = request.header("Stripe-Signature", signature);
-    }
-    let response = request.send().await.expect("post the webhook");
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap_or_default())
+    let headers: Vec<(&str, String)> = signature
+        .map(|s| ("Stripe-Signature", s.to_string()))
+        .into_iter()
+        .collect();
+    post_webhook(url, body, &headers).await
 }
 
 /// Posts `body` signed now by Stripe's library with the source's secret.
@@ -125,30 +117,10 @@ async fn post_signed(url: &str, body: &str) -> (u16, String) {
     post(url, body, Some(&signature)).await
 }
 
-async fn cases_of(daemon: &TestDaemon, customer: &str) -> Vec<proto::Case> {
-    daemon
-        .client()
-        .await
-        .list_cases(proto::ListCasesRequest {
-            customer: customer.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("list cases")
-        .into_inner()
-        .cases
-}
-
 async fn source_info(daemon: &TestDaemon) -> proto::SourceInfo {
-    let list = daemon
-        .client()
-        .await
-        .list_sources(proto::ListSourcesRequest {})
-        .await
-        .expect("list sources")
-        .into_inner();
-    assert_eq!(list.sources.len(), 1, "{list:?}");
-    list.sources[0].clone()
+    let sources = daemon.sources().await;
+    assert_eq!(sources.len(), 1, "{sources:?}");
+    sources[0].clone()
 }
 
 const CUSTOMER: &str = "cus_RdunningAda01";
@@ -169,7 +141,7 @@ async fn a_signed_stripe_event_starts_one_case_with_what_the_api_adds(backend: B
     assert_eq!(answer["duplicate"], false);
     assert_eq!(answer["cases_started"].as_array().map(Vec::len), Some(1));
 
-    let cases = cases_of(&s.daemon, CUSTOMER).await;
+    let cases = s.daemon.cases_of(CUSTOMER).await;
     assert_eq!(cases.len(), 1);
     assert_eq!(cases[0].subject, "in_1QdunningFailed01");
     let detail = s.daemon.case(&cases[0].id).await;
@@ -256,12 +228,12 @@ async fn a_signed_stripe_event_starts_one_case_with_what_the_api_adds(backend: B
     let (status, answer) = post_signed(&url, &failed).await;
     assert_eq!(status, 200, "{answer}");
     assert!(answer.contains("\"duplicate\":true"), "{answer}");
-    assert_eq!(cases_of(&s.daemon, CUSTOMER).await.len(), 1);
+    assert_eq!(s.daemon.cases_of(CUSTOMER).await.len(), 1);
 
     // The payment settles the case.
     let (status, answer) = post_signed(&url, &fixture("invoice.paid")).await;
     assert_eq!(status, 200, "{answer}");
-    let cases = cases_of(&s.daemon, CUSTOMER).await;
+    let cases = s.daemon.cases_of(CUSTOMER).await;
     assert_eq!(cases[0].state, "recovered");
 
     let info = source_info(&s.daemon).await;
@@ -317,7 +289,7 @@ async fn forged_expired_and_unsigned_webhooks_change_nothing(backend: Backend) {
             "{signature:?}: {answer}"
         );
     }
-    assert!(cases_of(&s.daemon, CUSTOMER).await.is_empty());
+    assert!(s.daemon.cases_of(CUSTOMER).await.is_empty());
     assert!(
         api.requests().is_empty(),
         "nothing fetched for a refused webhook"
@@ -335,7 +307,7 @@ async fn forged_expired_and_unsigned_webhooks_change_nothing(backend: Backend) {
     let rolled = stripe_signature(&["whsec_old_one", SIGNING_SECRET], now, failed.as_bytes());
     let (status, answer) = post(&url, &failed, Some(&rolled)).await;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(cases_of(&s.daemon, CUSTOMER).await.len(), 1);
+    assert_eq!(s.daemon.cases_of(CUSTOMER).await.len(), 1);
     // `dunningctl sources list` says something was refused: exit 1.
     let listed = s.daemon.ctl(&["sources", "list"]);
     assert_eq!(listed.status.code(), Some(1));
@@ -353,7 +325,7 @@ async fn a_payment_that_arrives_first_and_unmapped_events_start_nothing(backend:
     assert_eq!(status, 200, "{answer}");
     let (status, answer) = post_signed(&url, &fixture("invoice.payment_failed")).await;
     assert_eq!(status, 200, "{answer}");
-    assert!(cases_of(&s.daemon, CUSTOMER).await.is_empty(), "{answer}");
+    assert!(s.daemon.cases_of(CUSTOMER).await.is_empty(), "{answer}");
 
     let (status, answer) = post_signed(&url, &fixture("customer.created")).await;
     assert_eq!(status, 200, "an unmapped event must not make Stripe retry");
@@ -374,13 +346,13 @@ async fn an_unreachable_provider_api_is_answered_503_and_the_retry_succeeds(back
     let (status, _) = post_signed(&url, &failed).await;
     assert_eq!(status, 503, "{}", s.daemon.log());
     assert_eq!(api.requests().len(), 3, "three tries of the first fetch");
-    assert!(cases_of(&s.daemon, CUSTOMER).await.is_empty());
+    assert!(s.daemon.cases_of(CUSTOMER).await.is_empty());
     assert_eq!(source_info(&s.daemon).await.unavailable, 1);
 
     // Stripe retries; the API answers again.
     let (status, answer) = post_signed(&url, &failed).await;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(cases_of(&s.daemon, CUSTOMER).await.len(), 1);
+    assert_eq!(s.daemon.cases_of(CUSTOMER).await.len(), 1);
 
     // Committed before the answer: a kill right after it loses nothing.
     let (status, _) = post_signed(&url, &fixture("customer.source.expiring")).await;
@@ -555,7 +527,7 @@ async fn connect_stripe_as_the_readme_says() {
 
     let (status, answer) = post_signed(&url, &fixture("invoice.payment_failed")).await;
     assert_eq!(status, 200, "{answer}\n{}", daemon.log());
-    let cases = cases_of(&daemon, CUSTOMER).await;
+    let cases = daemon.cases_of(CUSTOMER).await;
     assert_eq!(cases.len(), 1, "{answer}");
     daemon.settle().await;
     let sent = daemon.deliveries();
@@ -603,7 +575,7 @@ async fn connect_stripe_as_the_readme_says() {
     // Stripe tells us the invoice is paid: the case ends, nothing is cancelled.
     let (status, answer) = post_signed(&url, &fixture("invoice.paid")).await;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(cases_of(&daemon, CUSTOMER).await[0].state, "recovered");
+    assert_eq!(daemon.cases_of(CUSTOMER).await[0].state, "recovered");
     daemon.advance("27d").await;
     assert!(
         api.requests().iter().all(|r| r.method != "DELETE"),

@@ -10,6 +10,7 @@
 
 use dunningd::proto;
 use dunningd_e2e::daemon::{Backend, Setup, TestDaemon};
+use dunningd_e2e::peers::post_webhook as post;
 use dunningd_e2e::signers::{
     chargebee_authorization, lago_signature, node_signers_available, paddle_signature,
     recurly_signature,
@@ -118,43 +119,10 @@ struct Scenario {
     dated: bool,
 }
 
-async fn post(url: &str, body: &str, headers: &[(&'static str, String)]) -> (u16, String) {
-    let mut request = reqwest::Client::new()
-        .post(url)
-        .header("Content-Type", "application/json")
-        .body(body.to_string());
-    for (name, value) in headers {
-        request = request.header(*name, value);
-    }
-    let response = request.send().await.expect("post the webhook");
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap_or_default())
-}
-
-async fn cases_of(daemon: &TestDaemon, customer: &str) -> Vec<proto::Case> {
-    daemon
-        .client()
-        .await
-        .list_cases(proto::ListCasesRequest {
-            customer: customer.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("list cases")
-        .into_inner()
-        .cases
-}
-
 async fn source_info(daemon: &TestDaemon) -> proto::SourceInfo {
-    let list = daemon
-        .client()
-        .await
-        .list_sources(proto::ListSourcesRequest {})
-        .await
-        .expect("list sources")
-        .into_inner();
-    assert_eq!(list.sources.len(), 1, "{list:?}");
-    list.sources[0].clone()
+    let sources = daemon.sources().await;
+    assert_eq!(sources.len(), 1, "{sources:?}");
+    sources[0].clone()
 }
 
 async fn run(backend: Backend, scenario: Scenario, api: StripePeer) {
@@ -204,7 +172,7 @@ async fn run(backend: Backend, scenario: Scenario, api: StripePeer) {
             "{provider}: {headers:?}: {answer}"
         );
     }
-    assert!(cases_of(&daemon, scenario.customer).await.is_empty());
+    assert!(daemon.cases_of(scenario.customer).await.is_empty());
     assert!(
         api.requests().is_empty(),
         "{provider}: fetched when refused"
@@ -225,7 +193,7 @@ async fn run(backend: Backend, scenario: Scenario, api: StripePeer) {
         Some(1),
         "{provider}: {answer}"
     );
-    let cases = cases_of(&daemon, scenario.customer).await;
+    let cases = daemon.cases_of(scenario.customer).await;
     assert_eq!(cases.len(), 1, "{provider}");
     assert_eq!(cases[0].subject, scenario.subject, "{provider}");
     let detail = daemon.case(&cases[0].id).await;
@@ -265,7 +233,7 @@ async fn run(backend: Backend, scenario: Scenario, api: StripePeer) {
         answer.contains("\"duplicate\":true"),
         "{provider}: {answer}"
     );
-    assert_eq!(cases_of(&daemon, scenario.customer).await.len(), 1);
+    assert_eq!(daemon.cases_of(scenario.customer).await.len(), 1);
 
     // The payment recovers the case.
     let (status, answer) = post(
@@ -275,7 +243,7 @@ async fn run(backend: Backend, scenario: Scenario, api: StripePeer) {
     )
     .await;
     assert_eq!(status, 200, "{provider}: {answer}\n{}", daemon.log());
-    let cases = cases_of(&daemon, scenario.customer).await;
+    let cases = daemon.cases_of(scenario.customer).await;
     assert_eq!(cases.len(), 1, "{provider}");
     assert_eq!(cases[0].state, "recovered", "{provider}: {answer}");
 
