@@ -67,6 +67,8 @@ struct Sources {
     daemon: TestDaemon,
     /// `http://127.0.0.1:PORT`: the webhook listener.
     base: String,
+    /// `http://127.0.0.1:PORT/metrics`.
+    metrics: String,
     _secrets: tempfile::TempDir,
 }
 
@@ -85,11 +87,12 @@ async fn start(backend: &Backend, api: &StripePeer) -> Sources {
     std::fs::write(secrets.path().join("api-key"), API_KEY).expect("key");
     std::fs::write(secrets.path().join("links"), LINK_SECRET).expect("links");
     let base = format!("http://127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
     let mut setup = Setup::default()
         .workflow("stripe-failed.yaml", WORKFLOW)
         .on(backend);
     setup.extra_config = format!(
-        "webhooks:\n  listen: '{}'\n  public_url: 'https://billing.example.com/hooks'\n  secret: {{ file: '{}' }}\n{}",
+        "metrics: {{ listen: '{metrics}' }}\nwebhooks:\n  listen: '{}'\n  public_url: 'https://billing.example.com/hooks'\n  secret: {{ file: '{}' }}\n{}",
         base.trim_start_matches("http://"),
         secrets.path().join("links").display(),
         sources_yaml(secrets.path(), api, "")
@@ -97,6 +100,7 @@ async fn start(backend: &Backend, api: &StripePeer) -> Sources {
     Sources {
         daemon: TestDaemon::start(setup).await,
         base,
+        metrics: format!("http://{metrics}/metrics"),
         _secrets: secrets,
     }
 }
@@ -296,6 +300,18 @@ async fn forged_expired_and_unsigned_webhooks_change_nothing(backend: Backend) {
     );
     let info = source_info(&s.daemon).await;
     assert_eq!((info.accepted, info.refused), (0, 5));
+    let scrape = reqwest::get(&s.metrics)
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics text");
+    for line in [
+        "dunningd_source_events_total{source=\"billing\",result=\"refused\"} 5",
+        "dunningd_source_events_total{source=\"billing\",result=\"accepted\"} 0",
+    ] {
+        assert!(scrape.contains(line), "{line} in:\n{scrape}");
+    }
     assert!(info.last_error.contains("signature refused"), "{info:?}");
     let log = s.daemon.log();
     assert!(
