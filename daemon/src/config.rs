@@ -1444,6 +1444,7 @@ channels:
             "twilio-auth-token",
             "webhook-secret",
             "inapp-secret",
+            "stripe-api-key",
         ] {
             std::fs::write(credentials.path().join(name), "x").unwrap();
         }

@@ -27,7 +27,8 @@ pub struct Setup {
     pub workflows: BTreeMap<String, String>,
     /// Channel name → YAML of its configuration (`{ plugin: …, settings: … }`);
     /// `{dir}` is replaced by the scratch folder. Defaults: `email`, `sms`,
-    /// `in_app`, `webhook` on the log plugin, all writing `deliveries.jsonl`.
+    /// `in_app`, `webhook`, `billing` on the log plugin, all writing
+    /// `deliveries.jsonl`.
     pub channels: BTreeMap<String, String>,
     /// Extra top-level YAML appended to the configuration.
     pub extra_config: String,
@@ -73,7 +74,7 @@ impl Default for Setup {
     fn default() -> Self {
         Setup {
             workflows: BTreeMap::new(),
-            channels: ["email", "sms", "in_app", "webhook"]
+            channels: ["email", "sms", "in_app", "webhook", "billing"]
                 .into_iter()
                 .map(|name| {
                     (

@@ -10,6 +10,7 @@ use dunningd::plugin_host::PluginHost;
 use dunningd::proto;
 use dunningd_e2e::daemon::{Setup, TestDaemon};
 use dunningd_e2e::peers::{TwilioPeer, WebhookPeer};
+use dunningd_e2e::stripe_peer::StripePeer;
 use dunningd_plugin_api::wire::{DeliveryRequest, DeliveryResponse, Recipient};
 
 use dunningd_e2e::peers::{TWILIO_SID as SID, TWILIO_TOKEN as TOKEN};
@@ -410,16 +411,42 @@ async fn webhooks_do_not_follow_redirects() {
     assert_eq!(peer.received().len(), 1, "the redirect was not followed");
 }
 
+/// The shipped payment-failed workflow's actions: in Stripe (the `billing`
+/// channel on the stripe plugin) the charge retried on day 3 and the
+/// subscription cancelled on day 30; in the application (the `webhook`
+/// channel) the account suspended on day 14 and the debt handed to
+/// collections on day 30.
 #[tokio::test]
-async fn the_shipped_workflow_runs_its_actions_through_the_webhook() {
+async fn the_shipped_workflow_acts_in_stripe_and_in_the_application() {
+    const STRIPE_KEY: &str = "sk_test_shipped_workflow_4711";
     let hooks = WebhookPeer::start("hook-secret").await;
-    let setup = Setup::shipped_workflows().channel(
-        "webhook",
-        &format!(
-            "{{ plugin: webhook, settings: {{ url: '{}', secret: hook-secret }} }}",
-            hooks.url()
-        ),
+    let stripe = StripePeer::start(STRIPE_KEY).await;
+    stripe.put_object(
+        "/v1/invoices/in_2026_0042",
+        serde_json::json!({ "id": "in_2026_0042", "object": "invoice", "status": "open", "amount_due": 4900 }),
     );
+    stripe.put_object(
+        "/v1/subscriptions/sub_ada_pro",
+        serde_json::json!({ "id": "sub_ada_pro", "object": "subscription", "status": "past_due" }),
+    );
+    let key_file = tempfile::NamedTempFile::new().expect("key file");
+    std::fs::write(key_file.path(), STRIPE_KEY).expect("write key");
+    let setup = Setup::shipped_workflows()
+        .channel(
+            "webhook",
+            &format!(
+                "{{ plugin: webhook, settings: {{ url: '{}', secret: hook-secret }} }}",
+                hooks.url()
+            ),
+        )
+        .channel(
+            "billing",
+            &format!(
+                "{{ plugin: stripe, settings: {{ base_url: '{}' }}, secrets: {{ api_key: {{ file: '{}' }} }} }}",
+                stripe.base_url(),
+                key_file.path().display()
+            ),
+        );
     let daemon = TestDaemon::start(setup).await;
     let event = std::fs::read_to_string(
         dunningd_e2e::workspace_root().join("examples/events/payment-failed.json"),
@@ -437,6 +464,38 @@ async fn the_shipped_workflow_runs_its_actions_through_the_webhook() {
     for step in ["3d", "11d", "16d"] {
         daemon.advance(step).await;
     }
+    let in_stripe: Vec<(String, String, bool)> = stripe
+        .requests()
+        .iter()
+        .map(|r| {
+            (
+                r.method.clone(),
+                r.path.clone(),
+                r.idempotency_key.is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        in_stripe,
+        [
+            (
+                "POST".to_string(),
+                "/v1/invoices/in_2026_0042/pay".to_string(),
+                true
+            ),
+            (
+                "DELETE".to_string(),
+                "/v1/subscriptions/sub_ada_pro".to_string(),
+                true
+            ),
+        ]
+    );
+    assert_eq!(
+        stripe
+            .object("/v1/subscriptions/sub_ada_pro")
+            .expect("subscription")["status"],
+        "canceled"
+    );
     let actions: Vec<String> = hooks
         .received()
         .iter()
@@ -447,10 +506,7 @@ async fn the_shipped_workflow_runs_its_actions_through_the_webhook() {
                 .to_string()
         })
         .collect();
-    assert_eq!(
-        actions,
-        ["retry_payment", "suspend_account", "send_to_collections"]
-    );
+    assert_eq!(actions, ["suspend_account", "send_to_collections"]);
     assert!(hooks.received().iter().all(|h| h.signature_valid));
     // The customer as the event gave it, under the event's own field names.
     let customer = serde_json::json!({
@@ -464,5 +520,5 @@ async fn the_shipped_workflow_runs_its_actions_through_the_webhook() {
     for hook in hooks.received() {
         assert_eq!(hook.body["customer"], customer);
     }
-    assert_eq!(hooks.received()[2].body["message"]["amount"], "£49.00");
+    assert_eq!(hooks.received()[1].body["message"]["amount"], "£49.00");
 }

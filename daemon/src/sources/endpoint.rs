@@ -317,17 +317,31 @@ impl Endpoint {
                 );
             }
         };
+        self.commit(name, event, what).await
+    }
+
+    /// Ingests the checked event; the answer says what became of it.
+    async fn commit(
+        &self,
+        source: &str,
+        event: crate::model::Event,
+        what: String,
+    ) -> (Outcome, String, Response) {
         let event_type = event.event_type.clone();
         let workflows = self.shared.workflows();
         let metrics = self.shared.metrics();
         let outcome = match self.shared.engine.ingest(vec![event]).await {
             Ok(mut outcomes) if outcomes.len() == 1 => outcomes.remove(0),
-            Ok(_) | Err(_) => {
-                tracing::error!(source = %name, event = %what, "cannot store a webhook's event now; answered 503 so the provider retries");
+            result => {
+                let error = match result {
+                    Err(error) => error.to_string(),
+                    Ok(outcomes) => format!("{} outcomes for one event", outcomes.len()),
+                };
+                tracing::error!(source, event = %what, %error, "cannot store a webhook's event now; answered 503 so the provider retries");
                 metrics.event(&workflows, &event_type, EventResult::Refused);
                 return (
                     Outcome::Unavailable,
-                    format!("{what}: the database did not answer"),
+                    format!("{what}: not stored: {error}"),
                     plain(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "cannot record this event now; try again",
@@ -341,7 +355,7 @@ impl Endpoint {
             (EventResult::Accepted, Outcome::Accepted)
         };
         metrics.event(&workflows, &event_type, result);
-        tracing::info!(source = %name, event = %outcome.event_id, r#type = %event_type, duplicate = outcome.duplicate, cases_started = outcome.cases_started.len(), cases_recovered = outcome.cases_recovered.len(), "webhook recorded");
+        tracing::info!(source, event = %outcome.event_id, r#type = %event_type, duplicate = outcome.duplicate, cases_started = outcome.cases_started.len(), cases_recovered = outcome.cases_recovered.len(), "webhook recorded");
         let answer = json!({
             "event": outcome.event_id,
             "type": event_type,

@@ -36,7 +36,7 @@ templates:
 "#;
 
 fn channels() -> BTreeSet<String> {
-    ["email", "sms", "in_app", "webhook"]
+    ["email", "sms", "in_app", "webhook", "billing"]
         .into_iter()
         .map(String::from)
         .collect()
