@@ -898,6 +898,12 @@ fn source_config(
         }
         None => provider.default_api_base().map(String::from),
     };
+    if api_key.is_none() && provider.needs_api_key() {
+        return Err(format!(
+            "{}: required for {provider}: its webhooks name only ids, which the source fetches through its API",
+            field("api_key")
+        ));
+    }
     if api_key.is_some() && api_base.is_none() {
         return Err(format!(
             "{}: required with api_key for {provider} (your site's API address)",
@@ -1307,6 +1313,10 @@ mod tests {
             (
                 "  s: { provider: stripe, signing_secret: { file: secret }, colour: red }\n",
                 Some("unknown field `colour`"),
+            ),
+            (
+                "  s: { provider: recurly, signing_secret: { file: secret } }\n",
+                Some("sources.s.api_key: required for recurly"),
             ),
         ];
         for (yaml, expected) in table {

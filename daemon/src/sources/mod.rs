@@ -118,6 +118,15 @@ impl Provider {
         }
     }
 
+    /// Whether the provider's webhooks carry too little to be events without
+    /// its API (Recurly's name only ids), so a source needs an `api_key`.
+    pub fn needs_api_key(self) -> bool {
+        match self {
+            Provider::Recurly => true,
+            Provider::Stripe | Provider::Paddle | Provider::Chargebee | Provider::Lago => false,
+        }
+    }
+
     /// Checks that the request was signed by the provider with one of the
     /// source's secrets, within the source's tolerance of `now`.
     pub fn verify(
