@@ -48,7 +48,7 @@ macro_rules! out {
     about = "Administer a running dunningd (and check workflows offline)",
     after_help = "Exit status: 0 success, 1 an error or a refusal (a workflow file refused \
                   included), 2 a usage error; `cases show`: 3 no such case, 4 an ambiguous id prefix.\n\
-                  `workflows validate` and `preview` work offline, without a daemon."
+                  `workflows validate`, `preview` and `sources map` work offline, without a daemon."
 )]
 struct Cli {
     /// Print JSON instead of tables (field names as in the gRPC API).
@@ -137,7 +137,11 @@ impl Connection {
 
 /// Commands that never talk to the daemon: they take no connection options,
 /// so their help does not offer any.
-const OFFLINE: &[&[&str]] = &[&["workflows", "validate"], &["preview"]];
+const OFFLINE: &[&[&str]] = &[
+    &["workflows", "validate"],
+    &["preview"],
+    &["sources", "map"],
+];
 
 /// The connection options as clap arguments, to add to a command.
 fn connection_args() -> Vec<clap::Arg> {

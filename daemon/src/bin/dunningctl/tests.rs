@@ -58,8 +58,9 @@ fn help_everywhere() {
     let mut seen = 0;
     walk(&command(), &mut Vec::new(), &mut seen);
     // top, status, workflows (+3), reload, events (+1), cases (+5), preview,
-    // optout, optin, optouts, stats, report, plugins (+1), clock (+3)
-    assert_eq!(seen, 27);
+    // optout, optin, optouts, stats, report, plugins (+1), sources (+2),
+    // clock (+3)
+    assert_eq!(seen, 30);
 }
 
 /// Connection options go where they were always accepted (before the
