@@ -417,7 +417,8 @@ async fn counts_events_deliveries_reloads_and_reads_cases_and_backlog(backend: B
         ])
     );
     let mut deliveries = BTreeMap::new();
-    for channel in ["email", "sms", "in_app", "webhook"] {
+    // Every configured channel, the test daemon's default `billing` included.
+    for channel in ["email", "sms", "in_app", "webhook", "billing"] {
         for outcome in ["sent", "retry", "failed", "skipped", "deferred", "given_up"] {
             deliveries.insert(labels(&[("channel", channel), ("outcome", outcome)]), 0.0);
         }

@@ -263,7 +263,7 @@ async fn kill_9_right_after_the_acknowledgement_loses_nothing(backend: Backend) 
     let mut setup = Setup::default()
         .workflow("payment-failed.yaml", WORKFLOW)
         .on(&backend);
-    for channel in ["email", "sms", "in_app", "webhook"] {
+    for channel in ["email", "sms", "in_app", "webhook", "billing"] {
         setup = setup.channel(
             channel,
             "{ plugin: log, timeout: 1s, settings: { path: '{dir}/deliveries.jsonl' } }",
