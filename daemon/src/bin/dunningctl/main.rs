@@ -740,18 +740,14 @@ fn print_stats(stats: &proto::Stats) {
     }
 }
 
-#[path = "dunningctl/output.rs"]
 mod output;
 use output::{Col, dash, short_time, table};
 
-#[path = "dunningctl/report.rs"]
 mod report;
 
-#[path = "dunningctl/sources.rs"]
 mod sources;
 
 #[cfg(test)]
-#[path = "dunningctl/tests.rs"]
 mod tests;
 
 fn main() -> ExitCode {
