@@ -23,6 +23,23 @@
 
 use std::fmt::Write as _;
 
+use serde::Serialize;
+
+/// `println!` that ignores a closed stdout (`dunningctl … | head`) instead of
+/// panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        #[cfg(not(test))]
+        {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stdout(), $($arg)*);
+        }
+        // The test harness captures only the print macros.
+        #[cfg(test)]
+        println!($($arg)*);
+    }};
+}
+
 /// The most characters of a value shown in a table cell or a line.
 pub const WIDTH: usize = 60;
 /// The most characters of an error or a reason (a timeline's last column,
@@ -187,4 +204,9 @@ pub fn dash(s: &str) -> String {
     } else {
         s.to_string()
     }
+}
+
+pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    out!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }

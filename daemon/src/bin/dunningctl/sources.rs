@@ -9,8 +9,9 @@ use axum::http::HeaderMap;
 use dunningd::proto;
 use dunningd::sources::{MAX_BODY, Provider, SubjectLevel};
 
-use super::output::{self, Col, dash, short_time, table};
-use super::{Cli, Client, print_json, rpc};
+use crate::Cli;
+use crate::client::{Client, rpc};
+use crate::output::{self, Col, dash, print_json, short_time, table};
 
 /// `sources list`: one row per source; exit 1 if any source refused or
 /// could not complete a webhook since the daemon started.
