@@ -3,7 +3,7 @@
 use dunningd::proto;
 
 use crate::client::{Client, rpc};
-use crate::output::{self, print_json, short_time};
+use crate::output::{self, short_time};
 use crate::{Cli, ClockCommand};
 
 /// `clock show`, `clock advance BY`, `clock set TO`.
@@ -28,14 +28,12 @@ pub async fn run(cli: &Cli, client: &mut Client, command: &ClockCommand) -> anyh
     }
     .map_err(rpc)?
     .into_inner();
-    if cli.json {
-        print_json(&clock)?;
-    } else {
+    output::print(cli.json, &clock, |clock| {
         out!(
             "{} ({} clock)",
             short_time(&clock.now),
             output::text(&clock.kind)
         );
-    }
+    })?;
     Ok(true)
 }

@@ -8,7 +8,7 @@ use dunningd::proto;
 
 use crate::Cli;
 use crate::client::{Client, rpc};
-use crate::output::{self, print_json};
+use crate::output;
 
 /// Reads events from a file or `-` (stdin); see [`parse_events`].
 fn read_events(file: &str) -> anyhow::Result<Vec<String>> {
@@ -119,20 +119,22 @@ pub async fn send(cli: &Cli, client: &mut Client, file: &str) -> anyhow::Result<
             })?;
         results.extend(response.into_inner().results);
     }
-    if cli.json {
-        print_json(&proto::SendEventsResponse { results })?;
-        return Ok(true);
-    }
-    for r in &results {
-        out!(
-            "{}  {}",
-            output::full(&r.event_id),
-            output::full(&event_outcome(r))
-        );
-        for note in &r.notes {
-            out!("  note: {}", output::full(note));
-        }
-    }
+    output::print(
+        cli.json,
+        &proto::SendEventsResponse { results },
+        |response| {
+            for r in &response.results {
+                out!(
+                    "{}  {}",
+                    output::full(&r.event_id),
+                    output::full(&event_outcome(r))
+                );
+                for note in &r.notes {
+                    out!("  note: {}", output::full(note));
+                }
+            }
+        },
+    )?;
     Ok(true)
 }
 

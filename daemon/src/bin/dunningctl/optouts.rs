@@ -4,7 +4,7 @@ use dunningd::proto;
 
 use crate::Cli;
 use crate::client::{Client, rpc};
-use crate::output::{self, Col, print_json, short_time, table};
+use crate::output::{self, Col, short_time, table};
 
 /// `optout CUSTOMER --channel C`.
 pub async fn optout(
@@ -23,16 +23,14 @@ pub async fn optout(
         .await
         .map_err(rpc)?
         .into_inner();
-    if cli.json {
-        print_json(&record)?;
-    } else {
+    output::print(cli.json, &record, |record| {
         out!(
             "{} opted out of {} ({})",
             output::full(&record.customer_id),
             output::text(&record.channel),
             output::text(&record.reason)
         );
-    }
+    })?;
     Ok(true)
 }
 
@@ -51,16 +49,14 @@ pub async fn optin(
         .await
         .map_err(rpc)?
         .into_inner();
-    if cli.json {
-        print_json(&response)?;
-    } else {
+    output::print(cli.json, &response, |response| {
         let (customer, channel) = (output::full(customer), output::text(channel));
         if response.removed {
             out!("{customer} opted in to {channel} again");
         } else {
             out!("{customer} had not opted out of {channel}; nothing changed");
         }
-    }
+    })?;
     Ok(true)
 }
 
@@ -79,9 +75,7 @@ pub async fn list(
         .await
         .map_err(rpc)?
         .into_inner();
-    if cli.json {
-        print_json(&list)?;
-    } else {
+    output::print(cli.json, &list, |list| {
         let rows: Vec<Vec<String>> = list
             .optouts
             .iter()
@@ -105,6 +99,6 @@ pub async fn list(
             ],
             &rows,
         );
-    }
+    })?;
     Ok(true)
 }

@@ -206,7 +206,18 @@ pub fn dash(s: &str) -> String {
     }
 }
 
-pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    out!("{}", serde_json::to_string_pretty(value)?);
+/// Prints a command's answer: with `--json`, `value` as pretty JSON (exact,
+/// every field, as the gRPC API names them); without, what `for_people`
+/// prints of it. Every command decides between the two here and nowhere else.
+pub fn print<T: Serialize>(
+    json: bool,
+    value: &T,
+    for_people: impl FnOnce(&T),
+) -> anyhow::Result<()> {
+    if json {
+        out!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        for_people(value);
+    }
     Ok(())
 }

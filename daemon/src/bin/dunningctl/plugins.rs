@@ -4,7 +4,7 @@ use dunningd::proto;
 
 use crate::Cli;
 use crate::client::{Client, rpc};
-use crate::output::{Col, print_json, table};
+use crate::output::{self, Col, table};
 
 /// `plugins list`.
 pub async fn list(cli: &Cli, client: &mut Client) -> anyhow::Result<bool> {
@@ -13,9 +13,7 @@ pub async fn list(cli: &Cli, client: &mut Client) -> anyhow::Result<bool> {
         .await
         .map_err(rpc)?
         .into_inner();
-    if cli.json {
-        print_json(&list)?;
-    } else {
+    output::print(cli.json, &list, |list| {
         let rows: Vec<Vec<String>> = list
             .plugins
             .iter()
@@ -39,6 +37,6 @@ pub async fn list(cli: &Cli, client: &mut Client) -> anyhow::Result<bool> {
             ],
             &rows,
         );
-    }
+    })?;
     Ok(true)
 }

@@ -8,10 +8,11 @@ use std::path::Path;
 use anyhow::{Context, anyhow, bail};
 use dunningd::config::Config;
 use dunningd::model::Event;
+use dunningd::workflow::preview::Preview;
 use dunningd::workflow::{self, Workflow};
 
 use crate::Cli;
-use crate::output::{self, print_json};
+use crate::output;
 
 pub fn run(
     cli: &Cli,
@@ -56,10 +57,12 @@ pub fn run(
             .collect(),
     };
     let plan = workflow::preview::preview(&workflow, &event, start, &channel_windows)?;
-    if cli.json {
-        print_json(&plan)?;
-        return Ok(true);
-    }
+    output::print(cli.json, &plan, print_plan)?;
+    Ok(true)
+}
+
+/// The plan for people: each step, when it is due, and what each channel would send.
+fn print_plan(plan: &Preview) {
     out!(
         "workflow {} (version {}), event {}",
         output::text(&plan.workflow),
@@ -71,7 +74,7 @@ pub fn run(
             "no case would start: {}",
             output::full(plan.reason.as_deref().unwrap_or(""))
         );
-        return Ok(true);
+        return;
     }
     out!("case starts {}", plan.start.format("%Y-%m-%d %H:%M UTC"));
     for step in &plan.steps {
@@ -142,7 +145,6 @@ pub fn run(
             }
         }
     }
-    Ok(true)
 }
 
 /// A file's text, refused past `limit` bytes without reading further (the

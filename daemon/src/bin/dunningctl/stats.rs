@@ -6,17 +6,13 @@ use std::path::Path;
 use dunningd::proto;
 
 use crate::client::{Client, daemon_name, rpc};
-use crate::output::{self, Col, print_json, short_time, table};
+use crate::output::{self, Col, short_time, table};
 use crate::{Cli, StatsFilter, report};
 
 /// `stats`.
 pub async fn show(cli: &Cli, client: &mut Client, filter: &StatsFilter) -> anyhow::Result<bool> {
     let stats = get_stats(client, filter).await?;
-    if cli.json {
-        print_json(&stats)?;
-    } else {
-        print_stats(&stats);
-    }
+    output::print(cli.json, &stats, print_stats)?;
     Ok(true)
 }
 
@@ -37,19 +33,18 @@ pub async fn report(
         },
     )?;
     report::write_atomically(out, &page)?;
-    if cli.json {
-        print_json(&serde_json::json!({
-            "out": out,
-            "workflows": stats.workflows.len(),
-        }))?;
-    } else {
+    let answer = serde_json::json!({
+        "out": out,
+        "workflows": stats.workflows.len(),
+    });
+    output::print(cli.json, &answer, |_| {
         out!(
             "wrote {} ({} workflow{})",
             output::full(&out.display().to_string()),
             stats.workflows.len(),
             if stats.workflows.len() == 1 { "" } else { "s" }
         );
-    }
+    })?;
     Ok(true)
 }
 

@@ -4,7 +4,7 @@ use dunningd::proto;
 
 use crate::Cli;
 use crate::client::{Client, rpc};
-use crate::output::{self, print_json, short_time};
+use crate::output::{self, short_time};
 
 pub async fn show(cli: &Cli, client: &mut Client) -> anyhow::Result<bool> {
     let s = client
@@ -14,10 +14,12 @@ pub async fn show(cli: &Cli, client: &mut Client) -> anyhow::Result<bool> {
         .into_inner();
     // Like `workflows list`: a refused file is something to look at.
     let ok = s.workflows_with_errors == 0;
-    if cli.json {
-        print_json(&s)?;
-        return Ok(ok);
-    }
+    output::print(cli.json, &s, print_status)?;
+    Ok(ok)
+}
+
+/// The status for people: one line per subject, then the plugins and the last reload.
+fn print_status(s: &proto::Status) {
     // Minutes are enough for an uptime.
     let up = std::time::Duration::from_secs(s.uptime_seconds / 60 * 60);
     out!(
@@ -66,5 +68,4 @@ pub async fn show(cli: &Cli, client: &mut Client) -> anyhow::Result<bool> {
             out!("  {}", output::full(&e.display));
         }
     }
-    Ok(ok)
 }

@@ -11,7 +11,7 @@ use dunningd::workflow;
 
 use crate::Cli;
 use crate::client::{Client, rpc};
-use crate::output::{self, Col, print_json, table};
+use crate::output::{self, Col, table};
 
 /// `workflows list`: exit 1 if a workflow file is refused.
 pub async fn list(cli: &Cli, client: &mut Client) -> anyhow::Result<bool> {
@@ -20,9 +20,7 @@ pub async fn list(cli: &Cli, client: &mut Client) -> anyhow::Result<bool> {
         .await
         .map_err(rpc)?
         .into_inner();
-    if cli.json {
-        print_json(&list)?;
-    } else {
+    output::print(cli.json, &list, |list| {
         let rows: Vec<Vec<String>> = list
             .workflows
             .iter()
@@ -53,7 +51,7 @@ pub async fn list(cli: &Cli, client: &mut Client) -> anyhow::Result<bool> {
             &rows,
         );
         print_file_errors(&list.errors);
-    }
+    })?;
     Ok(list.errors.is_empty())
 }
 
@@ -66,9 +64,7 @@ pub async fn show(cli: &Cli, client: &mut Client, name: &str) -> anyhow::Result<
         .await
         .map_err(rpc)?
         .into_inner();
-    if cli.json {
-        print_json(&detail)?;
-    } else {
+    output::print(cli.json, &detail, |detail| {
         if let Some(s) = &detail.summary {
             out!(
                 "{} (version {}) from {}",
@@ -100,7 +96,7 @@ pub async fn show(cli: &Cli, client: &mut Client, name: &str) -> anyhow::Result<
             &[Col::Text("STEP"), Col::Text("AFTER"), Col::Long("CHANNELS")],
             &rows,
         );
-    }
+    })?;
     Ok(true)
 }
 
@@ -111,9 +107,7 @@ pub async fn reload(cli: &Cli, client: &mut Client) -> anyhow::Result<bool> {
         .await
         .map_err(rpc)?
         .into_inner();
-    if cli.json {
-        print_json(&result)?;
-    } else {
+    output::print(cli.json, &result, |result| {
         let changed = if result.changed.is_empty() {
             "nothing changed".to_string()
         } else {
@@ -121,7 +115,7 @@ pub async fn reload(cli: &Cli, client: &mut Client) -> anyhow::Result<bool> {
         };
         out!("{} workflows loaded; {changed}", result.workflows_loaded);
         print_file_errors(&result.errors);
-    }
+    })?;
     Ok(result.ok)
 }
 
@@ -154,19 +148,20 @@ pub fn validate(cli: &Cli, files: &[PathBuf], config: Option<&Path>) -> anyhow::
         }
     };
     let problems = workflow::validate_files(files, channels.as_ref(), limits);
-    if cli.json {
-        print_json(&serde_json::json!({
-            "ok": problems.is_empty(),
-            "files": files,
-            "channels_checked": channels.is_some(),
-            "errors": problems,
-        }))?;
-    } else if problems.is_empty() {
-        out!("{} file(s) valid", files.len());
-    } else {
-        for p in &problems {
-            out!("{}", output::full(&p.to_string()));
+    let answer = serde_json::json!({
+        "ok": problems.is_empty(),
+        "files": files,
+        "channels_checked": channels.is_some(),
+        "errors": problems,
+    });
+    output::print(cli.json, &answer, |_| {
+        if problems.is_empty() {
+            out!("{} file(s) valid", files.len());
+        } else {
+            for p in &problems {
+                out!("{}", output::full(&p.to_string()));
+            }
         }
-    }
+    })?;
     Ok(problems.is_empty())
 }
