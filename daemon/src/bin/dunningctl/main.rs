@@ -8,6 +8,16 @@
 //! `workflows list`, `reload` and `workflows validate` alike, each after
 //! printing its answer); 2 a usage error; for `cases show`, 3 when no case
 //! has the id or id prefix and 4 when a prefix names several cases.
+//!
+//! # Layout
+//!
+//! This file holds the command line and the dispatch only. `client` reaches
+//! the daemon and turns its errors into one line with a hint (and an exit
+//! code of its own for `cases show`); `output` is everything printed for
+//! people, and the one choice between that and `--json`. One module per
+//! command group: `status`, `workflows` (with `reload`), `events`, `cases`,
+//! `optouts` (`optout`, `optin`, `optouts`), `stats` (with `report`, whose
+//! page `report` renders), `plugins`, `sources`, `clock`, `preview`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

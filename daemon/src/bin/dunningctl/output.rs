@@ -20,6 +20,10 @@
 //!
 //! A backslash is shown as it is: the escaped form is for reading, and
 //! `--json` has every value exact and whole.
+//!
+//! Every command prints its answer through [`print`], which chooses between
+//! `--json` and the text for people; lines go out through `out!`, which a
+//! closed stdout (`dunningctl … | head`) does not make panic.
 
 use std::fmt::Write as _;
 
