@@ -20,8 +20,29 @@
 //!
 //! A backslash is shown as it is: the escaped form is for reading, and
 //! `--json` has every value exact and whole.
+//!
+//! Every command prints its answer through [`print`], which chooses between
+//! `--json` and the text for people; lines go out through `out!`, which a
+//! closed stdout (`dunningctl … | head`) does not make panic.
 
 use std::fmt::Write as _;
+
+use serde::Serialize;
+
+/// `println!` that ignores a closed stdout (`dunningctl … | head`) instead of
+/// panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        #[cfg(not(test))]
+        {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stdout(), $($arg)*);
+        }
+        // The test harness captures only the print macros.
+        #[cfg(test)]
+        println!($($arg)*);
+    }};
+}
 
 /// The most characters of a value shown in a table cell or a line.
 pub const WIDTH: usize = 60;
@@ -187,4 +208,20 @@ pub fn dash(s: &str) -> String {
     } else {
         s.to_string()
     }
+}
+
+/// Prints a command's answer: with `--json`, `value` as pretty JSON (exact,
+/// every field, as the gRPC API names them); without, what `for_people`
+/// prints of it. Every command decides between the two here and nowhere else.
+pub fn print<T: Serialize>(
+    json: bool,
+    value: &T,
+    for_people: impl FnOnce(&T),
+) -> anyhow::Result<()> {
+    if json {
+        out!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        for_people(value);
+    }
+    Ok(())
 }

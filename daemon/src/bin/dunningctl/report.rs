@@ -26,7 +26,8 @@ use chrono::{DateTime, Utc};
 use dunningd::proto;
 use serde::Serialize;
 
-use super::{format_rate, format_secs, short_time};
+use crate::output::short_time;
+use crate::stats::{format_rate, format_secs};
 
 /// What the page says about how it was made.
 pub struct Header {

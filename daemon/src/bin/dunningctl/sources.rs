@@ -9,8 +9,9 @@ use axum::http::HeaderMap;
 use dunningd::proto;
 use dunningd::sources::{MAX_BODY, Provider, SubjectLevel};
 
-use super::output::{self, Col, dash, short_time, table};
-use super::{Cli, Client, print_json, rpc};
+use crate::Cli;
+use crate::client::{Client, rpc};
+use crate::output::{self, Col, dash, short_time, table};
 
 /// `sources list`: one row per source; exit 1 if any source refused or
 /// could not complete a webhook since the daemon started.
@@ -20,53 +21,53 @@ pub async fn list(cli: &Cli, client: &mut Client) -> anyhow::Result<bool> {
         .await
         .map_err(rpc)?
         .into_inner();
-    if cli.json {
-        print_json(&list)?;
-    } else if list.sources.is_empty() {
-        out!("no sources configured (see `sources:` in the README)");
-    } else {
-        let rows: Vec<Vec<String>> = list
-            .sources
-            .iter()
-            .map(|s| {
-                vec![
-                    s.name.clone(),
-                    s.provider.clone(),
-                    s.accepted.to_string(),
-                    s.duplicate.to_string(),
-                    s.ignored.to_string(),
-                    s.refused.to_string(),
-                    s.unavailable.to_string(),
-                    dash(&short_time(&s.last_at)),
-                    dash(&s.last),
-                    s.url.clone(),
-                ]
-            })
-            .collect();
-        table(
-            &[
-                Col::Text("SOURCE"),
-                Col::Text("PROVIDER"),
-                Col::Text("ACCEPTED"),
-                Col::Text("DUPLICATE"),
-                Col::Text("IGNORED"),
-                Col::Text("REFUSED"),
-                Col::Text("UNAVAILABLE"),
-                Col::Text("LAST"),
-                Col::Text("LAST WEBHOOK"),
-                Col::Id("URL"),
-            ],
-            &rows,
-        );
-        for s in list.sources.iter().filter(|s| !s.last_error.is_empty()) {
-            out!(
-                "{}: last error at {}: {}",
-                output::text(&s.name),
-                short_time(&s.last_error_at),
-                output::text(&s.last_error)
+    output::print(cli.json, &list, |list| {
+        if list.sources.is_empty() {
+            out!("no sources configured (see `sources:` in the README)");
+        } else {
+            let rows: Vec<Vec<String>> = list
+                .sources
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.name.clone(),
+                        s.provider.clone(),
+                        s.accepted.to_string(),
+                        s.duplicate.to_string(),
+                        s.ignored.to_string(),
+                        s.refused.to_string(),
+                        s.unavailable.to_string(),
+                        dash(&short_time(&s.last_at)),
+                        dash(&s.last),
+                        s.url.clone(),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    Col::Text("SOURCE"),
+                    Col::Text("PROVIDER"),
+                    Col::Text("ACCEPTED"),
+                    Col::Text("DUPLICATE"),
+                    Col::Text("IGNORED"),
+                    Col::Text("REFUSED"),
+                    Col::Text("UNAVAILABLE"),
+                    Col::Text("LAST"),
+                    Col::Text("LAST WEBHOOK"),
+                    Col::Id("URL"),
+                ],
+                &rows,
             );
+            for s in list.sources.iter().filter(|s| !s.last_error.is_empty()) {
+                out!(
+                    "{}: last error at {}: {}",
+                    output::text(&s.name),
+                    short_time(&s.last_error_at),
+                    output::text(&s.last_error)
+                );
+            }
         }
-    }
+    })?;
     Ok(list
         .sources
         .iter()
@@ -113,16 +114,15 @@ pub fn map(
     let draft = match provider.map(&HeaderMap::new(), &payload) {
         Ok(draft) => draft,
         Err(ignored) => {
-            if cli.json {
-                print_json(&serde_json::json!({
-                    "ignored": { "provider_type": ignored.provider_type, "reason": ignored.reason }
-                }))?;
-            } else {
+            let answer = serde_json::json!({
+                "ignored": { "provider_type": ignored.provider_type, "reason": ignored.reason }
+            });
+            output::print(cli.json, &answer, |_| {
                 out!(
                     "ignored (answered 200, nothing stored): {}",
                     output::text(&ignored.to_string())
                 );
-            }
+            })?;
             return Ok(true);
         }
     };
@@ -134,21 +134,21 @@ pub fn map(
         .iter()
         .map(|f| serde_json::json!({ "what": f.what, "path": f.path }))
         .collect();
-    if cli.json {
-        print_json(&serde_json::json!({
-            "event": event,
-            "fetches": fetches,
-            "refused": checked.as_ref().err().map(|e| e.problem.to_string()),
-        }))?;
-    } else {
-        out!("{}", serde_json::to_string_pretty(&event)?);
+    let answer = serde_json::json!({
+        "event": event,
+        "fetches": fetches,
+        "refused": checked.as_ref().err().map(|e| e.problem.to_string()),
+    });
+    output::print(cli.json, &answer, |_| {
+        // `{:#}` is serde_json's pretty form, as `--json` prints.
+        out!("{event:#}");
         if !draft.fetches.is_empty() {
             out!("\nwith an api_key, the source first fetches:");
             for fetch in &draft.fetches {
                 out!("  {:<16} {}", fetch.what, output::text(&fetch.path));
             }
         }
-    }
+    })?;
     match checked {
         Ok(_) => Ok(true),
         Err(error) => Err(anyhow!(

@@ -4,8 +4,16 @@
 
 use clap::error::ErrorKind;
 
+use std::path::Path;
+
+use dunningd::model::Event;
+use dunningd::proto;
+
 use super::*;
-use output::{LONG_WIDTH, WIDTH, full, render_table, shown, text};
+use crate::client::{Exit, case_lookup, rpc};
+use crate::events::{event_outcome, parse_events};
+use crate::output::{Col, LONG_WIDTH, WIDTH, full, render_table, short_time, shown, text};
+use crate::workflows::validate;
 
 /// The repository root (the daemon crate is one level down).
 fn repo() -> PathBuf {
@@ -520,7 +528,7 @@ fn shipped_examples_preview_offline() {
         for workflow in &workflows {
             for event in &events {
                 let config = repo().join("examples/dunningd.yaml");
-                let ok = preview(
+                let ok = preview::run(
                     &cli,
                     workflow,
                     event,
@@ -541,14 +549,14 @@ fn preview_refuses_bad_input() {
     let workflow = repo().join("workflows/payment-failed.yaml");
     let event = repo().join("examples/events/payment-failed.json");
     let cli = cli(&["status"]);
-    let error = preview(&cli, &workflow, &event, Some("tomorrow"), None)
+    let error = preview::run(&cli, &workflow, &event, Some("tomorrow"), None)
         .expect_err("bad --at")
         .to_string();
     assert!(
         error.starts_with("--at: invalid RFC 3339 time 'tomorrow'"),
         "{error}"
     );
-    let error = preview(&cli, &workflow, Path::new("/nonexistent.json"), None, None)
+    let error = preview::run(&cli, &workflow, Path::new("/nonexistent.json"), None, None)
         .expect_err("no event")
         .to_string();
     assert!(
