@@ -28,16 +28,13 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::batch;
-use super::rows::{
-    OutcomeRow, case_from_row, cases_of, claimed_columns, corrupt, decode_claims,
-    delivery_from_row, optout_from_row, state_counts, stats_row_from_row, workflow_counts,
-};
+use super::rows::{OutcomeRow, case_from_row, cases_of, claimed_columns, corrupt, decode_claims};
+use super::shared::Backend;
 use super::{
-    CaseAction, ClaimOptions, Claims, Completion, EventPlan, IngestOutcome, ProviderReport, Store,
-    StoreError, check_schema, from_ms, hand_out, idempotency_key, to_ms,
+    CaseAction, ClaimOptions, Claims, Completion, EventPlan, IngestOutcome, StoreError,
+    check_schema, from_ms, hand_out, idempotency_key, to_ms,
 };
-use crate::model::{Case, CaseDetail, CaseFilter, CaseState, OptOut};
-use crate::stats::{Stats, StatsBuilder, StatsFilter};
+use crate::model::{Case, CaseState};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -125,6 +122,15 @@ impl SqliteStore {
             );
         }
         Ok(store)
+    }
+
+    fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    /// For writes of one statement, which need no transaction of their own.
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
     }
 
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
@@ -313,7 +319,7 @@ async fn skip_pending(
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl Backend for SqliteStore {
     async fn ingest(
         &self,
         plans: Vec<EventPlan>,
@@ -866,211 +872,55 @@ impl Store for SqliteStore {
         tx.commit().await?;
         Ok(updated)
     }
+}
 
-    async fn opt_out(&self, optout: &OptOut) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO optouts (customer_id, channel, source, reason, created_ms) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (customer_id, channel) DO UPDATE
-             SET source = excluded.source, reason = excluded.reason, created_ms = excluded.created_ms",
-        )
-        .bind(&optout.customer_id)
-        .bind(&optout.channel)
-        .bind(&optout.source)
-        .bind(&optout.reason)
-        .bind(to_ms(optout.created_at))
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
+super::shared::sql_store!(SqliteStore);
 
-    async fn opt_in(
-        &self,
-        customer_id: &str,
-        channel: &str,
-        source: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        let removed = sqlx::query(
-            "DELETE FROM optouts WHERE customer_id = ? AND channel = ? AND (? IS NULL OR source = ?)",
-        )
-        .bind(customer_id)
-        .bind(channel)
-        .bind(source)
-        .bind(source)
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
-        Ok(removed > 0)
-    }
-
-    async fn stats(&self, filter: &StatsFilter) -> Result<Stats, StoreError> {
-        use tokio_stream::StreamExt;
-        let mut rows = sqlx::query(
-            "SELECT c.id AS case_id, c.workflow, c.state, c.started_ms, c.updated_ms,
-                    CAST(json_extract(c.trigger_event, '$.data.amount') AS TEXT) AS amount,
-                    CAST(json_extract(c.trigger_event, '$.data.currency') AS TEXT) AS currency,
-                    d.step_index, d.step, d.channel, d.status, d.sent_ms
-             FROM cases c LEFT JOIN deliveries d ON d.case_id = c.id
-             WHERE (?1 IS NULL OR c.workflow = ?1) AND (?2 IS NULL OR c.started_ms >= ?2)
-               AND (?3 IS NULL OR c.started_ms < ?3)
-             ORDER BY c.id",
-        )
-        .bind(filter.workflow.as_deref())
-        .bind(filter.since.map(to_ms))
-        .bind(filter.until.map(to_ms))
-        .fetch(&self.reader);
-        let mut builder = StatsBuilder::default();
-        while let Some(row) = rows.next().await {
-            builder.add(stats_row_from_row(&row?)?);
-        }
-        Ok(builder.finish())
-    }
-
-    async fn customers_by_phone(&self, phone: &str) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT DISTINCT customer_id FROM cases
-             WHERE json_extract(trigger_event, '$.customer.phone') = ? ORDER BY customer_id",
-        )
-        .bind(phone)
-        .fetch_all(&self.reader)
-        .await?)
-    }
-
-    async fn record_report(&self, report: &ProviderReport) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO provider_reports (channel, receipt, status, error_code, rank, updated_ms)
-             VALUES (?, ?, ?, ?, ?, ?)
-             ON CONFLICT (channel, receipt) DO UPDATE
-             SET status = excluded.status, error_code = excluded.error_code,
-                 rank = excluded.rank, updated_ms = excluded.updated_ms
-             WHERE excluded.rank > provider_reports.rank",
-        )
-        .bind(&report.channel)
-        .bind(&report.receipt)
-        .bind(&report.status)
-        .bind(&report.error_code)
-        .bind(report.rank)
-        .bind(to_ms(report.at))
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
-    async fn list_optouts(
-        &self,
-        customer_id: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<OptOut>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM optouts WHERE (?1 IS NULL OR customer_id = ?1)
-             ORDER BY created_ms DESC, customer_id, channel LIMIT ?2",
-        )
-        .bind(customer_id)
-        .bind(limit as i64)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(optout_from_row).collect()
-    }
-
-    async fn list_cases(&self, filter: &CaseFilter) -> Result<Vec<Case>, StoreError> {
-        let limit = if filter.limit == 0 { 100 } else { filter.limit };
-        let rows = sqlx::query(
-            "SELECT * FROM cases
-             WHERE (?1 IS NULL OR workflow = ?1) AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR customer_id = ?3)
-             ORDER BY started_ms DESC, id DESC LIMIT ?4",
-        )
-        .bind(filter.workflow.as_deref())
-        .bind(filter.state.map(CaseState::as_str))
-        .bind(filter.customer.as_deref())
-        .bind(limit as i64)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(case_from_row).collect()
-    }
-
-    async fn get_case(&self, id: &str) -> Result<CaseDetail, StoreError> {
-        let row = sqlx::query("SELECT * FROM cases WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?
-            .ok_or_else(|| StoreError::CaseNotFound(id.to_string()))?;
-        let case = case_from_row(&row)?;
-        let rows =
-            sqlx::query("SELECT d.*, r.status AS report_status, r.error_code AS report_error
-                         FROM deliveries d LEFT JOIN provider_reports r ON r.channel = d.channel AND r.receipt = d.receipt
-                         WHERE d.case_id = ? ORDER BY d.step_index, d.fallback_for IS NOT NULL, d.channel")
-                .bind(id)
-                .fetch_all(&self.reader)
-                .await?;
-        let deliveries = rows
-            .iter()
-            .map(delivery_from_row)
-            .collect::<Result<_, _>>()?;
-        Ok(CaseDetail { case, deliveries })
-    }
-
-    async fn case_ids_with_prefix(
-        &self,
-        prefix: &str,
-        limit: u32,
-    ) -> Result<Vec<String>, StoreError> {
-        if !super::is_id_prefix(prefix) {
-            return Ok(Vec::new());
-        }
-        // GLOB, not LIKE: it is case-sensitive, so SQLite can range-scan the
-        // primary key for a bound pattern with a fixed prefix.
-        let ids = sqlx::query_scalar("SELECT id FROM cases WHERE id GLOB ?1 ORDER BY id LIMIT ?2")
-            .bind(format!("{prefix}*"))
-            .bind(i64::from(limit))
-            .fetch_all(&self.reader)
-            .await?;
-        Ok(ids)
-    }
-
-    async fn case_counts(&self) -> Result<BTreeMap<CaseState, u64>, StoreError> {
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM cases GROUP BY state")
-            .fetch_all(&self.reader)
-            .await?;
-        state_counts(&rows)
-    }
-
-    async fn open_cases_by_workflow(&self) -> Result<BTreeMap<String, u64>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT workflow, COUNT(*) AS n FROM cases WHERE state IN ('active', 'paused') GROUP BY workflow",
-        )
-        .fetch_all(&self.reader)
-        .await?;
-        workflow_counts(&rows)
-    }
-
-    async fn workflow_source(&self, version: &str) -> Result<Option<String>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT source FROM workflow_versions WHERE version = ?")
-                .bind(version)
-                .fetch_optional(&self.reader)
-                .await?,
-        )
-    }
-
-    async fn gauges(&self, now: DateTime<Utc>) -> Result<super::Gauges, StoreError> {
-        let rows = sqlx::query(
-            "SELECT workflow, state, COUNT(*) AS n FROM cases GROUP BY workflow, state",
-        )
-        .fetch_all(&self.reader)
-        .await?;
-        let cases = super::rows::workflow_state_counts(&rows)?;
-        // What the scheduler would claim now if it could (expired leases of
-        // crashed owners aside): the lag an operator alerts on.
-        let (backlog, oldest): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT COUNT(*), MIN(d.planned_ms) FROM deliveries d JOIN cases c ON c.id = d.case_id
-             WHERE d.status IN ('scheduled', 'retrying') AND d.planned_ms <= ? AND c.state = 'active'",
-        )
-        .bind(to_ms(now))
-        .fetch_one(&self.reader)
-        .await?;
-        Ok(super::Gauges {
-            cases,
-            backlog: backlog.max(0) as u64,
-            oldest_planned: oldest.map(from_ms),
-        })
-    }
+/// The statements of the methods written once in `shared.rs`.
+mod sql {
+    pub const OPT_OUT: &str = "INSERT INTO optouts (customer_id, channel, source, reason, created_ms) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (customer_id, channel) DO UPDATE
+         SET source = excluded.source, reason = excluded.reason, created_ms = excluded.created_ms";
+    pub const OPT_IN: &str = "DELETE FROM optouts WHERE customer_id = ?1 AND channel = ?2 AND (?3 IS NULL OR source = ?3)";
+    pub const STATS: &str =
+        "SELECT c.id AS case_id, c.workflow, c.state, c.started_ms, c.updated_ms,
+                CAST(json_extract(c.trigger_event, '$.data.amount') AS TEXT) AS amount,
+                CAST(json_extract(c.trigger_event, '$.data.currency') AS TEXT) AS currency,
+                d.step_index, d.step, d.channel, d.status, d.sent_ms
+         FROM cases c LEFT JOIN deliveries d ON d.case_id = c.id
+         WHERE (?1 IS NULL OR c.workflow = ?1) AND (?2 IS NULL OR c.started_ms >= ?2)
+           AND (?3 IS NULL OR c.started_ms < ?3)
+         ORDER BY c.id";
+    pub const CUSTOMERS_BY_PHONE: &str = "SELECT DISTINCT customer_id FROM cases
+         WHERE json_extract(trigger_event, '$.customer.phone') = ? ORDER BY customer_id";
+    pub const RECORD_REPORT: &str =
+        "INSERT INTO provider_reports (channel, receipt, status, error_code, rank, updated_ms)
+         VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (channel, receipt) DO UPDATE
+         SET status = excluded.status, error_code = excluded.error_code,
+             rank = excluded.rank, updated_ms = excluded.updated_ms
+         WHERE excluded.rank > provider_reports.rank";
+    pub const LIST_OPTOUTS: &str = "SELECT * FROM optouts WHERE (?1 IS NULL OR customer_id = ?1)
+         ORDER BY created_ms DESC, customer_id, channel LIMIT ?2";
+    pub const LIST_CASES: &str = "SELECT * FROM cases
+         WHERE (?1 IS NULL OR workflow = ?1) AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR customer_id = ?3)
+         ORDER BY started_ms DESC, id DESC LIMIT ?4";
+    pub const CASE: &str = "SELECT * FROM cases WHERE id = ?";
+    pub const CASE_DELIVERIES: &str = "SELECT d.*, r.status AS report_status, r.error_code AS report_error
+         FROM deliveries d LEFT JOIN provider_reports r ON r.channel = d.channel AND r.receipt = d.receipt
+         WHERE d.case_id = ? ORDER BY d.step_index, d.fallback_for IS NOT NULL, d.channel";
+    // GLOB, not LIKE: it is case-sensitive, so SQLite can range-scan the
+    // primary key for a bound pattern with a fixed prefix.
+    pub const CASE_IDS_WITH_PREFIX: &str =
+        "SELECT id FROM cases WHERE id GLOB ?1 ORDER BY id LIMIT ?2";
+    /// What follows the prefix in `CASE_IDS_WITH_PREFIX`'s pattern.
+    pub const ANY_SUFFIX: &str = "*";
+    pub const CASE_COUNTS: &str = "SELECT state, COUNT(*) AS n FROM cases GROUP BY state";
+    pub const OPEN_CASES_BY_WORKFLOW: &str = "SELECT workflow, COUNT(*) AS n FROM cases WHERE state IN ('active', 'paused') GROUP BY workflow";
+    pub const WORKFLOW_SOURCE: &str = "SELECT source FROM workflow_versions WHERE version = ?";
+    pub const CASES_BY_WORKFLOW_AND_STATE: &str =
+        "SELECT workflow, state, COUNT(*) AS n FROM cases GROUP BY workflow, state";
+    pub const BACKLOG: &str =
+        "SELECT COUNT(*), MIN(d.planned_ms) FROM deliveries d JOIN cases c ON c.id = d.case_id
+         WHERE d.status IN ('scheduled', 'retrying') AND d.planned_ms <= ? AND c.state = 'active'";
 }

@@ -1,0 +1,324 @@
+//! The `Store` methods whose Rust is the same for both backends, written
+//! once: they differ only in SQL dialect, and each backend keeps its own
+//! statements (`sql::*` constants in `sqlite.rs` and `postgres.rs`), so any
+//! per-backend tuning stays visible there.
+//!
+//! What differs in concurrency (ingesting, claiming, listening) each backend
+//! writes its own way, behind [`Backend`].
+//!
+//! The shared methods are stamped into each backend by [`sql_store!`]
+//! rather than written generic over sqlx's `Database`: the bounds a generic
+//! body needs (every bound type's `Encode`/`Decode`, executors for pools and
+//! transactions, `Send` futures for `async_trait`) would outweigh the bodies.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{CaseAction, ClaimOptions, Claims, Completion, EventPlan, IngestOutcome, StoreError};
+use crate::model::Case;
+
+/// The `Store` methods each backend writes its own way. [`sql_store!`]
+/// forwards the trait's methods of these names here.
+#[async_trait]
+pub(crate) trait Backend {
+    async fn ingest(
+        &self,
+        plans: Vec<EventPlan>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<IngestOutcome>, StoreError>;
+
+    async fn claim_due(
+        &self,
+        now: DateTime<Utc>,
+        options: &ClaimOptions,
+    ) -> Result<Claims, StoreError>;
+
+    async fn complete(
+        &self,
+        owner: &str,
+        results: Vec<(String, Completion)>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError>;
+
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        ids: &[String],
+        lease: std::time::Duration,
+    ) -> Result<Vec<String>, StoreError>;
+
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
+
+    async fn case_action(
+        &self,
+        id: &str,
+        action: CaseAction,
+        now: DateTime<Utc>,
+    ) -> Result<Case, StoreError>;
+
+    /// As [`super::Store::listen_for_work`]; nothing by default.
+    fn listen_for_work(&self, on_work: Box<dyn Fn() + Send + Sync>) {
+        let _ = on_work;
+    }
+}
+
+/// Implements `Store` for a backend's store type: the shared methods below,
+/// and [`Backend`]'s for the rest. Expanded inside the backend's module,
+/// where these names must resolve (plain `macro_rules!` paths resolve where
+/// the macro is used):
+/// - `sql::NAME`: the backend's statements, one constant per statement, with
+///   the same names and the same parameters in both backends;
+/// - `self.reader()`: the pool for reads, `self.writer()`: the pool for
+///   writes of one statement;
+/// - the items imported below from `super::rows` and `crate::model`.
+macro_rules! sql_store {
+    ($store:ty) => {
+        // A block of its own, for the imports the bodies use.
+        const _: () = {
+            use std::collections::BTreeMap;
+            use std::time::Duration;
+
+            use chrono::{DateTime, Utc};
+
+            use $crate::model::{Case, CaseDetail, CaseFilter, CaseState, OptOut};
+            use $crate::stats::{Stats, StatsBuilder, StatsFilter};
+            use $crate::store::rows::{
+                case_from_row, delivery_from_row, optout_from_row, state_counts,
+                stats_row_from_row, workflow_counts, workflow_state_counts,
+            };
+            use $crate::store::shared::Backend;
+            use $crate::store::{
+                CaseAction, ClaimOptions, Claims, Completion, EventPlan, Gauges, IngestOutcome,
+                ProviderReport, Store, StoreError, from_ms, is_id_prefix, to_ms,
+            };
+
+            #[async_trait::async_trait]
+            impl Store for $store {
+                async fn ingest(
+                    &self,
+                    plans: Vec<EventPlan>,
+                    now: DateTime<Utc>,
+                ) -> Result<Vec<IngestOutcome>, StoreError> {
+                    Backend::ingest(self, plans, now).await
+                }
+
+                async fn claim_due(
+                    &self,
+                    now: DateTime<Utc>,
+                    options: &ClaimOptions,
+                ) -> Result<Claims, StoreError> {
+                    Backend::claim_due(self, now, options).await
+                }
+
+                async fn complete(
+                    &self,
+                    owner: &str,
+                    results: Vec<(String, Completion)>,
+                    now: DateTime<Utc>,
+                ) -> Result<Vec<String>, StoreError> {
+                    Backend::complete(self, owner, results, now).await
+                }
+
+                async fn renew_leases(
+                    &self,
+                    owner: &str,
+                    ids: &[String],
+                    lease: Duration,
+                ) -> Result<Vec<String>, StoreError> {
+                    Backend::renew_leases(self, owner, ids, lease).await
+                }
+
+                async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+                    Backend::next_due(self).await
+                }
+
+                async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+                    Backend::release_leases(self, owner).await
+                }
+
+                fn listen_for_work(&self, on_work: Box<dyn Fn() + Send + Sync>) {
+                    Backend::listen_for_work(self, on_work)
+                }
+
+                async fn case_action(
+                    &self,
+                    id: &str,
+                    action: CaseAction,
+                    now: DateTime<Utc>,
+                ) -> Result<Case, StoreError> {
+                    Backend::case_action(self, id, action, now).await
+                }
+
+                async fn opt_out(&self, optout: &OptOut) -> Result<(), StoreError> {
+                    sqlx::query(sql::OPT_OUT)
+                        .bind(&optout.customer_id)
+                        .bind(&optout.channel)
+                        .bind(&optout.source)
+                        .bind(&optout.reason)
+                        .bind(to_ms(optout.created_at))
+                        .execute(self.writer())
+                        .await?;
+                    Ok(())
+                }
+
+                async fn opt_in(
+                    &self,
+                    customer_id: &str,
+                    channel: &str,
+                    source: Option<&str>,
+                ) -> Result<bool, StoreError> {
+                    let removed = sqlx::query(sql::OPT_IN)
+                        .bind(customer_id)
+                        .bind(channel)
+                        .bind(source)
+                        .execute(self.writer())
+                        .await?
+                        .rows_affected();
+                    Ok(removed > 0)
+                }
+
+                async fn stats(&self, filter: &StatsFilter) -> Result<Stats, StoreError> {
+                    use tokio_stream::StreamExt;
+                    let mut rows = sqlx::query(sql::STATS)
+                        .bind(filter.workflow.as_deref())
+                        .bind(filter.since.map(to_ms))
+                        .bind(filter.until.map(to_ms))
+                        .fetch(self.reader());
+                    let mut builder = StatsBuilder::default();
+                    while let Some(row) = rows.next().await {
+                        builder.add(stats_row_from_row(&row?)?);
+                    }
+                    Ok(builder.finish())
+                }
+
+                async fn customers_by_phone(&self, phone: &str) -> Result<Vec<String>, StoreError> {
+                    Ok(sqlx::query_scalar(sql::CUSTOMERS_BY_PHONE)
+                        .bind(phone)
+                        .fetch_all(self.reader())
+                        .await?)
+                }
+
+                async fn record_report(&self, report: &ProviderReport) -> Result<(), StoreError> {
+                    sqlx::query(sql::RECORD_REPORT)
+                        .bind(&report.channel)
+                        .bind(&report.receipt)
+                        .bind(&report.status)
+                        .bind(&report.error_code)
+                        .bind(report.rank)
+                        .bind(to_ms(report.at))
+                        .execute(self.writer())
+                        .await?;
+                    Ok(())
+                }
+
+                async fn list_optouts(
+                    &self,
+                    customer_id: Option<&str>,
+                    limit: u32,
+                ) -> Result<Vec<OptOut>, StoreError> {
+                    let rows = sqlx::query(sql::LIST_OPTOUTS)
+                        .bind(customer_id)
+                        .bind(i64::from(limit))
+                        .fetch_all(self.reader())
+                        .await?;
+                    rows.iter().map(optout_from_row).collect()
+                }
+
+                async fn list_cases(&self, filter: &CaseFilter) -> Result<Vec<Case>, StoreError> {
+                    let limit = if filter.limit == 0 { 100 } else { filter.limit };
+                    let rows = sqlx::query(sql::LIST_CASES)
+                        .bind(filter.workflow.as_deref())
+                        .bind(filter.state.map(CaseState::as_str))
+                        .bind(filter.customer.as_deref())
+                        .bind(limit as i64)
+                        .fetch_all(self.reader())
+                        .await?;
+                    rows.iter().map(case_from_row).collect()
+                }
+
+                async fn get_case(&self, id: &str) -> Result<CaseDetail, StoreError> {
+                    let row = sqlx::query(sql::CASE)
+                        .bind(id)
+                        .fetch_optional(self.reader())
+                        .await?
+                        .ok_or_else(|| StoreError::CaseNotFound(id.to_string()))?;
+                    let case = case_from_row(&row)?;
+                    let rows = sqlx::query(sql::CASE_DELIVERIES)
+                        .bind(id)
+                        .fetch_all(self.reader())
+                        .await?;
+                    let deliveries = rows
+                        .iter()
+                        .map(delivery_from_row)
+                        .collect::<Result<_, _>>()?;
+                    Ok(CaseDetail { case, deliveries })
+                }
+
+                async fn case_ids_with_prefix(
+                    &self,
+                    prefix: &str,
+                    limit: u32,
+                ) -> Result<Vec<String>, StoreError> {
+                    if !is_id_prefix(prefix) {
+                        return Ok(Vec::new());
+                    }
+                    let ids = sqlx::query_scalar(sql::CASE_IDS_WITH_PREFIX)
+                        .bind(format!("{prefix}{}", sql::ANY_SUFFIX))
+                        .bind(i64::from(limit))
+                        .fetch_all(self.reader())
+                        .await?;
+                    Ok(ids)
+                }
+
+                async fn case_counts(&self) -> Result<BTreeMap<CaseState, u64>, StoreError> {
+                    let rows = sqlx::query(sql::CASE_COUNTS)
+                        .fetch_all(self.reader())
+                        .await?;
+                    state_counts(&rows)
+                }
+
+                async fn open_cases_by_workflow(
+                    &self,
+                ) -> Result<BTreeMap<String, u64>, StoreError> {
+                    let rows = sqlx::query(sql::OPEN_CASES_BY_WORKFLOW)
+                        .fetch_all(self.reader())
+                        .await?;
+                    workflow_counts(&rows)
+                }
+
+                async fn workflow_source(
+                    &self,
+                    version: &str,
+                ) -> Result<Option<String>, StoreError> {
+                    Ok(sqlx::query_scalar(sql::WORKFLOW_SOURCE)
+                        .bind(version)
+                        .fetch_optional(self.reader())
+                        .await?)
+                }
+
+                async fn gauges(&self, now: DateTime<Utc>) -> Result<Gauges, StoreError> {
+                    let rows = sqlx::query(sql::CASES_BY_WORKFLOW_AND_STATE)
+                        .fetch_all(self.reader())
+                        .await?;
+                    let cases = workflow_state_counts(&rows)?;
+                    // What the scheduler would claim now if it could (expired
+                    // leases of crashed owners aside): the lag an operator
+                    // alerts on.
+                    let (backlog, oldest): (i64, Option<i64>) = sqlx::query_as(sql::BACKLOG)
+                        .bind(to_ms(now))
+                        .fetch_one(self.reader())
+                        .await?;
+                    Ok(Gauges {
+                        cases,
+                        backlog: backlog.max(0) as u64,
+                        oldest_planned: oldest.map(from_ms),
+                    })
+                }
+            }
+        };
+    };
+}
+
+pub(crate) use sql_store;
