@@ -26,13 +26,12 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::batch;
-use super::rows::{OutcomeRow, case_from_row, cases_of, claimed_columns, corrupt, decode_claims};
+use super::rows::{OutcomeRow, cases_of, claimed_columns, corrupt, decode_claims};
 use super::shared::Backend;
 use super::{
-    CaseAction, ClaimOptions, Claims, Completion, EventPlan, IngestOutcome, StoreError,
-    check_schema, from_ms, hand_out, idempotency_key, to_ms,
+    ClaimOptions, Claims, Completion, EventPlan, IngestOutcome, StoreError, check_schema, hand_out,
+    idempotency_key, to_ms,
 };
-use crate::model::{Case, CaseState};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -51,7 +50,7 @@ impl PostgresStore {
     ) -> Result<Vec<IngestOutcome>, StoreError> {
         let now_ms = to_ms(now);
         let events = batch::event_rows(&plans)?;
-        let mut tx = self.tx().await?;
+        let mut tx = self.write_tx().await?;
         let inserted: HashSet<String> = sqlx::query_scalar(
             "INSERT INTO events (id, type, customer_id, subject, occurred_ms, received_ms, body)
              SELECT e.id, e.type, e.customer, e.subject, e.occurred_ms, $1, e.body
@@ -81,7 +80,7 @@ impl PostgresStore {
         .await?;
         let recovered = batch::Recovered::new(recovered);
         if !recovered.ids.is_empty() {
-            skip_pending(&mut tx, &recovered.ids, "case recovered", now_ms).await?;
+            Self::skip_pending(&mut tx, &recovered.ids, "case recovered", now_ms).await?;
         }
 
         // Stale triggers here; open cases by the insert's ON CONFLICT below,
@@ -172,7 +171,7 @@ impl PostgresStore {
                 refusals.already_open(&new, i, j, &open.unwrap_or_default());
             }
             if !started.is_empty() {
-                notify_work(&mut tx).await?;
+                announce_work(&mut tx).await?;
             }
         }
         tx.commit().await?;
@@ -238,7 +237,7 @@ impl PostgresStore {
         &self.pool
     }
 
-    async fn tx(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+    async fn write_tx(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         Ok(self.pool.begin().await?)
     }
 }
@@ -248,12 +247,17 @@ const WORK_CHANNEL: &str = "dunningd_work";
 
 /// Tells every listening daemon, when (and only if) the transaction commits,
 /// that new deliveries may be due sooner than it thinks.
-async fn notify_work(tx: &mut Transaction<'static, Postgres>) -> Result<(), StoreError> {
+async fn announce_work(tx: &mut Transaction<'static, Postgres>) -> Result<(), StoreError> {
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(WORK_CHANNEL)
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// An id list as PostgreSQL binds it: a `text[]`, read with `ANY`.
+fn id_list<S: AsRef<str>>(ids: &[S]) -> Vec<&str> {
+    ids.iter().map(AsRef::as_ref).collect()
 }
 
 /// Calls `on_work` for every announcement on [`WORK_CHANNEL`], and after a
@@ -297,25 +301,6 @@ async fn listen(pool: PgPool, on_work: Box<dyn Fn() + Send + Sync>) {
     }
 }
 
-async fn skip_pending(
-    tx: &mut Transaction<'static, Postgres>,
-    case_ids: &[String],
-    reason: &str,
-    now_ms: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE deliveries SET status = 'skipped', skip_reason = $1, lease_owner = NULL,
-                lease_expires_ms = NULL, updated_ms = $2
-         WHERE case_id = ANY($3) AND status IN ('scheduled', 'retrying')",
-    )
-    .bind(reason)
-    .bind(now_ms)
-    .bind(case_ids)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 #[async_trait]
 impl Backend for PostgresStore {
     async fn ingest(
@@ -327,7 +312,7 @@ impl Backend for PostgresStore {
             return self.ingest_independent(plans, now).await;
         }
         let now_ms = to_ms(now);
-        let mut tx = self.tx().await?;
+        let mut tx = self.write_tx().await?;
         let mut outcomes = Vec::with_capacity(plans.len());
         for plan in plans {
             let event = &plan.event;
@@ -372,7 +357,7 @@ impl Backend for PostgresStore {
             .fetch_all(&mut *tx)
             .await?;
             if !recovered.is_empty() {
-                skip_pending(&mut tx, &recovered, "case recovered", now_ms).await?;
+                Self::skip_pending(&mut tx, &recovered, "case recovered", now_ms).await?;
                 outcome.cases_recovered = recovered;
             }
 
@@ -468,7 +453,7 @@ impl Backend for PostgresStore {
             outcomes.push(outcome);
         }
         if outcomes.iter().any(|o| !o.cases_started.is_empty()) {
-            notify_work(&mut tx).await?;
+            announce_work(&mut tx).await?;
         }
         tx.commit().await?;
         Ok(outcomes)
@@ -482,7 +467,7 @@ impl Backend for PostgresStore {
         let now_ms = to_ms(now);
         let wall_ms = to_ms(Utc::now());
         let lease_ms = wall_ms + options.lease.as_millis() as i64;
-        let mut tx = self.tx().await?;
+        let mut tx = self.write_tx().await?;
         // Walk `deliveries_pending` in planned order and stop at the limit.
         // Until autovacuum has analysed freshly ingested rows the planner
         // expects a few hundred due rows and would rather collect every due
@@ -639,7 +624,7 @@ impl Backend for PostgresStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<String>, StoreError> {
         let now_ms = to_ms(now);
-        let mut tx = self.tx().await?;
+        let mut tx = self.write_tx().await?;
         // One statement for the whole batch, joined on the primary key (a
         // per-row UPDATE let the planner pick the partial index of leased
         // deliveries and walk every one in flight).
@@ -728,133 +713,41 @@ impl Backend for PostgresStore {
         Ok(lost)
     }
 
-    async fn renew_leases(
-        &self,
-        owner: &str,
-        ids: &[String],
-        lease: Duration,
-    ) -> Result<Vec<String>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let renewed = sqlx::query_scalar(
-            "UPDATE deliveries SET lease_expires_ms = $1
-             WHERE id = ANY($2) AND lease_owner = $3 AND status = 'sending'
-             RETURNING id",
-        )
-        .bind(to_ms(Utc::now()) + lease.as_millis() as i64)
-        .bind(ids)
-        .bind(owner)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(renewed)
-    }
-
-    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let next: Option<i64> = sqlx::query_scalar(
-            "SELECT d.planned_ms FROM deliveries d JOIN cases c ON c.id = d.case_id
-             WHERE d.status IN ('scheduled', 'retrying') AND c.state = 'active'
-             ORDER BY d.planned_ms LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(next.map(from_ms))
-    }
-
-    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
-        let mut tx = self.tx().await?;
-        let released = sqlx::query(
-            "UPDATE deliveries SET status = 'scheduled', lease_owner = NULL, lease_expires_ms = NULL
-             WHERE status = 'sending' AND lease_owner = $1",
-        )
-        .bind(owner)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if released > 0 {
-            notify_work(&mut tx).await?;
-        }
-        tx.commit().await?;
-        Ok(released)
-    }
-
     fn listen_for_work(&self, on_work: Box<dyn Fn() + Send + Sync>) {
         tokio::spawn(listen(self.pool.clone(), on_work));
     }
-
-    async fn case_action(
-        &self,
-        id: &str,
-        action: CaseAction,
-        now: DateTime<Utc>,
-    ) -> Result<Case, StoreError> {
-        let now_ms = to_ms(now);
-        let mut tx = self.tx().await?;
-        let row = sqlx::query("SELECT * FROM cases WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::CaseNotFound(id.to_string()))?;
-        let case = case_from_row(&row)?;
-        match (action, case.state) {
-            (CaseAction::Pause, CaseState::Active) => {
-                sqlx::query("UPDATE cases SET state = 'paused', paused_ms = $1, updated_ms = $1 WHERE id = $2")
-                    .bind(now_ms)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            (CaseAction::Resume, CaseState::Paused) => {
-                let paused_for = (now_ms - case.paused_at.map(to_ms).unwrap_or(now_ms)).max(0);
-                sqlx::query(
-                    "UPDATE deliveries SET due_ms = due_ms + $1, planned_ms = planned_ms + $1, updated_ms = $2
-                     WHERE case_id = $3 AND status IN ('scheduled', 'retrying')",
-                )
-                .bind(paused_for)
-                .bind(now_ms)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("UPDATE cases SET state = 'active', paused_ms = NULL, updated_ms = $1 WHERE id = $2")
-                    .bind(now_ms)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                notify_work(&mut tx).await?;
-            }
-            (CaseAction::Cancel, CaseState::Active | CaseState::Paused) => {
-                sqlx::query(
-                    "UPDATE cases SET state = 'cancelled', paused_ms = NULL, ended_reason = 'cancelled by an operator',
-                            updated_ms = $1 WHERE id = $2",
-                )
-                .bind(now_ms)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                skip_pending(&mut tx, &[id.to_string()], "case cancelled", now_ms).await?;
-            }
-            (CaseAction::Pause | CaseAction::Resume | CaseAction::Cancel, state) => {
-                return Err(StoreError::InvalidTransition {
-                    id: id.to_string(),
-                    state,
-                    action: action.verb(),
-                });
-            }
-        }
-        let row = sqlx::query("SELECT * FROM cases WHERE id = $1")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let updated = case_from_row(&row)?;
-        tx.commit().await?;
-        Ok(updated)
-    }
 }
 
-super::shared::sql_store!(PostgresStore);
+super::shared::sql_store!(PostgresStore, Postgres);
 
 /// The statements of the methods written once in `shared.rs`.
 mod sql {
+    pub const SKIP_PENDING: &str =
+        "UPDATE deliveries SET status = 'skipped', skip_reason = $1, lease_owner = NULL,
+            lease_expires_ms = NULL, updated_ms = $2
+         WHERE case_id = ANY($3) AND status IN ('scheduled', 'retrying')";
+    pub const RENEW_LEASES: &str = "UPDATE deliveries SET lease_expires_ms = $1
+         WHERE id = ANY($2) AND lease_owner = $3 AND status = 'sending'
+         RETURNING id";
+    pub const NEXT_DUE: &str =
+        "SELECT d.planned_ms FROM deliveries d JOIN cases c ON c.id = d.case_id
+         WHERE d.status IN ('scheduled', 'retrying') AND c.state = 'active'
+         ORDER BY d.planned_ms LIMIT 1";
+    pub const RELEASE_LEASES: &str =
+        "UPDATE deliveries SET status = 'scheduled', lease_owner = NULL, lease_expires_ms = NULL
+         WHERE status = 'sending' AND lease_owner = $1";
+    /// The case an operator's action reads and changes, locked against
+    /// another daemon's action or event until the transaction ends.
+    pub const CASE_TO_CHANGE: &str = "SELECT * FROM cases WHERE id = $1 FOR UPDATE";
+    pub const PAUSE_CASE: &str =
+        "UPDATE cases SET state = 'paused', paused_ms = $1, updated_ms = $1 WHERE id = $2";
+    pub const POSTPONE_PENDING: &str =
+        "UPDATE deliveries SET due_ms = due_ms + $1, planned_ms = planned_ms + $1, updated_ms = $2
+         WHERE case_id = $3 AND status IN ('scheduled', 'retrying')";
+    pub const RESUME_CASE: &str =
+        "UPDATE cases SET state = 'active', paused_ms = NULL, updated_ms = $1 WHERE id = $2";
+    pub const CANCEL_CASE: &str = "UPDATE cases SET state = 'cancelled', paused_ms = NULL, ended_reason = 'cancelled by an operator',
+                updated_ms = $1 WHERE id = $2";
     pub const OPT_OUT: &str = "INSERT INTO optouts (customer_id, channel, source, reason, created_ms) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (customer_id, channel) DO UPDATE
          SET source = excluded.source, reason = excluded.reason, created_ms = excluded.created_ms";

@@ -14,8 +14,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{CaseAction, ClaimOptions, Claims, Completion, EventPlan, IngestOutcome, StoreError};
-use crate::model::Case;
+use super::{ClaimOptions, Claims, Completion, EventPlan, IngestOutcome, StoreError};
 
 /// The `Store` methods each backend writes its own way. [`sql_store!`]
 /// forwards the trait's methods of these names here.
@@ -40,41 +39,27 @@ pub(crate) trait Backend {
         now: DateTime<Utc>,
     ) -> Result<Vec<String>, StoreError>;
 
-    async fn renew_leases(
-        &self,
-        owner: &str,
-        ids: &[String],
-        lease: std::time::Duration,
-    ) -> Result<Vec<String>, StoreError>;
-
-    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
-
-    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
-
-    async fn case_action(
-        &self,
-        id: &str,
-        action: CaseAction,
-        now: DateTime<Utc>,
-    ) -> Result<Case, StoreError>;
-
     /// As [`super::Store::listen_for_work`]; nothing by default.
     fn listen_for_work(&self, on_work: Box<dyn Fn() + Send + Sync>) {
         let _ = on_work;
     }
 }
 
-/// Implements `Store` for a backend's store type: the shared methods below,
-/// and [`Backend`]'s for the rest. Expanded inside the backend's module,
+/// Implements `Store` for a backend's store type (`$db`, its sqlx
+/// `Database`): the shared methods below, and [`Backend`]'s for the rest;
+/// and `skip_pending`, for the backend's own methods too. Expanded inside the backend's module,
 /// where these names must resolve (plain `macro_rules!` paths resolve where
 /// the macro is used):
 /// - `sql::NAME`: the backend's statements, one constant per statement, with
 ///   the same names and the same parameters in both backends;
 /// - `self.reader()`: the pool for reads, `self.writer()`: the pool for
-///   writes of one statement;
+///   writes of one statement, `self.write_tx()`: a write transaction;
+/// - `announce_work(&mut tx)`: tells other daemons that the transaction
+///   creates work (nothing to do on SQLite);
+/// - `id_list(&ids)`: a list of ids as the backend binds it;
 /// - the items imported below from `super::rows` and `crate::model`.
 macro_rules! sql_store {
-    ($store:ty) => {
+    ($store:ty, $db:ty) => {
         // A block of its own, for the imports the bodies use.
         const _: () = {
             use std::collections::BTreeMap;
@@ -82,6 +67,7 @@ macro_rules! sql_store {
 
             use chrono::{DateTime, Utc};
 
+            use sqlx::Transaction;
             use $crate::model::{Case, CaseDetail, CaseFilter, CaseState, OptOut};
             use $crate::stats::{Stats, StatsBuilder, StatsFilter};
             use $crate::store::rows::{
@@ -93,6 +79,24 @@ macro_rules! sql_store {
                 CaseAction, ClaimOptions, Claims, Completion, EventPlan, Gauges, IngestOutcome,
                 ProviderReport, Store, StoreError, from_ms, is_id_prefix, to_ms,
             };
+
+            impl $store {
+                /// Marks the still-pending deliveries of the given cases skipped.
+                async fn skip_pending(
+                    tx: &mut Transaction<'static, $db>,
+                    case_ids: &[String],
+                    reason: &str,
+                    now_ms: i64,
+                ) -> Result<(), StoreError> {
+                    sqlx::query(sql::SKIP_PENDING)
+                        .bind(reason)
+                        .bind(now_ms)
+                        .bind(id_list(case_ids))
+                        .execute(&mut **tx)
+                        .await?;
+                    Ok(())
+                }
+            }
 
             #[async_trait::async_trait]
             impl Store for $store {
@@ -121,25 +125,47 @@ macro_rules! sql_store {
                     Backend::complete(self, owner, results, now).await
                 }
 
+                fn listen_for_work(&self, on_work: Box<dyn Fn() + Send + Sync>) {
+                    Backend::listen_for_work(self, on_work)
+                }
+
                 async fn renew_leases(
                     &self,
                     owner: &str,
                     ids: &[String],
                     lease: Duration,
                 ) -> Result<Vec<String>, StoreError> {
-                    Backend::renew_leases(self, owner, ids, lease).await
+                    if ids.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    Ok(sqlx::query_scalar(sql::RENEW_LEASES)
+                        .bind(to_ms(Utc::now()) + lease.as_millis() as i64)
+                        .bind(id_list(ids))
+                        .bind(owner)
+                        .fetch_all(self.writer())
+                        .await?)
                 }
 
                 async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-                    Backend::next_due(self).await
+                    let next: Option<i64> = sqlx::query_scalar(sql::NEXT_DUE)
+                        .fetch_optional(self.reader())
+                        .await?;
+                    Ok(next.map(from_ms))
                 }
 
                 async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
-                    Backend::release_leases(self, owner).await
-                }
-
-                fn listen_for_work(&self, on_work: Box<dyn Fn() + Send + Sync>) {
-                    Backend::listen_for_work(self, on_work)
+                    let mut tx = self.write_tx().await?;
+                    // The attempt keeps counting: the plugin may have been called.
+                    let released = sqlx::query(sql::RELEASE_LEASES)
+                        .bind(owner)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    if released > 0 {
+                        announce_work(&mut tx).await?;
+                    }
+                    tx.commit().await?;
+                    Ok(released)
                 }
 
                 async fn case_action(
@@ -148,7 +174,66 @@ macro_rules! sql_store {
                     action: CaseAction,
                     now: DateTime<Utc>,
                 ) -> Result<Case, StoreError> {
-                    Backend::case_action(self, id, action, now).await
+                    let now_ms = to_ms(now);
+                    let mut tx = self.write_tx().await?;
+                    let row = sqlx::query(sql::CASE_TO_CHANGE)
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .ok_or_else(|| StoreError::CaseNotFound(id.to_string()))?;
+                    let case = case_from_row(&row)?;
+                    match (action, case.state) {
+                        (CaseAction::Pause, CaseState::Active) => {
+                            sqlx::query(sql::PAUSE_CASE)
+                                .bind(now_ms)
+                                .bind(id)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        (CaseAction::Resume, CaseState::Paused) => {
+                            // The sequence continues where it stopped: pending
+                            // steps move later by the time the case spent paused.
+                            let paused_for =
+                                (now_ms - case.paused_at.map(to_ms).unwrap_or(now_ms)).max(0);
+                            sqlx::query(sql::POSTPONE_PENDING)
+                                .bind(paused_for)
+                                .bind(now_ms)
+                                .bind(id)
+                                .execute(&mut *tx)
+                                .await?;
+                            sqlx::query(sql::RESUME_CASE)
+                                .bind(now_ms)
+                                .bind(id)
+                                .execute(&mut *tx)
+                                .await?;
+                            announce_work(&mut tx).await?;
+                        }
+                        (CaseAction::Cancel, CaseState::Active | CaseState::Paused) => {
+                            sqlx::query(sql::CANCEL_CASE)
+                                .bind(now_ms)
+                                .bind(id)
+                                .execute(&mut *tx)
+                                .await?;
+                            <$store>::skip_pending(
+                                &mut tx,
+                                &[id.to_string()],
+                                "case cancelled",
+                                now_ms,
+                            )
+                            .await?;
+                        }
+                        (CaseAction::Pause | CaseAction::Resume | CaseAction::Cancel, state) => {
+                            return Err(StoreError::InvalidTransition {
+                                id: id.to_string(),
+                                state,
+                                action: action.verb(),
+                            });
+                        }
+                    }
+                    let row = sqlx::query(sql::CASE).bind(id).fetch_one(&mut *tx).await?;
+                    let updated = case_from_row(&row)?;
+                    tx.commit().await?;
+                    Ok(updated)
                 }
 
                 async fn opt_out(&self, optout: &OptOut) -> Result<(), StoreError> {

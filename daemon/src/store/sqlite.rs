@@ -28,13 +28,12 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::batch;
-use super::rows::{OutcomeRow, case_from_row, cases_of, claimed_columns, corrupt, decode_claims};
+use super::rows::{OutcomeRow, cases_of, claimed_columns, corrupt, decode_claims};
 use super::shared::Backend;
 use super::{
-    CaseAction, ClaimOptions, Claims, Completion, EventPlan, IngestOutcome, StoreError,
-    check_schema, from_ms, hand_out, idempotency_key, to_ms,
+    ClaimOptions, Claims, Completion, EventPlan, IngestOutcome, StoreError, check_schema, hand_out,
+    idempotency_key, to_ms,
 };
-use crate::model::{Case, CaseState};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -187,7 +186,7 @@ impl SqliteStore {
         .await?;
         let recovered = batch::Recovered::new(recovered);
         if !recovered.ids.is_empty() {
-            skip_pending(&mut tx, &json_ids(&recovered.ids), "case recovered", now_ms).await?;
+            Self::skip_pending(&mut tx, &recovered.ids, "case recovered", now_ms).await?;
         }
 
         // Starts: refused when a later exit event was seen (the trigger is
@@ -293,29 +292,15 @@ fn lock_database(path: &Path) -> Result<std::fs::File, StoreError> {
     }
 }
 
-fn json_ids<S: serde::Serialize>(ids: &[S]) -> String {
-    serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_string())
+/// Work is announced to other daemons on the same database; a SQLite file
+/// has one daemon, so there is nobody to tell.
+async fn announce_work(_tx: &mut Transaction<'static, Sqlite>) -> Result<(), StoreError> {
+    Ok(())
 }
 
-/// Marks the still-pending deliveries of the given cases skipped.
-async fn skip_pending(
-    tx: &mut Transaction<'static, Sqlite>,
-    case_ids_json: &str,
-    reason: &str,
-    now_ms: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE deliveries SET status = 'skipped', skip_reason = ?, lease_owner = NULL,
-                lease_expires_ms = NULL, updated_ms = ?
-         WHERE case_id IN (SELECT value FROM json_each(?))
-           AND status IN ('scheduled', 'retrying')",
-    )
-    .bind(reason)
-    .bind(now_ms)
-    .bind(case_ids_json)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+/// An id list as SQLite binds it: a JSON array, read with `json_each`.
+fn id_list<S: serde::Serialize>(ids: &[S]) -> String {
+    serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_string())
 }
 
 #[async_trait]
@@ -378,7 +363,7 @@ impl Backend for SqliteStore {
             .fetch_all(&mut *tx)
             .await?;
             if !recovered.is_empty() {
-                skip_pending(&mut tx, &json_ids(&recovered), "case recovered", now_ms).await?;
+                Self::skip_pending(&mut tx, &recovered, "case recovered", now_ms).await?;
                 outcome.cases_recovered = recovered;
             }
 
@@ -605,7 +590,7 @@ impl Backend for SqliteStore {
                  RETURNING channel",
             )
             .bind(now_ms)
-            .bind(json_ids(&park))
+            .bind(id_list(&park))
             .fetch_all(&mut *tx)
             .await?;
         }
@@ -626,7 +611,7 @@ impl Backend for SqliteStore {
             .bind(&options.owner)
             .bind(lease_ms)
             .bind(now_ms)
-            .bind(json_ids(&claim))
+            .bind(id_list(&claim))
             .bind(wall_ms)
             .fetch_all(&mut *tx)
             .await?
@@ -733,151 +718,47 @@ impl Backend for SqliteStore {
                                    AND p.status IN ('scheduled', 'sending', 'retrying'))",
             )
             .bind(now_ms)
-            .bind(json_ids(&cases_of(&done)))
+            .bind(id_list(&cases_of(&done)))
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
         Ok(lost)
     }
-
-    async fn renew_leases(
-        &self,
-        owner: &str,
-        ids: &[String],
-        lease: Duration,
-    ) -> Result<Vec<String>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut tx = self.write_tx().await?;
-        let renewed = sqlx::query_scalar(
-            "UPDATE deliveries SET lease_expires_ms = ?
-             WHERE id IN (SELECT value FROM json_each(?)) AND lease_owner = ? AND status = 'sending'
-             RETURNING id",
-        )
-        .bind(to_ms(Utc::now()) + lease.as_millis() as i64)
-        .bind(json_ids(ids))
-        .bind(owner)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(renewed)
-    }
-
-    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        // In planned order along the partial index, stopping at the first
-        // delivery of an active case.
-        let next: Option<i64> = sqlx::query_scalar(
-            "SELECT d.planned_ms FROM deliveries d INDEXED BY deliveries_pending JOIN cases c ON c.id = d.case_id
-             WHERE d.status IN ('scheduled', 'retrying') AND c.state = 'active'
-             ORDER BY d.planned_ms LIMIT 1",
-        )
-        .fetch_optional(&self.reader)
-        .await?;
-        Ok(next.map(from_ms))
-    }
-
-    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
-        let mut tx = self.write_tx().await?;
-        // The attempt keeps counting: the plugin may have been called.
-        let released = sqlx::query(
-            "UPDATE deliveries SET status = 'scheduled', lease_owner = NULL, lease_expires_ms = NULL
-             WHERE status = 'sending' AND lease_owner = ?",
-        )
-        .bind(owner)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok(released)
-    }
-
-    async fn case_action(
-        &self,
-        id: &str,
-        action: CaseAction,
-        now: DateTime<Utc>,
-    ) -> Result<Case, StoreError> {
-        let now_ms = to_ms(now);
-        let mut tx = self.write_tx().await?;
-        let row = sqlx::query("SELECT * FROM cases WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::CaseNotFound(id.to_string()))?;
-        let case = case_from_row(&row)?;
-        let refuse = || StoreError::InvalidTransition {
-            id: id.to_string(),
-            state: case.state,
-            action: action.verb(),
-        };
-        match (action, case.state) {
-            (CaseAction::Pause, CaseState::Active) => {
-                sqlx::query(
-                    "UPDATE cases SET state = 'paused', paused_ms = ?, updated_ms = ? WHERE id = ?",
-                )
-                .bind(now_ms)
-                .bind(now_ms)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            (CaseAction::Resume, CaseState::Paused) => {
-                // The sequence continues where it stopped: pending steps move
-                // later by the time the case spent paused.
-                let paused_for = now_ms - case.paused_at.map(to_ms).unwrap_or(now_ms);
-                sqlx::query(
-                    "UPDATE deliveries SET due_ms = due_ms + ?, planned_ms = planned_ms + ?, updated_ms = ?
-                     WHERE case_id = ? AND status IN ('scheduled', 'retrying')",
-                )
-                .bind(paused_for.max(0))
-                .bind(paused_for.max(0))
-                .bind(now_ms)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("UPDATE cases SET state = 'active', paused_ms = NULL, updated_ms = ? WHERE id = ?")
-                    .bind(now_ms)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            (CaseAction::Cancel, CaseState::Active | CaseState::Paused) => {
-                sqlx::query(
-                    "UPDATE cases SET state = 'cancelled', paused_ms = NULL, ended_reason = 'cancelled by an operator',
-                            updated_ms = ? WHERE id = ?",
-                )
-                .bind(now_ms)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                skip_pending(
-                    &mut tx,
-                    &json_ids(&[id.to_string()]),
-                    "case cancelled",
-                    now_ms,
-                )
-                .await?;
-            }
-            (CaseAction::Pause | CaseAction::Resume | CaseAction::Cancel, _) => {
-                return Err(refuse());
-            }
-        }
-        let row = sqlx::query("SELECT * FROM cases WHERE id = ?")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let updated = case_from_row(&row)?;
-        tx.commit().await?;
-        Ok(updated)
-    }
 }
 
-super::shared::sql_store!(SqliteStore);
+super::shared::sql_store!(SqliteStore, Sqlite);
 
 /// The statements of the methods written once in `shared.rs`.
 mod sql {
+    pub const SKIP_PENDING: &str =
+        "UPDATE deliveries SET status = 'skipped', skip_reason = ?, lease_owner = NULL,
+            lease_expires_ms = NULL, updated_ms = ?
+         WHERE case_id IN (SELECT value FROM json_each(?))
+           AND status IN ('scheduled', 'retrying')";
+    pub const RENEW_LEASES: &str = "UPDATE deliveries SET lease_expires_ms = ?
+         WHERE id IN (SELECT value FROM json_each(?)) AND lease_owner = ? AND status = 'sending'
+         RETURNING id";
+    // In planned order along the partial index, stopping at the first
+    // delivery of an active case.
+    pub const NEXT_DUE: &str = "SELECT d.planned_ms FROM deliveries d INDEXED BY deliveries_pending JOIN cases c ON c.id = d.case_id
+         WHERE d.status IN ('scheduled', 'retrying') AND c.state = 'active'
+         ORDER BY d.planned_ms LIMIT 1";
+    pub const RELEASE_LEASES: &str =
+        "UPDATE deliveries SET status = 'scheduled', lease_owner = NULL, lease_expires_ms = NULL
+         WHERE status = 'sending' AND lease_owner = ?";
+    /// The case an operator's action reads and changes; the write
+    /// transaction (`BEGIN IMMEDIATE`) already keeps every other writer out.
+    pub const CASE_TO_CHANGE: &str = "SELECT * FROM cases WHERE id = ?";
+    pub const PAUSE_CASE: &str =
+        "UPDATE cases SET state = 'paused', paused_ms = ?1, updated_ms = ?1 WHERE id = ?2";
+    pub const POSTPONE_PENDING: &str =
+        "UPDATE deliveries SET due_ms = due_ms + ?1, planned_ms = planned_ms + ?1, updated_ms = ?2
+         WHERE case_id = ?3 AND status IN ('scheduled', 'retrying')";
+    pub const RESUME_CASE: &str =
+        "UPDATE cases SET state = 'active', paused_ms = NULL, updated_ms = ? WHERE id = ?";
+    pub const CANCEL_CASE: &str = "UPDATE cases SET state = 'cancelled', paused_ms = NULL, ended_reason = 'cancelled by an operator',
+                updated_ms = ? WHERE id = ?";
     pub const OPT_OUT: &str = "INSERT INTO optouts (customer_id, channel, source, reason, created_ms) VALUES (?, ?, ?, ?, ?)
          ON CONFLICT (customer_id, channel) DO UPDATE
          SET source = excluded.source, reason = excluded.reason, created_ms = excluded.created_ms";
