@@ -23,13 +23,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::query::QueryAs;
+use sqlx::{Database, Postgres, Row, Transaction};
 
 use super::batch;
-use super::rows::{OutcomeRow, cases_of, claimed_columns, corrupt, decode_claims};
+use super::rows::{OutcomeRow, claimed_columns, corrupt, decode_claims};
 use super::shared::Backend;
 use super::{
-    ClaimOptions, Claims, Completion, EventPlan, IngestOutcome, StoreError, check_schema, hand_out,
+    ClaimOptions, Claims, EventPlan, IngestOutcome, StoreError, check_schema, hand_out,
     idempotency_key, to_ms,
 };
 
@@ -617,111 +618,62 @@ impl Backend for PostgresStore {
         hand_out(self, &options.owner, decode_claims(claimed)?, given_up, now).await
     }
 
-    async fn complete(
-        &self,
-        owner: &str,
-        results: Vec<(String, Completion)>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<String>, StoreError> {
-        let now_ms = to_ms(now);
-        let mut tx = self.write_tx().await?;
-        // One statement for the whole batch, joined on the primary key (a
-        // per-row UPDATE let the planner pick the partial index of leased
-        // deliveries and walk every one in flight).
-        let rows: Vec<OutcomeRow> = results
-            .iter()
-            .map(|(id, completion)| OutcomeRow::new(id, completion))
-            .collect();
-        let done: Vec<(String, String)> = sqlx::query_as(
-            "UPDATE deliveries d SET
-                    status = u.status,
-                    receipt = CASE WHEN u.status = 'sent' THEN u.receipt ELSE d.receipt END,
-                    sent_ms = CASE WHEN u.status = 'sent' THEN $1 ELSE d.sent_ms END,
-                    last_error = CASE WHEN u.status = 'sent' THEN NULL
-                                      WHEN u.status IN ('retrying', 'failed') THEN u.text
-                                      ELSE d.last_error END,
-                    skip_reason = CASE WHEN u.status = 'skipped' THEN u.text ELSE d.skip_reason END,
-                    planned_ms = COALESCE(u.planned_ms, d.planned_ms),
-                    attempts = d.attempts - u.unclaim, note = NULL,
-                    lease_owner = NULL, lease_expires_ms = NULL, updated_ms = $1
-             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int4[])
-                  AS u(id, status, receipt, text, planned_ms, unclaim)
-             WHERE d.id = u.id AND d.lease_owner = $8 AND d.status = 'sending'
-             RETURNING d.id, d.case_id",
-        )
-        .bind(now_ms)
+    fn listen_for_work(&self, on_work: Box<dyn Fn() + Send + Sync>) {
+        tokio::spawn(listen(self.pool.clone(), on_work));
+    }
+}
+
+/// Binds a batch of outcomes to `sql::COMPLETE`: one array per column.
+fn bind_outcomes<'q, O>(
+    query: QueryAs<'q, Postgres, O, <Postgres as Database>::Arguments>,
+    rows: &[OutcomeRow<'q>],
+) -> Result<QueryAs<'q, Postgres, O, <Postgres as Database>::Arguments>, StoreError> {
+    Ok(query
         .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.status).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.receipt).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.text).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.planned_ms).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.unclaim).collect::<Vec<_>>())
-        .bind(owner)
-        .fetch_all(&mut *tx)
-        .await?;
-        let recorded: std::collections::HashSet<&String> = done.iter().map(|(id, _)| id).collect();
-        let mut lost = Vec::new();
-        for (id, completion) in &results {
-            if !recorded.contains(id) {
-                lost.push(id.clone());
-                continue;
-            }
-            if let Completion::Failed {
-                fallback: Some(follow),
-                ..
-            }
-            | Completion::Skipped {
-                fallback: Some(follow),
-                ..
-            } = completion
-            {
-                // Once per (case, step, channel): the key is unique.
-                sqlx::query(
-                    "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
-                                             due_ms, planned_ms, idempotency_key, updated_ms, fallback_for,
-                                             customer_id, critical)
-                     SELECT $1, case_id, step_index, step, $2, $3, 'scheduled', $4, $5,
-                            'dunningd-' || case_id || '-' || step_index || '-' || $2, $6, channel,
-                            customer_id, critical
-                     FROM deliveries WHERE id = $7
-                     ON CONFLICT (idempotency_key) DO NOTHING",
-                )
-                .bind(uuid::Uuid::now_v7().to_string())
-                .bind(&follow.channel)
-                .bind(&follow.template)
-                .bind(to_ms(follow.due_at))
-                .bind(to_ms(follow.planned_at))
-                .bind(now_ms)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        if !done.is_empty() {
-            sqlx::query(
-                "UPDATE cases SET state = 'exhausted', ended_reason = 'all steps ran', updated_ms = $1
-                 WHERE id = ANY($2) AND state = 'active'
-                   AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.case_id = cases.id
-                                   AND p.status IN ('scheduled', 'sending', 'retrying'))",
-            )
-            .bind(now_ms)
-            .bind(cases_of(&done))
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(lost)
-    }
-
-    fn listen_for_work(&self, on_work: Box<dyn Fn() + Send + Sync>) {
-        tokio::spawn(listen(self.pool.clone(), on_work));
-    }
+        .bind(rows.iter().map(|r| r.unclaim).collect::<Vec<_>>()))
 }
 
 super::shared::sql_store!(PostgresStore, Postgres);
 
 /// The statements of the methods written once in `shared.rs`.
 mod sql {
+    /// One statement for the whole batch, joined on the primary key (a
+    /// per-row UPDATE let the planner pick the partial index of leased
+    /// deliveries and walk every one in flight); the outcomes come as one
+    /// array per column (`rows::OutcomeRow`).
+    pub const COMPLETE: &str = "UPDATE deliveries d SET
+                status = u.status,
+                receipt = CASE WHEN u.status = 'sent' THEN u.receipt ELSE d.receipt END,
+                sent_ms = CASE WHEN u.status = 'sent' THEN $1 ELSE d.sent_ms END,
+                last_error = CASE WHEN u.status = 'sent' THEN NULL
+                                  WHEN u.status IN ('retrying', 'failed') THEN u.text
+                                  ELSE d.last_error END,
+                skip_reason = CASE WHEN u.status = 'skipped' THEN u.text ELSE d.skip_reason END,
+                planned_ms = COALESCE(u.planned_ms, d.planned_ms),
+                attempts = d.attempts - u.unclaim, note = NULL,
+                lease_owner = NULL, lease_expires_ms = NULL, updated_ms = $1
+         FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::int4[])
+              AS u(id, status, receipt, text, planned_ms, unclaim)
+         WHERE d.id = u.id AND d.lease_owner = $2 AND d.status = 'sending'
+         RETURNING d.id, d.case_id";
+    pub const FALLBACK: &str =
+        "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
+                                 due_ms, planned_ms, idempotency_key, updated_ms, fallback_for,
+                                 customer_id, critical)
+         SELECT $1, case_id, step_index, step, $2, $3, 'scheduled', $4, $5,
+                'dunningd-' || case_id || '-' || step_index || '-' || $2, $6, channel,
+                customer_id, critical
+         FROM deliveries WHERE id = $7
+         ON CONFLICT (idempotency_key) DO NOTHING";
+    pub const EXHAUST_CASES: &str =
+        "UPDATE cases SET state = 'exhausted', ended_reason = 'all steps ran', updated_ms = $1
+         WHERE id = ANY($2) AND state = 'active'
+           AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.case_id = cases.id
+                           AND p.status IN ('scheduled', 'sending', 'retrying'))";
     pub const SKIP_PENDING: &str =
         "UPDATE deliveries SET status = 'skipped', skip_reason = $1, lease_owner = NULL,
             lease_expires_ms = NULL, updated_ms = $2

@@ -14,7 +14,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{ClaimOptions, Claims, Completion, EventPlan, IngestOutcome, StoreError};
+use super::{ClaimOptions, Claims, EventPlan, IngestOutcome, StoreError};
 
 /// The `Store` methods each backend writes its own way. [`sql_store!`]
 /// forwards the trait's methods of these names here.
@@ -31,13 +31,6 @@ pub(crate) trait Backend {
         now: DateTime<Utc>,
         options: &ClaimOptions,
     ) -> Result<Claims, StoreError>;
-
-    async fn complete(
-        &self,
-        owner: &str,
-        results: Vec<(String, Completion)>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<String>, StoreError>;
 
     /// As [`super::Store::listen_for_work`]; nothing by default.
     fn listen_for_work(&self, on_work: Box<dyn Fn() + Send + Sync>) {
@@ -57,12 +50,14 @@ pub(crate) trait Backend {
 /// - `announce_work(&mut tx)`: tells other daemons that the transaction
 ///   creates work (nothing to do on SQLite);
 /// - `id_list(&ids)`: a list of ids as the backend binds it;
+/// - `bind_outcomes(query, &rows)`: a batch of outcomes bound to
+///   `sql::COMPLETE`;
 /// - the items imported below from `super::rows` and `crate::model`.
 macro_rules! sql_store {
     ($store:ty, $db:ty) => {
         // A block of its own, for the imports the bodies use.
         const _: () = {
-            use std::collections::BTreeMap;
+            use std::collections::{BTreeMap, HashSet};
             use std::time::Duration;
 
             use chrono::{DateTime, Utc};
@@ -71,8 +66,8 @@ macro_rules! sql_store {
             use $crate::model::{Case, CaseDetail, CaseFilter, CaseState, OptOut};
             use $crate::stats::{Stats, StatsBuilder, StatsFilter};
             use $crate::store::rows::{
-                case_from_row, delivery_from_row, optout_from_row, state_counts,
-                stats_row_from_row, workflow_counts, workflow_state_counts,
+                OutcomeRow, case_from_row, cases_of, delivery_from_row, optout_from_row,
+                state_counts, stats_row_from_row, workflow_counts, workflow_state_counts,
             };
             use $crate::store::shared::Backend;
             use $crate::store::{
@@ -116,17 +111,65 @@ macro_rules! sql_store {
                     Backend::claim_due(self, now, options).await
                 }
 
+                fn listen_for_work(&self, on_work: Box<dyn Fn() + Send + Sync>) {
+                    Backend::listen_for_work(self, on_work)
+                }
+
                 async fn complete(
                     &self,
                     owner: &str,
                     results: Vec<(String, Completion)>,
                     now: DateTime<Utc>,
                 ) -> Result<Vec<String>, StoreError> {
-                    Backend::complete(self, owner, results, now).await
-                }
-
-                fn listen_for_work(&self, on_work: Box<dyn Fn() + Send + Sync>) {
-                    Backend::listen_for_work(self, on_work)
+                    let now_ms = to_ms(now);
+                    let mut tx = self.write_tx().await?;
+                    let rows: Vec<OutcomeRow> = results
+                        .iter()
+                        .map(|(id, completion)| OutcomeRow::new(id, completion))
+                        .collect();
+                    let update = sqlx::query_as(sql::COMPLETE).bind(now_ms).bind(owner);
+                    let done: Vec<(String, String)> =
+                        bind_outcomes(update, &rows)?.fetch_all(&mut *tx).await?;
+                    let recorded: HashSet<&String> = done.iter().map(|(id, _)| id).collect();
+                    let mut lost = Vec::new();
+                    for (id, completion) in &results {
+                        if !recorded.contains(id) {
+                            lost.push(id.clone());
+                            continue;
+                        }
+                        if let Completion::Failed {
+                            fallback: Some(follow),
+                            ..
+                        }
+                        | Completion::Skipped {
+                            fallback: Some(follow),
+                            ..
+                        } = completion
+                        {
+                            // Once per (case, step, channel): the key is unique.
+                            sqlx::query(sql::FALLBACK)
+                                .bind(uuid::Uuid::now_v7().to_string())
+                                .bind(&follow.channel)
+                                .bind(&follow.template)
+                                .bind(to_ms(follow.due_at))
+                                .bind(to_ms(follow.planned_at))
+                                .bind(now_ms)
+                                .bind(id)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                    }
+                    // A case whose every delivery is final, and that nobody
+                    // ended otherwise, ran all its steps without a recovery.
+                    if !done.is_empty() {
+                        sqlx::query(sql::EXHAUST_CASES)
+                            .bind(now_ms)
+                            .bind(id_list(&cases_of(&done)))
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await?;
+                    Ok(lost)
                 }
 
                 async fn renew_leases(

@@ -22,16 +22,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::query::QueryAs;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Database, Row, Sqlite, Transaction};
 
 use super::batch;
-use super::rows::{OutcomeRow, cases_of, claimed_columns, corrupt, decode_claims};
+use super::rows::{OutcomeRow, claimed_columns, corrupt, decode_claims};
 use super::shared::Backend;
 use super::{
-    ClaimOptions, Claims, Completion, EventPlan, IngestOutcome, StoreError, check_schema, hand_out,
+    ClaimOptions, Claims, EventPlan, IngestOutcome, StoreError, check_schema, hand_out,
     idempotency_key, to_ms,
 };
 
@@ -626,111 +627,58 @@ impl Backend for SqliteStore {
         let claimed = claimed.into_iter().filter(still_claimable).collect();
         hand_out(self, &options.owner, decode_claims(claimed)?, given_up, now).await
     }
+}
 
-    async fn complete(
-        &self,
-        owner: &str,
-        results: Vec<(String, Completion)>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<String>, StoreError> {
-        let now_ms = to_ms(now);
-        let mut tx = self.write_tx().await?;
-        // One statement for the whole batch, keyed by the primary key.
-        let rows: Vec<OutcomeRow> = results
-            .iter()
-            .map(|(id, completion)| OutcomeRow::new(id, completion))
-            .collect();
-        let rows = serde_json::to_string(&rows).map_err(|e| corrupt("deliveries", e))?;
-        let done: Vec<(String, String)> = sqlx::query_as(
-            "UPDATE deliveries SET
-                    status = u.status,
-                    receipt = CASE WHEN u.status = 'sent' THEN u.receipt ELSE deliveries.receipt END,
-                    sent_ms = CASE WHEN u.status = 'sent' THEN ?1 ELSE deliveries.sent_ms END,
-                    last_error = CASE WHEN u.status = 'sent' THEN NULL
-                                      WHEN u.status IN ('retrying', 'failed') THEN u.text
-                                      ELSE deliveries.last_error END,
-                    skip_reason = CASE WHEN u.status = 'skipped' THEN u.text ELSE deliveries.skip_reason END,
-                    planned_ms = COALESCE(u.planned_ms, deliveries.planned_ms),
-                    attempts = deliveries.attempts - u.unclaim, note = NULL,
-                    lease_owner = NULL, lease_expires_ms = NULL, updated_ms = ?1
-             FROM (SELECT value ->> '$.id' AS id, value ->> '$.status' AS status,
-                          value ->> '$.receipt' AS receipt, value ->> '$.text' AS text,
-                          value ->> '$.planned_ms' AS planned_ms, value ->> '$.unclaim' AS unclaim
-                   FROM jsonb_each(?2)) AS u
-             WHERE deliveries.id = u.id AND deliveries.lease_owner = ?3 AND deliveries.status = 'sending'
-             RETURNING deliveries.id, deliveries.case_id",
-        )
-        .bind(now_ms)
-        .bind(&rows)
-        .bind(owner)
-        .fetch_all(&mut *tx)
-        .await?;
-        let recorded: HashSet<&String> = done.iter().map(|(id, _)| id).collect();
-        let mut lost = Vec::new();
-        for (id, completion) in &results {
-            if !recorded.contains(id) {
-                lost.push(id.clone());
-                continue;
-            }
-            if let Completion::Failed {
-                fallback: Some(follow),
-                ..
-            }
-            | Completion::Skipped {
-                fallback: Some(follow),
-                ..
-            } = completion
-            {
-                // Once per (case, step, channel): the key is unique.
-                sqlx::query(
-                    "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
-                                             due_ms, planned_ms, idempotency_key, updated_ms, fallback_for,
-                                             customer_id, critical)
-                     SELECT ?, case_id, step_index, step, ?, ?, 'scheduled', ?, ?,
-                            'dunningd-' || case_id || '-' || step_index || '-' || ?, ?, channel,
-                            customer_id, critical
-                     FROM deliveries WHERE id = ?
-                     ON CONFLICT (idempotency_key) DO NOTHING",
-                )
-                .bind(uuid::Uuid::now_v7().to_string())
-                .bind(&follow.channel)
-                .bind(&follow.template)
-                .bind(to_ms(follow.due_at))
-                .bind(to_ms(follow.planned_at))
-                .bind(&follow.channel)
-                .bind(now_ms)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        // A case whose every delivery is final, and that nobody ended
-        // otherwise, ran all its steps without a recovery. The unary `+`
-        // keeps `state` out of the plan: without statistics SQLite would
-        // walk `cases_by_state` (every active case) and test each against
-        // the batch, instead of looking up the batch's cases by key.
-        if !done.is_empty() {
-            sqlx::query(
-                "UPDATE cases SET state = 'exhausted', ended_reason = 'all steps ran', updated_ms = ?
-                 WHERE id IN (SELECT value FROM json_each(?))
-                   AND +state = 'active'
-                   AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.case_id = cases.id
-                                   AND p.status IN ('scheduled', 'sending', 'retrying'))",
-            )
-            .bind(now_ms)
-            .bind(id_list(&cases_of(&done)))
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(lost)
-    }
+/// Binds a batch of outcomes to `sql::COMPLETE`: one JSON array.
+fn bind_outcomes<'q, O>(
+    query: QueryAs<'q, Sqlite, O, <Sqlite as Database>::Arguments>,
+    rows: &[OutcomeRow<'q>],
+) -> Result<QueryAs<'q, Sqlite, O, <Sqlite as Database>::Arguments>, StoreError> {
+    let rows = serde_json::to_string(rows).map_err(|e| corrupt("deliveries", e))?;
+    Ok(query.bind(rows))
 }
 
 super::shared::sql_store!(SqliteStore, Sqlite);
 
 /// The statements of the methods written once in `shared.rs`.
 mod sql {
+    /// One statement for the whole batch, keyed by the primary key; the
+    /// outcomes come as one JSON array (`rows::OutcomeRow`).
+    pub const COMPLETE: &str = "UPDATE deliveries SET
+                status = u.status,
+                receipt = CASE WHEN u.status = 'sent' THEN u.receipt ELSE deliveries.receipt END,
+                sent_ms = CASE WHEN u.status = 'sent' THEN ?1 ELSE deliveries.sent_ms END,
+                last_error = CASE WHEN u.status = 'sent' THEN NULL
+                                  WHEN u.status IN ('retrying', 'failed') THEN u.text
+                                  ELSE deliveries.last_error END,
+                skip_reason = CASE WHEN u.status = 'skipped' THEN u.text ELSE deliveries.skip_reason END,
+                planned_ms = COALESCE(u.planned_ms, deliveries.planned_ms),
+                attempts = deliveries.attempts - u.unclaim, note = NULL,
+                lease_owner = NULL, lease_expires_ms = NULL, updated_ms = ?1
+         FROM (SELECT value ->> '$.id' AS id, value ->> '$.status' AS status,
+                      value ->> '$.receipt' AS receipt, value ->> '$.text' AS text,
+                      value ->> '$.planned_ms' AS planned_ms, value ->> '$.unclaim' AS unclaim
+               FROM jsonb_each(?3)) AS u
+         WHERE deliveries.id = u.id AND deliveries.lease_owner = ?2 AND deliveries.status = 'sending'
+         RETURNING deliveries.id, deliveries.case_id";
+    pub const FALLBACK: &str =
+        "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
+                                 due_ms, planned_ms, idempotency_key, updated_ms, fallback_for,
+                                 customer_id, critical)
+         SELECT ?1, case_id, step_index, step, ?2, ?3, 'scheduled', ?4, ?5,
+                'dunningd-' || case_id || '-' || step_index || '-' || ?2, ?6, channel,
+                customer_id, critical
+         FROM deliveries WHERE id = ?7
+         ON CONFLICT (idempotency_key) DO NOTHING";
+    // The unary `+` keeps `state` out of the plan: without statistics SQLite
+    // would walk `cases_by_state` (every active case) and test each against
+    // the batch, instead of looking up the batch's cases by key.
+    pub const EXHAUST_CASES: &str =
+        "UPDATE cases SET state = 'exhausted', ended_reason = 'all steps ran', updated_ms = ?
+         WHERE id IN (SELECT value FROM json_each(?))
+           AND +state = 'active'
+           AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.case_id = cases.id
+                           AND p.status IN ('scheduled', 'sending', 'retrying'))";
     pub const SKIP_PENDING: &str =
         "UPDATE deliveries SET status = 'skipped', skip_reason = ?, lease_owner = NULL,
             lease_expires_ms = NULL, updated_ms = ?
