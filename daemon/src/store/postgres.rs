@@ -15,8 +15,7 @@
 //!   daemon `LISTEN`s and looks for due work at once, instead of at its next
 //!   poll.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -516,92 +515,9 @@ impl Backend for PostgresStore {
                 .await?,
             );
         }
-        let mut claim = Vec::new();
-        let mut claimed = Vec::with_capacity(rows.len());
-        let mut park = Vec::new();
-        // Frequency caps: each customer's recent sends per capped channel
-        // (in-flight ones count as now), read once per batch.
-        let mut recent: HashMap<(String, String), Vec<i64>> = HashMap::new();
-        let mut held = Vec::new();
-        for row in &rows {
-            let id: String = row.try_get("id")?;
-            // This claim's number: the attempts before it, plus one.
-            let attempt: i64 = row.try_get("attempts")?;
-            if attempt > options.max_claims as i64 {
-                park.push(id);
-                continue;
-            }
-            let channel: String = row.try_get("channel")?;
-            let customer: Option<String> = row.try_get("customer_id")?;
-            let critical: i64 = row.try_get("critical")?;
-            if let (Some(cap), Some(customer), 0) = (options.caps.get(&channel), customer, critical)
-            {
-                let times = match recent.entry((customer, channel.clone())) {
-                    Entry::Occupied(known) => known.into_mut(),
-                    Entry::Vacant(first) => {
-                        let (customer, channel) = first.key();
-                        // Daemons claiming for the same customer and channel at
-                        // once take turns, so neither misses the other's sends.
-                        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-                            .bind(format!("cap:{customer}:{channel}"))
-                            .execute(&mut *tx)
-                            .await?;
-                        let times: Vec<i64> = sqlx::query_scalar(
-                            "SELECT CASE WHEN status = 'sending' THEN $1 ELSE sent_ms END FROM deliveries
-                             WHERE customer_id = $2 AND channel = $3
-                               AND ((status = 'sent' AND sent_ms > $4) OR (status = 'sending' AND lease_expires_ms > $5))",
-                        )
-                        .bind(now_ms)
-                        .bind(customer)
-                        .bind(channel)
-                        .bind(now_ms - cap.per.as_millis() as i64)
-                        .bind(wall_ms)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                        first.insert(times)
-                    }
-                };
-                if let Some(until) = cap.next_allowed(times, now_ms) {
-                    held.push((id, until, cap.note(&channel, until)));
-                    continue;
-                }
-            }
-            claim.push(id);
-            claimed.push(row);
-        }
-        for (id, until, note) in &held {
-            sqlx::query(
-                "UPDATE deliveries SET planned_ms = $1, note = $2, lease_owner = NULL, lease_expires_ms = NULL,
-                        updated_ms = $3, status = CASE WHEN status = 'sending' THEN 'scheduled' ELSE status END
-                 WHERE id = $4",
-            )
-            .bind(until)
-            .bind(note)
-            .bind(now_ms)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let mut given_up: Vec<String> = Vec::new();
-        if !park.is_empty() {
-            tracing::error!(
-                deliveries = park.len(),
-                max_claims = options.max_claims,
-                "parking deliveries claimed too often without an outcome (did a plugin crash the daemon?)"
-            );
-            given_up = sqlx::query_scalar(
-                "UPDATE deliveries SET status = 'failed', lease_owner = NULL, lease_expires_ms = NULL,
-                        last_error = 'gave up after ' || attempts || ' claims without an outcome; the daemon stopped during each attempt',
-                        updated_ms = $1
-                 WHERE id = ANY($2)
-                 RETURNING channel",
-            )
-            .bind(now_ms)
-            .bind(&park)
-            .fetch_all(&mut *tx)
-            .await?;
-        }
-        if !claim.is_empty() {
+        let sorted = Self::sort_candidates(&mut tx, &rows, now_ms, wall_ms, options).await?;
+        let given_up = Self::hold_and_park(&mut tx, &sorted, now_ms, options).await?;
+        if !sorted.claim.is_empty() {
             sqlx::query(
                 "UPDATE deliveries SET status = 'sending', lease_owner = $1, lease_expires_ms = $2,
                         attempts = attempts + 1, updated_ms = $3
@@ -610,12 +526,19 @@ impl Backend for PostgresStore {
             .bind(&options.owner)
             .bind(lease_ms)
             .bind(now_ms)
-            .bind(&claim)
+            .bind(&sorted.claim)
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
-        hand_out(self, &options.owner, decode_claims(claimed)?, given_up, now).await
+        hand_out(
+            self,
+            &options.owner,
+            decode_claims(sorted.claimed)?,
+            given_up,
+            now,
+        )
+        .await
     }
 
     fn listen_for_work(&self, on_work: Box<dyn Fn() + Send + Sync>) {
@@ -637,10 +560,35 @@ fn bind_outcomes<'q, O>(
         .bind(rows.iter().map(|r| r.unclaim).collect::<Vec<_>>()))
 }
 
+/// Daemons claiming for the same customer and channel at once take turns,
+/// so neither misses the other's sends.
+async fn lock_cap(
+    tx: &mut Transaction<'static, Postgres>,
+    customer: &str,
+    channel: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(format!("cap:{customer}:{channel}"))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 super::shared::sql_store!(PostgresStore, Postgres);
 
 /// The statements of the methods written once in `shared.rs`.
 mod sql {
+    pub const RECENT_SENDS: &str = "SELECT CASE WHEN status = 'sending' THEN $1 ELSE sent_ms END FROM deliveries
+         WHERE customer_id = $2 AND channel = $3
+             AND ((status = 'sent' AND sent_ms > $4) OR (status = 'sending' AND lease_expires_ms > $5))";
+    pub const HOLD: &str = "UPDATE deliveries SET planned_ms = $1, note = $2, lease_owner = NULL, lease_expires_ms = NULL,
+             updated_ms = $3, status = CASE WHEN status = 'sending' THEN 'scheduled' ELSE status END
+         WHERE id = $4";
+    pub const PARK: &str = "UPDATE deliveries SET status = 'failed', lease_owner = NULL, lease_expires_ms = NULL,
+             last_error = 'gave up after ' || attempts || ' claims without an outcome; the daemon stopped during each attempt',
+             updated_ms = $1
+         WHERE id = ANY($2)
+         RETURNING channel";
     /// One statement for the whole batch, joined on the primary key (a
     /// per-row UPDATE let the planner pick the partial index of leased
     /// deliveries and walk every one in flight); the outcomes come as one

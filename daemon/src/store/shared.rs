@@ -38,9 +38,23 @@ pub(crate) trait Backend {
     }
 }
 
+/// Claim candidates sorted out by `sort_candidates` (stamped by
+/// [`sql_store!`]), for the backend's claim to write.
+pub(crate) struct Candidates<'r, R> {
+    /// To claim: their ids, and their rows.
+    pub claim: Vec<String>,
+    pub claimed: Vec<&'r R>,
+    /// Claimed too often without an outcome: to be failed instead.
+    pub park: Vec<String>,
+    /// Over a frequency cap: the id, when the cap allows it, and the note
+    /// saying so.
+    pub held: Vec<(String, i64, String)>,
+}
+
 /// Implements `Store` for a backend's store type (`$db`, its sqlx
 /// `Database`): the shared methods below, and [`Backend`]'s for the rest;
-/// and `skip_pending`, for the backend's own methods too. Expanded inside the backend's module,
+/// and `skip_pending`, `sort_candidates` and `hold_and_park`, for the
+/// backend's own methods too. Expanded inside the backend's module,
 /// where these names must resolve (plain `macro_rules!` paths resolve where
 /// the macro is used):
 /// - `sql::NAME`: the backend's statements, one constant per statement, with
@@ -50,6 +64,8 @@ pub(crate) trait Backend {
 /// - `announce_work(&mut tx)`: tells other daemons that the transaction
 ///   creates work (nothing to do on SQLite);
 /// - `id_list(&ids)`: a list of ids as the backend binds it;
+/// - `lock_cap(tx, customer, channel)`: makes claims for the same customer
+///   and channel take turns (nothing to do on SQLite);
 /// - `bind_outcomes(query, &rows)`: a batch of outcomes bound to
 ///   `sql::COMPLETE`;
 /// - the items imported below from `super::rows` and `crate::model`.
@@ -57,19 +73,20 @@ macro_rules! sql_store {
     ($store:ty, $db:ty) => {
         // A block of its own, for the imports the bodies use.
         const _: () = {
-            use std::collections::{BTreeMap, HashSet};
+            use std::collections::hash_map::Entry;
+            use std::collections::{BTreeMap, HashMap, HashSet};
             use std::time::Duration;
 
             use chrono::{DateTime, Utc};
 
-            use sqlx::Transaction;
+            use sqlx::{Row, Transaction};
             use $crate::model::{Case, CaseDetail, CaseFilter, CaseState, OptOut};
             use $crate::stats::{Stats, StatsBuilder, StatsFilter};
             use $crate::store::rows::{
                 OutcomeRow, case_from_row, cases_of, delivery_from_row, optout_from_row,
                 state_counts, stats_row_from_row, workflow_counts, workflow_state_counts,
             };
-            use $crate::store::shared::Backend;
+            use $crate::store::shared::{Backend, Candidates};
             use $crate::store::{
                 CaseAction, ClaimOptions, Claims, Completion, EventPlan, Gauges, IngestOutcome,
                 ProviderReport, Store, StoreError, from_ms, is_id_prefix, to_ms,
@@ -90,6 +107,99 @@ macro_rules! sql_store {
                         .execute(&mut **tx)
                         .await?;
                     Ok(())
+                }
+
+                /// Sorts claim candidates out, in their order: those claimed
+                /// too often are parked, those a frequency cap holds back
+                /// are held, the rest claimed. Each customer's recent sends
+                /// per capped channel (in-flight ones count as now) are read
+                /// once per batch.
+                async fn sort_candidates<'r>(
+                    tx: &mut Transaction<'static, $db>,
+                    rows: &'r [<$db as sqlx::Database>::Row],
+                    now_ms: i64,
+                    wall_ms: i64,
+                    options: &ClaimOptions,
+                ) -> Result<Candidates<'r, <$db as sqlx::Database>::Row>, StoreError> {
+                    let mut sorted = Candidates {
+                        claim: Vec::new(),
+                        claimed: Vec::with_capacity(rows.len()),
+                        park: Vec::new(),
+                        held: Vec::new(),
+                    };
+                    let mut recent: HashMap<(String, String), Vec<i64>> = HashMap::new();
+                    for row in rows {
+                        let id: String = row.try_get("id")?;
+                        // This claim's number: the attempts before it, plus one.
+                        let attempt: i64 = row.try_get("attempts")?;
+                        if attempt > options.max_claims as i64 {
+                            sorted.park.push(id);
+                            continue;
+                        }
+                        let channel: String = row.try_get("channel")?;
+                        let customer: Option<String> = row.try_get("customer_id")?;
+                        let critical: i64 = row.try_get("critical")?;
+                        if let (Some(cap), Some(customer), 0) =
+                            (options.caps.get(&channel), customer, critical)
+                        {
+                            let times = match recent.entry((customer, channel.clone())) {
+                                Entry::Occupied(known) => known.into_mut(),
+                                Entry::Vacant(first) => {
+                                    let (customer, channel) = first.key();
+                                    lock_cap(tx, customer, channel).await?;
+                                    let times: Vec<i64> = sqlx::query_scalar(sql::RECENT_SENDS)
+                                        .bind(now_ms)
+                                        .bind(customer)
+                                        .bind(channel)
+                                        .bind(now_ms - cap.per.as_millis() as i64)
+                                        .bind(wall_ms)
+                                        .fetch_all(&mut **tx)
+                                        .await?;
+                                    first.insert(times)
+                                }
+                            };
+                            if let Some(until) = cap.next_allowed(times, now_ms) {
+                                sorted.held.push((id, until, cap.note(&channel, until)));
+                                continue;
+                            }
+                        }
+                        sorted.claim.push(id);
+                        sorted.claimed.push(row);
+                    }
+                    Ok(sorted)
+                }
+
+                /// Moves the held candidates to when their cap allows them,
+                /// and fails the parked ones; returns the parked ones'
+                /// channels (`Claims::given_up`).
+                async fn hold_and_park<R>(
+                    tx: &mut Transaction<'static, $db>,
+                    sorted: &Candidates<'_, R>,
+                    now_ms: i64,
+                    options: &ClaimOptions,
+                ) -> Result<Vec<String>, StoreError> {
+                    for (id, until, note) in &sorted.held {
+                        sqlx::query(sql::HOLD)
+                            .bind(until)
+                            .bind(note)
+                            .bind(now_ms)
+                            .bind(id)
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                    if sorted.park.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    tracing::error!(
+                        deliveries = sorted.park.len(),
+                        max_claims = options.max_claims,
+                        "parking deliveries claimed too often without an outcome (did a plugin crash the daemon?)"
+                    );
+                    Ok(sqlx::query_scalar(sql::PARK)
+                        .bind(now_ms)
+                        .bind(id_list(&sorted.park))
+                        .fetch_all(&mut **tx)
+                        .await?)
                 }
             }
 

@@ -15,8 +15,7 @@
 //! to a process that is gone and is released at once, and only this
 //! process's scheduler claims from the file.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -513,89 +512,12 @@ impl Backend for SqliteStore {
             read.commit().await?;
             return Ok(Claims::default());
         }
-        let mut claim = Vec::new();
-        let mut claimed = Vec::with_capacity(rows.len());
-        let mut park = Vec::new();
-        // Frequency caps: each customer's recent sends per capped channel
-        // (in-flight ones count as now), read once per batch.
-        let mut recent: HashMap<(String, String), Vec<i64>> = HashMap::new();
-        let mut held = Vec::new();
-        for row in &rows {
-            let id: String = row.try_get("id")?;
-            // This claim's number: the attempts before it, plus one.
-            let attempt: i64 = row.try_get("attempts")?;
-            if attempt > options.max_claims as i64 {
-                park.push(id);
-                continue;
-            }
-            let channel: String = row.try_get("channel")?;
-            let customer: Option<String> = row.try_get("customer_id")?;
-            let critical: i64 = row.try_get("critical")?;
-            if let (Some(cap), Some(customer), 0) = (options.caps.get(&channel), customer, critical)
-            {
-                let times = match recent.entry((customer, channel.clone())) {
-                    Entry::Occupied(known) => known.into_mut(),
-                    Entry::Vacant(first) => {
-                        let (customer, channel) = first.key();
-                        let times: Vec<i64> = sqlx::query_scalar(
-                            "SELECT CASE WHEN status = 'sending' THEN ? ELSE sent_ms END FROM deliveries
-                             WHERE customer_id = ? AND channel = ?
-                               AND ((status = 'sent' AND sent_ms > ?) OR (status = 'sending' AND lease_expires_ms > ?))",
-                        )
-                        .bind(now_ms)
-                        .bind(customer)
-                        .bind(channel)
-                        .bind(now_ms - cap.per.as_millis() as i64)
-                        .bind(wall_ms)
-                        .fetch_all(&mut *read)
-                        .await?;
-                        first.insert(times)
-                    }
-                };
-                if let Some(until) = cap.next_allowed(times, now_ms) {
-                    held.push((id, until, cap.note(&channel, until)));
-                    continue;
-                }
-            }
-            claim.push(id);
-            claimed.push(row);
-        }
+        let sorted = Self::sort_candidates(&mut read, &rows, now_ms, wall_ms, options).await?;
         read.commit().await?;
 
         let mut tx = self.write_tx().await?;
-        for (id, until, note) in &held {
-            sqlx::query(
-                "UPDATE deliveries SET planned_ms = ?, note = ?, lease_owner = NULL, lease_expires_ms = NULL,
-                        updated_ms = ?, status = CASE WHEN status = 'sending' THEN 'scheduled' ELSE status END
-                 WHERE id = ? AND status IN ('scheduled', 'retrying', 'sending')",
-            )
-            .bind(until)
-            .bind(note)
-            .bind(now_ms)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let mut given_up: Vec<String> = Vec::new();
-        if !park.is_empty() {
-            tracing::error!(
-                deliveries = park.len(),
-                max_claims = options.max_claims,
-                "parking deliveries claimed too often without an outcome (did a plugin crash the daemon?)"
-            );
-            given_up = sqlx::query_scalar(
-                "UPDATE deliveries SET status = 'failed', lease_owner = NULL, lease_expires_ms = NULL,
-                        last_error = 'gave up after ' || attempts || ' claims without an outcome; the daemon stopped during each attempt',
-                        updated_ms = ?
-                 WHERE id IN (SELECT value FROM json_each(?)) AND status IN ('scheduled', 'retrying', 'sending')
-                 RETURNING channel",
-            )
-            .bind(now_ms)
-            .bind(id_list(&park))
-            .fetch_all(&mut *tx)
-            .await?;
-        }
-        let taken: HashSet<String> = if claim.is_empty() {
+        let given_up = Self::hold_and_park(&mut tx, &sorted, now_ms, options).await?;
+        let taken: HashSet<String> = if sorted.claim.is_empty() {
             HashSet::new()
         } else {
             // The same conditions as the candidates' read, checked again
@@ -612,7 +534,7 @@ impl Backend for SqliteStore {
             .bind(&options.owner)
             .bind(lease_ms)
             .bind(now_ms)
-            .bind(id_list(&claim))
+            .bind(id_list(&sorted.claim))
             .bind(wall_ms)
             .fetch_all(&mut *tx)
             .await?
@@ -624,7 +546,7 @@ impl Backend for SqliteStore {
             row.try_get::<&str, _>("id")
                 .is_ok_and(|id| taken.contains(id))
         };
-        let claimed = claimed.into_iter().filter(still_claimable).collect();
+        let claimed = sorted.claimed.into_iter().filter(still_claimable).collect();
         hand_out(self, &options.owner, decode_claims(claimed)?, given_up, now).await
     }
 }
@@ -638,10 +560,33 @@ fn bind_outcomes<'q, O>(
     Ok(query.bind(rows))
 }
 
+/// Claims for one customer and channel take turns on PostgreSQL; here this
+/// daemon is the only one that claims from its file.
+async fn lock_cap(
+    _tx: &mut Transaction<'static, Sqlite>,
+    _customer: &str,
+    _channel: &str,
+) -> Result<(), StoreError> {
+    Ok(())
+}
+
 super::shared::sql_store!(SqliteStore, Sqlite);
 
 /// The statements of the methods written once in `shared.rs`.
 mod sql {
+    pub const RECENT_SENDS: &str = "SELECT CASE WHEN status = 'sending' THEN ? ELSE sent_ms END FROM deliveries
+         WHERE customer_id = ? AND channel = ?
+             AND ((status = 'sent' AND sent_ms > ?) OR (status = 'sending' AND lease_expires_ms > ?))";
+    // HOLD and PARK check the status again: the candidates were read on a
+    // reader connection, and an outcome or an exit may have moved them on.
+    pub const HOLD: &str = "UPDATE deliveries SET planned_ms = ?, note = ?, lease_owner = NULL, lease_expires_ms = NULL,
+             updated_ms = ?, status = CASE WHEN status = 'sending' THEN 'scheduled' ELSE status END
+         WHERE id = ? AND status IN ('scheduled', 'retrying', 'sending')";
+    pub const PARK: &str = "UPDATE deliveries SET status = 'failed', lease_owner = NULL, lease_expires_ms = NULL,
+             last_error = 'gave up after ' || attempts || ' claims without an outcome; the daemon stopped during each attempt',
+             updated_ms = ?
+         WHERE id IN (SELECT value FROM json_each(?)) AND status IN ('scheduled', 'retrying', 'sending')
+         RETURNING channel";
     /// One statement for the whole batch, keyed by the primary key; the
     /// outcomes come as one JSON array (`rows::OutcomeRow`).
     pub const COMPLETE: &str = "UPDATE deliveries SET
