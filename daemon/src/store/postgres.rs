@@ -26,11 +26,10 @@ use sqlx::query::QueryAs;
 use sqlx::{Database, Postgres, Row, Transaction};
 
 use super::batch;
-use super::rows::{OutcomeRow, claimed_columns, corrupt, decode_claims};
+use super::rows::{OutcomeRow, claimed_columns, decode_claims};
 use super::shared::Backend;
 use super::{
-    ClaimOptions, Claims, EventPlan, IngestOutcome, StoreError, check_schema, hand_out,
-    idempotency_key, to_ms,
+    ClaimOptions, Claims, EventPlan, IngestOutcome, StoreError, check_schema, hand_out, to_ms,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -315,33 +314,12 @@ impl Backend for PostgresStore {
         let mut tx = self.write_tx().await?;
         let mut outcomes = Vec::with_capacity(plans.len());
         for plan in plans {
-            let event = &plan.event;
-            let mut outcome = IngestOutcome {
-                event_id: event.id.clone(),
-                notes: plan.notes.clone(),
-                ..Default::default()
-            };
-            let body = serde_json::to_string(event).map_err(|e| corrupt("events", e))?;
-            let inserted = sqlx::query(
-                "INSERT INTO events (id, type, customer_id, subject, occurred_ms, received_ms, body)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(&event.id)
-            .bind(&event.event_type)
-            .bind(&event.customer.id)
-            .bind(&event.subject)
-            .bind(to_ms(plan.occurred_at))
-            .bind(now_ms)
-            .bind(&body)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
-                outcome.duplicate = true;
-                outcome.notes.clear();
+            let (mut outcome, body) = Self::record_event(&mut tx, &plan, now_ms).await?;
+            let Some(body) = body else {
                 outcomes.push(outcome);
                 continue;
-            }
+            };
+            let event = &plan.event;
 
             let recovered: Vec<String> = sqlx::query_scalar(
                 "UPDATE cases SET state = 'recovered', updated_ms = $1, paused_ms = NULL,
@@ -427,27 +405,14 @@ impl Backend for PostgresStore {
                     ));
                     continue;
                 }
-                for d in &start.deliveries {
-                    sqlx::query(
-                        "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
-                                                 due_ms, planned_ms, idempotency_key, updated_ms, customer_id, critical)
-                         VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', $7, $8, $9, $10, $11, $12)",
-                    )
-                    .bind(uuid::Uuid::now_v7().to_string())
-                    .bind(&case_id)
-                    .bind(d.step_index as i64)
-                    .bind(&d.step)
-                    .bind(&d.channel)
-                    .bind(&d.template)
-                    .bind(to_ms(d.due_at))
-                    .bind(to_ms(d.planned_at))
-                    .bind(idempotency_key(&case_id, d.step_index, &d.channel))
-                    .bind(now_ms)
-                    .bind(&event.customer.id)
-                    .bind(i64::from(d.critical))
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                Self::schedule_deliveries(
+                    &mut tx,
+                    &case_id,
+                    &event.customer.id,
+                    &start.deliveries,
+                    now_ms,
+                )
+                .await?;
                 outcome.cases_started.push(case_id);
             }
             outcomes.push(outcome);
@@ -578,6 +543,13 @@ super::shared::sql_store!(PostgresStore, Postgres);
 
 /// The statements of the methods written once in `shared.rs`.
 mod sql {
+    pub const INSERT_EVENT: &str =
+        "INSERT INTO events (id, type, customer_id, subject, occurred_ms, received_ms, body)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING";
+    pub const INSERT_DELIVERY: &str =
+        "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
+         due_ms, planned_ms, idempotency_key, updated_ms, customer_id, critical)
+         VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', $7, $8, $9, $10, $11, $12)";
     pub const RECENT_SENDS: &str = "SELECT CASE WHEN status = 'sending' THEN $1 ELSE sent_ms END FROM deliveries
          WHERE customer_id = $2 AND channel = $3
              AND ((status = 'sent' AND sent_ms > $4) OR (status = 'sending' AND lease_expires_ms > $5))";

@@ -53,8 +53,8 @@ pub(crate) struct Candidates<'r, R> {
 
 /// Implements `Store` for a backend's store type (`$db`, its sqlx
 /// `Database`): the shared methods below, and [`Backend`]'s for the rest;
-/// and `skip_pending`, `sort_candidates` and `hold_and_park`, for the
-/// backend's own methods too. Expanded inside the backend's module,
+/// and, for the backend's own methods too, `skip_pending`, `record_event`,
+/// `schedule_deliveries`, `sort_candidates` and `hold_and_park`. Expanded inside the backend's module,
 /// where these names must resolve (plain `macro_rules!` paths resolve where
 /// the macro is used):
 /// - `sql::NAME`: the backend's statements, one constant per statement, with
@@ -83,13 +83,14 @@ macro_rules! sql_store {
             use $crate::model::{Case, CaseDetail, CaseFilter, CaseState, OptOut};
             use $crate::stats::{Stats, StatsBuilder, StatsFilter};
             use $crate::store::rows::{
-                OutcomeRow, case_from_row, cases_of, delivery_from_row, optout_from_row,
+                OutcomeRow, case_from_row, cases_of, corrupt, delivery_from_row, optout_from_row,
                 state_counts, stats_row_from_row, workflow_counts, workflow_state_counts,
             };
             use $crate::store::shared::{Backend, Candidates};
             use $crate::store::{
                 CaseAction, ClaimOptions, Claims, Completion, EventPlan, Gauges, IngestOutcome,
-                ProviderReport, Store, StoreError, from_ms, is_id_prefix, to_ms,
+                NewDelivery, ProviderReport, Store, StoreError, from_ms, idempotency_key, is_id_prefix,
+                to_ms,
             };
 
             impl $store {
@@ -200,6 +201,68 @@ macro_rules! sql_store {
                         .bind(id_list(&sorted.park))
                         .fetch_all(&mut **tx)
                         .await?)
+                }
+
+                /// Records one event, and starts its outcome: marked a
+                /// duplicate when the event id was seen before, else with
+                /// the event's stored body to start cases with.
+                async fn record_event(
+                    tx: &mut Transaction<'static, $db>,
+                    plan: &EventPlan,
+                    now_ms: i64,
+                ) -> Result<(IngestOutcome, Option<String>), StoreError> {
+                    let event = &plan.event;
+                    let mut outcome = IngestOutcome {
+                        event_id: event.id.clone(),
+                        notes: plan.notes.clone(),
+                        ..Default::default()
+                    };
+                    let body = serde_json::to_string(event).map_err(|e| corrupt("events", e))?;
+                    let inserted = sqlx::query(sql::INSERT_EVENT)
+                        .bind(&event.id)
+                        .bind(&event.event_type)
+                        .bind(&event.customer.id)
+                        .bind(&event.subject)
+                        .bind(to_ms(plan.occurred_at))
+                        .bind(now_ms)
+                        .bind(&body)
+                        .execute(&mut **tx)
+                        .await?
+                        .rows_affected();
+                    if inserted == 0 {
+                        outcome.duplicate = true;
+                        outcome.notes.clear();
+                        return Ok((outcome, None));
+                    }
+                    Ok((outcome, Some(body)))
+                }
+
+                /// Schedules a new case's deliveries.
+                async fn schedule_deliveries(
+                    tx: &mut Transaction<'static, $db>,
+                    case_id: &str,
+                    customer_id: &str,
+                    deliveries: &[NewDelivery],
+                    now_ms: i64,
+                ) -> Result<(), StoreError> {
+                    for d in deliveries {
+                        sqlx::query(sql::INSERT_DELIVERY)
+                            .bind(uuid::Uuid::now_v7().to_string())
+                            .bind(case_id)
+                            .bind(d.step_index as i64)
+                            .bind(&d.step)
+                            .bind(&d.channel)
+                            .bind(&d.template)
+                            .bind(to_ms(d.due_at))
+                            .bind(to_ms(d.planned_at))
+                            .bind(idempotency_key(case_id, d.step_index, &d.channel))
+                            .bind(now_ms)
+                            .bind(customer_id)
+                            .bind(i64::from(d.critical))
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                    Ok(())
                 }
             }
 
