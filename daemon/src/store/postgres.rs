@@ -29,8 +29,10 @@ use super::batch;
 use super::rows::{OutcomeRow, claimed_columns, decode_claims};
 use super::shared::Backend;
 use super::{
-    ClaimOptions, Claims, EventPlan, IngestOutcome, StoreError, check_schema, hand_out, to_ms,
+    ClaimOptions, Claims, EventPlan, IngestOutcome, NewCase, StoreError, check_schema, hand_out,
+    to_ms,
 };
+use crate::model::Event;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -239,6 +241,53 @@ impl PostgresStore {
     async fn write_tx(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         Ok(self.pool.begin().await?)
     }
+
+    /// Starts one case of an event, unless a case is already open for its
+    /// workflow, customer and subject: then returns that case's id. Another
+    /// daemon may be starting the same case right now, so the partial unique
+    /// index refuses it (`ON CONFLICT … DO NOTHING`) rather than a read first.
+    async fn start_case(
+        tx: &mut Transaction<'static, Postgres>,
+        case_id: &str,
+        start: &NewCase,
+        event: &Event,
+        body: &str,
+        exit_on: &[String],
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        Self::record_version(tx, start, now_ms).await?;
+        let inserted = sqlx::query(
+            "INSERT INTO cases (id, workflow, workflow_version, customer_id, subject, state,
+                                exit_on, trigger_event_id, trigger_event, started_ms, updated_ms)
+             VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $9)
+             ON CONFLICT (workflow, customer_id, subject) WHERE state IN ('active', 'paused') DO NOTHING",
+        )
+        .bind(case_id)
+        .bind(&start.workflow)
+        .bind(&start.workflow_version)
+        .bind(&event.customer.id)
+        .bind(&event.subject)
+        .bind(exit_on)
+        .bind(&event.id)
+        .bind(body)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if inserted > 0 {
+            return Ok(None);
+        }
+        let open: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM cases WHERE workflow = $1 AND customer_id = $2 AND subject = $3
+               AND state IN ('active', 'paused')",
+        )
+        .bind(&start.workflow)
+        .bind(&event.customer.id)
+        .bind(&event.subject)
+        .fetch_optional(&mut **tx)
+        .await?;
+        Ok(Some(open.unwrap_or_default()))
+    }
 }
 
 /// The channel on which daemons announce work the others may not know of.
@@ -300,130 +349,13 @@ async fn listen(pool: PgPool, on_work: Box<dyn Fn() + Send + Sync>) {
     }
 }
 
+/// A case's exit event types as PostgreSQL binds them: a `text[]`.
+fn exit_list(exit_on: &[String]) -> Result<&[String], StoreError> {
+    Ok(exit_on)
+}
+
 #[async_trait]
 impl Backend for PostgresStore {
-    async fn ingest(
-        &self,
-        plans: Vec<EventPlan>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<IngestOutcome>, StoreError> {
-        if batch::independent(&plans) {
-            return self.ingest_independent(plans, now).await;
-        }
-        let now_ms = to_ms(now);
-        let mut tx = self.write_tx().await?;
-        let mut outcomes = Vec::with_capacity(plans.len());
-        for plan in plans {
-            let (mut outcome, body) = Self::record_event(&mut tx, &plan, now_ms).await?;
-            let Some(body) = body else {
-                outcomes.push(outcome);
-                continue;
-            };
-            let event = &plan.event;
-
-            let recovered: Vec<String> = sqlx::query_scalar(
-                "UPDATE cases SET state = 'recovered', updated_ms = $1, paused_ms = NULL,
-                        ended_reason = 'exit event ' || $2 || ' (' || $3 || ')'
-                 WHERE customer_id = $4 AND subject = $5 AND state IN ('active', 'paused') AND $3 = ANY(exit_on)
-                 RETURNING id",
-            )
-            .bind(now_ms)
-            .bind(&event.id)
-            .bind(&event.event_type)
-            .bind(&event.customer.id)
-            .bind(&event.subject)
-            .fetch_all(&mut *tx)
-            .await?;
-            if !recovered.is_empty() {
-                Self::skip_pending(&mut tx, &recovered, "case recovered", now_ms).await?;
-                outcome.cases_recovered = recovered;
-            }
-
-            for start in plan.starts {
-                let later_exit: Option<String> = sqlx::query_scalar(
-                    "SELECT id FROM events
-                     WHERE customer_id = $1 AND subject = $2 AND occurred_ms > $3 AND type = ANY($4)
-                     ORDER BY occurred_ms DESC LIMIT 1",
-                )
-                .bind(&event.customer.id)
-                .bind(&event.subject)
-                .bind(to_ms(plan.occurred_at))
-                .bind(&start.exit_on)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if let Some(exit_id) = later_exit {
-                    outcome.notes.push(format!(
-                        "workflow '{}': no case started, exit event '{exit_id}' occurred later",
-                        start.workflow
-                    ));
-                    continue;
-                }
-                sqlx::query(
-                    "INSERT INTO workflow_versions (version, name, source, first_seen_ms)
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (version) DO NOTHING",
-                )
-                .bind(&start.workflow_version)
-                .bind(&start.workflow)
-                .bind(&start.workflow_source)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?;
-
-                let case_id = uuid::Uuid::now_v7().to_string();
-                let inserted = sqlx::query(
-                    "INSERT INTO cases (id, workflow, workflow_version, customer_id, subject, state,
-                                        exit_on, trigger_event_id, trigger_event, started_ms, updated_ms)
-                     VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $9)
-                     ON CONFLICT (workflow, customer_id, subject) WHERE state IN ('active', 'paused') DO NOTHING",
-                )
-                .bind(&case_id)
-                .bind(&start.workflow)
-                .bind(&start.workflow_version)
-                .bind(&event.customer.id)
-                .bind(&event.subject)
-                .bind(&start.exit_on)
-                .bind(&event.id)
-                .bind(&body)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if inserted == 0 {
-                    let open: Option<String> = sqlx::query_scalar(
-                        "SELECT id FROM cases WHERE workflow = $1 AND customer_id = $2 AND subject = $3
-                           AND state IN ('active', 'paused')",
-                    )
-                    .bind(&start.workflow)
-                    .bind(&event.customer.id)
-                    .bind(&event.subject)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    outcome.notes.push(format!(
-                        "workflow '{}': no case started, case '{}' is already open for this customer and subject",
-                        start.workflow,
-                        open.unwrap_or_default()
-                    ));
-                    continue;
-                }
-                Self::schedule_deliveries(
-                    &mut tx,
-                    &case_id,
-                    &event.customer.id,
-                    &start.deliveries,
-                    now_ms,
-                )
-                .await?;
-                outcome.cases_started.push(case_id);
-            }
-            outcomes.push(outcome);
-        }
-        if outcomes.iter().any(|o| !o.cases_started.is_empty()) {
-            announce_work(&mut tx).await?;
-        }
-        tx.commit().await?;
-        Ok(outcomes)
-    }
-
     async fn claim_due(
         &self,
         now: DateTime<Utc>,
@@ -543,6 +475,16 @@ super::shared::sql_store!(PostgresStore, Postgres);
 
 /// The statements of the methods written once in `shared.rs`.
 mod sql {
+    pub const RECOVER_CASES: &str = "UPDATE cases SET state = 'recovered', updated_ms = $1, paused_ms = NULL,
+         ended_reason = 'exit event ' || $2 || ' (' || $3 || ')'
+         WHERE customer_id = $4 AND subject = $5 AND state IN ('active', 'paused') AND $3 = ANY(exit_on)
+         RETURNING id";
+    pub const LATER_EXIT: &str = "SELECT id FROM events
+         WHERE customer_id = $1 AND subject = $2 AND occurred_ms > $3 AND type = ANY($4)
+         ORDER BY occurred_ms DESC LIMIT 1";
+    pub const INSERT_VERSION: &str =
+        "INSERT INTO workflow_versions (version, name, source, first_seen_ms)
+         VALUES ($1, $2, $3, $4) ON CONFLICT (version) DO NOTHING";
     pub const INSERT_EVENT: &str =
         "INSERT INTO events (id, type, customer_id, subject, occurred_ms, received_ms, body)
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING";

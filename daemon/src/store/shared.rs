@@ -14,18 +14,12 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{ClaimOptions, Claims, EventPlan, IngestOutcome, StoreError};
+use super::{ClaimOptions, Claims, StoreError};
 
 /// The `Store` methods each backend writes its own way. [`sql_store!`]
 /// forwards the trait's methods of these names here.
 #[async_trait]
 pub(crate) trait Backend {
-    async fn ingest(
-        &self,
-        plans: Vec<EventPlan>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<IngestOutcome>, StoreError>;
-
     async fn claim_due(
         &self,
         now: DateTime<Utc>,
@@ -54,7 +48,7 @@ pub(crate) struct Candidates<'r, R> {
 /// Implements `Store` for a backend's store type (`$db`, its sqlx
 /// `Database`): the shared methods below, and [`Backend`]'s for the rest;
 /// and, for the backend's own methods too, `skip_pending`, `record_event`,
-/// `schedule_deliveries`, `sort_candidates` and `hold_and_park`. Expanded inside the backend's module,
+/// `record_version`, `schedule_deliveries`, `sort_candidates` and `hold_and_park`. Expanded inside the backend's module,
 /// where these names must resolve (plain `macro_rules!` paths resolve where
 /// the macro is used):
 /// - `sql::NAME`: the backend's statements, one constant per statement, with
@@ -63,7 +57,10 @@ pub(crate) struct Candidates<'r, R> {
 ///   writes of one statement, `self.write_tx()`: a write transaction;
 /// - `announce_work(&mut tx)`: tells other daemons that the transaction
 ///   creates work (nothing to do on SQLite);
-/// - `id_list(&ids)`: a list of ids as the backend binds it;
+/// - `id_list(&ids)`: a list of ids as the backend binds it, and
+///   `exit_list(&exit_on)` a case's exit event types;
+/// - `self.ingest_independent(plans, now)`: a batch of independent events,
+///   and `Self::start_case(…)`: one case, unless one is already open;
 /// - `lock_cap(tx, customer, channel)`: makes claims for the same customer
 ///   and channel take turns (nothing to do on SQLite);
 /// - `bind_outcomes(query, &rows)`: a batch of outcomes bound to
@@ -86,10 +83,11 @@ macro_rules! sql_store {
                 OutcomeRow, case_from_row, cases_of, corrupt, delivery_from_row, optout_from_row,
                 state_counts, stats_row_from_row, workflow_counts, workflow_state_counts,
             };
+            use $crate::store::batch;
             use $crate::store::shared::{Backend, Candidates};
             use $crate::store::{
                 CaseAction, ClaimOptions, Claims, Completion, EventPlan, Gauges, IngestOutcome,
-                NewDelivery, ProviderReport, Store, StoreError, from_ms, idempotency_key, is_id_prefix,
+                NewCase, NewDelivery, ProviderReport, Store, StoreError, from_ms, idempotency_key, is_id_prefix,
                 to_ms,
             };
 
@@ -237,6 +235,22 @@ macro_rules! sql_store {
                     Ok((outcome, Some(body)))
                 }
 
+                /// Records a workflow version's source, once per version.
+                async fn record_version(
+                    tx: &mut Transaction<'static, $db>,
+                    start: &NewCase,
+                    now_ms: i64,
+                ) -> Result<(), StoreError> {
+                    sqlx::query(sql::INSERT_VERSION)
+                        .bind(&start.workflow_version)
+                        .bind(&start.workflow)
+                        .bind(&start.workflow_source)
+                        .bind(now_ms)
+                        .execute(&mut **tx)
+                        .await?;
+                    Ok(())
+                }
+
                 /// Schedules a new case's deliveries.
                 async fn schedule_deliveries(
                     tx: &mut Transaction<'static, $db>,
@@ -273,7 +287,84 @@ macro_rules! sql_store {
                     plans: Vec<EventPlan>,
                     now: DateTime<Utc>,
                 ) -> Result<Vec<IngestOutcome>, StoreError> {
-                    Backend::ingest(self, plans, now).await
+                    if batch::independent(&plans) {
+                        return self.ingest_independent(plans, now).await;
+                    }
+                    let now_ms = to_ms(now);
+                    let mut tx = self.write_tx().await?;
+                    let mut outcomes = Vec::with_capacity(plans.len());
+                    for plan in plans {
+                        let (mut outcome, body) = Self::record_event(&mut tx, &plan, now_ms).await?;
+                        let Some(body) = body else {
+                            outcomes.push(outcome);
+                            continue;
+                        };
+                        let event = &plan.event;
+
+                        // Exits: every open case for this customer and
+                        // subject whose own workflow version lists this
+                        // event type in exit_on.
+                        let recovered: Vec<String> = sqlx::query_scalar(sql::RECOVER_CASES)
+                            .bind(now_ms)
+                            .bind(&event.id)
+                            .bind(&event.event_type)
+                            .bind(&event.customer.id)
+                            .bind(&event.subject)
+                            .fetch_all(&mut *tx)
+                            .await?;
+                        if !recovered.is_empty() {
+                            Self::skip_pending(&mut tx, &recovered, "case recovered", now_ms).await?;
+                            outcome.cases_recovered = recovered;
+                        }
+
+                        for start in plan.starts {
+                            // A later exit event already seen (webhooks
+                            // arrive out of order) means this trigger is
+                            // stale: the customer has paid.
+                            let exit_on = exit_list(&start.exit_on)?;
+                            let later_exit: Option<String> = sqlx::query_scalar(sql::LATER_EXIT)
+                                .bind(&event.customer.id)
+                                .bind(&event.subject)
+                                .bind(to_ms(plan.occurred_at))
+                                .bind(&exit_on)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                            if let Some(exit_id) = later_exit {
+                                outcome.notes.push(format!(
+                                    "workflow '{}': no case started, exit event '{exit_id}' occurred later",
+                                    start.workflow
+                                ));
+                                continue;
+                            }
+                            let case_id = uuid::Uuid::now_v7().to_string();
+                            let open = Self::start_case(
+                                &mut tx, &case_id, &start, event, &body, &exit_on, now_ms,
+                            )
+                            .await?;
+                            if let Some(open) = open {
+                                outcome.notes.push(format!(
+                                    "workflow '{}': no case started, case '{open}' is already open for this customer and subject",
+                                    start.workflow
+                                ));
+                                continue;
+                            }
+                            Self::schedule_deliveries(
+                                &mut tx,
+                                &case_id,
+                                &event.customer.id,
+                                &start.deliveries,
+                                now_ms,
+                            )
+                            .await?;
+                            outcome.cases_started.push(case_id);
+                        }
+                        outcomes.push(outcome);
+                    }
+                    if outcomes.iter().any(|o| !o.cases_started.is_empty()) {
+                        announce_work(&mut tx).await?;
+                    }
+                    tx.commit().await?;
+                    Ok(outcomes)
                 }
 
                 async fn claim_due(

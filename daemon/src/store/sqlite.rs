@@ -31,8 +31,10 @@ use super::batch;
 use super::rows::{OutcomeRow, claimed_columns, corrupt, decode_claims};
 use super::shared::Backend;
 use super::{
-    ClaimOptions, Claims, EventPlan, IngestOutcome, StoreError, check_schema, hand_out, to_ms,
+    ClaimOptions, Claims, EventPlan, IngestOutcome, NewCase, StoreError, check_schema, hand_out,
+    to_ms,
 };
+use crate::model::Event;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -270,6 +272,50 @@ impl SqliteStore {
             started,
         ))
     }
+
+    /// Starts one case of an event, unless a case is already open for its
+    /// workflow, customer and subject: then returns that case's id. This
+    /// daemon is the file's only writer, so reading first is enough.
+    async fn start_case(
+        tx: &mut Transaction<'static, Sqlite>,
+        case_id: &str,
+        start: &NewCase,
+        event: &Event,
+        body: &str,
+        exit_on: &str,
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let open: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM cases
+             WHERE workflow = ? AND customer_id = ? AND subject = ? AND state IN ('active', 'paused')",
+        )
+        .bind(&start.workflow)
+        .bind(&event.customer.id)
+        .bind(&event.subject)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if open.is_some() {
+            return Ok(open);
+        }
+        Self::record_version(tx, start, now_ms).await?;
+        sqlx::query(
+            "INSERT INTO cases (id, workflow, workflow_version, customer_id, subject, state,
+                                exit_on, trigger_event_id, trigger_event, started_ms, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7, ?8, ?9, ?9)",
+        )
+        .bind(case_id)
+        .bind(&start.workflow)
+        .bind(&start.workflow_version)
+        .bind(&event.customer.id)
+        .bind(&event.subject)
+        .bind(exit_on)
+        .bind(&event.id)
+        .bind(body)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?;
+        Ok(None)
+    }
 }
 
 /// Takes the exclusive lock that makes this process the database file's one
@@ -302,135 +348,13 @@ fn id_list<S: serde::Serialize>(ids: &[S]) -> String {
     serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_string())
 }
 
+/// A case's exit event types as SQLite binds them: a JSON array.
+fn exit_list(exit_on: &[String]) -> Result<String, StoreError> {
+    serde_json::to_string(exit_on).map_err(|e| corrupt("cases", e))
+}
+
 #[async_trait]
 impl Backend for SqliteStore {
-    async fn ingest(
-        &self,
-        plans: Vec<EventPlan>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<IngestOutcome>, StoreError> {
-        if batch::independent(&plans) {
-            return self.ingest_independent(plans, now).await;
-        }
-        let now_ms = to_ms(now);
-        let mut tx = self.write_tx().await?;
-        let mut outcomes = Vec::with_capacity(plans.len());
-        for plan in plans {
-            let (mut outcome, body) = Self::record_event(&mut tx, &plan, now_ms).await?;
-            let Some(body) = body else {
-                outcomes.push(outcome);
-                continue;
-            };
-            let event = &plan.event;
-
-            // Exits: every open case for this customer and subject whose own
-            // workflow version lists this event type in exit_on.
-            let recovered: Vec<String> = sqlx::query_scalar(
-                "UPDATE cases SET state = 'recovered', updated_ms = ?, paused_ms = NULL,
-                        ended_reason = 'exit event ' || ? || ' (' || ? || ')'
-                 WHERE customer_id = ? AND subject = ? AND state IN ('active', 'paused')
-                   AND EXISTS (SELECT 1 FROM json_each(cases.exit_on) WHERE value = ?)
-                 RETURNING id",
-            )
-            .bind(now_ms)
-            .bind(&event.id)
-            .bind(&event.event_type)
-            .bind(&event.customer.id)
-            .bind(&event.subject)
-            .bind(&event.event_type)
-            .fetch_all(&mut *tx)
-            .await?;
-            if !recovered.is_empty() {
-                Self::skip_pending(&mut tx, &recovered, "case recovered", now_ms).await?;
-                outcome.cases_recovered = recovered;
-            }
-
-            for start in plan.starts {
-                // A later exit event already seen (webhooks arrive out of
-                // order) means this trigger is stale: the customer has paid.
-                let exit_on =
-                    serde_json::to_string(&start.exit_on).map_err(|e| corrupt("cases", e))?;
-                let later_exit: Option<String> = sqlx::query_scalar(
-                    "SELECT id FROM events
-                     WHERE customer_id = ? AND subject = ? AND occurred_ms > ?
-                       AND type IN (SELECT value FROM json_each(?))
-                     ORDER BY occurred_ms DESC LIMIT 1",
-                )
-                .bind(&event.customer.id)
-                .bind(&event.subject)
-                .bind(to_ms(plan.occurred_at))
-                .bind(&exit_on)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if let Some(exit_id) = later_exit {
-                    outcome.notes.push(format!(
-                        "workflow '{}': no case started, exit event '{exit_id}' occurred later",
-                        start.workflow
-                    ));
-                    continue;
-                }
-                let open: Option<String> = sqlx::query_scalar(
-                    "SELECT id FROM cases
-                     WHERE workflow = ? AND customer_id = ? AND subject = ? AND state IN ('active', 'paused')",
-                )
-                .bind(&start.workflow)
-                .bind(&event.customer.id)
-                .bind(&event.subject)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if let Some(case_id) = open {
-                    outcome.notes.push(format!(
-                        "workflow '{}': no case started, case '{case_id}' is already open for this customer and subject",
-                        start.workflow
-                    ));
-                    continue;
-                }
-
-                sqlx::query(
-                    "INSERT INTO workflow_versions (version, name, source, first_seen_ms)
-                     VALUES (?, ?, ?, ?) ON CONFLICT (version) DO NOTHING",
-                )
-                .bind(&start.workflow_version)
-                .bind(&start.workflow)
-                .bind(&start.workflow_source)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?;
-
-                let case_id = uuid::Uuid::now_v7().to_string();
-                sqlx::query(
-                    "INSERT INTO cases (id, workflow, workflow_version, customer_id, subject, state,
-                                        exit_on, trigger_event_id, trigger_event, started_ms, updated_ms)
-                     VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?)",
-                )
-                .bind(&case_id)
-                .bind(&start.workflow)
-                .bind(&start.workflow_version)
-                .bind(&event.customer.id)
-                .bind(&event.subject)
-                .bind(&exit_on)
-                .bind(&event.id)
-                .bind(&body)
-                .bind(now_ms)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?;
-                Self::schedule_deliveries(
-                    &mut tx,
-                    &case_id,
-                    &event.customer.id,
-                    &start.deliveries,
-                    now_ms,
-                )
-                .await?;
-                outcome.cases_started.push(case_id);
-            }
-            outcomes.push(outcome);
-        }
-        tx.commit().await?;
-        Ok(outcomes)
-    }
-
     async fn claim_due(
         &self,
         now: DateTime<Utc>,
@@ -539,6 +463,19 @@ super::shared::sql_store!(SqliteStore, Sqlite);
 
 /// The statements of the methods written once in `shared.rs`.
 mod sql {
+    pub const RECOVER_CASES: &str =
+        "UPDATE cases SET state = 'recovered', updated_ms = ?1, paused_ms = NULL,
+         ended_reason = 'exit event ' || ?2 || ' (' || ?3 || ')'
+         WHERE customer_id = ?4 AND subject = ?5 AND state IN ('active', 'paused')
+           AND EXISTS (SELECT 1 FROM json_each(cases.exit_on) WHERE value = ?3)
+         RETURNING id";
+    pub const LATER_EXIT: &str = "SELECT id FROM events
+         WHERE customer_id = ? AND subject = ? AND occurred_ms > ?
+         AND type IN (SELECT value FROM json_each(?))
+         ORDER BY occurred_ms DESC LIMIT 1";
+    pub const INSERT_VERSION: &str =
+        "INSERT INTO workflow_versions (version, name, source, first_seen_ms)
+         VALUES (?, ?, ?, ?) ON CONFLICT (version) DO NOTHING";
     pub const INSERT_EVENT: &str =
         "INSERT INTO events (id, type, customer_id, subject, occurred_ms, received_ms, body)
          VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING";
