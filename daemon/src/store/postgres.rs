@@ -28,10 +28,7 @@ use sqlx::{Database, Postgres, Row, Transaction};
 use super::batch;
 use super::rows::{OutcomeRow, claimed_columns, decode_claims};
 use super::shared::Backend;
-use super::{
-    ClaimOptions, Claims, EventPlan, IngestOutcome, NewCase, StoreError, check_schema, hand_out,
-    to_ms,
-};
+use super::{ClaimOptions, Claims, EventPlan, NewCase, StoreError, check_schema, hand_out, to_ms};
 use crate::model::Event;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -41,148 +38,98 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
-    /// `ingest` for a batch of independent events (`batch::independent`):
-    /// the same rules as the event-by-event path with a fixed handful of
-    /// statements per batch instead of several per event.
-    async fn ingest_independent(
-        &self,
-        plans: Vec<EventPlan>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<IngestOutcome>, StoreError> {
-        let now_ms = to_ms(now);
-        let events = batch::event_rows(&plans)?;
-        let mut tx = self.write_tx().await?;
-        let inserted: HashSet<String> = sqlx::query_scalar(
-            "INSERT INTO events (id, type, customer_id, subject, occurred_ms, received_ms, body)
-             SELECT e.id, e.type, e.customer, e.subject, e.occurred_ms, $1, e.body
+    /// Refuses the batch's starts whose trigger is stale (a later exit event
+    /// was seen). Open cases are refused by `start_cases`' ON CONFLICT,
+    /// which also holds against another daemon's concurrent start.
+    async fn refuse_starts(
+        tx: &mut Transaction<'static, Postgres>,
+        new: &[&EventPlan],
+        candidates: String,
+        refusals: &mut batch::Refusals,
+    ) -> Result<(), StoreError> {
+        let stale = sqlx::query(
+            "SELECT c.i, c.j, x.id AS later_exit
+             FROM jsonb_to_recordset($1::jsonb)
+                  AS c(i int8, j int8, customer text, subject text, occurred_ms int8, exit_on text[])
+             CROSS JOIN LATERAL (SELECT id FROM events
+                                 WHERE customer_id = c.customer AND subject = c.subject
+                                   AND occurred_ms > c.occurred_ms AND type = ANY(c.exit_on)
+                                 ORDER BY occurred_ms DESC LIMIT 1) AS x",
+        )
+        .bind(candidates)
+        .fetch_all(&mut **tx)
+        .await?;
+        for row in &stale {
+            let (i, j): (i64, i64) = (row.try_get("i")?, row.try_get("j")?);
+            let exit_id: String = row.try_get("later_exit")?;
+            refusals.later_exit(new, i as usize, j as usize, &exit_id);
+        }
+        Ok(())
+    }
+
+    /// Starts the batch's cases, refusing those the partial unique index
+    /// finds already open (`ON CONFLICT … DO NOTHING`).
+    async fn start_cases(
+        tx: &mut Transaction<'static, Postgres>,
+        new: &[&EventPlan],
+        starts: batch::Starts,
+        refusals: &mut batch::Refusals,
+        now_ms: i64,
+    ) -> Result<BTreeMap<(usize, usize), String>, StoreError> {
+        let mut started = BTreeMap::new();
+        let inserted_cases: HashSet<String> = sqlx::query_scalar(
+            "INSERT INTO cases (id, workflow, workflow_version, customer_id, subject, state,
+                                exit_on, trigger_event_id, trigger_event, started_ms, updated_ms)
+             SELECT c.id, c.workflow, c.version, c.customer, c.subject, 'active', c.exit_on,
+                    c.event_id, e.body, $1, $1
              FROM jsonb_to_recordset($2::jsonb)
-                  AS e(id text, type text, customer text, subject text, occurred_ms int8, body text)
-             ON CONFLICT (id) DO NOTHING RETURNING id",
+                  AS c(id text, workflow text, version text, customer text, subject text,
+                       exit_on text[], event_id text)
+             JOIN events e ON e.id = c.event_id
+             ON CONFLICT (workflow, customer_id, subject) WHERE state IN ('active', 'paused') DO NOTHING
+             RETURNING id",
         )
         .bind(now_ms)
-        .bind(events)
-        .fetch_all(&mut *tx)
+        .bind(&starts.cases)
+        .fetch_all(&mut **tx)
         .await?
         .into_iter()
         .collect();
-        let new = batch::newly_recorded(&plans, &inserted);
-
-        let recovered = sqlx::query_as(
-            "UPDATE cases SET state = 'recovered', updated_ms = $1, paused_ms = NULL,
-                    ended_reason = 'exit event ' || e.id || ' (' || e.type || ')'
-             FROM jsonb_to_recordset($2::jsonb) AS e(id text, type text, customer text, subject text)
-             WHERE cases.customer_id = e.customer AND cases.subject = e.subject
-               AND cases.state IN ('active', 'paused') AND e.type = ANY(cases.exit_on)
-             RETURNING cases.id, cases.customer_id, cases.subject",
+        let inserted_ids: Vec<&String> = inserted_cases.iter().collect();
+        sqlx::query(
+            "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
+                                     due_ms, planned_ms, idempotency_key, updated_ms, customer_id, critical)
+             SELECT d.id, d.case_id, d.step_index, d.step, d.channel, d.template, 'scheduled',
+                    d.due_ms, d.planned_ms, d.key, $1, d.customer, d.critical
+             FROM jsonb_to_recordset($2::jsonb)
+                  AS d(id text, case_id text, step_index int8, step text, channel text, template text,
+                       due_ms int8, planned_ms int8, key text, customer text, critical int8)
+             WHERE d.case_id = ANY($3)",
         )
         .bind(now_ms)
-        .bind(batch::exit_rows(&new)?)
-        .fetch_all(&mut *tx)
+        .bind(&starts.deliveries)
+        .bind(&inserted_ids)
+        .execute(&mut **tx)
         .await?;
-        let recovered = batch::Recovered::new(recovered);
-        if !recovered.ids.is_empty() {
-            Self::skip_pending(&mut tx, &recovered.ids, "case recovered", now_ms).await?;
-        }
-
-        // Stale triggers here; open cases by the insert's ON CONFLICT below,
-        // which also holds against another daemon's concurrent start.
-        let mut refusals = batch::Refusals::default();
-        if let Some(candidates) = batch::candidate_rows(&new)? {
-            let stale = sqlx::query(
-                "SELECT c.i, c.j, x.id AS later_exit
-                 FROM jsonb_to_recordset($1::jsonb)
-                      AS c(i int8, j int8, customer text, subject text, occurred_ms int8, exit_on text[])
-                 CROSS JOIN LATERAL (SELECT id FROM events
-                                     WHERE customer_id = c.customer AND subject = c.subject
-                                       AND occurred_ms > c.occurred_ms AND type = ANY(c.exit_on)
-                                     ORDER BY occurred_ms DESC LIMIT 1) AS x",
-            )
-            .bind(candidates)
-            .fetch_all(&mut *tx)
-            .await?;
-            for row in &stale {
-                let (i, j): (i64, i64) = (row.try_get("i")?, row.try_get("j")?);
-                let exit_id: String = row.try_get("later_exit")?;
-                refusals.later_exit(&new, i as usize, j as usize, &exit_id);
+        for ((i, j), case_id) in starts.ids {
+            if inserted_cases.contains(&case_id) {
+                started.insert((i, j), case_id);
+                continue;
             }
-        }
-
-        let mut started = BTreeMap::new();
-        if let Some(starts) = batch::Starts::plan(&new, &refusals)? {
-            sqlx::query(
-                "INSERT INTO workflow_versions (version, name, source, first_seen_ms)
-                 SELECT v.version, v.name, v.source, $1
-                 FROM jsonb_to_recordset($2::jsonb) AS v(version text, name text, source text)
-                 ON CONFLICT (version) DO NOTHING",
+            // A case open for the same workflow, customer and subject.
+            let plan = new[i];
+            let open: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM cases WHERE workflow = $1 AND customer_id = $2 AND subject = $3
+                   AND state IN ('active', 'paused')",
             )
-            .bind(now_ms)
-            .bind(&starts.versions)
-            .execute(&mut *tx)
+            .bind(&plan.starts[j].workflow)
+            .bind(&plan.event.customer.id)
+            .bind(&plan.event.subject)
+            .fetch_optional(&mut **tx)
             .await?;
-            let inserted_cases: HashSet<String> = sqlx::query_scalar(
-                "INSERT INTO cases (id, workflow, workflow_version, customer_id, subject, state,
-                                    exit_on, trigger_event_id, trigger_event, started_ms, updated_ms)
-                 SELECT c.id, c.workflow, c.version, c.customer, c.subject, 'active', c.exit_on,
-                        c.event_id, e.body, $1, $1
-                 FROM jsonb_to_recordset($2::jsonb)
-                      AS c(id text, workflow text, version text, customer text, subject text,
-                           exit_on text[], event_id text)
-                 JOIN events e ON e.id = c.event_id
-                 ON CONFLICT (workflow, customer_id, subject) WHERE state IN ('active', 'paused') DO NOTHING
-                 RETURNING id",
-            )
-            .bind(now_ms)
-            .bind(&starts.cases)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .collect();
-            let inserted_ids: Vec<&String> = inserted_cases.iter().collect();
-            sqlx::query(
-                "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
-                                         due_ms, planned_ms, idempotency_key, updated_ms, customer_id, critical)
-                 SELECT d.id, d.case_id, d.step_index, d.step, d.channel, d.template, 'scheduled',
-                        d.due_ms, d.planned_ms, d.key, $1, d.customer, d.critical
-                 FROM jsonb_to_recordset($2::jsonb)
-                      AS d(id text, case_id text, step_index int8, step text, channel text, template text,
-                           due_ms int8, planned_ms int8, key text, customer text, critical int8)
-                 WHERE d.case_id = ANY($3)",
-            )
-            .bind(now_ms)
-            .bind(&starts.deliveries)
-            .bind(&inserted_ids)
-            .execute(&mut *tx)
-            .await?;
-            for ((i, j), case_id) in starts.ids {
-                if inserted_cases.contains(&case_id) {
-                    started.insert((i, j), case_id);
-                    continue;
-                }
-                // A case open for the same workflow, customer and subject.
-                let plan = new[i];
-                let open: Option<String> = sqlx::query_scalar(
-                    "SELECT id FROM cases WHERE workflow = $1 AND customer_id = $2 AND subject = $3
-                       AND state IN ('active', 'paused')",
-                )
-                .bind(&plan.starts[j].workflow)
-                .bind(&plan.event.customer.id)
-                .bind(&plan.event.subject)
-                .fetch_optional(&mut *tx)
-                .await?;
-                refusals.already_open(&new, i, j, &open.unwrap_or_default());
-            }
-            if !started.is_empty() {
-                announce_work(&mut tx).await?;
-            }
+            refusals.already_open(new, i, j, &open.unwrap_or_default());
         }
-        tx.commit().await?;
-        Ok(batch::outcomes(
-            plans,
-            &inserted,
-            recovered.by_key,
-            refusals,
-            started,
-        ))
+        Ok(started)
     }
     /// Connects and applies migrations (under PostgreSQL's advisory lock, so
     /// daemons starting together migrate once).
@@ -475,6 +422,24 @@ super::shared::sql_store!(PostgresStore, Postgres);
 
 /// The statements of the methods written once in `shared.rs`.
 mod sql {
+    pub const INSERT_EVENTS: &str =
+        "INSERT INTO events (id, type, customer_id, subject, occurred_ms, received_ms, body)
+         SELECT e.id, e.type, e.customer, e.subject, e.occurred_ms, $1, e.body
+         FROM jsonb_to_recordset($2::jsonb)
+              AS e(id text, type text, customer text, subject text, occurred_ms int8, body text)
+         ON CONFLICT (id) DO NOTHING RETURNING id";
+    pub const RECOVER_BATCH: &str =
+        "UPDATE cases SET state = 'recovered', updated_ms = $1, paused_ms = NULL,
+         ended_reason = 'exit event ' || e.id || ' (' || e.type || ')'
+         FROM jsonb_to_recordset($2::jsonb) AS e(id text, type text, customer text, subject text)
+         WHERE cases.customer_id = e.customer AND cases.subject = e.subject
+         AND cases.state IN ('active', 'paused') AND e.type = ANY(cases.exit_on)
+         RETURNING cases.id, cases.customer_id, cases.subject";
+    pub const INSERT_VERSIONS: &str =
+        "INSERT INTO workflow_versions (version, name, source, first_seen_ms)
+         SELECT v.version, v.name, v.source, $1
+         FROM jsonb_to_recordset($2::jsonb) AS v(version text, name text, source text)
+         ON CONFLICT (version) DO NOTHING";
     pub const RECOVER_CASES: &str = "UPDATE cases SET state = 'recovered', updated_ms = $1, paused_ms = NULL,
          ended_reason = 'exit event ' || $2 || ' (' || $3 || ')'
          WHERE customer_id = $4 AND subject = $5 AND state IN ('active', 'paused') AND $3 = ANY(exit_on)

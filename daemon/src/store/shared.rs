@@ -47,7 +47,8 @@ pub(crate) struct Candidates<'r, R> {
 
 /// Implements `Store` for a backend's store type (`$db`, its sqlx
 /// `Database`): the shared methods below, and [`Backend`]'s for the rest;
-/// and, for the backend's own methods too, `skip_pending`, `record_event`,
+/// and, for the backend's own methods too, `ingest_independent`,
+/// `skip_pending`, `record_event`,
 /// `record_version`, `schedule_deliveries`, `sort_candidates` and `hold_and_park`. Expanded inside the backend's module,
 /// where these names must resolve (plain `macro_rules!` paths resolve where
 /// the macro is used):
@@ -59,8 +60,9 @@ pub(crate) struct Candidates<'r, R> {
 ///   creates work (nothing to do on SQLite);
 /// - `id_list(&ids)`: a list of ids as the backend binds it, and
 ///   `exit_list(&exit_on)` a case's exit event types;
-/// - `self.ingest_independent(plans, now)`: a batch of independent events,
-///   and `Self::start_case(…)`: one case, unless one is already open;
+/// - `Self::refuse_starts(…)` and `Self::start_cases(…)`: a batch's starts
+///   refused (stale, or already open) and started, and `Self::start_case(…)`
+///   one case, unless one is already open;
 /// - `lock_cap(tx, customer, channel)`: makes claims for the same customer
 ///   and channel take turns (nothing to do on SQLite);
 /// - `bind_outcomes(query, &rows)`: a batch of outcomes bound to
@@ -199,6 +201,66 @@ macro_rules! sql_store {
                         .bind(id_list(&sorted.park))
                         .fetch_all(&mut **tx)
                         .await?)
+                }
+
+                /// `ingest` for a batch of independent events
+                /// (`batch::independent`): the same rules as the
+                /// event-by-event path, applied with a fixed handful of
+                /// statements per batch instead of several per event (each
+                /// statement costs a round trip). The backend refuses stale
+                /// and already open starts its own way (`refuse_starts`,
+                /// `start_cases`).
+                async fn ingest_independent(
+                    &self,
+                    plans: Vec<EventPlan>,
+                    now: DateTime<Utc>,
+                ) -> Result<Vec<IngestOutcome>, StoreError> {
+                    let now_ms = to_ms(now);
+                    let events = batch::event_rows(&plans)?;
+                    let mut tx = self.write_tx().await?;
+                    let inserted: HashSet<String> = sqlx::query_scalar(sql::INSERT_EVENTS)
+                        .bind(now_ms)
+                        .bind(events)
+                        .fetch_all(&mut *tx)
+                        .await?
+                        .into_iter()
+                        .collect();
+                    let new = batch::newly_recorded(&plans, &inserted);
+
+                    let recovered = sqlx::query_as(sql::RECOVER_BATCH)
+                        .bind(now_ms)
+                        .bind(batch::exit_rows(&new)?)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    let recovered = batch::Recovered::new(recovered);
+                    if !recovered.ids.is_empty() {
+                        Self::skip_pending(&mut tx, &recovered.ids, "case recovered", now_ms).await?;
+                    }
+
+                    let mut refusals = batch::Refusals::default();
+                    if let Some(candidates) = batch::candidate_rows(&new)? {
+                        Self::refuse_starts(&mut tx, &new, candidates, &mut refusals).await?;
+                    }
+                    let mut started = BTreeMap::new();
+                    if let Some(starts) = batch::Starts::plan(&new, &refusals)? {
+                        sqlx::query(sql::INSERT_VERSIONS)
+                            .bind(now_ms)
+                            .bind(&starts.versions)
+                            .execute(&mut *tx)
+                            .await?;
+                        started = Self::start_cases(&mut tx, &new, starts, &mut refusals, now_ms).await?;
+                        if !started.is_empty() {
+                            announce_work(&mut tx).await?;
+                        }
+                    }
+                    tx.commit().await?;
+                    Ok(batch::outcomes(
+                        plans,
+                        &inserted,
+                        recovered.by_key,
+                        refusals,
+                        started,
+                    ))
                 }
 
                 /// Records one event, and starts its outcome: marked a

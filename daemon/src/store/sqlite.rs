@@ -30,10 +30,7 @@ use sqlx::{Database, Row, Sqlite, Transaction};
 use super::batch;
 use super::rows::{OutcomeRow, claimed_columns, corrupt, decode_claims};
 use super::shared::Backend;
-use super::{
-    ClaimOptions, Claims, EventPlan, IngestOutcome, NewCase, StoreError, check_schema, hand_out,
-    to_ms,
-};
+use super::{ClaimOptions, Claims, EventPlan, NewCase, StoreError, check_schema, hand_out, to_ms};
 use crate::model::Event;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -137,140 +134,80 @@ impl SqliteStore {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 
-    /// `ingest` for a batch of independent events (`batch::independent`):
-    /// the same rules as the event-by-event path, applied with a fixed
-    /// handful of statements per batch instead of several per event (each
-    /// statement costs a round trip to the connection's thread).
-    async fn ingest_independent(
-        &self,
-        plans: Vec<EventPlan>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<IngestOutcome>, StoreError> {
-        let now_ms = to_ms(now);
-        let events = batch::event_rows(&plans)?;
-        let mut tx = self.write_tx().await?;
-        let inserted: HashSet<String> = sqlx::query_scalar(
-            "INSERT INTO events (id, type, customer_id, subject, occurred_ms, received_ms, body)
-             SELECT value ->> '$.id', value ->> '$.type', value ->> '$.customer', value ->> '$.subject',
-                    value ->> '$.occurred_ms', ?, value ->> '$.body'
-             FROM jsonb_each(?) WHERE true
-             ON CONFLICT (id) DO NOTHING RETURNING id",
+    /// Refuses the batch's starts whose trigger is stale (a later exit event
+    /// was seen) or whose case is already open for the workflow, customer
+    /// and subject; both read after the batch's exits, as event by event.
+    async fn refuse_starts(
+        tx: &mut Transaction<'static, Sqlite>,
+        new: &[&EventPlan],
+        candidates: String,
+        refusals: &mut batch::Refusals,
+    ) -> Result<(), StoreError> {
+        let checks = sqlx::query(
+            "SELECT c.value ->> '$.i' AS i, c.value ->> '$.j' AS j,
+                    (SELECT id FROM events INDEXED BY events_by_subject
+                     WHERE customer_id = c.value ->> '$.customer' AND subject = c.value ->> '$.subject'
+                       AND occurred_ms > c.value ->> '$.occurred_ms'
+                       AND type IN (SELECT value FROM json_each(c.value -> '$.exit_on'))
+                     ORDER BY occurred_ms DESC LIMIT 1) AS later_exit,
+                    (SELECT id FROM cases INDEXED BY cases_one_open
+                     WHERE workflow = c.value ->> '$.workflow' AND customer_id = c.value ->> '$.customer'
+                       AND subject = c.value ->> '$.subject' AND state IN ('active', 'paused')) AS open_case
+             FROM jsonb_each(?) AS c",
         )
-        .bind(now_ms)
-        .bind(events)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
-        let new = batch::newly_recorded(&plans, &inserted);
-
-        // Exits: open cases whose own workflow version lists the event type.
-        // Plans are fixed (CROSS JOIN keeps the batch as the outer loop,
-        // INDEXED BY the lookups): without statistics SQLite might walk
-        // every open case for each event.
-        let recovered = sqlx::query_as(
-            "UPDATE cases SET state = 'recovered', updated_ms = ?1, paused_ms = NULL,
-                    ended_reason = (SELECT 'exit event ' || (e.value ->> '$.id') || ' (' || (e.value ->> '$.type') || ')'
-                                    FROM jsonb_each(?2) AS e
-                                    WHERE e.value ->> '$.customer' = cases.customer_id
-                                      AND e.value ->> '$.subject' = cases.subject)
-             WHERE id IN (SELECT c.id FROM jsonb_each(?2) AS e
-                          CROSS JOIN cases c INDEXED BY cases_open_by_subject
-                          WHERE c.customer_id = e.value ->> '$.customer' AND c.subject = e.value ->> '$.subject'
-                            AND c.state IN ('active', 'paused')
-                            AND EXISTS (SELECT 1 FROM json_each(c.exit_on) WHERE value = e.value ->> '$.type'))
-             RETURNING id, customer_id, subject",
-        )
-        .bind(now_ms)
-        .bind(batch::exit_rows(&new)?)
-        .fetch_all(&mut *tx)
+        .bind(candidates)
+        .fetch_all(&mut **tx)
         .await?;
-        let recovered = batch::Recovered::new(recovered);
-        if !recovered.ids.is_empty() {
-            Self::skip_pending(&mut tx, &recovered.ids, "case recovered", now_ms).await?;
-        }
-
-        // Starts: refused when a later exit event was seen (the trigger is
-        // stale) or a case is already open for the workflow, customer and
-        // subject; both read after the exits above, as event by event.
-        let mut refusals = batch::Refusals::default();
-        if let Some(candidates) = batch::candidate_rows(&new)? {
-            let checks = sqlx::query(
-                "SELECT c.value ->> '$.i' AS i, c.value ->> '$.j' AS j,
-                        (SELECT id FROM events INDEXED BY events_by_subject
-                         WHERE customer_id = c.value ->> '$.customer' AND subject = c.value ->> '$.subject'
-                           AND occurred_ms > c.value ->> '$.occurred_ms'
-                           AND type IN (SELECT value FROM json_each(c.value -> '$.exit_on'))
-                         ORDER BY occurred_ms DESC LIMIT 1) AS later_exit,
-                        (SELECT id FROM cases INDEXED BY cases_one_open
-                         WHERE workflow = c.value ->> '$.workflow' AND customer_id = c.value ->> '$.customer'
-                           AND subject = c.value ->> '$.subject' AND state IN ('active', 'paused')) AS open_case
-                 FROM jsonb_each(?) AS c",
-            )
-            .bind(candidates)
-            .fetch_all(&mut *tx)
-            .await?;
-            for row in &checks {
-                let (i, j) = (
-                    row.try_get::<i64, _>("i")? as usize,
-                    row.try_get::<i64, _>("j")? as usize,
-                );
-                if let Some(exit_id) = row.try_get::<Option<String>, _>("later_exit")? {
-                    refusals.later_exit(&new, i, j, &exit_id);
-                } else if let Some(case_id) = row.try_get::<Option<String>, _>("open_case")? {
-                    refusals.already_open(&new, i, j, &case_id);
-                }
+        for row in &checks {
+            let (i, j) = (
+                row.try_get::<i64, _>("i")? as usize,
+                row.try_get::<i64, _>("j")? as usize,
+            );
+            if let Some(exit_id) = row.try_get::<Option<String>, _>("later_exit")? {
+                refusals.later_exit(new, i, j, &exit_id);
+            } else if let Some(case_id) = row.try_get::<Option<String>, _>("open_case")? {
+                refusals.already_open(new, i, j, &case_id);
             }
         }
+        Ok(())
+    }
 
-        let mut started = BTreeMap::new();
-        if let Some(starts) = batch::Starts::plan(&new, &refusals)? {
-            sqlx::query(
-                "INSERT INTO workflow_versions (version, name, source, first_seen_ms)
-                 SELECT value ->> '$.version', value ->> '$.name', value ->> '$.source', ?
-                 FROM jsonb_each(?) WHERE true
-                 ON CONFLICT (version) DO NOTHING",
-            )
-            .bind(now_ms)
-            .bind(&starts.versions)
-            .execute(&mut *tx)
-            .await?;
-            // The trigger event's body is the one just stored with the event.
-            sqlx::query(
-                "INSERT INTO cases (id, workflow, workflow_version, customer_id, subject, state,
-                                    exit_on, trigger_event_id, trigger_event, started_ms, updated_ms)
-                 SELECT c.value ->> '$.id', c.value ->> '$.workflow', c.value ->> '$.version',
-                        c.value ->> '$.customer', c.value ->> '$.subject', 'active', json(c.value -> '$.exit_on'),
-                        c.value ->> '$.event_id', e.body, ?1, ?1
-                 FROM jsonb_each(?2) AS c CROSS JOIN events e ON e.id = c.value ->> '$.event_id'",
-            )
-            .bind(now_ms)
-            .bind(&starts.cases)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
-                                         due_ms, planned_ms, idempotency_key, updated_ms, customer_id, critical)
-                 SELECT value ->> '$.id', value ->> '$.case_id', value ->> '$.step_index', value ->> '$.step',
-                        value ->> '$.channel', value ->> '$.template', 'scheduled', value ->> '$.due_ms',
-                        value ->> '$.planned_ms', value ->> '$.key', ?, value ->> '$.customer',
-                        value ->> '$.critical'
-                 FROM jsonb_each(?)",
-            )
-            .bind(now_ms)
-            .bind(&starts.deliveries)
-            .execute(&mut *tx)
-            .await?;
-            started = starts.ids;
-        }
-        tx.commit().await?;
-        Ok(batch::outcomes(
-            plans,
-            &inserted,
-            recovered.by_key,
-            refusals,
-            started,
-        ))
+    /// Starts the batch's cases (none is refused here: `refuse_starts` read
+    /// for open cases, and this daemon is the file's only writer).
+    async fn start_cases(
+        tx: &mut Transaction<'static, Sqlite>,
+        _new: &[&EventPlan],
+        starts: batch::Starts,
+        _refusals: &mut batch::Refusals,
+        now_ms: i64,
+    ) -> Result<BTreeMap<(usize, usize), String>, StoreError> {
+        // The trigger event's body is the one just stored with the event.
+        sqlx::query(
+            "INSERT INTO cases (id, workflow, workflow_version, customer_id, subject, state,
+                                exit_on, trigger_event_id, trigger_event, started_ms, updated_ms)
+             SELECT c.value ->> '$.id', c.value ->> '$.workflow', c.value ->> '$.version',
+                    c.value ->> '$.customer', c.value ->> '$.subject', 'active', json(c.value -> '$.exit_on'),
+                    c.value ->> '$.event_id', e.body, ?1, ?1
+             FROM jsonb_each(?2) AS c CROSS JOIN events e ON e.id = c.value ->> '$.event_id'",
+        )
+        .bind(now_ms)
+        .bind(&starts.cases)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
+                                     due_ms, planned_ms, idempotency_key, updated_ms, customer_id, critical)
+             SELECT value ->> '$.id', value ->> '$.case_id', value ->> '$.step_index', value ->> '$.step',
+                    value ->> '$.channel', value ->> '$.template', 'scheduled', value ->> '$.due_ms',
+                    value ->> '$.planned_ms', value ->> '$.key', ?, value ->> '$.customer',
+                    value ->> '$.critical'
+             FROM jsonb_each(?)",
+        )
+        .bind(now_ms)
+        .bind(&starts.deliveries)
+        .execute(&mut **tx)
+        .await?;
+        Ok(starts.ids)
     }
 
     /// Starts one case of an event, unless a case is already open for its
@@ -463,6 +400,32 @@ super::shared::sql_store!(SqliteStore, Sqlite);
 
 /// The statements of the methods written once in `shared.rs`.
 mod sql {
+    pub const INSERT_EVENTS: &str =
+        "INSERT INTO events (id, type, customer_id, subject, occurred_ms, received_ms, body)
+         SELECT value ->> '$.id', value ->> '$.type', value ->> '$.customer', value ->> '$.subject',
+                value ->> '$.occurred_ms', ?, value ->> '$.body'
+         FROM jsonb_each(?) WHERE true
+         ON CONFLICT (id) DO NOTHING RETURNING id";
+    // Exits: open cases whose own workflow version lists the event type.
+    // Plans are fixed (CROSS JOIN keeps the batch as the outer loop,
+    // INDEXED BY the lookups): without statistics SQLite might walk
+    // every open case for each event.
+    pub const RECOVER_BATCH: &str = "UPDATE cases SET state = 'recovered', updated_ms = ?1, paused_ms = NULL,
+         ended_reason = (SELECT 'exit event ' || (e.value ->> '$.id') || ' (' || (e.value ->> '$.type') || ')'
+                         FROM jsonb_each(?2) AS e
+                         WHERE e.value ->> '$.customer' = cases.customer_id
+                           AND e.value ->> '$.subject' = cases.subject)
+         WHERE id IN (SELECT c.id FROM jsonb_each(?2) AS e
+                      CROSS JOIN cases c INDEXED BY cases_open_by_subject
+                      WHERE c.customer_id = e.value ->> '$.customer' AND c.subject = e.value ->> '$.subject'
+                        AND c.state IN ('active', 'paused')
+                        AND EXISTS (SELECT 1 FROM json_each(c.exit_on) WHERE value = e.value ->> '$.type'))
+         RETURNING id, customer_id, subject";
+    pub const INSERT_VERSIONS: &str =
+        "INSERT INTO workflow_versions (version, name, source, first_seen_ms)
+         SELECT value ->> '$.version', value ->> '$.name', value ->> '$.source', ?
+         FROM jsonb_each(?) WHERE true
+         ON CONFLICT (version) DO NOTHING";
     pub const RECOVER_CASES: &str =
         "UPDATE cases SET state = 'recovered', updated_ms = ?1, paused_ms = NULL,
          ended_reason = 'exit event ' || ?2 || ' (' || ?3 || ')'
