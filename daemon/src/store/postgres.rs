@@ -118,15 +118,7 @@ impl PostgresStore {
             }
             // A case open for the same workflow, customer and subject.
             let plan = new[i];
-            let open: Option<String> = sqlx::query_scalar(
-                "SELECT id FROM cases WHERE workflow = $1 AND customer_id = $2 AND subject = $3
-                   AND state IN ('active', 'paused')",
-            )
-            .bind(&plan.starts[j].workflow)
-            .bind(&plan.event.customer.id)
-            .bind(&plan.event.subject)
-            .fetch_optional(&mut **tx)
-            .await?;
+            let open = Self::open_case(tx, &plan.starts[j], &plan.event).await?;
             refusals.already_open(new, i, j, &open.unwrap_or_default());
         }
         Ok(started)
@@ -161,18 +153,7 @@ impl PostgresStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
-        let has_migrations: bool =
-            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-                .fetch_one(&pool)
-                .await?;
-        if has_migrations {
-            let applied: Option<i64> =
-                sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
-                    .fetch_one(&pool)
-                    .await?;
-            check_schema(applied, &MIGRATOR)?;
-        }
-        MIGRATOR.run(&pool).await?;
+        Self::migrate(&pool, &MIGRATOR).await?;
         Ok(PostgresStore { pool })
     }
 
@@ -199,40 +180,14 @@ impl PostgresStore {
         start: &NewCase,
         event: &Event,
         body: &str,
-        exit_on: &[String],
         now_ms: i64,
     ) -> Result<Option<String>, StoreError> {
         Self::record_version(tx, start, now_ms).await?;
-        let inserted = sqlx::query(
-            "INSERT INTO cases (id, workflow, workflow_version, customer_id, subject, state,
-                                exit_on, trigger_event_id, trigger_event, started_ms, updated_ms)
-             VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $9)
-             ON CONFLICT (workflow, customer_id, subject) WHERE state IN ('active', 'paused') DO NOTHING",
-        )
-        .bind(case_id)
-        .bind(&start.workflow)
-        .bind(&start.workflow_version)
-        .bind(&event.customer.id)
-        .bind(&event.subject)
-        .bind(exit_on)
-        .bind(&event.id)
-        .bind(body)
-        .bind(now_ms)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-        if inserted > 0 {
+        let inserted = Self::insert_case(tx, case_id, start, event, body, now_ms).await?;
+        if inserted {
             return Ok(None);
         }
-        let open: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM cases WHERE workflow = $1 AND customer_id = $2 AND subject = $3
-               AND state IN ('active', 'paused')",
-        )
-        .bind(&start.workflow)
-        .bind(&event.customer.id)
-        .bind(&event.subject)
-        .fetch_optional(&mut **tx)
-        .await?;
+        let open = Self::open_case(tx, start, event).await?;
         Ok(Some(open.unwrap_or_default()))
     }
 }
@@ -422,6 +377,14 @@ super::shared::sql_store!(PostgresStore, Postgres);
 
 /// The statements of the methods written once in `shared.rs`.
 mod sql {
+    pub const OPEN_CASE: &str =
+        "SELECT id FROM cases WHERE workflow = $1 AND customer_id = $2 AND subject = $3
+         AND state IN ('active', 'paused')";
+    pub const HAS_MIGRATIONS: &str = "SELECT to_regclass('_sqlx_migrations') IS NOT NULL";
+    pub const INSERT_CASE: &str = "INSERT INTO cases (id, workflow, workflow_version, customer_id, subject, state,
+         exit_on, trigger_event_id, trigger_event, started_ms, updated_ms)
+         VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $9)
+         ON CONFLICT (workflow, customer_id, subject) WHERE state IN ('active', 'paused') DO NOTHING";
     pub const INSERT_EVENTS: &str =
         "INSERT INTO events (id, type, customer_id, subject, occurred_ms, received_ms, body)
          SELECT e.id, e.type, e.customer, e.subject, e.occurred_ms, $1, e.body

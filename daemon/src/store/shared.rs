@@ -49,7 +49,7 @@ pub(crate) struct Candidates<'r, R> {
 /// `Database`): the shared methods below, and [`Backend`]'s for the rest;
 /// and, for the backend's own methods too, `ingest_independent`,
 /// `skip_pending`, `record_event`,
-/// `record_version`, `schedule_deliveries`, `sort_candidates` and `hold_and_park`. Expanded inside the backend's module,
+/// `record_version`, `open_case`, `insert_case`, `schedule_deliveries`, `migrate`, `sort_candidates` and `hold_and_park`. Expanded inside the backend's module,
 /// where these names must resolve (plain `macro_rules!` paths resolve where
 /// the macro is used):
 /// - `sql::NAME`: the backend's statements, one constant per statement, with
@@ -263,6 +263,66 @@ macro_rules! sql_store {
                     ))
                 }
 
+                /// Refuses a database that a newer dunningd has migrated
+                /// (`check_schema`), then applies the migrations.
+                async fn migrate(
+                    pool: &sqlx::Pool<$db>,
+                    migrator: &sqlx::migrate::Migrator,
+                ) -> Result<(), StoreError> {
+                    let has_migrations: bool =
+                        sqlx::query_scalar(sql::HAS_MIGRATIONS).fetch_one(pool).await?;
+                    if has_migrations {
+                        let applied: Option<i64> =
+                            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+                                .fetch_one(pool)
+                                .await?;
+                        check_schema(applied, migrator)?;
+                    }
+                    migrator.run(pool).await?;
+                    Ok(())
+                }
+
+                /// The case open for a start's workflow, customer and
+                /// subject, if any.
+                async fn open_case(
+                    tx: &mut Transaction<'static, $db>,
+                    start: &NewCase,
+                    event: &$crate::model::Event,
+                ) -> Result<Option<String>, StoreError> {
+                    Ok(sqlx::query_scalar(sql::OPEN_CASE)
+                        .bind(&start.workflow)
+                        .bind(&event.customer.id)
+                        .bind(&event.subject)
+                        .fetch_optional(&mut **tx)
+                        .await?)
+                }
+
+                /// Inserts a case an event starts; false when the statement
+                /// refused it (PostgreSQL's, for a case already open).
+                async fn insert_case(
+                    tx: &mut Transaction<'static, $db>,
+                    case_id: &str,
+                    start: &NewCase,
+                    event: &$crate::model::Event,
+                    body: &str,
+                    now_ms: i64,
+                ) -> Result<bool, StoreError> {
+                    let inserted = sqlx::query(sql::INSERT_CASE)
+                        .bind(case_id)
+                        .bind(&start.workflow)
+                        .bind(&start.workflow_version)
+                        .bind(&event.customer.id)
+                        .bind(&event.subject)
+                        .bind(exit_list(&start.exit_on)?)
+                        .bind(&event.id)
+                        .bind(body)
+                        .bind(now_ms)
+                        .execute(&mut **tx)
+                        .await?
+                        .rows_affected();
+                    Ok(inserted > 0)
+                }
+
                 /// Records one event, and starts its outcome: marked a
                 /// duplicate when the event id was seen before, else with
                 /// the event's stored body to start cases with.
@@ -399,10 +459,9 @@ macro_rules! sql_store {
                                 continue;
                             }
                             let case_id = uuid::Uuid::now_v7().to_string();
-                            let open = Self::start_case(
-                                &mut tx, &case_id, &start, event, &body, &exit_on, now_ms,
-                            )
-                            .await?;
+                            let open =
+                                Self::start_case(&mut tx, &case_id, &start, event, &body, now_ms)
+                                    .await?;
                             if let Some(open) = open {
                                 outcome.notes.push(format!(
                                     "workflow '{}': no case started, case '{open}' is already open for this customer and subject",

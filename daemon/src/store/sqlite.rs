@@ -83,19 +83,7 @@ impl SqliteStore {
             .min_connections(1)
             .connect_with(options.clone())
             .await?;
-        let has_migrations: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
-        )
-        .fetch_one(&writer)
-        .await?;
-        if has_migrations {
-            let applied: Option<i64> =
-                sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
-                    .fetch_one(&writer)
-                    .await?;
-            check_schema(applied, &MIGRATOR)?;
-        }
-        MIGRATOR.run(&writer).await?;
+        Self::migrate(&writer, &MIGRATOR).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
@@ -219,38 +207,14 @@ impl SqliteStore {
         start: &NewCase,
         event: &Event,
         body: &str,
-        exit_on: &str,
         now_ms: i64,
     ) -> Result<Option<String>, StoreError> {
-        let open: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM cases
-             WHERE workflow = ? AND customer_id = ? AND subject = ? AND state IN ('active', 'paused')",
-        )
-        .bind(&start.workflow)
-        .bind(&event.customer.id)
-        .bind(&event.subject)
-        .fetch_optional(&mut **tx)
-        .await?;
+        let open = Self::open_case(tx, start, event).await?;
         if open.is_some() {
             return Ok(open);
         }
         Self::record_version(tx, start, now_ms).await?;
-        sqlx::query(
-            "INSERT INTO cases (id, workflow, workflow_version, customer_id, subject, state,
-                                exit_on, trigger_event_id, trigger_event, started_ms, updated_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7, ?8, ?9, ?9)",
-        )
-        .bind(case_id)
-        .bind(&start.workflow)
-        .bind(&start.workflow_version)
-        .bind(&event.customer.id)
-        .bind(&event.subject)
-        .bind(exit_on)
-        .bind(&event.id)
-        .bind(body)
-        .bind(now_ms)
-        .execute(&mut **tx)
-        .await?;
+        Self::insert_case(tx, case_id, start, event, body, now_ms).await?;
         Ok(None)
     }
 }
@@ -400,6 +364,13 @@ super::shared::sql_store!(SqliteStore, Sqlite);
 
 /// The statements of the methods written once in `shared.rs`.
 mod sql {
+    pub const OPEN_CASE: &str = "SELECT id FROM cases
+         WHERE workflow = ? AND customer_id = ? AND subject = ? AND state IN ('active', 'paused')";
+    pub const HAS_MIGRATIONS: &str = "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')";
+    pub const INSERT_CASE: &str =
+        "INSERT INTO cases (id, workflow, workflow_version, customer_id, subject, state,
+         exit_on, trigger_event_id, trigger_event, started_ms, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7, ?8, ?9, ?9)";
     pub const INSERT_EVENTS: &str =
         "INSERT INTO events (id, type, customer_id, subject, occurred_ms, received_ms, body)
          SELECT value ->> '$.id', value ->> '$.type', value ->> '$.customer', value ->> '$.subject',
