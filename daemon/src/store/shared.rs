@@ -89,7 +89,8 @@ macro_rules! sql_store {
             use $crate::store::shared::{Backend, Candidates};
             use $crate::store::{
                 CaseAction, ClaimOptions, Claims, Completion, EventPlan, Gauges, IngestOutcome,
-                NewCase, NewDelivery, ProviderReport, Store, StoreError, from_ms, idempotency_key, is_id_prefix,
+                NewCase, NewDelivery, ProviderReport, Store, StoreError, check_schema, from_ms,
+                idempotency_key, is_id_prefix,
                 to_ms,
             };
 

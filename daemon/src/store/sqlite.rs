@@ -30,7 +30,7 @@ use sqlx::{Database, Row, Sqlite, Transaction};
 use super::batch;
 use super::rows::{OutcomeRow, claimed_columns, corrupt, decode_claims};
 use super::shared::Backend;
-use super::{ClaimOptions, Claims, EventPlan, NewCase, StoreError, check_schema, hand_out, to_ms};
+use super::{ClaimOptions, Claims, EventPlan, NewCase, StoreError, hand_out, to_ms};
 use crate::model::Event;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
