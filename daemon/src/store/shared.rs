@@ -3,8 +3,9 @@
 //! statements (`sql::*` constants in `sqlite.rs` and `postgres.rs`), so any
 //! per-backend tuning stays visible there.
 //!
-//! What differs in concurrency (ingesting, claiming, listening) each backend
-//! writes its own way, behind [`Backend`].
+//! What differs in concurrency each backend writes its own way: opening,
+//! starting cases (`start_case`, `refuse_starts`, `start_cases`), reading
+//! and taking claims ([`Backend::claim_due`]) and listening for work.
 //!
 //! The shared methods are stamped into each backend by [`sql_store!`]
 //! rather than written generic over sqlx's `Database`: the bounds a generic
@@ -45,13 +46,15 @@ pub(crate) struct Candidates<'r, R> {
     pub held: Vec<(String, i64, String)>,
 }
 
-/// Implements `Store` for a backend's store type (`$db`, its sqlx
-/// `Database`): the shared methods below, and [`Backend`]'s for the rest;
-/// and, for the backend's own methods too, `ingest_independent`,
-/// `skip_pending`, `record_event`,
-/// `record_version`, `open_case`, `insert_case`, `schedule_deliveries`, `migrate`, `sort_candidates` and `hold_and_park`. Expanded inside the backend's module,
-/// where these names must resolve (plain `macro_rules!` paths resolve where
-/// the macro is used):
+/// Implements `Store` for a backend's store type (`$db`: its sqlx
+/// `Database`) with the shared methods below, forwarding the rest to
+/// [`Backend`]; and stamps the shared helpers the backend's own methods use
+/// too (`ingest_independent`, `skip_pending`, `record_event`,
+/// `record_version`, `open_case`, `insert_case`, `schedule_deliveries`,
+/// `migrate`, `sort_candidates`, `hold_and_park`).
+///
+/// Expanded inside the backend's module, where these names must resolve
+/// (paths in a `macro_rules!` body resolve where the macro is used):
 /// - `sql::NAME`: the backend's statements, one constant per statement, with
 ///   the same names and the same parameters in both backends;
 /// - `self.reader()`: the pool for reads, `self.writer()`: the pool for
@@ -60,14 +63,14 @@ pub(crate) struct Candidates<'r, R> {
 ///   creates work (nothing to do on SQLite);
 /// - `id_list(&ids)`: a list of ids as the backend binds it, and
 ///   `exit_list(&exit_on)` a case's exit event types;
-/// - `Self::refuse_starts(…)` and `Self::start_cases(…)`: a batch's starts
-///   refused (stale, or already open) and started, and `Self::start_case(…)`
-///   one case, unless one is already open;
-/// - `lock_cap(tx, customer, channel)`: makes claims for the same customer
-///   and channel take turns (nothing to do on SQLite);
 /// - `bind_outcomes(query, &rows)`: a batch of outcomes bound to
 ///   `sql::COMPLETE`;
-/// - the items imported below from `super::rows` and `crate::model`.
+/// - `lock_cap(tx, customer, channel)`: makes claims for the same customer
+///   and channel take turns (nothing to do on SQLite);
+/// - `Self::refuse_starts(…)` and `Self::start_cases(…)`: a batch's starts
+///   refused (stale, or already open) and started, and `Self::start_case(…)`
+///   one case, unless one is already open: where the backends differ in
+///   concurrency.
 macro_rules! sql_store {
     ($store:ty, $db:ty) => {
         // A block of its own, for the imports the bodies use.
