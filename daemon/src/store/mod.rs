@@ -33,6 +33,7 @@ use crate::stats::{Stats, StatsFilter};
 mod batch;
 pub mod postgres;
 mod rows;
+mod shared;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;

@@ -15,27 +15,21 @@
 //!   daemon `LISTEN`s and looks for due work at once, instead of at its next
 //!   poll.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::query::QueryAs;
+use sqlx::{Database, Postgres, Row, Transaction};
 
 use super::batch;
-use super::rows::{
-    OutcomeRow, case_from_row, cases_of, claimed_columns, corrupt, decode_claims,
-    delivery_from_row, optout_from_row, state_counts, stats_row_from_row, workflow_counts,
-};
-use super::{
-    CaseAction, ClaimOptions, Claims, Completion, EventPlan, IngestOutcome, ProviderReport, Store,
-    StoreError, check_schema, from_ms, hand_out, idempotency_key, to_ms,
-};
-use crate::model::{Case, CaseDetail, CaseFilter, CaseState, OptOut};
-use crate::stats::{Stats, StatsBuilder, StatsFilter};
+use super::rows::{OutcomeRow, claimed_columns, decode_claims};
+use super::shared::Backend;
+use super::{ClaimOptions, Claims, EventPlan, NewCase, StoreError, hand_out, to_ms};
+use crate::model::Event;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -44,148 +38,90 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
-    /// `ingest` for a batch of independent events (`batch::independent`):
-    /// the same rules as the event-by-event path with a fixed handful of
-    /// statements per batch instead of several per event.
-    async fn ingest_independent(
-        &self,
-        plans: Vec<EventPlan>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<IngestOutcome>, StoreError> {
-        let now_ms = to_ms(now);
-        let events = batch::event_rows(&plans)?;
-        let mut tx = self.tx().await?;
-        let inserted: HashSet<String> = sqlx::query_scalar(
-            "INSERT INTO events (id, type, customer_id, subject, occurred_ms, received_ms, body)
-             SELECT e.id, e.type, e.customer, e.subject, e.occurred_ms, $1, e.body
+    /// Refuses the batch's starts whose trigger is stale (a later exit event
+    /// was seen). Open cases are refused by `start_cases`' ON CONFLICT,
+    /// which also holds against another daemon's concurrent start.
+    async fn refuse_starts(
+        tx: &mut Transaction<'static, Postgres>,
+        new: &[&EventPlan],
+        candidates: String,
+        refusals: &mut batch::Refusals,
+    ) -> Result<(), StoreError> {
+        let stale = sqlx::query(
+            "SELECT c.i, c.j, x.id AS later_exit
+             FROM jsonb_to_recordset($1::jsonb)
+                  AS c(i int8, j int8, customer text, subject text, occurred_ms int8, exit_on text[])
+             CROSS JOIN LATERAL (SELECT id FROM events
+                                 WHERE customer_id = c.customer AND subject = c.subject
+                                   AND occurred_ms > c.occurred_ms AND type = ANY(c.exit_on)
+                                 ORDER BY occurred_ms DESC LIMIT 1) AS x",
+        )
+        .bind(candidates)
+        .fetch_all(&mut **tx)
+        .await?;
+        for row in &stale {
+            let (i, j): (i64, i64) = (row.try_get("i")?, row.try_get("j")?);
+            let exit_id: String = row.try_get("later_exit")?;
+            refusals.later_exit(new, i as usize, j as usize, &exit_id);
+        }
+        Ok(())
+    }
+
+    /// Starts the batch's cases, refusing those the partial unique index
+    /// finds already open (`ON CONFLICT … DO NOTHING`).
+    async fn start_cases(
+        tx: &mut Transaction<'static, Postgres>,
+        new: &[&EventPlan],
+        starts: batch::Starts,
+        refusals: &mut batch::Refusals,
+        now_ms: i64,
+    ) -> Result<BTreeMap<(usize, usize), String>, StoreError> {
+        let mut started = BTreeMap::new();
+        let inserted_cases: HashSet<String> = sqlx::query_scalar(
+            "INSERT INTO cases (id, workflow, workflow_version, customer_id, subject, state,
+                                exit_on, trigger_event_id, trigger_event, started_ms, updated_ms)
+             SELECT c.id, c.workflow, c.version, c.customer, c.subject, 'active', c.exit_on,
+                    c.event_id, e.body, $1, $1
              FROM jsonb_to_recordset($2::jsonb)
-                  AS e(id text, type text, customer text, subject text, occurred_ms int8, body text)
-             ON CONFLICT (id) DO NOTHING RETURNING id",
+                  AS c(id text, workflow text, version text, customer text, subject text,
+                       exit_on text[], event_id text)
+             JOIN events e ON e.id = c.event_id
+             ON CONFLICT (workflow, customer_id, subject) WHERE state IN ('active', 'paused') DO NOTHING
+             RETURNING id",
         )
         .bind(now_ms)
-        .bind(events)
-        .fetch_all(&mut *tx)
+        .bind(&starts.cases)
+        .fetch_all(&mut **tx)
         .await?
         .into_iter()
         .collect();
-        let new = batch::newly_recorded(&plans, &inserted);
-
-        let recovered = sqlx::query_as(
-            "UPDATE cases SET state = 'recovered', updated_ms = $1, paused_ms = NULL,
-                    ended_reason = 'exit event ' || e.id || ' (' || e.type || ')'
-             FROM jsonb_to_recordset($2::jsonb) AS e(id text, type text, customer text, subject text)
-             WHERE cases.customer_id = e.customer AND cases.subject = e.subject
-               AND cases.state IN ('active', 'paused') AND e.type = ANY(cases.exit_on)
-             RETURNING cases.id, cases.customer_id, cases.subject",
+        let inserted_ids: Vec<&String> = inserted_cases.iter().collect();
+        sqlx::query(
+            "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
+                                     due_ms, planned_ms, idempotency_key, updated_ms, customer_id, critical)
+             SELECT d.id, d.case_id, d.step_index, d.step, d.channel, d.template, 'scheduled',
+                    d.due_ms, d.planned_ms, d.key, $1, d.customer, d.critical
+             FROM jsonb_to_recordset($2::jsonb)
+                  AS d(id text, case_id text, step_index int8, step text, channel text, template text,
+                       due_ms int8, planned_ms int8, key text, customer text, critical int8)
+             WHERE d.case_id = ANY($3)",
         )
         .bind(now_ms)
-        .bind(batch::exit_rows(&new)?)
-        .fetch_all(&mut *tx)
+        .bind(&starts.deliveries)
+        .bind(&inserted_ids)
+        .execute(&mut **tx)
         .await?;
-        let recovered = batch::Recovered::new(recovered);
-        if !recovered.ids.is_empty() {
-            skip_pending(&mut tx, &recovered.ids, "case recovered", now_ms).await?;
-        }
-
-        // Stale triggers here; open cases by the insert's ON CONFLICT below,
-        // which also holds against another daemon's concurrent start.
-        let mut refusals = batch::Refusals::default();
-        if let Some(candidates) = batch::candidate_rows(&new)? {
-            let stale = sqlx::query(
-                "SELECT c.i, c.j, x.id AS later_exit
-                 FROM jsonb_to_recordset($1::jsonb)
-                      AS c(i int8, j int8, customer text, subject text, occurred_ms int8, exit_on text[])
-                 CROSS JOIN LATERAL (SELECT id FROM events
-                                     WHERE customer_id = c.customer AND subject = c.subject
-                                       AND occurred_ms > c.occurred_ms AND type = ANY(c.exit_on)
-                                     ORDER BY occurred_ms DESC LIMIT 1) AS x",
-            )
-            .bind(candidates)
-            .fetch_all(&mut *tx)
-            .await?;
-            for row in &stale {
-                let (i, j): (i64, i64) = (row.try_get("i")?, row.try_get("j")?);
-                let exit_id: String = row.try_get("later_exit")?;
-                refusals.later_exit(&new, i as usize, j as usize, &exit_id);
+        for ((i, j), case_id) in starts.ids {
+            if inserted_cases.contains(&case_id) {
+                started.insert((i, j), case_id);
+                continue;
             }
+            // A case open for the same workflow, customer and subject.
+            let plan = new[i];
+            let open = Self::open_case(tx, &plan.starts[j], &plan.event).await?;
+            refusals.already_open(new, i, j, &open.unwrap_or_default());
         }
-
-        let mut started = BTreeMap::new();
-        if let Some(starts) = batch::Starts::plan(&new, &refusals)? {
-            sqlx::query(
-                "INSERT INTO workflow_versions (version, name, source, first_seen_ms)
-                 SELECT v.version, v.name, v.source, $1
-                 FROM jsonb_to_recordset($2::jsonb) AS v(version text, name text, source text)
-                 ON CONFLICT (version) DO NOTHING",
-            )
-            .bind(now_ms)
-            .bind(&starts.versions)
-            .execute(&mut *tx)
-            .await?;
-            let inserted_cases: HashSet<String> = sqlx::query_scalar(
-                "INSERT INTO cases (id, workflow, workflow_version, customer_id, subject, state,
-                                    exit_on, trigger_event_id, trigger_event, started_ms, updated_ms)
-                 SELECT c.id, c.workflow, c.version, c.customer, c.subject, 'active', c.exit_on,
-                        c.event_id, e.body, $1, $1
-                 FROM jsonb_to_recordset($2::jsonb)
-                      AS c(id text, workflow text, version text, customer text, subject text,
-                           exit_on text[], event_id text)
-                 JOIN events e ON e.id = c.event_id
-                 ON CONFLICT (workflow, customer_id, subject) WHERE state IN ('active', 'paused') DO NOTHING
-                 RETURNING id",
-            )
-            .bind(now_ms)
-            .bind(&starts.cases)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .collect();
-            let inserted_ids: Vec<&String> = inserted_cases.iter().collect();
-            sqlx::query(
-                "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
-                                         due_ms, planned_ms, idempotency_key, updated_ms, customer_id, critical)
-                 SELECT d.id, d.case_id, d.step_index, d.step, d.channel, d.template, 'scheduled',
-                        d.due_ms, d.planned_ms, d.key, $1, d.customer, d.critical
-                 FROM jsonb_to_recordset($2::jsonb)
-                      AS d(id text, case_id text, step_index int8, step text, channel text, template text,
-                           due_ms int8, planned_ms int8, key text, customer text, critical int8)
-                 WHERE d.case_id = ANY($3)",
-            )
-            .bind(now_ms)
-            .bind(&starts.deliveries)
-            .bind(&inserted_ids)
-            .execute(&mut *tx)
-            .await?;
-            for ((i, j), case_id) in starts.ids {
-                if inserted_cases.contains(&case_id) {
-                    started.insert((i, j), case_id);
-                    continue;
-                }
-                // A case open for the same workflow, customer and subject.
-                let plan = new[i];
-                let open: Option<String> = sqlx::query_scalar(
-                    "SELECT id FROM cases WHERE workflow = $1 AND customer_id = $2 AND subject = $3
-                       AND state IN ('active', 'paused')",
-                )
-                .bind(&plan.starts[j].workflow)
-                .bind(&plan.event.customer.id)
-                .bind(&plan.event.subject)
-                .fetch_optional(&mut *tx)
-                .await?;
-                refusals.already_open(&new, i, j, &open.unwrap_or_default());
-            }
-            if !started.is_empty() {
-                notify_work(&mut tx).await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(batch::outcomes(
-            plans,
-            &inserted,
-            recovered.by_key,
-            refusals,
-            started,
-        ))
+        Ok(started)
     }
     /// Connects and applies migrations (under PostgreSQL's advisory lock, so
     /// daemons starting together migrate once).
@@ -217,23 +153,42 @@ impl PostgresStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
-        let has_migrations: bool =
-            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-                .fetch_one(&pool)
-                .await?;
-        if has_migrations {
-            let applied: Option<i64> =
-                sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
-                    .fetch_one(&pool)
-                    .await?;
-            check_schema(applied, &MIGRATOR)?;
-        }
-        MIGRATOR.run(&pool).await?;
+        Self::migrate(&pool, &MIGRATOR).await?;
         Ok(PostgresStore { pool })
     }
 
-    async fn tx(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+    /// Every daemon reads and writes through the one pool.
+    fn reader(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn write_tx(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         Ok(self.pool.begin().await?)
+    }
+
+    /// Starts one case of an event, unless a case is already open for its
+    /// workflow, customer and subject: then returns that case's id. Another
+    /// daemon may be starting the same case right now, so the partial unique
+    /// index refuses it (`ON CONFLICT … DO NOTHING`) rather than a read first.
+    async fn start_case(
+        tx: &mut Transaction<'static, Postgres>,
+        case_id: &str,
+        start: &NewCase,
+        event: &Event,
+        body: &str,
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        Self::record_version(tx, start, now_ms).await?;
+        let inserted = Self::insert_case(tx, case_id, start, event, body, now_ms).await?;
+        if inserted {
+            return Ok(None);
+        }
+        let open = Self::open_case(tx, start, event).await?;
+        Ok(Some(open.unwrap_or_default()))
     }
 }
 
@@ -242,12 +197,17 @@ const WORK_CHANNEL: &str = "dunningd_work";
 
 /// Tells every listening daemon, when (and only if) the transaction commits,
 /// that new deliveries may be due sooner than it thinks.
-async fn notify_work(tx: &mut Transaction<'static, Postgres>) -> Result<(), StoreError> {
+async fn announce_work(tx: &mut Transaction<'static, Postgres>) -> Result<(), StoreError> {
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(WORK_CHANNEL)
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// An id list as PostgreSQL binds it: a `text[]`, read with `ANY`.
+fn id_list<S: AsRef<str>>(ids: &[S]) -> Vec<&str> {
+    ids.iter().map(AsRef::as_ref).collect()
 }
 
 /// Calls `on_work` for every announcement on [`WORK_CHANNEL`], and after a
@@ -291,183 +251,13 @@ async fn listen(pool: PgPool, on_work: Box<dyn Fn() + Send + Sync>) {
     }
 }
 
-async fn skip_pending(
-    tx: &mut Transaction<'static, Postgres>,
-    case_ids: &[String],
-    reason: &str,
-    now_ms: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE deliveries SET status = 'skipped', skip_reason = $1, lease_owner = NULL,
-                lease_expires_ms = NULL, updated_ms = $2
-         WHERE case_id = ANY($3) AND status IN ('scheduled', 'retrying')",
-    )
-    .bind(reason)
-    .bind(now_ms)
-    .bind(case_ids)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+/// A case's exit event types as PostgreSQL binds them: a `text[]`.
+fn exit_list(exit_on: &[String]) -> Result<&[String], StoreError> {
+    Ok(exit_on)
 }
 
 #[async_trait]
-impl Store for PostgresStore {
-    async fn ingest(
-        &self,
-        plans: Vec<EventPlan>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<IngestOutcome>, StoreError> {
-        if batch::independent(&plans) {
-            return self.ingest_independent(plans, now).await;
-        }
-        let now_ms = to_ms(now);
-        let mut tx = self.tx().await?;
-        let mut outcomes = Vec::with_capacity(plans.len());
-        for plan in plans {
-            let event = &plan.event;
-            let mut outcome = IngestOutcome {
-                event_id: event.id.clone(),
-                notes: plan.notes.clone(),
-                ..Default::default()
-            };
-            let body = serde_json::to_string(event).map_err(|e| corrupt("events", e))?;
-            let inserted = sqlx::query(
-                "INSERT INTO events (id, type, customer_id, subject, occurred_ms, received_ms, body)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(&event.id)
-            .bind(&event.event_type)
-            .bind(&event.customer.id)
-            .bind(&event.subject)
-            .bind(to_ms(plan.occurred_at))
-            .bind(now_ms)
-            .bind(&body)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
-                outcome.duplicate = true;
-                outcome.notes.clear();
-                outcomes.push(outcome);
-                continue;
-            }
-
-            let recovered: Vec<String> = sqlx::query_scalar(
-                "UPDATE cases SET state = 'recovered', updated_ms = $1, paused_ms = NULL,
-                        ended_reason = 'exit event ' || $2 || ' (' || $3 || ')'
-                 WHERE customer_id = $4 AND subject = $5 AND state IN ('active', 'paused') AND $3 = ANY(exit_on)
-                 RETURNING id",
-            )
-            .bind(now_ms)
-            .bind(&event.id)
-            .bind(&event.event_type)
-            .bind(&event.customer.id)
-            .bind(&event.subject)
-            .fetch_all(&mut *tx)
-            .await?;
-            if !recovered.is_empty() {
-                skip_pending(&mut tx, &recovered, "case recovered", now_ms).await?;
-                outcome.cases_recovered = recovered;
-            }
-
-            for start in plan.starts {
-                let later_exit: Option<String> = sqlx::query_scalar(
-                    "SELECT id FROM events
-                     WHERE customer_id = $1 AND subject = $2 AND occurred_ms > $3 AND type = ANY($4)
-                     ORDER BY occurred_ms DESC LIMIT 1",
-                )
-                .bind(&event.customer.id)
-                .bind(&event.subject)
-                .bind(to_ms(plan.occurred_at))
-                .bind(&start.exit_on)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if let Some(exit_id) = later_exit {
-                    outcome.notes.push(format!(
-                        "workflow '{}': no case started, exit event '{exit_id}' occurred later",
-                        start.workflow
-                    ));
-                    continue;
-                }
-                sqlx::query(
-                    "INSERT INTO workflow_versions (version, name, source, first_seen_ms)
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (version) DO NOTHING",
-                )
-                .bind(&start.workflow_version)
-                .bind(&start.workflow)
-                .bind(&start.workflow_source)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?;
-
-                let case_id = uuid::Uuid::now_v7().to_string();
-                let inserted = sqlx::query(
-                    "INSERT INTO cases (id, workflow, workflow_version, customer_id, subject, state,
-                                        exit_on, trigger_event_id, trigger_event, started_ms, updated_ms)
-                     VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $9)
-                     ON CONFLICT (workflow, customer_id, subject) WHERE state IN ('active', 'paused') DO NOTHING",
-                )
-                .bind(&case_id)
-                .bind(&start.workflow)
-                .bind(&start.workflow_version)
-                .bind(&event.customer.id)
-                .bind(&event.subject)
-                .bind(&start.exit_on)
-                .bind(&event.id)
-                .bind(&body)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if inserted == 0 {
-                    let open: Option<String> = sqlx::query_scalar(
-                        "SELECT id FROM cases WHERE workflow = $1 AND customer_id = $2 AND subject = $3
-                           AND state IN ('active', 'paused')",
-                    )
-                    .bind(&start.workflow)
-                    .bind(&event.customer.id)
-                    .bind(&event.subject)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    outcome.notes.push(format!(
-                        "workflow '{}': no case started, case '{}' is already open for this customer and subject",
-                        start.workflow,
-                        open.unwrap_or_default()
-                    ));
-                    continue;
-                }
-                for d in &start.deliveries {
-                    sqlx::query(
-                        "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
-                                                 due_ms, planned_ms, idempotency_key, updated_ms, customer_id, critical)
-                         VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', $7, $8, $9, $10, $11, $12)",
-                    )
-                    .bind(uuid::Uuid::now_v7().to_string())
-                    .bind(&case_id)
-                    .bind(d.step_index as i64)
-                    .bind(&d.step)
-                    .bind(&d.channel)
-                    .bind(&d.template)
-                    .bind(to_ms(d.due_at))
-                    .bind(to_ms(d.planned_at))
-                    .bind(idempotency_key(&case_id, d.step_index, &d.channel))
-                    .bind(now_ms)
-                    .bind(&event.customer.id)
-                    .bind(i64::from(d.critical))
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                outcome.cases_started.push(case_id);
-            }
-            outcomes.push(outcome);
-        }
-        if outcomes.iter().any(|o| !o.cases_started.is_empty()) {
-            notify_work(&mut tx).await?;
-        }
-        tx.commit().await?;
-        Ok(outcomes)
-    }
-
+impl Backend for PostgresStore {
     async fn claim_due(
         &self,
         now: DateTime<Utc>,
@@ -476,7 +266,7 @@ impl Store for PostgresStore {
         let now_ms = to_ms(now);
         let wall_ms = to_ms(Utc::now());
         let lease_ms = wall_ms + options.lease.as_millis() as i64;
-        let mut tx = self.tx().await?;
+        let mut tx = self.write_tx().await?;
         // Walk `deliveries_pending` in planned order and stop at the limit.
         // Until autovacuum has analysed freshly ingested rows the planner
         // expects a few hundred due rows and would rather collect every due
@@ -524,92 +314,9 @@ impl Store for PostgresStore {
                 .await?,
             );
         }
-        let mut claim = Vec::new();
-        let mut claimed = Vec::with_capacity(rows.len());
-        let mut park = Vec::new();
-        // Frequency caps: each customer's recent sends per capped channel
-        // (in-flight ones count as now), read once per batch.
-        let mut recent: HashMap<(String, String), Vec<i64>> = HashMap::new();
-        let mut held = Vec::new();
-        for row in &rows {
-            let id: String = row.try_get("id")?;
-            // This claim's number: the attempts before it, plus one.
-            let attempt: i64 = row.try_get("attempts")?;
-            if attempt > options.max_claims as i64 {
-                park.push(id);
-                continue;
-            }
-            let channel: String = row.try_get("channel")?;
-            let customer: Option<String> = row.try_get("customer_id")?;
-            let critical: i64 = row.try_get("critical")?;
-            if let (Some(cap), Some(customer), 0) = (options.caps.get(&channel), customer, critical)
-            {
-                let times = match recent.entry((customer, channel.clone())) {
-                    Entry::Occupied(known) => known.into_mut(),
-                    Entry::Vacant(first) => {
-                        let (customer, channel) = first.key();
-                        // Daemons claiming for the same customer and channel at
-                        // once take turns, so neither misses the other's sends.
-                        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-                            .bind(format!("cap:{customer}:{channel}"))
-                            .execute(&mut *tx)
-                            .await?;
-                        let times: Vec<i64> = sqlx::query_scalar(
-                            "SELECT CASE WHEN status = 'sending' THEN $1 ELSE sent_ms END FROM deliveries
-                             WHERE customer_id = $2 AND channel = $3
-                               AND ((status = 'sent' AND sent_ms > $4) OR (status = 'sending' AND lease_expires_ms > $5))",
-                        )
-                        .bind(now_ms)
-                        .bind(customer)
-                        .bind(channel)
-                        .bind(now_ms - cap.per.as_millis() as i64)
-                        .bind(wall_ms)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                        first.insert(times)
-                    }
-                };
-                if let Some(until) = cap.next_allowed(times, now_ms) {
-                    held.push((id, until, cap.note(&channel, until)));
-                    continue;
-                }
-            }
-            claim.push(id);
-            claimed.push(row);
-        }
-        for (id, until, note) in &held {
-            sqlx::query(
-                "UPDATE deliveries SET planned_ms = $1, note = $2, lease_owner = NULL, lease_expires_ms = NULL,
-                        updated_ms = $3, status = CASE WHEN status = 'sending' THEN 'scheduled' ELSE status END
-                 WHERE id = $4",
-            )
-            .bind(until)
-            .bind(note)
-            .bind(now_ms)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let mut given_up: Vec<String> = Vec::new();
-        if !park.is_empty() {
-            tracing::error!(
-                deliveries = park.len(),
-                max_claims = options.max_claims,
-                "parking deliveries claimed too often without an outcome (did a plugin crash the daemon?)"
-            );
-            given_up = sqlx::query_scalar(
-                "UPDATE deliveries SET status = 'failed', lease_owner = NULL, lease_expires_ms = NULL,
-                        last_error = 'gave up after ' || attempts || ' claims without an outcome; the daemon stopped during each attempt',
-                        updated_ms = $1
-                 WHERE id = ANY($2)
-                 RETURNING channel",
-            )
-            .bind(now_ms)
-            .bind(&park)
-            .fetch_all(&mut *tx)
-            .await?;
-        }
-        if !claim.is_empty() {
+        let sorted = Self::sort_candidates(&mut tx, &rows, now_ms, wall_ms, options).await?;
+        let given_up = Self::hold_and_park(&mut tx, &sorted, now_ms, options).await?;
+        if !sorted.claim.is_empty() {
             sqlx::query(
                 "UPDATE deliveries SET status = 'sending', lease_owner = $1, lease_expires_ms = $2,
                         attempts = attempts + 1, updated_ms = $3
@@ -618,433 +325,213 @@ impl Store for PostgresStore {
             .bind(&options.owner)
             .bind(lease_ms)
             .bind(now_ms)
-            .bind(&claim)
+            .bind(&sorted.claim)
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
-        hand_out(self, &options.owner, decode_claims(claimed)?, given_up, now).await
-    }
-
-    async fn complete(
-        &self,
-        owner: &str,
-        results: Vec<(String, Completion)>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<String>, StoreError> {
-        let now_ms = to_ms(now);
-        let mut tx = self.tx().await?;
-        // One statement for the whole batch, joined on the primary key (a
-        // per-row UPDATE let the planner pick the partial index of leased
-        // deliveries and walk every one in flight).
-        let rows: Vec<OutcomeRow> = results
-            .iter()
-            .map(|(id, completion)| OutcomeRow::new(id, completion))
-            .collect();
-        let done: Vec<(String, String)> = sqlx::query_as(
-            "UPDATE deliveries d SET
-                    status = u.status,
-                    receipt = CASE WHEN u.status = 'sent' THEN u.receipt ELSE d.receipt END,
-                    sent_ms = CASE WHEN u.status = 'sent' THEN $1 ELSE d.sent_ms END,
-                    last_error = CASE WHEN u.status = 'sent' THEN NULL
-                                      WHEN u.status IN ('retrying', 'failed') THEN u.text
-                                      ELSE d.last_error END,
-                    skip_reason = CASE WHEN u.status = 'skipped' THEN u.text ELSE d.skip_reason END,
-                    planned_ms = COALESCE(u.planned_ms, d.planned_ms),
-                    attempts = d.attempts - u.unclaim, note = NULL,
-                    lease_owner = NULL, lease_expires_ms = NULL, updated_ms = $1
-             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int4[])
-                  AS u(id, status, receipt, text, planned_ms, unclaim)
-             WHERE d.id = u.id AND d.lease_owner = $8 AND d.status = 'sending'
-             RETURNING d.id, d.case_id",
+        hand_out(
+            self,
+            &options.owner,
+            decode_claims(sorted.claimed)?,
+            given_up,
+            now,
         )
-        .bind(now_ms)
-        .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.status).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.receipt).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.text).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.planned_ms).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.unclaim).collect::<Vec<_>>())
-        .bind(owner)
-        .fetch_all(&mut *tx)
-        .await?;
-        let recorded: std::collections::HashSet<&String> = done.iter().map(|(id, _)| id).collect();
-        let mut lost = Vec::new();
-        for (id, completion) in &results {
-            if !recorded.contains(id) {
-                lost.push(id.clone());
-                continue;
-            }
-            if let Completion::Failed {
-                fallback: Some(follow),
-                ..
-            }
-            | Completion::Skipped {
-                fallback: Some(follow),
-                ..
-            } = completion
-            {
-                // Once per (case, step, channel): the key is unique.
-                sqlx::query(
-                    "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
-                                             due_ms, planned_ms, idempotency_key, updated_ms, fallback_for,
-                                             customer_id, critical)
-                     SELECT $1, case_id, step_index, step, $2, $3, 'scheduled', $4, $5,
-                            'dunningd-' || case_id || '-' || step_index || '-' || $2, $6, channel,
-                            customer_id, critical
-                     FROM deliveries WHERE id = $7
-                     ON CONFLICT (idempotency_key) DO NOTHING",
-                )
-                .bind(uuid::Uuid::now_v7().to_string())
-                .bind(&follow.channel)
-                .bind(&follow.template)
-                .bind(to_ms(follow.due_at))
-                .bind(to_ms(follow.planned_at))
-                .bind(now_ms)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        if !done.is_empty() {
-            sqlx::query(
-                "UPDATE cases SET state = 'exhausted', ended_reason = 'all steps ran', updated_ms = $1
-                 WHERE id = ANY($2) AND state = 'active'
-                   AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.case_id = cases.id
-                                   AND p.status IN ('scheduled', 'sending', 'retrying'))",
-            )
-            .bind(now_ms)
-            .bind(cases_of(&done))
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(lost)
-    }
-
-    async fn renew_leases(
-        &self,
-        owner: &str,
-        ids: &[String],
-        lease: Duration,
-    ) -> Result<Vec<String>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let renewed = sqlx::query_scalar(
-            "UPDATE deliveries SET lease_expires_ms = $1
-             WHERE id = ANY($2) AND lease_owner = $3 AND status = 'sending'
-             RETURNING id",
-        )
-        .bind(to_ms(Utc::now()) + lease.as_millis() as i64)
-        .bind(ids)
-        .bind(owner)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(renewed)
-    }
-
-    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let next: Option<i64> = sqlx::query_scalar(
-            "SELECT d.planned_ms FROM deliveries d JOIN cases c ON c.id = d.case_id
-             WHERE d.status IN ('scheduled', 'retrying') AND c.state = 'active'
-             ORDER BY d.planned_ms LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(next.map(from_ms))
-    }
-
-    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
-        let mut tx = self.tx().await?;
-        let released = sqlx::query(
-            "UPDATE deliveries SET status = 'scheduled', lease_owner = NULL, lease_expires_ms = NULL
-             WHERE status = 'sending' AND lease_owner = $1",
-        )
-        .bind(owner)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if released > 0 {
-            notify_work(&mut tx).await?;
-        }
-        tx.commit().await?;
-        Ok(released)
+        .await
     }
 
     fn listen_for_work(&self, on_work: Box<dyn Fn() + Send + Sync>) {
         tokio::spawn(listen(self.pool.clone(), on_work));
     }
+}
 
-    async fn case_action(
-        &self,
-        id: &str,
-        action: CaseAction,
-        now: DateTime<Utc>,
-    ) -> Result<Case, StoreError> {
-        let now_ms = to_ms(now);
-        let mut tx = self.tx().await?;
-        let row = sqlx::query("SELECT * FROM cases WHERE id = $1 FOR UPDATE")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::CaseNotFound(id.to_string()))?;
-        let case = case_from_row(&row)?;
-        match (action, case.state) {
-            (CaseAction::Pause, CaseState::Active) => {
-                sqlx::query("UPDATE cases SET state = 'paused', paused_ms = $1, updated_ms = $1 WHERE id = $2")
-                    .bind(now_ms)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            (CaseAction::Resume, CaseState::Paused) => {
-                let paused_for = (now_ms - case.paused_at.map(to_ms).unwrap_or(now_ms)).max(0);
-                sqlx::query(
-                    "UPDATE deliveries SET due_ms = due_ms + $1, planned_ms = planned_ms + $1, updated_ms = $2
-                     WHERE case_id = $3 AND status IN ('scheduled', 'retrying')",
-                )
-                .bind(paused_for)
-                .bind(now_ms)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("UPDATE cases SET state = 'active', paused_ms = NULL, updated_ms = $1 WHERE id = $2")
-                    .bind(now_ms)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                notify_work(&mut tx).await?;
-            }
-            (CaseAction::Cancel, CaseState::Active | CaseState::Paused) => {
-                sqlx::query(
-                    "UPDATE cases SET state = 'cancelled', paused_ms = NULL, ended_reason = 'cancelled by an operator',
-                            updated_ms = $1 WHERE id = $2",
-                )
-                .bind(now_ms)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                skip_pending(&mut tx, &[id.to_string()], "case cancelled", now_ms).await?;
-            }
-            (CaseAction::Pause | CaseAction::Resume | CaseAction::Cancel, state) => {
-                return Err(StoreError::InvalidTransition {
-                    id: id.to_string(),
-                    state,
-                    action: action.verb(),
-                });
-            }
-        }
-        let row = sqlx::query("SELECT * FROM cases WHERE id = $1")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let updated = case_from_row(&row)?;
-        tx.commit().await?;
-        Ok(updated)
-    }
+/// Binds a batch of outcomes to `sql::COMPLETE`: one array per column.
+fn bind_outcomes<'q, O>(
+    query: QueryAs<'q, Postgres, O, <Postgres as Database>::Arguments>,
+    rows: &[OutcomeRow<'q>],
+) -> Result<QueryAs<'q, Postgres, O, <Postgres as Database>::Arguments>, StoreError> {
+    Ok(query
+        .bind(rows.iter().map(|r| r.id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.status).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.receipt).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.text).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.planned_ms).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.unclaim).collect::<Vec<_>>()))
+}
 
-    async fn opt_out(&self, optout: &OptOut) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO optouts (customer_id, channel, source, reason, created_ms) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (customer_id, channel) DO UPDATE
-             SET source = excluded.source, reason = excluded.reason, created_ms = excluded.created_ms",
-        )
-        .bind(&optout.customer_id)
-        .bind(&optout.channel)
-        .bind(&optout.source)
-        .bind(&optout.reason)
-        .bind(to_ms(optout.created_at))
-        .execute(&self.pool)
+/// Daemons claiming for the same customer and channel at once take turns,
+/// so neither misses the other's sends.
+async fn lock_cap(
+    tx: &mut Transaction<'static, Postgres>,
+    customer: &str,
+    channel: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(format!("cap:{customer}:{channel}"))
+        .execute(&mut **tx)
         .await?;
-        Ok(())
-    }
+    Ok(())
+}
 
-    async fn opt_in(
-        &self,
-        customer_id: &str,
-        channel: &str,
-        source: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        let removed = sqlx::query(
-            "DELETE FROM optouts WHERE customer_id = $1 AND channel = $2 AND ($3::TEXT IS NULL OR source = $3)",
-        )
-        .bind(customer_id)
-        .bind(channel)
-        .bind(source)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(removed > 0)
-    }
+super::shared::sql_store!(PostgresStore, Postgres);
 
-    async fn stats(&self, filter: &StatsFilter) -> Result<Stats, StoreError> {
-        use tokio_stream::StreamExt;
-        let mut rows = sqlx::query(
-            "SELECT c.id AS case_id, c.workflow, c.state, c.started_ms, c.updated_ms,
-                    (c.trigger_event::jsonb) -> 'data' ->> 'amount' AS amount,
-                    (c.trigger_event::jsonb) -> 'data' ->> 'currency' AS currency,
-                    d.step_index, d.step, d.channel, d.status, d.sent_ms
-             FROM cases c LEFT JOIN deliveries d ON d.case_id = c.id
-             WHERE ($1::TEXT IS NULL OR c.workflow = $1) AND ($2::BIGINT IS NULL OR c.started_ms >= $2)
-               AND ($3::BIGINT IS NULL OR c.started_ms < $3)
-             ORDER BY c.id",
-        )
-        .bind(filter.workflow.as_deref())
-        .bind(filter.since.map(to_ms))
-        .bind(filter.until.map(to_ms))
-        .fetch(&self.pool);
-        let mut builder = StatsBuilder::default();
-        while let Some(row) = rows.next().await {
-            builder.add(stats_row_from_row(&row?)?);
-        }
-        Ok(builder.finish())
-    }
-
-    async fn customers_by_phone(&self, phone: &str) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT DISTINCT customer_id FROM cases
-             WHERE ((trigger_event::jsonb) -> 'customer' ->> 'phone') = $1 ORDER BY customer_id",
-        )
-        .bind(phone)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn record_report(&self, report: &ProviderReport) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO provider_reports (channel, receipt, status, error_code, rank, updated_ms)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (channel, receipt) DO UPDATE
-             SET status = excluded.status, error_code = excluded.error_code,
-                 rank = excluded.rank, updated_ms = excluded.updated_ms
-             WHERE excluded.rank > provider_reports.rank",
-        )
-        .bind(&report.channel)
-        .bind(&report.receipt)
-        .bind(&report.status)
-        .bind(&report.error_code)
-        .bind(report.rank)
-        .bind(to_ms(report.at))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn list_optouts(
-        &self,
-        customer_id: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<OptOut>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM optouts WHERE ($1::text IS NULL OR customer_id = $1)
-             ORDER BY created_ms DESC, customer_id, channel LIMIT $2",
-        )
-        .bind(customer_id)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(optout_from_row).collect()
-    }
-
-    async fn list_cases(&self, filter: &CaseFilter) -> Result<Vec<Case>, StoreError> {
-        let limit = if filter.limit == 0 { 100 } else { filter.limit };
-        let rows = sqlx::query(
-            "SELECT * FROM cases
-             WHERE ($1::text IS NULL OR workflow = $1) AND ($2::text IS NULL OR state = $2) AND ($3::text IS NULL OR customer_id = $3)
-             ORDER BY started_ms DESC, id DESC LIMIT $4",
-        )
-        .bind(filter.workflow.as_deref())
-        .bind(filter.state.map(CaseState::as_str))
-        .bind(filter.customer.as_deref())
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(case_from_row).collect()
-    }
-
-    async fn get_case(&self, id: &str) -> Result<CaseDetail, StoreError> {
-        let row = sqlx::query("SELECT * FROM cases WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::CaseNotFound(id.to_string()))?;
-        let case = case_from_row(&row)?;
-        let rows =
-            sqlx::query("SELECT d.*, r.status AS report_status, r.error_code AS report_error
-                         FROM deliveries d LEFT JOIN provider_reports r ON r.channel = d.channel AND r.receipt = d.receipt
-                         WHERE d.case_id = $1 ORDER BY d.step_index, d.fallback_for IS NOT NULL, d.channel")
-                .bind(id)
-                .fetch_all(&self.pool)
-                .await?;
-        let deliveries = rows
-            .iter()
-            .map(delivery_from_row)
-            .collect::<Result<_, _>>()?;
-        Ok(CaseDetail { case, deliveries })
-    }
-
-    async fn case_ids_with_prefix(
-        &self,
-        prefix: &str,
-        limit: u32,
-    ) -> Result<Vec<String>, StoreError> {
-        if !super::is_id_prefix(prefix) {
-            return Ok(Vec::new());
-        }
-        let ids = sqlx::query_scalar("SELECT id FROM cases WHERE id LIKE $1 ORDER BY id LIMIT $2")
-            .bind(format!("{prefix}%"))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(ids)
-    }
-
-    async fn case_counts(&self) -> Result<BTreeMap<CaseState, u64>, StoreError> {
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM cases GROUP BY state")
-            .fetch_all(&self.pool)
-            .await?;
-        state_counts(&rows)
-    }
-
-    async fn open_cases_by_workflow(&self) -> Result<BTreeMap<String, u64>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT workflow, COUNT(*) AS n FROM cases WHERE state IN ('active', 'paused') GROUP BY workflow",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        workflow_counts(&rows)
-    }
-
-    async fn workflow_source(&self, version: &str) -> Result<Option<String>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT source FROM workflow_versions WHERE version = $1")
-                .bind(version)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
-    }
-
-    async fn gauges(&self, now: DateTime<Utc>) -> Result<super::Gauges, StoreError> {
-        let rows = sqlx::query(
-            "SELECT workflow, state, COUNT(*) AS n FROM cases GROUP BY workflow, state",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let cases = super::rows::workflow_state_counts(&rows)?;
-        // What the scheduler would claim now if it could (expired leases of
-        // crashed owners aside): the lag an operator alerts on.
-        let (backlog, oldest): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT COUNT(*), MIN(d.planned_ms) FROM deliveries d JOIN cases c ON c.id = d.case_id
-             WHERE d.status IN ('scheduled', 'retrying') AND d.planned_ms <= $1 AND c.state = 'active'",
-        )
-        .bind(to_ms(now))
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(super::Gauges {
-            cases,
-            backlog: backlog.max(0) as u64,
-            oldest_planned: oldest.map(from_ms),
-        })
-    }
+/// The statements of the methods written once in `shared.rs`.
+mod sql {
+    pub const OPEN_CASE: &str =
+        "SELECT id FROM cases WHERE workflow = $1 AND customer_id = $2 AND subject = $3
+         AND state IN ('active', 'paused')";
+    pub const HAS_MIGRATIONS: &str = "SELECT to_regclass('_sqlx_migrations') IS NOT NULL";
+    pub const INSERT_CASE: &str = "INSERT INTO cases (id, workflow, workflow_version, customer_id, subject, state,
+         exit_on, trigger_event_id, trigger_event, started_ms, updated_ms)
+         VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $9)
+         ON CONFLICT (workflow, customer_id, subject) WHERE state IN ('active', 'paused') DO NOTHING";
+    pub const INSERT_EVENTS: &str =
+        "INSERT INTO events (id, type, customer_id, subject, occurred_ms, received_ms, body)
+         SELECT e.id, e.type, e.customer, e.subject, e.occurred_ms, $1, e.body
+         FROM jsonb_to_recordset($2::jsonb)
+              AS e(id text, type text, customer text, subject text, occurred_ms int8, body text)
+         ON CONFLICT (id) DO NOTHING RETURNING id";
+    pub const RECOVER_BATCH: &str =
+        "UPDATE cases SET state = 'recovered', updated_ms = $1, paused_ms = NULL,
+         ended_reason = 'exit event ' || e.id || ' (' || e.type || ')'
+         FROM jsonb_to_recordset($2::jsonb) AS e(id text, type text, customer text, subject text)
+         WHERE cases.customer_id = e.customer AND cases.subject = e.subject
+         AND cases.state IN ('active', 'paused') AND e.type = ANY(cases.exit_on)
+         RETURNING cases.id, cases.customer_id, cases.subject";
+    pub const INSERT_VERSIONS: &str =
+        "INSERT INTO workflow_versions (version, name, source, first_seen_ms)
+         SELECT v.version, v.name, v.source, $1
+         FROM jsonb_to_recordset($2::jsonb) AS v(version text, name text, source text)
+         ON CONFLICT (version) DO NOTHING";
+    pub const RECOVER_CASES: &str = "UPDATE cases SET state = 'recovered', updated_ms = $1, paused_ms = NULL,
+         ended_reason = 'exit event ' || $2 || ' (' || $3 || ')'
+         WHERE customer_id = $4 AND subject = $5 AND state IN ('active', 'paused') AND $3 = ANY(exit_on)
+         RETURNING id";
+    pub const LATER_EXIT: &str = "SELECT id FROM events
+         WHERE customer_id = $1 AND subject = $2 AND occurred_ms > $3 AND type = ANY($4)
+         ORDER BY occurred_ms DESC LIMIT 1";
+    pub const INSERT_VERSION: &str =
+        "INSERT INTO workflow_versions (version, name, source, first_seen_ms)
+         VALUES ($1, $2, $3, $4) ON CONFLICT (version) DO NOTHING";
+    pub const INSERT_EVENT: &str =
+        "INSERT INTO events (id, type, customer_id, subject, occurred_ms, received_ms, body)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING";
+    pub const INSERT_DELIVERY: &str =
+        "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
+         due_ms, planned_ms, idempotency_key, updated_ms, customer_id, critical)
+         VALUES ($1, $2, $3, $4, $5, $6, 'scheduled', $7, $8, $9, $10, $11, $12)";
+    pub const RECENT_SENDS: &str = "SELECT CASE WHEN status = 'sending' THEN $1 ELSE sent_ms END FROM deliveries
+         WHERE customer_id = $2 AND channel = $3
+             AND ((status = 'sent' AND sent_ms > $4) OR (status = 'sending' AND lease_expires_ms > $5))";
+    pub const HOLD: &str = "UPDATE deliveries SET planned_ms = $1, note = $2, lease_owner = NULL, lease_expires_ms = NULL,
+             updated_ms = $3, status = CASE WHEN status = 'sending' THEN 'scheduled' ELSE status END
+         WHERE id = $4";
+    pub const PARK: &str = "UPDATE deliveries SET status = 'failed', lease_owner = NULL, lease_expires_ms = NULL,
+             last_error = 'gave up after ' || attempts || ' claims without an outcome; the daemon stopped during each attempt',
+             updated_ms = $1
+         WHERE id = ANY($2)
+         RETURNING channel";
+    /// One statement for the whole batch, joined on the primary key (a
+    /// per-row UPDATE let the planner pick the partial index of leased
+    /// deliveries and walk every one in flight); the outcomes come as one
+    /// array per column (`rows::OutcomeRow`).
+    pub const COMPLETE: &str = "UPDATE deliveries d SET
+                status = u.status,
+                receipt = CASE WHEN u.status = 'sent' THEN u.receipt ELSE d.receipt END,
+                sent_ms = CASE WHEN u.status = 'sent' THEN $1 ELSE d.sent_ms END,
+                last_error = CASE WHEN u.status = 'sent' THEN NULL
+                                  WHEN u.status IN ('retrying', 'failed') THEN u.text
+                                  ELSE d.last_error END,
+                skip_reason = CASE WHEN u.status = 'skipped' THEN u.text ELSE d.skip_reason END,
+                planned_ms = COALESCE(u.planned_ms, d.planned_ms),
+                attempts = d.attempts - u.unclaim, note = NULL,
+                lease_owner = NULL, lease_expires_ms = NULL, updated_ms = $1
+         FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::int4[])
+              AS u(id, status, receipt, text, planned_ms, unclaim)
+         WHERE d.id = u.id AND d.lease_owner = $2 AND d.status = 'sending'
+         RETURNING d.id, d.case_id";
+    pub const FALLBACK: &str =
+        "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
+                                 due_ms, planned_ms, idempotency_key, updated_ms, fallback_for,
+                                 customer_id, critical)
+         SELECT $1, case_id, step_index, step, $2, $3, 'scheduled', $4, $5,
+                'dunningd-' || case_id || '-' || step_index || '-' || $2, $6, channel,
+                customer_id, critical
+         FROM deliveries WHERE id = $7
+         ON CONFLICT (idempotency_key) DO NOTHING";
+    pub const EXHAUST_CASES: &str =
+        "UPDATE cases SET state = 'exhausted', ended_reason = 'all steps ran', updated_ms = $1
+         WHERE id = ANY($2) AND state = 'active'
+           AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.case_id = cases.id
+                           AND p.status IN ('scheduled', 'sending', 'retrying'))";
+    pub const SKIP_PENDING: &str =
+        "UPDATE deliveries SET status = 'skipped', skip_reason = $1, lease_owner = NULL,
+            lease_expires_ms = NULL, updated_ms = $2
+         WHERE case_id = ANY($3) AND status IN ('scheduled', 'retrying')";
+    pub const RENEW_LEASES: &str = "UPDATE deliveries SET lease_expires_ms = $1
+         WHERE id = ANY($2) AND lease_owner = $3 AND status = 'sending'
+         RETURNING id";
+    pub const NEXT_DUE: &str =
+        "SELECT d.planned_ms FROM deliveries d JOIN cases c ON c.id = d.case_id
+         WHERE d.status IN ('scheduled', 'retrying') AND c.state = 'active'
+         ORDER BY d.planned_ms LIMIT 1";
+    pub const RELEASE_LEASES: &str =
+        "UPDATE deliveries SET status = 'scheduled', lease_owner = NULL, lease_expires_ms = NULL
+         WHERE status = 'sending' AND lease_owner = $1";
+    /// The case an operator's action reads and changes, locked against
+    /// another daemon's action or event until the transaction ends.
+    pub const CASE_TO_CHANGE: &str = "SELECT * FROM cases WHERE id = $1 FOR UPDATE";
+    pub const PAUSE_CASE: &str =
+        "UPDATE cases SET state = 'paused', paused_ms = $1, updated_ms = $1 WHERE id = $2";
+    pub const POSTPONE_PENDING: &str =
+        "UPDATE deliveries SET due_ms = due_ms + $1, planned_ms = planned_ms + $1, updated_ms = $2
+         WHERE case_id = $3 AND status IN ('scheduled', 'retrying')";
+    pub const RESUME_CASE: &str =
+        "UPDATE cases SET state = 'active', paused_ms = NULL, updated_ms = $1 WHERE id = $2";
+    pub const CANCEL_CASE: &str = "UPDATE cases SET state = 'cancelled', paused_ms = NULL, ended_reason = 'cancelled by an operator',
+                updated_ms = $1 WHERE id = $2";
+    pub const OPT_OUT: &str = "INSERT INTO optouts (customer_id, channel, source, reason, created_ms) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (customer_id, channel) DO UPDATE
+         SET source = excluded.source, reason = excluded.reason, created_ms = excluded.created_ms";
+    pub const OPT_IN: &str = "DELETE FROM optouts WHERE customer_id = $1 AND channel = $2 AND ($3::TEXT IS NULL OR source = $3)";
+    pub const STATS: &str =
+        "SELECT c.id AS case_id, c.workflow, c.state, c.started_ms, c.updated_ms,
+                (c.trigger_event::jsonb) -> 'data' ->> 'amount' AS amount,
+                (c.trigger_event::jsonb) -> 'data' ->> 'currency' AS currency,
+                d.step_index, d.step, d.channel, d.status, d.sent_ms
+         FROM cases c LEFT JOIN deliveries d ON d.case_id = c.id
+         WHERE ($1::TEXT IS NULL OR c.workflow = $1) AND ($2::BIGINT IS NULL OR c.started_ms >= $2)
+           AND ($3::BIGINT IS NULL OR c.started_ms < $3)
+         ORDER BY c.id";
+    pub const CUSTOMERS_BY_PHONE: &str = "SELECT DISTINCT customer_id FROM cases
+         WHERE ((trigger_event::jsonb) -> 'customer' ->> 'phone') = $1 ORDER BY customer_id";
+    pub const RECORD_REPORT: &str =
+        "INSERT INTO provider_reports (channel, receipt, status, error_code, rank, updated_ms)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (channel, receipt) DO UPDATE
+         SET status = excluded.status, error_code = excluded.error_code,
+             rank = excluded.rank, updated_ms = excluded.updated_ms
+         WHERE excluded.rank > provider_reports.rank";
+    pub const LIST_OPTOUTS: &str =
+        "SELECT * FROM optouts WHERE ($1::text IS NULL OR customer_id = $1)
+         ORDER BY created_ms DESC, customer_id, channel LIMIT $2";
+    pub const LIST_CASES: &str = "SELECT * FROM cases
+         WHERE ($1::text IS NULL OR workflow = $1) AND ($2::text IS NULL OR state = $2) AND ($3::text IS NULL OR customer_id = $3)
+         ORDER BY started_ms DESC, id DESC LIMIT $4";
+    pub const CASE: &str = "SELECT * FROM cases WHERE id = $1";
+    pub const CASE_DELIVERIES: &str = "SELECT d.*, r.status AS report_status, r.error_code AS report_error
+         FROM deliveries d LEFT JOIN provider_reports r ON r.channel = d.channel AND r.receipt = d.receipt
+         WHERE d.case_id = $1 ORDER BY d.step_index, d.fallback_for IS NOT NULL, d.channel";
+    pub const CASE_IDS_WITH_PREFIX: &str =
+        "SELECT id FROM cases WHERE id LIKE $1 ORDER BY id LIMIT $2";
+    /// What follows the prefix in `CASE_IDS_WITH_PREFIX`'s pattern.
+    pub const ANY_SUFFIX: &str = "%";
+    pub const CASE_COUNTS: &str = "SELECT state, COUNT(*) AS n FROM cases GROUP BY state";
+    pub const OPEN_CASES_BY_WORKFLOW: &str = "SELECT workflow, COUNT(*) AS n FROM cases WHERE state IN ('active', 'paused') GROUP BY workflow";
+    pub const WORKFLOW_SOURCE: &str = "SELECT source FROM workflow_versions WHERE version = $1";
+    pub const CASES_BY_WORKFLOW_AND_STATE: &str =
+        "SELECT workflow, state, COUNT(*) AS n FROM cases GROUP BY workflow, state";
+    pub const BACKLOG: &str =
+        "SELECT COUNT(*), MIN(d.planned_ms) FROM deliveries d JOIN cases c ON c.id = d.case_id
+         WHERE d.status IN ('scheduled', 'retrying') AND d.planned_ms <= $1 AND c.state = 'active'";
 }

@@ -15,29 +15,23 @@
 //! to a process that is gone and is released at once, and only this
 //! process's scheduler claims from the file.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::query::QueryAs;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Database, Row, Sqlite, Transaction};
 
 use super::batch;
-use super::rows::{
-    OutcomeRow, case_from_row, cases_of, claimed_columns, corrupt, decode_claims,
-    delivery_from_row, optout_from_row, state_counts, stats_row_from_row, workflow_counts,
-};
-use super::{
-    CaseAction, ClaimOptions, Claims, Completion, EventPlan, IngestOutcome, ProviderReport, Store,
-    StoreError, check_schema, from_ms, hand_out, idempotency_key, to_ms,
-};
-use crate::model::{Case, CaseDetail, CaseFilter, CaseState, OptOut};
-use crate::stats::{Stats, StatsBuilder, StatsFilter};
+use super::rows::{OutcomeRow, claimed_columns, corrupt, decode_claims};
+use super::shared::Backend;
+use super::{ClaimOptions, Claims, EventPlan, NewCase, StoreError, hand_out, to_ms};
+use crate::model::Event;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -89,19 +83,7 @@ impl SqliteStore {
             .min_connections(1)
             .connect_with(options.clone())
             .await?;
-        let has_migrations: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
-        )
-        .fetch_one(&writer)
-        .await?;
-        if has_migrations {
-            let applied: Option<i64> =
-                sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
-                    .fetch_one(&writer)
-                    .await?;
-            check_schema(applied, &MIGRATOR)?;
-        }
-        MIGRATOR.run(&writer).await?;
+        Self::migrate(&writer, &MIGRATOR).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
@@ -127,144 +109,113 @@ impl SqliteStore {
         Ok(store)
     }
 
+    fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    /// For writes of one statement, which need no transaction of their own.
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
     async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 
-    /// `ingest` for a batch of independent events (`batch::independent`):
-    /// the same rules as the event-by-event path, applied with a fixed
-    /// handful of statements per batch instead of several per event (each
-    /// statement costs a round trip to the connection's thread).
-    async fn ingest_independent(
-        &self,
-        plans: Vec<EventPlan>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<IngestOutcome>, StoreError> {
-        let now_ms = to_ms(now);
-        let events = batch::event_rows(&plans)?;
-        let mut tx = self.write_tx().await?;
-        let inserted: HashSet<String> = sqlx::query_scalar(
-            "INSERT INTO events (id, type, customer_id, subject, occurred_ms, received_ms, body)
-             SELECT value ->> '$.id', value ->> '$.type', value ->> '$.customer', value ->> '$.subject',
-                    value ->> '$.occurred_ms', ?, value ->> '$.body'
-             FROM jsonb_each(?) WHERE true
-             ON CONFLICT (id) DO NOTHING RETURNING id",
+    /// Refuses the batch's starts whose trigger is stale (a later exit event
+    /// was seen) or whose case is already open for the workflow, customer
+    /// and subject; both read after the batch's exits, as event by event.
+    async fn refuse_starts(
+        tx: &mut Transaction<'static, Sqlite>,
+        new: &[&EventPlan],
+        candidates: String,
+        refusals: &mut batch::Refusals,
+    ) -> Result<(), StoreError> {
+        let checks = sqlx::query(
+            "SELECT c.value ->> '$.i' AS i, c.value ->> '$.j' AS j,
+                    (SELECT id FROM events INDEXED BY events_by_subject
+                     WHERE customer_id = c.value ->> '$.customer' AND subject = c.value ->> '$.subject'
+                       AND occurred_ms > c.value ->> '$.occurred_ms'
+                       AND type IN (SELECT value FROM json_each(c.value -> '$.exit_on'))
+                     ORDER BY occurred_ms DESC LIMIT 1) AS later_exit,
+                    (SELECT id FROM cases INDEXED BY cases_one_open
+                     WHERE workflow = c.value ->> '$.workflow' AND customer_id = c.value ->> '$.customer'
+                       AND subject = c.value ->> '$.subject' AND state IN ('active', 'paused')) AS open_case
+             FROM jsonb_each(?) AS c",
         )
-        .bind(now_ms)
-        .bind(events)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
-        let new = batch::newly_recorded(&plans, &inserted);
-
-        // Exits: open cases whose own workflow version lists the event type.
-        // Plans are fixed (CROSS JOIN keeps the batch as the outer loop,
-        // INDEXED BY the lookups): without statistics SQLite might walk
-        // every open case for each event.
-        let recovered = sqlx::query_as(
-            "UPDATE cases SET state = 'recovered', updated_ms = ?1, paused_ms = NULL,
-                    ended_reason = (SELECT 'exit event ' || (e.value ->> '$.id') || ' (' || (e.value ->> '$.type') || ')'
-                                    FROM jsonb_each(?2) AS e
-                                    WHERE e.value ->> '$.customer' = cases.customer_id
-                                      AND e.value ->> '$.subject' = cases.subject)
-             WHERE id IN (SELECT c.id FROM jsonb_each(?2) AS e
-                          CROSS JOIN cases c INDEXED BY cases_open_by_subject
-                          WHERE c.customer_id = e.value ->> '$.customer' AND c.subject = e.value ->> '$.subject'
-                            AND c.state IN ('active', 'paused')
-                            AND EXISTS (SELECT 1 FROM json_each(c.exit_on) WHERE value = e.value ->> '$.type'))
-             RETURNING id, customer_id, subject",
-        )
-        .bind(now_ms)
-        .bind(batch::exit_rows(&new)?)
-        .fetch_all(&mut *tx)
+        .bind(candidates)
+        .fetch_all(&mut **tx)
         .await?;
-        let recovered = batch::Recovered::new(recovered);
-        if !recovered.ids.is_empty() {
-            skip_pending(&mut tx, &json_ids(&recovered.ids), "case recovered", now_ms).await?;
-        }
-
-        // Starts: refused when a later exit event was seen (the trigger is
-        // stale) or a case is already open for the workflow, customer and
-        // subject; both read after the exits above, as event by event.
-        let mut refusals = batch::Refusals::default();
-        if let Some(candidates) = batch::candidate_rows(&new)? {
-            let checks = sqlx::query(
-                "SELECT c.value ->> '$.i' AS i, c.value ->> '$.j' AS j,
-                        (SELECT id FROM events INDEXED BY events_by_subject
-                         WHERE customer_id = c.value ->> '$.customer' AND subject = c.value ->> '$.subject'
-                           AND occurred_ms > c.value ->> '$.occurred_ms'
-                           AND type IN (SELECT value FROM json_each(c.value -> '$.exit_on'))
-                         ORDER BY occurred_ms DESC LIMIT 1) AS later_exit,
-                        (SELECT id FROM cases INDEXED BY cases_one_open
-                         WHERE workflow = c.value ->> '$.workflow' AND customer_id = c.value ->> '$.customer'
-                           AND subject = c.value ->> '$.subject' AND state IN ('active', 'paused')) AS open_case
-                 FROM jsonb_each(?) AS c",
-            )
-            .bind(candidates)
-            .fetch_all(&mut *tx)
-            .await?;
-            for row in &checks {
-                let (i, j) = (
-                    row.try_get::<i64, _>("i")? as usize,
-                    row.try_get::<i64, _>("j")? as usize,
-                );
-                if let Some(exit_id) = row.try_get::<Option<String>, _>("later_exit")? {
-                    refusals.later_exit(&new, i, j, &exit_id);
-                } else if let Some(case_id) = row.try_get::<Option<String>, _>("open_case")? {
-                    refusals.already_open(&new, i, j, &case_id);
-                }
+        for row in &checks {
+            let (i, j) = (
+                row.try_get::<i64, _>("i")? as usize,
+                row.try_get::<i64, _>("j")? as usize,
+            );
+            if let Some(exit_id) = row.try_get::<Option<String>, _>("later_exit")? {
+                refusals.later_exit(new, i, j, &exit_id);
+            } else if let Some(case_id) = row.try_get::<Option<String>, _>("open_case")? {
+                refusals.already_open(new, i, j, &case_id);
             }
         }
+        Ok(())
+    }
 
-        let mut started = BTreeMap::new();
-        if let Some(starts) = batch::Starts::plan(&new, &refusals)? {
-            sqlx::query(
-                "INSERT INTO workflow_versions (version, name, source, first_seen_ms)
-                 SELECT value ->> '$.version', value ->> '$.name', value ->> '$.source', ?
-                 FROM jsonb_each(?) WHERE true
-                 ON CONFLICT (version) DO NOTHING",
-            )
-            .bind(now_ms)
-            .bind(&starts.versions)
-            .execute(&mut *tx)
-            .await?;
-            // The trigger event's body is the one just stored with the event.
-            sqlx::query(
-                "INSERT INTO cases (id, workflow, workflow_version, customer_id, subject, state,
-                                    exit_on, trigger_event_id, trigger_event, started_ms, updated_ms)
-                 SELECT c.value ->> '$.id', c.value ->> '$.workflow', c.value ->> '$.version',
-                        c.value ->> '$.customer', c.value ->> '$.subject', 'active', json(c.value -> '$.exit_on'),
-                        c.value ->> '$.event_id', e.body, ?1, ?1
-                 FROM jsonb_each(?2) AS c CROSS JOIN events e ON e.id = c.value ->> '$.event_id'",
-            )
-            .bind(now_ms)
-            .bind(&starts.cases)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
-                                         due_ms, planned_ms, idempotency_key, updated_ms, customer_id, critical)
-                 SELECT value ->> '$.id', value ->> '$.case_id', value ->> '$.step_index', value ->> '$.step',
-                        value ->> '$.channel', value ->> '$.template', 'scheduled', value ->> '$.due_ms',
-                        value ->> '$.planned_ms', value ->> '$.key', ?, value ->> '$.customer',
-                        value ->> '$.critical'
-                 FROM jsonb_each(?)",
-            )
-            .bind(now_ms)
-            .bind(&starts.deliveries)
-            .execute(&mut *tx)
-            .await?;
-            started = starts.ids;
+    /// Starts the batch's cases (none is refused here: `refuse_starts` read
+    /// for open cases, and this daemon is the file's only writer).
+    async fn start_cases(
+        tx: &mut Transaction<'static, Sqlite>,
+        _new: &[&EventPlan],
+        starts: batch::Starts,
+        _refusals: &mut batch::Refusals,
+        now_ms: i64,
+    ) -> Result<BTreeMap<(usize, usize), String>, StoreError> {
+        // The trigger event's body is the one just stored with the event.
+        sqlx::query(
+            "INSERT INTO cases (id, workflow, workflow_version, customer_id, subject, state,
+                                exit_on, trigger_event_id, trigger_event, started_ms, updated_ms)
+             SELECT c.value ->> '$.id', c.value ->> '$.workflow', c.value ->> '$.version',
+                    c.value ->> '$.customer', c.value ->> '$.subject', 'active', json(c.value -> '$.exit_on'),
+                    c.value ->> '$.event_id', e.body, ?1, ?1
+             FROM jsonb_each(?2) AS c CROSS JOIN events e ON e.id = c.value ->> '$.event_id'",
+        )
+        .bind(now_ms)
+        .bind(&starts.cases)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
+                                     due_ms, planned_ms, idempotency_key, updated_ms, customer_id, critical)
+             SELECT value ->> '$.id', value ->> '$.case_id', value ->> '$.step_index', value ->> '$.step',
+                    value ->> '$.channel', value ->> '$.template', 'scheduled', value ->> '$.due_ms',
+                    value ->> '$.planned_ms', value ->> '$.key', ?, value ->> '$.customer',
+                    value ->> '$.critical'
+             FROM jsonb_each(?)",
+        )
+        .bind(now_ms)
+        .bind(&starts.deliveries)
+        .execute(&mut **tx)
+        .await?;
+        Ok(starts.ids)
+    }
+
+    /// Starts one case of an event, unless a case is already open for its
+    /// workflow, customer and subject: then returns that case's id. This
+    /// daemon is the file's only writer, so reading first is enough.
+    async fn start_case(
+        tx: &mut Transaction<'static, Sqlite>,
+        case_id: &str,
+        start: &NewCase,
+        event: &Event,
+        body: &str,
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let open = Self::open_case(tx, start, event).await?;
+        if open.is_some() {
+            return Ok(open);
         }
-        tx.commit().await?;
-        Ok(batch::outcomes(
-            plans,
-            &inserted,
-            recovered.by_key,
-            refusals,
-            started,
-        ))
+        Self::record_version(tx, start, now_ms).await?;
+        Self::insert_case(tx, case_id, start, event, body, now_ms).await?;
+        Ok(None)
     }
 }
 
@@ -287,194 +238,24 @@ fn lock_database(path: &Path) -> Result<std::fs::File, StoreError> {
     }
 }
 
-fn json_ids<S: serde::Serialize>(ids: &[S]) -> String {
-    serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_string())
-}
-
-/// Marks the still-pending deliveries of the given cases skipped.
-async fn skip_pending(
-    tx: &mut Transaction<'static, Sqlite>,
-    case_ids_json: &str,
-    reason: &str,
-    now_ms: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE deliveries SET status = 'skipped', skip_reason = ?, lease_owner = NULL,
-                lease_expires_ms = NULL, updated_ms = ?
-         WHERE case_id IN (SELECT value FROM json_each(?))
-           AND status IN ('scheduled', 'retrying')",
-    )
-    .bind(reason)
-    .bind(now_ms)
-    .bind(case_ids_json)
-    .execute(&mut **tx)
-    .await?;
+/// Work is announced to other daemons on the same database; a SQLite file
+/// has one daemon, so there is nobody to tell.
+async fn announce_work(_tx: &mut Transaction<'static, Sqlite>) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// An id list as SQLite binds it: a JSON array, read with `json_each`.
+fn id_list<S: serde::Serialize>(ids: &[S]) -> String {
+    serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_string())
+}
+
+/// A case's exit event types as SQLite binds them: a JSON array.
+fn exit_list(exit_on: &[String]) -> Result<String, StoreError> {
+    serde_json::to_string(exit_on).map_err(|e| corrupt("cases", e))
+}
+
 #[async_trait]
-impl Store for SqliteStore {
-    async fn ingest(
-        &self,
-        plans: Vec<EventPlan>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<IngestOutcome>, StoreError> {
-        if batch::independent(&plans) {
-            return self.ingest_independent(plans, now).await;
-        }
-        let now_ms = to_ms(now);
-        let mut tx = self.write_tx().await?;
-        let mut outcomes = Vec::with_capacity(plans.len());
-        for plan in plans {
-            let event = &plan.event;
-            let mut outcome = IngestOutcome {
-                event_id: event.id.clone(),
-                notes: plan.notes.clone(),
-                ..Default::default()
-            };
-            let body = serde_json::to_string(event).map_err(|e| corrupt("events", e))?;
-            let inserted = sqlx::query(
-                "INSERT INTO events (id, type, customer_id, subject, occurred_ms, received_ms, body)
-                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(&event.id)
-            .bind(&event.event_type)
-            .bind(&event.customer.id)
-            .bind(&event.subject)
-            .bind(to_ms(plan.occurred_at))
-            .bind(now_ms)
-            .bind(&body)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
-                outcome.duplicate = true;
-                outcome.notes.clear();
-                outcomes.push(outcome);
-                continue;
-            }
-
-            // Exits: every open case for this customer and subject whose own
-            // workflow version lists this event type in exit_on.
-            let recovered: Vec<String> = sqlx::query_scalar(
-                "UPDATE cases SET state = 'recovered', updated_ms = ?, paused_ms = NULL,
-                        ended_reason = 'exit event ' || ? || ' (' || ? || ')'
-                 WHERE customer_id = ? AND subject = ? AND state IN ('active', 'paused')
-                   AND EXISTS (SELECT 1 FROM json_each(cases.exit_on) WHERE value = ?)
-                 RETURNING id",
-            )
-            .bind(now_ms)
-            .bind(&event.id)
-            .bind(&event.event_type)
-            .bind(&event.customer.id)
-            .bind(&event.subject)
-            .bind(&event.event_type)
-            .fetch_all(&mut *tx)
-            .await?;
-            if !recovered.is_empty() {
-                skip_pending(&mut tx, &json_ids(&recovered), "case recovered", now_ms).await?;
-                outcome.cases_recovered = recovered;
-            }
-
-            for start in plan.starts {
-                // A later exit event already seen (webhooks arrive out of
-                // order) means this trigger is stale: the customer has paid.
-                let exit_on =
-                    serde_json::to_string(&start.exit_on).map_err(|e| corrupt("cases", e))?;
-                let later_exit: Option<String> = sqlx::query_scalar(
-                    "SELECT id FROM events
-                     WHERE customer_id = ? AND subject = ? AND occurred_ms > ?
-                       AND type IN (SELECT value FROM json_each(?))
-                     ORDER BY occurred_ms DESC LIMIT 1",
-                )
-                .bind(&event.customer.id)
-                .bind(&event.subject)
-                .bind(to_ms(plan.occurred_at))
-                .bind(&exit_on)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if let Some(exit_id) = later_exit {
-                    outcome.notes.push(format!(
-                        "workflow '{}': no case started, exit event '{exit_id}' occurred later",
-                        start.workflow
-                    ));
-                    continue;
-                }
-                let open: Option<String> = sqlx::query_scalar(
-                    "SELECT id FROM cases
-                     WHERE workflow = ? AND customer_id = ? AND subject = ? AND state IN ('active', 'paused')",
-                )
-                .bind(&start.workflow)
-                .bind(&event.customer.id)
-                .bind(&event.subject)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if let Some(case_id) = open {
-                    outcome.notes.push(format!(
-                        "workflow '{}': no case started, case '{case_id}' is already open for this customer and subject",
-                        start.workflow
-                    ));
-                    continue;
-                }
-
-                sqlx::query(
-                    "INSERT INTO workflow_versions (version, name, source, first_seen_ms)
-                     VALUES (?, ?, ?, ?) ON CONFLICT (version) DO NOTHING",
-                )
-                .bind(&start.workflow_version)
-                .bind(&start.workflow)
-                .bind(&start.workflow_source)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?;
-
-                let case_id = uuid::Uuid::now_v7().to_string();
-                sqlx::query(
-                    "INSERT INTO cases (id, workflow, workflow_version, customer_id, subject, state,
-                                        exit_on, trigger_event_id, trigger_event, started_ms, updated_ms)
-                     VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?)",
-                )
-                .bind(&case_id)
-                .bind(&start.workflow)
-                .bind(&start.workflow_version)
-                .bind(&event.customer.id)
-                .bind(&event.subject)
-                .bind(&exit_on)
-                .bind(&event.id)
-                .bind(&body)
-                .bind(now_ms)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await?;
-                for d in &start.deliveries {
-                    sqlx::query(
-                        "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
-                                                 due_ms, planned_ms, idempotency_key, updated_ms, customer_id, critical)
-                         VALUES (?, ?, ?, ?, ?, ?, 'scheduled', ?, ?, ?, ?, ?, ?)",
-                    )
-                    .bind(uuid::Uuid::now_v7().to_string())
-                    .bind(&case_id)
-                    .bind(d.step_index as i64)
-                    .bind(&d.step)
-                    .bind(&d.channel)
-                    .bind(&d.template)
-                    .bind(to_ms(d.due_at))
-                    .bind(to_ms(d.planned_at))
-                    .bind(idempotency_key(&case_id, d.step_index, &d.channel))
-                    .bind(now_ms)
-                    .bind(&event.customer.id)
-                    .bind(i64::from(d.critical))
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                outcome.cases_started.push(case_id);
-            }
-            outcomes.push(outcome);
-        }
-        tx.commit().await?;
-        Ok(outcomes)
-    }
-
+impl Backend for SqliteStore {
     async fn claim_due(
         &self,
         now: DateTime<Utc>,
@@ -521,89 +302,12 @@ impl Store for SqliteStore {
             read.commit().await?;
             return Ok(Claims::default());
         }
-        let mut claim = Vec::new();
-        let mut claimed = Vec::with_capacity(rows.len());
-        let mut park = Vec::new();
-        // Frequency caps: each customer's recent sends per capped channel
-        // (in-flight ones count as now), read once per batch.
-        let mut recent: HashMap<(String, String), Vec<i64>> = HashMap::new();
-        let mut held = Vec::new();
-        for row in &rows {
-            let id: String = row.try_get("id")?;
-            // This claim's number: the attempts before it, plus one.
-            let attempt: i64 = row.try_get("attempts")?;
-            if attempt > options.max_claims as i64 {
-                park.push(id);
-                continue;
-            }
-            let channel: String = row.try_get("channel")?;
-            let customer: Option<String> = row.try_get("customer_id")?;
-            let critical: i64 = row.try_get("critical")?;
-            if let (Some(cap), Some(customer), 0) = (options.caps.get(&channel), customer, critical)
-            {
-                let times = match recent.entry((customer, channel.clone())) {
-                    Entry::Occupied(known) => known.into_mut(),
-                    Entry::Vacant(first) => {
-                        let (customer, channel) = first.key();
-                        let times: Vec<i64> = sqlx::query_scalar(
-                            "SELECT CASE WHEN status = 'sending' THEN ? ELSE sent_ms END FROM deliveries
-                             WHERE customer_id = ? AND channel = ?
-                               AND ((status = 'sent' AND sent_ms > ?) OR (status = 'sending' AND lease_expires_ms > ?))",
-                        )
-                        .bind(now_ms)
-                        .bind(customer)
-                        .bind(channel)
-                        .bind(now_ms - cap.per.as_millis() as i64)
-                        .bind(wall_ms)
-                        .fetch_all(&mut *read)
-                        .await?;
-                        first.insert(times)
-                    }
-                };
-                if let Some(until) = cap.next_allowed(times, now_ms) {
-                    held.push((id, until, cap.note(&channel, until)));
-                    continue;
-                }
-            }
-            claim.push(id);
-            claimed.push(row);
-        }
+        let sorted = Self::sort_candidates(&mut read, &rows, now_ms, wall_ms, options).await?;
         read.commit().await?;
 
         let mut tx = self.write_tx().await?;
-        for (id, until, note) in &held {
-            sqlx::query(
-                "UPDATE deliveries SET planned_ms = ?, note = ?, lease_owner = NULL, lease_expires_ms = NULL,
-                        updated_ms = ?, status = CASE WHEN status = 'sending' THEN 'scheduled' ELSE status END
-                 WHERE id = ? AND status IN ('scheduled', 'retrying', 'sending')",
-            )
-            .bind(until)
-            .bind(note)
-            .bind(now_ms)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let mut given_up: Vec<String> = Vec::new();
-        if !park.is_empty() {
-            tracing::error!(
-                deliveries = park.len(),
-                max_claims = options.max_claims,
-                "parking deliveries claimed too often without an outcome (did a plugin crash the daemon?)"
-            );
-            given_up = sqlx::query_scalar(
-                "UPDATE deliveries SET status = 'failed', lease_owner = NULL, lease_expires_ms = NULL,
-                        last_error = 'gave up after ' || attempts || ' claims without an outcome; the daemon stopped during each attempt',
-                        updated_ms = ?
-                 WHERE id IN (SELECT value FROM json_each(?)) AND status IN ('scheduled', 'retrying', 'sending')
-                 RETURNING channel",
-            )
-            .bind(now_ms)
-            .bind(json_ids(&park))
-            .fetch_all(&mut *tx)
-            .await?;
-        }
-        let taken: HashSet<String> = if claim.is_empty() {
+        let given_up = Self::hold_and_park(&mut tx, &sorted, now_ms, options).await?;
+        let taken: HashSet<String> = if sorted.claim.is_empty() {
             HashSet::new()
         } else {
             // The same conditions as the candidates' read, checked again
@@ -620,7 +324,7 @@ impl Store for SqliteStore {
             .bind(&options.owner)
             .bind(lease_ms)
             .bind(now_ms)
-            .bind(json_ids(&claim))
+            .bind(id_list(&sorted.claim))
             .bind(wall_ms)
             .fetch_all(&mut *tx)
             .await?
@@ -632,445 +336,208 @@ impl Store for SqliteStore {
             row.try_get::<&str, _>("id")
                 .is_ok_and(|id| taken.contains(id))
         };
-        let claimed = claimed.into_iter().filter(still_claimable).collect();
+        let claimed = sorted.claimed.into_iter().filter(still_claimable).collect();
         hand_out(self, &options.owner, decode_claims(claimed)?, given_up, now).await
     }
+}
 
-    async fn complete(
-        &self,
-        owner: &str,
-        results: Vec<(String, Completion)>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<String>, StoreError> {
-        let now_ms = to_ms(now);
-        let mut tx = self.write_tx().await?;
-        // One statement for the whole batch, keyed by the primary key.
-        let rows: Vec<OutcomeRow> = results
-            .iter()
-            .map(|(id, completion)| OutcomeRow::new(id, completion))
-            .collect();
-        let rows = serde_json::to_string(&rows).map_err(|e| corrupt("deliveries", e))?;
-        let done: Vec<(String, String)> = sqlx::query_as(
-            "UPDATE deliveries SET
-                    status = u.status,
-                    receipt = CASE WHEN u.status = 'sent' THEN u.receipt ELSE deliveries.receipt END,
-                    sent_ms = CASE WHEN u.status = 'sent' THEN ?1 ELSE deliveries.sent_ms END,
-                    last_error = CASE WHEN u.status = 'sent' THEN NULL
-                                      WHEN u.status IN ('retrying', 'failed') THEN u.text
-                                      ELSE deliveries.last_error END,
-                    skip_reason = CASE WHEN u.status = 'skipped' THEN u.text ELSE deliveries.skip_reason END,
-                    planned_ms = COALESCE(u.planned_ms, deliveries.planned_ms),
-                    attempts = deliveries.attempts - u.unclaim, note = NULL,
-                    lease_owner = NULL, lease_expires_ms = NULL, updated_ms = ?1
-             FROM (SELECT value ->> '$.id' AS id, value ->> '$.status' AS status,
-                          value ->> '$.receipt' AS receipt, value ->> '$.text' AS text,
-                          value ->> '$.planned_ms' AS planned_ms, value ->> '$.unclaim' AS unclaim
-                   FROM jsonb_each(?2)) AS u
-             WHERE deliveries.id = u.id AND deliveries.lease_owner = ?3 AND deliveries.status = 'sending'
-             RETURNING deliveries.id, deliveries.case_id",
-        )
-        .bind(now_ms)
-        .bind(&rows)
-        .bind(owner)
-        .fetch_all(&mut *tx)
-        .await?;
-        let recorded: HashSet<&String> = done.iter().map(|(id, _)| id).collect();
-        let mut lost = Vec::new();
-        for (id, completion) in &results {
-            if !recorded.contains(id) {
-                lost.push(id.clone());
-                continue;
-            }
-            if let Completion::Failed {
-                fallback: Some(follow),
-                ..
-            }
-            | Completion::Skipped {
-                fallback: Some(follow),
-                ..
-            } = completion
-            {
-                // Once per (case, step, channel): the key is unique.
-                sqlx::query(
-                    "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
-                                             due_ms, planned_ms, idempotency_key, updated_ms, fallback_for,
-                                             customer_id, critical)
-                     SELECT ?, case_id, step_index, step, ?, ?, 'scheduled', ?, ?,
-                            'dunningd-' || case_id || '-' || step_index || '-' || ?, ?, channel,
-                            customer_id, critical
-                     FROM deliveries WHERE id = ?
-                     ON CONFLICT (idempotency_key) DO NOTHING",
-                )
-                .bind(uuid::Uuid::now_v7().to_string())
-                .bind(&follow.channel)
-                .bind(&follow.template)
-                .bind(to_ms(follow.due_at))
-                .bind(to_ms(follow.planned_at))
-                .bind(&follow.channel)
-                .bind(now_ms)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        // A case whose every delivery is final, and that nobody ended
-        // otherwise, ran all its steps without a recovery. The unary `+`
-        // keeps `state` out of the plan: without statistics SQLite would
-        // walk `cases_by_state` (every active case) and test each against
-        // the batch, instead of looking up the batch's cases by key.
-        if !done.is_empty() {
-            sqlx::query(
-                "UPDATE cases SET state = 'exhausted', ended_reason = 'all steps ran', updated_ms = ?
-                 WHERE id IN (SELECT value FROM json_each(?))
-                   AND +state = 'active'
-                   AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.case_id = cases.id
-                                   AND p.status IN ('scheduled', 'sending', 'retrying'))",
-            )
-            .bind(now_ms)
-            .bind(json_ids(&cases_of(&done)))
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(lost)
-    }
+/// Binds a batch of outcomes to `sql::COMPLETE`: one JSON array.
+fn bind_outcomes<'q, O>(
+    query: QueryAs<'q, Sqlite, O, <Sqlite as Database>::Arguments>,
+    rows: &[OutcomeRow<'q>],
+) -> Result<QueryAs<'q, Sqlite, O, <Sqlite as Database>::Arguments>, StoreError> {
+    let rows = serde_json::to_string(rows).map_err(|e| corrupt("deliveries", e))?;
+    Ok(query.bind(rows))
+}
 
-    async fn renew_leases(
-        &self,
-        owner: &str,
-        ids: &[String],
-        lease: Duration,
-    ) -> Result<Vec<String>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut tx = self.write_tx().await?;
-        let renewed = sqlx::query_scalar(
-            "UPDATE deliveries SET lease_expires_ms = ?
-             WHERE id IN (SELECT value FROM json_each(?)) AND lease_owner = ? AND status = 'sending'
-             RETURNING id",
-        )
-        .bind(to_ms(Utc::now()) + lease.as_millis() as i64)
-        .bind(json_ids(ids))
-        .bind(owner)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(renewed)
-    }
+/// Claims for one customer and channel take turns on PostgreSQL; here this
+/// daemon is the only one that claims from its file.
+async fn lock_cap(
+    _tx: &mut Transaction<'static, Sqlite>,
+    _customer: &str,
+    _channel: &str,
+) -> Result<(), StoreError> {
+    Ok(())
+}
 
-    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        // In planned order along the partial index, stopping at the first
-        // delivery of an active case.
-        let next: Option<i64> = sqlx::query_scalar(
-            "SELECT d.planned_ms FROM deliveries d INDEXED BY deliveries_pending JOIN cases c ON c.id = d.case_id
-             WHERE d.status IN ('scheduled', 'retrying') AND c.state = 'active'
-             ORDER BY d.planned_ms LIMIT 1",
-        )
-        .fetch_optional(&self.reader)
-        .await?;
-        Ok(next.map(from_ms))
-    }
+super::shared::sql_store!(SqliteStore, Sqlite);
 
-    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
-        let mut tx = self.write_tx().await?;
-        // The attempt keeps counting: the plugin may have been called.
-        let released = sqlx::query(
-            "UPDATE deliveries SET status = 'scheduled', lease_owner = NULL, lease_expires_ms = NULL
-             WHERE status = 'sending' AND lease_owner = ?",
-        )
-        .bind(owner)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok(released)
-    }
-
-    async fn case_action(
-        &self,
-        id: &str,
-        action: CaseAction,
-        now: DateTime<Utc>,
-    ) -> Result<Case, StoreError> {
-        let now_ms = to_ms(now);
-        let mut tx = self.write_tx().await?;
-        let row = sqlx::query("SELECT * FROM cases WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::CaseNotFound(id.to_string()))?;
-        let case = case_from_row(&row)?;
-        let refuse = || StoreError::InvalidTransition {
-            id: id.to_string(),
-            state: case.state,
-            action: action.verb(),
-        };
-        match (action, case.state) {
-            (CaseAction::Pause, CaseState::Active) => {
-                sqlx::query(
-                    "UPDATE cases SET state = 'paused', paused_ms = ?, updated_ms = ? WHERE id = ?",
-                )
-                .bind(now_ms)
-                .bind(now_ms)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            (CaseAction::Resume, CaseState::Paused) => {
-                // The sequence continues where it stopped: pending steps move
-                // later by the time the case spent paused.
-                let paused_for = now_ms - case.paused_at.map(to_ms).unwrap_or(now_ms);
-                sqlx::query(
-                    "UPDATE deliveries SET due_ms = due_ms + ?, planned_ms = planned_ms + ?, updated_ms = ?
-                     WHERE case_id = ? AND status IN ('scheduled', 'retrying')",
-                )
-                .bind(paused_for.max(0))
-                .bind(paused_for.max(0))
-                .bind(now_ms)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("UPDATE cases SET state = 'active', paused_ms = NULL, updated_ms = ? WHERE id = ?")
-                    .bind(now_ms)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            (CaseAction::Cancel, CaseState::Active | CaseState::Paused) => {
-                sqlx::query(
-                    "UPDATE cases SET state = 'cancelled', paused_ms = NULL, ended_reason = 'cancelled by an operator',
-                            updated_ms = ? WHERE id = ?",
-                )
-                .bind(now_ms)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                skip_pending(
-                    &mut tx,
-                    &json_ids(&[id.to_string()]),
-                    "case cancelled",
-                    now_ms,
-                )
-                .await?;
-            }
-            (CaseAction::Pause | CaseAction::Resume | CaseAction::Cancel, _) => {
-                return Err(refuse());
-            }
-        }
-        let row = sqlx::query("SELECT * FROM cases WHERE id = ?")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let updated = case_from_row(&row)?;
-        tx.commit().await?;
-        Ok(updated)
-    }
-
-    async fn opt_out(&self, optout: &OptOut) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO optouts (customer_id, channel, source, reason, created_ms) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (customer_id, channel) DO UPDATE
-             SET source = excluded.source, reason = excluded.reason, created_ms = excluded.created_ms",
-        )
-        .bind(&optout.customer_id)
-        .bind(&optout.channel)
-        .bind(&optout.source)
-        .bind(&optout.reason)
-        .bind(to_ms(optout.created_at))
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
-    async fn opt_in(
-        &self,
-        customer_id: &str,
-        channel: &str,
-        source: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        let removed = sqlx::query(
-            "DELETE FROM optouts WHERE customer_id = ? AND channel = ? AND (? IS NULL OR source = ?)",
-        )
-        .bind(customer_id)
-        .bind(channel)
-        .bind(source)
-        .bind(source)
-        .execute(&self.writer)
-        .await?
-        .rows_affected();
-        Ok(removed > 0)
-    }
-
-    async fn stats(&self, filter: &StatsFilter) -> Result<Stats, StoreError> {
-        use tokio_stream::StreamExt;
-        let mut rows = sqlx::query(
-            "SELECT c.id AS case_id, c.workflow, c.state, c.started_ms, c.updated_ms,
-                    CAST(json_extract(c.trigger_event, '$.data.amount') AS TEXT) AS amount,
-                    CAST(json_extract(c.trigger_event, '$.data.currency') AS TEXT) AS currency,
-                    d.step_index, d.step, d.channel, d.status, d.sent_ms
-             FROM cases c LEFT JOIN deliveries d ON d.case_id = c.id
-             WHERE (?1 IS NULL OR c.workflow = ?1) AND (?2 IS NULL OR c.started_ms >= ?2)
-               AND (?3 IS NULL OR c.started_ms < ?3)
-             ORDER BY c.id",
-        )
-        .bind(filter.workflow.as_deref())
-        .bind(filter.since.map(to_ms))
-        .bind(filter.until.map(to_ms))
-        .fetch(&self.reader);
-        let mut builder = StatsBuilder::default();
-        while let Some(row) = rows.next().await {
-            builder.add(stats_row_from_row(&row?)?);
-        }
-        Ok(builder.finish())
-    }
-
-    async fn customers_by_phone(&self, phone: &str) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT DISTINCT customer_id FROM cases
-             WHERE json_extract(trigger_event, '$.customer.phone') = ? ORDER BY customer_id",
-        )
-        .bind(phone)
-        .fetch_all(&self.reader)
-        .await?)
-    }
-
-    async fn record_report(&self, report: &ProviderReport) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO provider_reports (channel, receipt, status, error_code, rank, updated_ms)
-             VALUES (?, ?, ?, ?, ?, ?)
-             ON CONFLICT (channel, receipt) DO UPDATE
-             SET status = excluded.status, error_code = excluded.error_code,
-                 rank = excluded.rank, updated_ms = excluded.updated_ms
-             WHERE excluded.rank > provider_reports.rank",
-        )
-        .bind(&report.channel)
-        .bind(&report.receipt)
-        .bind(&report.status)
-        .bind(&report.error_code)
-        .bind(report.rank)
-        .bind(to_ms(report.at))
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
-    async fn list_optouts(
-        &self,
-        customer_id: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<OptOut>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM optouts WHERE (?1 IS NULL OR customer_id = ?1)
-             ORDER BY created_ms DESC, customer_id, channel LIMIT ?2",
-        )
-        .bind(customer_id)
-        .bind(limit as i64)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(optout_from_row).collect()
-    }
-
-    async fn list_cases(&self, filter: &CaseFilter) -> Result<Vec<Case>, StoreError> {
-        let limit = if filter.limit == 0 { 100 } else { filter.limit };
-        let rows = sqlx::query(
-            "SELECT * FROM cases
-             WHERE (?1 IS NULL OR workflow = ?1) AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR customer_id = ?3)
-             ORDER BY started_ms DESC, id DESC LIMIT ?4",
-        )
-        .bind(filter.workflow.as_deref())
-        .bind(filter.state.map(CaseState::as_str))
-        .bind(filter.customer.as_deref())
-        .bind(limit as i64)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(case_from_row).collect()
-    }
-
-    async fn get_case(&self, id: &str) -> Result<CaseDetail, StoreError> {
-        let row = sqlx::query("SELECT * FROM cases WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?
-            .ok_or_else(|| StoreError::CaseNotFound(id.to_string()))?;
-        let case = case_from_row(&row)?;
-        let rows =
-            sqlx::query("SELECT d.*, r.status AS report_status, r.error_code AS report_error
-                         FROM deliveries d LEFT JOIN provider_reports r ON r.channel = d.channel AND r.receipt = d.receipt
-                         WHERE d.case_id = ? ORDER BY d.step_index, d.fallback_for IS NOT NULL, d.channel")
-                .bind(id)
-                .fetch_all(&self.reader)
-                .await?;
-        let deliveries = rows
-            .iter()
-            .map(delivery_from_row)
-            .collect::<Result<_, _>>()?;
-        Ok(CaseDetail { case, deliveries })
-    }
-
-    async fn case_ids_with_prefix(
-        &self,
-        prefix: &str,
-        limit: u32,
-    ) -> Result<Vec<String>, StoreError> {
-        if !super::is_id_prefix(prefix) {
-            return Ok(Vec::new());
-        }
-        // GLOB, not LIKE: it is case-sensitive, so SQLite can range-scan the
-        // primary key for a bound pattern with a fixed prefix.
-        let ids = sqlx::query_scalar("SELECT id FROM cases WHERE id GLOB ?1 ORDER BY id LIMIT ?2")
-            .bind(format!("{prefix}*"))
-            .bind(i64::from(limit))
-            .fetch_all(&self.reader)
-            .await?;
-        Ok(ids)
-    }
-
-    async fn case_counts(&self) -> Result<BTreeMap<CaseState, u64>, StoreError> {
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM cases GROUP BY state")
-            .fetch_all(&self.reader)
-            .await?;
-        state_counts(&rows)
-    }
-
-    async fn open_cases_by_workflow(&self) -> Result<BTreeMap<String, u64>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT workflow, COUNT(*) AS n FROM cases WHERE state IN ('active', 'paused') GROUP BY workflow",
-        )
-        .fetch_all(&self.reader)
-        .await?;
-        workflow_counts(&rows)
-    }
-
-    async fn workflow_source(&self, version: &str) -> Result<Option<String>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT source FROM workflow_versions WHERE version = ?")
-                .bind(version)
-                .fetch_optional(&self.reader)
-                .await?,
-        )
-    }
-
-    async fn gauges(&self, now: DateTime<Utc>) -> Result<super::Gauges, StoreError> {
-        let rows = sqlx::query(
-            "SELECT workflow, state, COUNT(*) AS n FROM cases GROUP BY workflow, state",
-        )
-        .fetch_all(&self.reader)
-        .await?;
-        let cases = super::rows::workflow_state_counts(&rows)?;
-        // What the scheduler would claim now if it could (expired leases of
-        // crashed owners aside): the lag an operator alerts on.
-        let (backlog, oldest): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT COUNT(*), MIN(d.planned_ms) FROM deliveries d JOIN cases c ON c.id = d.case_id
-             WHERE d.status IN ('scheduled', 'retrying') AND d.planned_ms <= ? AND c.state = 'active'",
-        )
-        .bind(to_ms(now))
-        .fetch_one(&self.reader)
-        .await?;
-        Ok(super::Gauges {
-            cases,
-            backlog: backlog.max(0) as u64,
-            oldest_planned: oldest.map(from_ms),
-        })
-    }
+/// The statements of the methods written once in `shared.rs`.
+mod sql {
+    pub const OPEN_CASE: &str = "SELECT id FROM cases
+         WHERE workflow = ? AND customer_id = ? AND subject = ? AND state IN ('active', 'paused')";
+    pub const HAS_MIGRATIONS: &str = "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')";
+    pub const INSERT_CASE: &str =
+        "INSERT INTO cases (id, workflow, workflow_version, customer_id, subject, state,
+         exit_on, trigger_event_id, trigger_event, started_ms, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7, ?8, ?9, ?9)";
+    pub const INSERT_EVENTS: &str =
+        "INSERT INTO events (id, type, customer_id, subject, occurred_ms, received_ms, body)
+         SELECT value ->> '$.id', value ->> '$.type', value ->> '$.customer', value ->> '$.subject',
+                value ->> '$.occurred_ms', ?, value ->> '$.body'
+         FROM jsonb_each(?) WHERE true
+         ON CONFLICT (id) DO NOTHING RETURNING id";
+    // Exits: open cases whose own workflow version lists the event type.
+    // Plans are fixed (CROSS JOIN keeps the batch as the outer loop,
+    // INDEXED BY the lookups): without statistics SQLite might walk
+    // every open case for each event.
+    pub const RECOVER_BATCH: &str = "UPDATE cases SET state = 'recovered', updated_ms = ?1, paused_ms = NULL,
+         ended_reason = (SELECT 'exit event ' || (e.value ->> '$.id') || ' (' || (e.value ->> '$.type') || ')'
+                         FROM jsonb_each(?2) AS e
+                         WHERE e.value ->> '$.customer' = cases.customer_id
+                           AND e.value ->> '$.subject' = cases.subject)
+         WHERE id IN (SELECT c.id FROM jsonb_each(?2) AS e
+                      CROSS JOIN cases c INDEXED BY cases_open_by_subject
+                      WHERE c.customer_id = e.value ->> '$.customer' AND c.subject = e.value ->> '$.subject'
+                        AND c.state IN ('active', 'paused')
+                        AND EXISTS (SELECT 1 FROM json_each(c.exit_on) WHERE value = e.value ->> '$.type'))
+         RETURNING id, customer_id, subject";
+    pub const INSERT_VERSIONS: &str =
+        "INSERT INTO workflow_versions (version, name, source, first_seen_ms)
+         SELECT value ->> '$.version', value ->> '$.name', value ->> '$.source', ?
+         FROM jsonb_each(?) WHERE true
+         ON CONFLICT (version) DO NOTHING";
+    pub const RECOVER_CASES: &str =
+        "UPDATE cases SET state = 'recovered', updated_ms = ?1, paused_ms = NULL,
+         ended_reason = 'exit event ' || ?2 || ' (' || ?3 || ')'
+         WHERE customer_id = ?4 AND subject = ?5 AND state IN ('active', 'paused')
+           AND EXISTS (SELECT 1 FROM json_each(cases.exit_on) WHERE value = ?3)
+         RETURNING id";
+    pub const LATER_EXIT: &str = "SELECT id FROM events
+         WHERE customer_id = ? AND subject = ? AND occurred_ms > ?
+         AND type IN (SELECT value FROM json_each(?))
+         ORDER BY occurred_ms DESC LIMIT 1";
+    pub const INSERT_VERSION: &str =
+        "INSERT INTO workflow_versions (version, name, source, first_seen_ms)
+         VALUES (?, ?, ?, ?) ON CONFLICT (version) DO NOTHING";
+    pub const INSERT_EVENT: &str =
+        "INSERT INTO events (id, type, customer_id, subject, occurred_ms, received_ms, body)
+         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING";
+    pub const INSERT_DELIVERY: &str =
+        "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
+         due_ms, planned_ms, idempotency_key, updated_ms, customer_id, critical)
+         VALUES (?, ?, ?, ?, ?, ?, 'scheduled', ?, ?, ?, ?, ?, ?)";
+    pub const RECENT_SENDS: &str = "SELECT CASE WHEN status = 'sending' THEN ? ELSE sent_ms END FROM deliveries
+         WHERE customer_id = ? AND channel = ?
+             AND ((status = 'sent' AND sent_ms > ?) OR (status = 'sending' AND lease_expires_ms > ?))";
+    // HOLD and PARK check the status again: the candidates were read on a
+    // reader connection, and an outcome or an exit may have moved them on.
+    pub const HOLD: &str = "UPDATE deliveries SET planned_ms = ?, note = ?, lease_owner = NULL, lease_expires_ms = NULL,
+             updated_ms = ?, status = CASE WHEN status = 'sending' THEN 'scheduled' ELSE status END
+         WHERE id = ? AND status IN ('scheduled', 'retrying', 'sending')";
+    pub const PARK: &str = "UPDATE deliveries SET status = 'failed', lease_owner = NULL, lease_expires_ms = NULL,
+             last_error = 'gave up after ' || attempts || ' claims without an outcome; the daemon stopped during each attempt',
+             updated_ms = ?
+         WHERE id IN (SELECT value FROM json_each(?)) AND status IN ('scheduled', 'retrying', 'sending')
+         RETURNING channel";
+    /// One statement for the whole batch, keyed by the primary key; the
+    /// outcomes come as one JSON array (`rows::OutcomeRow`).
+    pub const COMPLETE: &str = "UPDATE deliveries SET
+                status = u.status,
+                receipt = CASE WHEN u.status = 'sent' THEN u.receipt ELSE deliveries.receipt END,
+                sent_ms = CASE WHEN u.status = 'sent' THEN ?1 ELSE deliveries.sent_ms END,
+                last_error = CASE WHEN u.status = 'sent' THEN NULL
+                                  WHEN u.status IN ('retrying', 'failed') THEN u.text
+                                  ELSE deliveries.last_error END,
+                skip_reason = CASE WHEN u.status = 'skipped' THEN u.text ELSE deliveries.skip_reason END,
+                planned_ms = COALESCE(u.planned_ms, deliveries.planned_ms),
+                attempts = deliveries.attempts - u.unclaim, note = NULL,
+                lease_owner = NULL, lease_expires_ms = NULL, updated_ms = ?1
+         FROM (SELECT value ->> '$.id' AS id, value ->> '$.status' AS status,
+                      value ->> '$.receipt' AS receipt, value ->> '$.text' AS text,
+                      value ->> '$.planned_ms' AS planned_ms, value ->> '$.unclaim' AS unclaim
+               FROM jsonb_each(?3)) AS u
+         WHERE deliveries.id = u.id AND deliveries.lease_owner = ?2 AND deliveries.status = 'sending'
+         RETURNING deliveries.id, deliveries.case_id";
+    pub const FALLBACK: &str =
+        "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
+                                 due_ms, planned_ms, idempotency_key, updated_ms, fallback_for,
+                                 customer_id, critical)
+         SELECT ?1, case_id, step_index, step, ?2, ?3, 'scheduled', ?4, ?5,
+                'dunningd-' || case_id || '-' || step_index || '-' || ?2, ?6, channel,
+                customer_id, critical
+         FROM deliveries WHERE id = ?7
+         ON CONFLICT (idempotency_key) DO NOTHING";
+    // The unary `+` keeps `state` out of the plan: without statistics SQLite
+    // would walk `cases_by_state` (every active case) and test each against
+    // the batch, instead of looking up the batch's cases by key.
+    pub const EXHAUST_CASES: &str =
+        "UPDATE cases SET state = 'exhausted', ended_reason = 'all steps ran', updated_ms = ?
+         WHERE id IN (SELECT value FROM json_each(?))
+           AND +state = 'active'
+           AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.case_id = cases.id
+                           AND p.status IN ('scheduled', 'sending', 'retrying'))";
+    pub const SKIP_PENDING: &str =
+        "UPDATE deliveries SET status = 'skipped', skip_reason = ?, lease_owner = NULL,
+            lease_expires_ms = NULL, updated_ms = ?
+         WHERE case_id IN (SELECT value FROM json_each(?))
+           AND status IN ('scheduled', 'retrying')";
+    pub const RENEW_LEASES: &str = "UPDATE deliveries SET lease_expires_ms = ?
+         WHERE id IN (SELECT value FROM json_each(?)) AND lease_owner = ? AND status = 'sending'
+         RETURNING id";
+    // In planned order along the partial index, stopping at the first
+    // delivery of an active case.
+    pub const NEXT_DUE: &str = "SELECT d.planned_ms FROM deliveries d INDEXED BY deliveries_pending JOIN cases c ON c.id = d.case_id
+         WHERE d.status IN ('scheduled', 'retrying') AND c.state = 'active'
+         ORDER BY d.planned_ms LIMIT 1";
+    pub const RELEASE_LEASES: &str =
+        "UPDATE deliveries SET status = 'scheduled', lease_owner = NULL, lease_expires_ms = NULL
+         WHERE status = 'sending' AND lease_owner = ?";
+    /// The case an operator's action reads and changes; the write
+    /// transaction (`BEGIN IMMEDIATE`) already keeps every other writer out.
+    pub const CASE_TO_CHANGE: &str = "SELECT * FROM cases WHERE id = ?";
+    pub const PAUSE_CASE: &str =
+        "UPDATE cases SET state = 'paused', paused_ms = ?1, updated_ms = ?1 WHERE id = ?2";
+    pub const POSTPONE_PENDING: &str =
+        "UPDATE deliveries SET due_ms = due_ms + ?1, planned_ms = planned_ms + ?1, updated_ms = ?2
+         WHERE case_id = ?3 AND status IN ('scheduled', 'retrying')";
+    pub const RESUME_CASE: &str =
+        "UPDATE cases SET state = 'active', paused_ms = NULL, updated_ms = ? WHERE id = ?";
+    pub const CANCEL_CASE: &str = "UPDATE cases SET state = 'cancelled', paused_ms = NULL, ended_reason = 'cancelled by an operator',
+                updated_ms = ? WHERE id = ?";
+    pub const OPT_OUT: &str = "INSERT INTO optouts (customer_id, channel, source, reason, created_ms) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (customer_id, channel) DO UPDATE
+         SET source = excluded.source, reason = excluded.reason, created_ms = excluded.created_ms";
+    pub const OPT_IN: &str = "DELETE FROM optouts WHERE customer_id = ?1 AND channel = ?2 AND (?3 IS NULL OR source = ?3)";
+    pub const STATS: &str =
+        "SELECT c.id AS case_id, c.workflow, c.state, c.started_ms, c.updated_ms,
+                CAST(json_extract(c.trigger_event, '$.data.amount') AS TEXT) AS amount,
+                CAST(json_extract(c.trigger_event, '$.data.currency') AS TEXT) AS currency,
+                d.step_index, d.step, d.channel, d.status, d.sent_ms
+         FROM cases c LEFT JOIN deliveries d ON d.case_id = c.id
+         WHERE (?1 IS NULL OR c.workflow = ?1) AND (?2 IS NULL OR c.started_ms >= ?2)
+           AND (?3 IS NULL OR c.started_ms < ?3)
+         ORDER BY c.id";
+    pub const CUSTOMERS_BY_PHONE: &str = "SELECT DISTINCT customer_id FROM cases
+         WHERE json_extract(trigger_event, '$.customer.phone') = ? ORDER BY customer_id";
+    pub const RECORD_REPORT: &str =
+        "INSERT INTO provider_reports (channel, receipt, status, error_code, rank, updated_ms)
+         VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (channel, receipt) DO UPDATE
+         SET status = excluded.status, error_code = excluded.error_code,
+             rank = excluded.rank, updated_ms = excluded.updated_ms
+         WHERE excluded.rank > provider_reports.rank";
+    pub const LIST_OPTOUTS: &str = "SELECT * FROM optouts WHERE (?1 IS NULL OR customer_id = ?1)
+         ORDER BY created_ms DESC, customer_id, channel LIMIT ?2";
+    pub const LIST_CASES: &str = "SELECT * FROM cases
+         WHERE (?1 IS NULL OR workflow = ?1) AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR customer_id = ?3)
+         ORDER BY started_ms DESC, id DESC LIMIT ?4";
+    pub const CASE: &str = "SELECT * FROM cases WHERE id = ?";
+    pub const CASE_DELIVERIES: &str = "SELECT d.*, r.status AS report_status, r.error_code AS report_error
+         FROM deliveries d LEFT JOIN provider_reports r ON r.channel = d.channel AND r.receipt = d.receipt
+         WHERE d.case_id = ? ORDER BY d.step_index, d.fallback_for IS NOT NULL, d.channel";
+    // GLOB, not LIKE: it is case-sensitive, so SQLite can range-scan the
+    // primary key for a bound pattern with a fixed prefix.
+    pub const CASE_IDS_WITH_PREFIX: &str =
+        "SELECT id FROM cases WHERE id GLOB ?1 ORDER BY id LIMIT ?2";
+    /// What follows the prefix in `CASE_IDS_WITH_PREFIX`'s pattern.
+    pub const ANY_SUFFIX: &str = "*";
+    pub const CASE_COUNTS: &str = "SELECT state, COUNT(*) AS n FROM cases GROUP BY state";
+    pub const OPEN_CASES_BY_WORKFLOW: &str = "SELECT workflow, COUNT(*) AS n FROM cases WHERE state IN ('active', 'paused') GROUP BY workflow";
+    pub const WORKFLOW_SOURCE: &str = "SELECT source FROM workflow_versions WHERE version = ?";
+    pub const CASES_BY_WORKFLOW_AND_STATE: &str =
+        "SELECT workflow, state, COUNT(*) AS n FROM cases GROUP BY workflow, state";
+    pub const BACKLOG: &str =
+        "SELECT COUNT(*), MIN(d.planned_ms) FROM deliveries d JOIN cases c ON c.id = d.case_id
+         WHERE d.status IN ('scheduled', 'retrying') AND d.planned_ms <= ? AND c.state = 'active'";
 }
