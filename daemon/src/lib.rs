@@ -12,7 +12,8 @@
 //! - [`stats`]: recovery reporting (rates, revenue, last-touch attribution).
 //! - [`plugin_host`]: loads channel plugins and calls them safely.
 //! - [`admin`]: the gRPC admin API, the only module that knows protobuf.
-//! - [`daemon`]: wiring: start-up (a reload from nothing), reloads, shutdown.
+//! - [`state`]: what the admin API and the endpoints share; the reload path.
+//! - [`daemon`]: wiring: start-up (a reload from nothing), shutdown.
 //! - [`systemd`]: the notify protocol (readiness, reloads, watchdog, status).
 //! - [`webhooks`]: inbound HTTP: Twilio's STOP replies and status callbacks,
 //!   one-click unsubscribe links.
@@ -38,6 +39,7 @@ pub mod model;
 pub mod plugin_host;
 pub mod redact;
 pub mod sources;
+pub mod state;
 pub mod stats;
 pub mod store;
 pub mod systemd;

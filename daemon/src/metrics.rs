@@ -41,8 +41,8 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::sync::watch;
 
 use crate::config::MetricsConfig;
-use crate::daemon::Shared;
 use crate::engine::Engine;
+use crate::state::Shared;
 use crate::store::{Completion, Gauges};
 use crate::workflow::WorkflowSet;
 

@@ -40,7 +40,7 @@ use sha2::Sha256;
 use tokio::sync::watch;
 
 use crate::config::WebhooksConfig;
-use crate::daemon::Shared;
+use crate::state::Shared;
 use crate::store::ProviderReport;
 
 /// The opt-out source of a STOP reply.

@@ -3,10 +3,10 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::daemon::ReloadReport;
 use crate::model::{Case, CaseDetail, CaseState, Delivery, OptOut};
 use crate::plugin_host::PluginInfo;
 use crate::proto;
+use crate::state::ReloadReport;
 use crate::stats::{Stats, StatsFilter};
 use crate::store::IngestOutcome;
 use crate::workflow::{Diagnostic, Workflow};

@@ -33,8 +33,8 @@ use serde_json::{Value, json};
 
 use super::enrich::{self, EnrichError};
 use super::{MAX_BODY, Provider, Refusal, SourceConfig, portal};
-use crate::daemon::Shared;
 use crate::metrics::EventResult;
+use crate::state::Shared;
 use crate::webhooks::page;
 
 /// What became of one webhook, as counted per source.
