@@ -92,7 +92,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut scheduler = Scheduler::new(engine.clone(), plugins.clone(), config.scheduler.clone())
         .with_metrics(metrics.clone());
     if let Some(webhooks) = &config.webhooks {
-        scheduler = scheduler.with_unsubscribe_links(crate::webhooks::Links::new(webhooks));
+        scheduler = scheduler.with_unsubscribe_links(crate::links::Links::new(webhooks));
     }
     let scheduler = Arc::new(scheduler);
     let shared = Arc::new(Shared::new(

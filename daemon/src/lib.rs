@@ -22,6 +22,7 @@
 //! - [`metrics`]: what the daemon counts, served to Prometheus at `/metrics`.
 //! - [`redact`]: secrets in output: URL credentials and secret values hidden
 //!   wherever text is printed or stored.
+//! - [`links`]: signed links to the webhook listener (unsubscribe).
 //! - [`files`]: folders and files the daemon creates, private to its user.
 //!
 //! The binaries are `dunningd` (the daemon) and `dunningctl` (its client).
@@ -33,6 +34,7 @@ pub mod daemon;
 pub mod duration;
 pub mod engine;
 pub mod files;
+pub mod links;
 pub mod metrics;
 pub mod model;
 #[allow(unsafe_code)]
