@@ -290,7 +290,7 @@ impl Metrics {
     }
 
     /// Counts one webhook received by a billing source.
-    pub fn source_event(&self, source: &str, outcome: crate::sources::endpoint::Outcome) {
+    pub fn source_event(&self, source: &str, outcome: crate::sources::activity::Outcome) {
         self.source_events
             .get_or_create(&SourceLabels {
                 source: source.to_string(),
@@ -303,7 +303,7 @@ impl Metrics {
     /// from the first webhook.
     pub fn sources_configured<'a>(&self, sources: impl IntoIterator<Item = &'a str>) {
         for source in sources {
-            for outcome in crate::sources::endpoint::Outcome::ALL {
+            for outcome in crate::sources::activity::Outcome::ALL {
                 let _ = self.source_events.get_or_create(&SourceLabels {
                     source: source.to_string(),
                     result: outcome.as_str(),

@@ -42,7 +42,7 @@ pub struct Shared {
     /// What the daemon counts; served at `/metrics` when configured.
     metrics: Arc<Metrics>,
     /// What each billing source has heard since start.
-    pub sources: Arc<crate::sources::endpoint::Activity>,
+    pub sources: Arc<crate::sources::activity::Activity>,
     /// The configuration in force; replaced only by a reload that succeeded.
     config: RwLock<Config>,
     last_reload: RwLock<ReloadReport>,

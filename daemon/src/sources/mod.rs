@@ -32,6 +32,7 @@
 //!   (lengths, control characters, amounts), bodies are bounded
 //!   ([`MAX_BODY`]), the provider's object is trimmed to fit an event.
 
+pub mod activity;
 pub mod chargebee;
 pub mod endpoint;
 pub mod enrich;
