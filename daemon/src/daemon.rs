@@ -136,7 +136,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let admin_task = tokio::spawn(admin.serve);
     let webhooks_task = match config.webhooks.clone() {
         Some(webhooks) => Some(
-            crate::webhooks::listen(shared.clone(), webhooks, stop_rx.clone())
+            crate::http::webhooks::listen(shared.clone(), webhooks, stop_rx.clone())
                 .await
                 .map_err(ConfigurationError)?,
         ),
@@ -144,7 +144,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let metrics_task = match config.metrics.clone() {
         Some(metrics) => Some(
-            crate::metrics::listen(shared.clone(), metrics, stop_rx.clone())
+            crate::http::metrics::listen(shared.clone(), metrics, stop_rx.clone())
                 .await
                 .map_err(ConfigurationError)?,
         ),

@@ -1,6 +1,6 @@
 //! Signed links to this daemon's webhook listener, which messages carry:
 //! the unsubscribe link templates get as `unsubscribe_url` (served by
-//! [`crate::webhooks`]).
+//! [`crate::http::webhooks`]).
 //!
 //! A link is signed with `webhooks.secret` (HMAC-SHA256 over a label and the
 //! values the link is for), so it cannot be altered to act for another

@@ -1,6 +1,6 @@
-//! Prometheus metrics: what the daemon counts, and the `GET /metrics`
-//! endpoint that serves it in the OpenMetrics text format (`metrics:` in the
-//! configuration; without it nothing listens).
+//! Prometheus metrics: what the daemon counts, encoded in the OpenMetrics
+//! text format for the `GET /metrics` endpoint ([`crate::http::metrics`];
+//! `metrics:` in the configuration, without it nothing listens).
 //!
 //! One [`Metrics`] per daemon holds the registry and a typed handle for each
 //! family. The admin service (events), the scheduler (delivery outcomes),
@@ -22,11 +22,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use chrono::{DateTime, Utc};
 use dunningd_plugin_api::wire::DeliveryResponse;
 use prometheus_client::collector::Collector;
@@ -38,11 +33,8 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
-use tokio::sync::watch;
 
-use crate::config::MetricsConfig;
 use crate::engine::Engine;
-use crate::state::Shared;
 use crate::store::{Completion, Gauges};
 use crate::workflow::WorkflowSet;
 
@@ -434,32 +426,6 @@ impl Collector for StoreReading {
         ConstGauge::new(age).encode(oldest)?;
         Ok(())
     }
-}
-
-/// Binds `GET /metrics`; serving stops when `stop` turns true.
-pub async fn listen(
-    shared: Arc<Shared>,
-    config: MetricsConfig,
-    stop: watch::Receiver<bool>,
-) -> Result<tokio::task::JoinHandle<()>, String> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("metrics.listen: cannot listen on {}: {e}", config.listen))?;
-    tracing::info!(address = %config.listen, "serving metrics at /metrics");
-    let app = Router::new()
-        .route("/metrics", get(serve_metrics))
-        .with_state(shared);
-    Ok(crate::webhooks::serve_until_stopped(
-        listener,
-        app,
-        stop,
-        "metrics endpoint",
-    ))
-}
-
-async fn serve_metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let text = shared.metrics().scrape(&shared.engine).await;
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ use serde::Deserialize;
 use sha1::Sha1;
 use tokio::sync::watch;
 
+use super::{page, serve_until_stopped};
 use crate::config::WebhooksConfig;
 use crate::links::Links;
 use crate::state::Shared;
@@ -125,7 +126,7 @@ pub async fn listen(
         shared,
         config,
     });
-    let sources = crate::sources::endpoint::router(hooks.shared.clone());
+    let sources = super::sources::router(hooks.shared.clone());
     let app = Router::new()
         .route("/twilio/{channel}/inbound", post(twilio_inbound))
         .route("/twilio/{channel}/status", post(twilio_status))
@@ -139,27 +140,6 @@ pub async fn listen(
         stop,
         "webhook endpoints",
     ))
-}
-
-/// Serves `app` on `listener` until `stop` turns true (then lets requests in
-/// progress finish); shared by the webhook and metrics listeners.
-pub(crate) fn serve_until_stopped(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    mut stop: watch::Receiver<bool>,
-    what: &'static str,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let stopped = async move {
-            let _ = stop.wait_for(|stopping| *stopping).await;
-        };
-        if let Err(error) = axum::serve(listener, app)
-            .with_graceful_shutdown(stopped)
-            .await
-        {
-            tracing::error!(%error, "{what} stopped");
-        }
-    })
 }
 
 fn plain(status: StatusCode, text: impl Into<String>) -> Response {
@@ -355,27 +335,6 @@ struct UnsubscribeQuery {
     customer: String,
     channel: String,
     sig: String,
-}
-
-/// A small HTML page for a person who followed a link; `title` and `body`
-/// are the caller's own text, never a value from outside.
-pub(crate) fn page(status: StatusCode, title: &str, body: &str) -> Response {
-    let html = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{title}</title></head>\
-         <body style=\"font-family: system-ui, sans-serif; max-width: 32rem; margin: 4rem auto; padding: 0 1rem\">\
-         <h1>{title}</h1>{body}</body></html>"
-    );
-    (
-        status,
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        html,
-    )
-        .into_response()
 }
 
 fn invalid_link() -> Response {

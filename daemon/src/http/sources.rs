@@ -1,6 +1,6 @@
 //! The HTTP side of billing sources: `POST <path>` of each configured
 //! source, served on the `webhooks:` listener; what each source has heard
-//! is counted in [`super::activity`].
+//! is counted in [`crate::sources::activity`].
 //!
 //! Sources are looked up in the configuration in force for every request,
 //! so a source added, changed or removed by a reload is served (or not)
@@ -18,7 +18,8 @@
 //!   stored and the provider's retry will be accepted.
 //!
 //! `GET <path>/portal?…` of a Stripe source with an `api_key` is the signed
-//! customer-portal link events carry as `data.portal_url` ([`portal`]).
+//! customer-portal link events carry as `data.portal_url`
+//! ([`crate::sources::portal`]).
 
 use std::sync::Arc;
 
@@ -30,12 +31,12 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde_json::{Value, json};
 
-use super::activity::Outcome;
-use super::enrich::{self, EnrichError};
-use super::{MAX_BODY, Provider, Refusal, SourceConfig, portal};
+use super::page;
 use crate::metrics::EventResult;
+use crate::sources::activity::Outcome;
+use crate::sources::enrich::{self, EnrichError};
+use crate::sources::{MAX_BODY, Provider, Refusal, SourceConfig, portal};
 use crate::state::Shared;
-use crate::webhooks::page;
 
 struct Endpoint {
     shared: Arc<Shared>,
