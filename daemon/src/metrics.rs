@@ -34,8 +34,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::engine::Engine;
-use crate::store::{Completion, Gauges};
+use crate::store::{Completion, Gauges, Store};
 use crate::workflow::WorkflowSet;
 
 /// What `GET /metrics` answers with: OpenMetrics 1.0 text.
@@ -305,12 +304,13 @@ impl Metrics {
     }
 
     /// Reads the store if the last reading is older than
-    /// [`STORE_READ_INTERVAL`], then encodes every family.
-    pub async fn scrape(&self, engine: &Engine) -> String {
+    /// [`STORE_READ_INTERVAL`], then encodes every family. `now` is the
+    /// engine's clock, read once this scrape's turn has come.
+    pub async fn scrape(&self, store: &dyn Store, now: impl FnOnce() -> DateTime<Utc>) -> String {
         let _turn = self.scrape_turn.lock().await;
-        let now = engine.clock().now();
+        let now = now();
         if self.store.stale() {
-            let gauges = match engine.store().gauges(now).await {
+            let gauges = match store.gauges(now).await {
                 Ok(gauges) => Some(gauges),
                 Err(error) => {
                     tracing::warn!(%error, "cannot read cases and backlog for the metrics; leaving them out of this scrape");

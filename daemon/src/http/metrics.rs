@@ -34,6 +34,10 @@ pub async fn listen(
 }
 
 async fn serve_metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let text = shared.metrics().scrape(&shared.engine).await;
+    let engine = &shared.engine;
+    let text = shared
+        .metrics()
+        .scrape(engine.store().as_ref(), || engine.clock().now())
+        .await;
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
 }
