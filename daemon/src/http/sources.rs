@@ -112,7 +112,7 @@ impl Endpoint {
     /// `GET <path>/portal?customer=…&expires=…&sig=…`: a session of the
     /// provider's customer portal, made now, for a signed link.
     async fn portal(&self, source: &SourceConfig, secret: &[u8], query: &str) -> Response {
-        let Some(customer) = portal::verify(source, secret, query, Utc::now()) else {
+        let Some(customer) = crate::links::verify_portal(source, secret, query, Utc::now()) else {
             tracing::warn!(source = %source.name, "refused a portal link: altered or expired");
             return page(
                 StatusCode::FORBIDDEN,
@@ -205,7 +205,7 @@ impl Endpoint {
             && let (Some(customer), Some(webhooks)) =
                 (&draft.customer_id, &self.shared.config().webhooks)
         {
-            draft.portal_url = Some(portal::link(
+            draft.portal_url = Some(crate::links::portal_link(
                 &webhooks.public_url,
                 source,
                 &webhooks.secret,
