@@ -15,15 +15,19 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::config::WebhooksConfig;
-use crate::sources::{SourceConfig, hmac_sha256};
+use crate::sources::SourceConfig;
 
-/// Signs and checks unsubscribe links. Every daemon of one database must
-/// share the secret, so that any of them accepts a link another wrote.
+/// Signs and checks the links. Every daemon of one database must share the
+/// secret, so that any of them accepts a link another wrote.
 #[derive(Clone)]
 pub struct Links {
     public_url: String,
     secret: Vec<u8>,
 }
+
+/// How long a portal link in a message works: longer than any dunning
+/// sequence runs.
+pub const PORTAL_LINK_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 
 impl Links {
     pub fn new(config: &WebhooksConfig) -> Links {
@@ -33,19 +37,26 @@ impl Links {
         }
     }
 
-    fn mac(&self, customer: &str, channel: &str) -> Hmac<Sha256> {
+    /// HMAC-SHA256 over the kind of link and its values, one per line: the
+    /// label keeps a signature of one kind of link from passing for another.
+    fn mac(&self, label: &str, values: &[&str]) -> Hmac<Sha256> {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret)
             .expect("HMAC takes keys of any length");
-        mac.update(b"unsubscribe\n");
-        mac.update(channel.as_bytes());
-        mac.update(b"\n");
-        mac.update(customer.as_bytes());
+        mac.update(label.as_bytes());
+        for value in values {
+            mac.update(b"\n");
+            mac.update(value.as_bytes());
+        }
         mac
     }
 
     /// The link that opts `customer` out of `channel`.
     pub fn unsubscribe_url(&self, customer: &str, channel: &str) -> String {
-        let sig = hex::encode(self.mac(customer, channel).finalize().into_bytes());
+        let sig = hex::encode(
+            self.mac("unsubscribe", &[channel, customer])
+                .finalize()
+                .into_bytes(),
+        );
         let query = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("customer", customer)
             .append_pair("channel", channel)
@@ -59,79 +70,53 @@ impl Links {
         let Ok(sig) = hex::decode(sig) else {
             return false;
         };
-        self.mac(customer, channel).verify_slice(&sig).is_ok()
+        self.mac("unsubscribe", &[channel, customer])
+            .verify_slice(&sig)
+            .is_ok()
     }
-}
 
-/// How long a portal link in a message works: longer than any dunning
-/// sequence runs.
-pub const PORTAL_LINK_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+    /// The signed link to `customer`'s portal through `source`, valid for
+    /// [`PORTAL_LINK_LIFETIME`] from `now`.
+    pub fn portal_url(&self, source: &SourceConfig, customer: &str, now: DateTime<Utc>) -> String {
+        let expires = now.timestamp() + PORTAL_LINK_LIFETIME.as_secs() as i64;
+        let sig = hex::encode(
+            self.mac("portal", &[&source.name, customer, &expires.to_string()])
+                .finalize()
+                .into_bytes(),
+        );
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("customer", customer)
+            .append_pair("expires", &expires.to_string())
+            .append_pair("sig", &sig)
+            .finish();
+        format!("{}{}/portal?{query}", self.public_url, source.path)
+    }
 
-fn portal_mac(
-    secret: &[u8],
-    source: &str,
-    customer: &str,
-    expires: i64,
-) -> hmac::Hmac<sha2::Sha256> {
-    hmac_sha256(
-        secret,
-        &[
-            b"portal\n",
-            source.as_bytes(),
-            b"\n",
-            customer.as_bytes(),
-            b"\n",
-            expires.to_string().as_bytes(),
-        ],
-    )
-}
-
-/// The signed link to `customer`'s portal through `source`.
-pub fn portal_link(
-    public_url: &str,
-    source: &SourceConfig,
-    secret: &[u8],
-    customer: &str,
-    now: DateTime<Utc>,
-) -> String {
-    let expires = now.timestamp() + PORTAL_LINK_LIFETIME.as_secs() as i64;
-    let sig = hex::encode(
-        portal_mac(secret, &source.name, customer, expires)
-            .finalize()
-            .into_bytes(),
-    );
-    let query = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("customer", customer)
-        .append_pair("expires", &expires.to_string())
-        .append_pair("sig", &sig)
-        .finish();
-    format!("{public_url}{}/portal?{query}", source.path)
-}
-
-/// The customer a link is for, if its signature holds and it has not
-/// expired.
-pub fn verify_portal(
-    source: &SourceConfig,
-    secret: &[u8],
-    query: &str,
-    now: DateTime<Utc>,
-) -> Option<String> {
-    let mut customer = None;
-    let mut expires = None;
-    let mut sig = None;
-    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
-        match key.as_ref() {
-            "customer" => customer = Some(value.into_owned()),
-            "expires" => expires = value.parse::<i64>().ok(),
-            "sig" => sig = hex::decode(value.as_bytes()).ok(),
-            _ => {}
+    /// The customer a portal link is for, if its signature holds and it has
+    /// not expired.
+    pub fn verify_portal(
+        &self,
+        source: &SourceConfig,
+        query: &str,
+        now: DateTime<Utc>,
+    ) -> Option<String> {
+        let mut customer = None;
+        let mut expires = None;
+        let mut sig = None;
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            match key.as_ref() {
+                "customer" => customer = Some(value.into_owned()),
+                "expires" => expires = value.parse::<i64>().ok(),
+                "sig" => sig = hex::decode(value.as_bytes()).ok(),
+                _ => {}
+            }
         }
+        let (customer, expires, sig) = (customer?, expires?, sig?);
+        self.mac("portal", &[&source.name, &customer, &expires.to_string()])
+            .verify_slice(&sig)
+            .ok()?;
+        (now.timestamp() <= expires).then_some(customer)
     }
-    let (customer, expires, sig) = (customer?, expires?, sig?);
-    portal_mac(secret, &source.name, &customer, expires)
-        .verify_slice(&sig)
-        .ok()?;
-    (now.timestamp() <= expires).then_some(customer)
 }
 
 #[cfg(test)]
@@ -168,36 +153,39 @@ mod tests {
             name: "stripe-eu".into(),
             ..source.clone()
         };
-        let secret = b"0123456789abcdef0123456789abcdef";
+        let links = Links {
+            public_url: "https://billing.example.com/d".into(),
+            secret: b"0123456789abcdef0123456789abcdef".to_vec(),
+        };
+        let another_secret = Links {
+            secret: b"another secret of 32 characters!".to_vec(),
+            ..links.clone()
+        };
         let now = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
-        let link = portal_link(
-            "https://billing.example.com/d",
-            &source,
-            secret,
-            "cus 1&x",
-            now,
-        );
+        let link = links.portal_url(&source, "cus 1&x", now);
         let (base, query) = link.split_once('?').expect("query");
         assert_eq!(base, "https://billing.example.com/d/sources/stripe/portal");
         assert_eq!(
-            verify_portal(&source, secret, query, now).as_deref(),
+            links.verify_portal(&source, query, now).as_deref(),
             Some("cus 1&x")
         );
         let later = now + chrono::Duration::days(90);
-        assert!(verify_portal(&source, secret, query, later).is_some());
+        assert!(links.verify_portal(&source, query, later).is_some());
         assert!(
-            verify_portal(&source, secret, query, later + chrono::Duration::seconds(1)).is_none()
+            links
+                .verify_portal(&source, query, later + chrono::Duration::seconds(1))
+                .is_none()
         );
-        assert!(verify_portal(&other, secret, query, now).is_none());
-        assert!(verify_portal(&source, b"another secret of 32 characters!", query, now).is_none());
+        assert!(links.verify_portal(&other, query, now).is_none());
+        assert!(another_secret.verify_portal(&source, query, now).is_none());
         for (from, to) in [("cus+1", "cus+2"), ("expires=1", "expires=2")] {
             let altered = query.replace(from, to);
             assert_ne!(altered, query);
             assert!(
-                verify_portal(&source, secret, &altered, now).is_none(),
+                links.verify_portal(&source, &altered, now).is_none(),
                 "{altered}"
             );
         }
-        assert!(verify_portal(&source, secret, "customer=cus", now).is_none());
+        assert!(links.verify_portal(&source, "customer=cus", now).is_none());
     }
 }

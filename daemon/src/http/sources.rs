@@ -18,8 +18,8 @@
 //!   stored and the provider's retry will be accepted.
 //!
 //! `GET <path>/portal?…` of a Stripe source with an `api_key` is the signed
-//! customer-portal link events carry as `data.portal_url`
-//! ([`crate::sources::portal`]).
+//! customer-portal link events carry as `data.portal_url` (signed by
+//! [`crate::links`], the session made by [`crate::sources::portal`]).
 
 use std::sync::Arc;
 
@@ -32,6 +32,7 @@ use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::page;
+use crate::links::Links;
 use crate::metrics::EventResult;
 use crate::sources::activity::Outcome;
 use crate::sources::enrich::{self, EnrichError};
@@ -83,7 +84,7 @@ async fn handle(
             && let Some(webhooks) = &config.webhooks
         {
             return endpoint
-                .portal(source, &webhooks.secret, uri.query().unwrap_or(""))
+                .portal(source, &Links::new(webhooks), uri.query().unwrap_or(""))
                 .await;
         }
         return plain(StatusCode::NOT_FOUND, "not found");
@@ -111,8 +112,8 @@ async fn handle(
 impl Endpoint {
     /// `GET <path>/portal?customer=…&expires=…&sig=…`: a session of the
     /// provider's customer portal, made now, for a signed link.
-    async fn portal(&self, source: &SourceConfig, secret: &[u8], query: &str) -> Response {
-        let Some(customer) = crate::links::verify_portal(source, secret, query, Utc::now()) else {
+    async fn portal(&self, source: &SourceConfig, links: &Links, query: &str) -> Response {
+        let Some(customer) = links.verify_portal(source, query, Utc::now()) else {
             tracing::warn!(source = %source.name, "refused a portal link: altered or expired");
             return page(
                 StatusCode::FORBIDDEN,
@@ -205,13 +206,7 @@ impl Endpoint {
             && let (Some(customer), Some(webhooks)) =
                 (&draft.customer_id, &self.shared.config().webhooks)
         {
-            draft.portal_url = Some(crate::links::portal_link(
-                &webhooks.public_url,
-                source,
-                &webhooks.secret,
-                customer,
-                Utc::now(),
-            ));
+            draft.portal_url = Some(Links::new(webhooks).portal_url(source, customer, Utc::now()));
         }
         let event = match draft.to_event(source.provider, name, source.subject) {
             Ok(event) => event,
