@@ -23,7 +23,7 @@
 //! - [`metrics`]: what the daemon counts, for Prometheus.
 //! - [`redact`]: secrets in output: URL credentials and secret values hidden
 //!   wherever text is printed or stored.
-//! - [`links`]: signed links to the webhook listener (unsubscribe).
+//! - [`links`]: signed links to the webhook listener (unsubscribe, portal).
 //! - [`files`]: folders and files the daemon creates, private to its user.
 //!
 //! The binaries are `dunningd` (the daemon) and `dunningctl` (its client).

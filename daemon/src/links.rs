@@ -66,7 +66,7 @@ impl Links {
     }
 
     /// Whether `sig` is this daemon's signature for `customer` and `channel`.
-    pub fn verify(&self, customer: &str, channel: &str, sig: &str) -> bool {
+    pub(crate) fn verify(&self, customer: &str, channel: &str, sig: &str) -> bool {
         let Ok(sig) = hex::decode(sig) else {
             return false;
         };
@@ -94,7 +94,7 @@ impl Links {
 
     /// The customer a portal link is for, if its signature holds and it has
     /// not expired.
-    pub fn verify_portal(
+    pub(crate) fn verify_portal(
         &self,
         source: &SourceConfig,
         query: &str,

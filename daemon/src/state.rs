@@ -69,7 +69,7 @@ fn write<T>(lock: &RwLock<T>, value: T) {
 
 impl Shared {
     /// The state of a daemon starting now: no reload done yet, not ready.
-    pub fn new(
+    pub(crate) fn new(
         engine: Arc<Engine>,
         scheduler: Arc<Scheduler>,
         plugins: Arc<PluginHost>,
@@ -98,7 +98,7 @@ impl Shared {
     }
 
     /// Start-up is done: later reloads are announced to systemd.
-    pub fn set_ready(&self) {
+    pub(crate) fn set_ready(&self) {
         self.ready.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 

@@ -9,7 +9,7 @@
 //! - [`metrics`]: `GET /metrics` for Prometheus.
 //!
 //! The endpoints act through [`crate::state::Shared`]; nothing below this
-//! layer knows HTTP requests or answers.
+//! layer serves a request.
 
 use axum::Router;
 use axum::http::{StatusCode, header};
@@ -22,7 +22,7 @@ pub mod webhooks;
 
 /// Serves `app` on `listener` until `stop` turns true (then lets requests in
 /// progress finish); shared by the webhook and metrics listeners.
-pub fn serve_until_stopped(
+pub(crate) fn serve_until_stopped(
     listener: tokio::net::TcpListener,
     app: Router,
     mut stop: watch::Receiver<bool>,
@@ -43,7 +43,7 @@ pub fn serve_until_stopped(
 
 /// A small HTML page for a person who followed a link; `title` and `body`
 /// are the caller's own text, never a value from outside.
-pub fn page(status: StatusCode, title: &str, body: &str) -> Response {
+pub(crate) fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
