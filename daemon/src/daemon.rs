@@ -1,269 +1,34 @@
-//! Daemon wiring: start-up, reload, shutdown.
+//! Daemon wiring: start-up and shutdown.
 //!
-//! Start-up is a reload from nothing. File changes in the workflows folder,
-//! SIGHUP and the `Reload` API call all take the same path
-//! ([`Shared::reload`]): read the configuration and every workflow, validate
-//! all of it, and only then swap it in. A broken configuration changes
-//! nothing; a broken workflow file keeps its last good version.
+//! Start-up is a reload from nothing (the shared state and the reload path
+//! are in [`crate::state`]); file changes in the workflows folder and SIGHUP
+//! ask for reloads while the daemon runs.
 //!
 //! Shutdown (SIGTERM, SIGINT): stop accepting API calls, stop claiming, let
 //! in-flight sends finish within the grace period, record their outcomes,
 //! exit 0. Deliveries not finished stay claimable.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{ClockKind, Config, ConfigError};
+use crate::config::{ClockKind, Config};
 use crate::engine::Engine;
 use crate::engine::clock::Clock;
 use crate::engine::scheduler::Scheduler;
 use crate::metrics::Metrics;
 use crate::plugin_host::PluginHost;
+use crate::state::Shared;
 use crate::store::Store;
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
-use crate::workflow::{self, Diagnostic, WorkflowSet};
+use crate::workflow;
 
 /// How long open admin connections may take to finish at shutdown.
 const ADMIN_DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// What a reload did, for logs, `dunningctl status` and the API.
-#[derive(Debug, Clone)]
-pub struct ReloadReport {
-    pub at: DateTime<Utc>,
-    /// False when the configuration or any workflow file was refused.
-    pub ok: bool,
-    pub errors: Vec<Diagnostic>,
-    pub workflows_loaded: u32,
-    /// Workflow names added, changed or removed.
-    pub changed: Vec<String>,
-}
-
-/// Everything the admin API and the signal handlers share.
-pub struct Shared {
-    pub engine: Arc<Engine>,
-    pub scheduler: Arc<Scheduler>,
-    plugins: Arc<PluginHost>,
-    /// What the daemon counts; served at `/metrics` when configured.
-    metrics: Arc<Metrics>,
-    /// What each billing source has heard since start.
-    pub sources: Arc<crate::sources::endpoint::Activity>,
-    /// The configuration in force; replaced only by a reload that succeeded.
-    config: RwLock<Config>,
-    last_reload: RwLock<ReloadReport>,
-    /// One reload at a time: the watcher, SIGHUP and the API may ask at once.
-    reloading: tokio::sync::Mutex<()>,
-    /// Set once start-up is done: only later reloads are announced to systemd.
-    ready: std::sync::atomic::AtomicBool,
-    started_at: DateTime<Utc>,
-}
-
-fn read<T: Clone>(lock: &RwLock<T>) -> T {
-    match lock.read() {
-        Ok(guard) => guard.clone(),
-        Err(poisoned) => poisoned.into_inner().clone(),
-    }
-}
-
-fn write<T>(lock: &RwLock<T>, value: T) {
-    match lock.write() {
-        Ok(mut guard) => *guard = value,
-        Err(poisoned) => *poisoned.into_inner() = value,
-    }
-}
-
-impl Shared {
-    pub fn workflows(&self) -> Arc<WorkflowSet> {
-        self.engine.workflows()
-    }
-
-    pub fn plugins(&self) -> &Arc<PluginHost> {
-        &self.plugins
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
-    pub fn started_at(&self) -> DateTime<Utc> {
-        self.started_at
-    }
-
-    pub fn config(&self) -> Config {
-        read(&self.config)
-    }
-
-    /// The database in use, password hidden.
-    pub fn database(&self) -> String {
-        read(&self.config).database.to_string()
-    }
-
-    pub fn last_reload(&self) -> ReloadReport {
-        read(&self.last_reload)
-    }
-
-    /// Re-reads the configuration and the workflows folder and applies what
-    /// validates. Returns once applied or refused.
-    pub async fn reload(&self) -> ReloadReport {
-        let _one_at_a_time = self.reloading.lock().await;
-        let announce = self.ready.load(std::sync::atomic::Ordering::SeqCst);
-        if announce {
-            crate::systemd::reloading();
-        }
-        let current = self.config();
-        let report = match current.path.as_deref().map(Config::load) {
-            None => self.apply(current.clone(), &current),
-            Some(Ok(new)) => self.apply(new, &current),
-            Some(Err(error)) => ReloadReport {
-                at: Utc::now(),
-                ok: false,
-                errors: vec![config_diagnostic(&error)],
-                workflows_loaded: self.workflows().iter().count() as u32,
-                changed: Vec::new(),
-            },
-        };
-        log_report(&report);
-        self.metrics.reloaded(
-            report.ok,
-            report.workflows_loaded,
-            self.config().channels.keys(),
-        );
-        self.metrics
-            .sources_configured(self.config().sources.iter().map(|s| s.name.as_str()));
-        write(&self.last_reload, report.clone());
-        if announce {
-            crate::systemd::ready(&self.status_line().await);
-        }
-        report
-    }
-
-    /// One line for `systemctl status`: what the daemon is doing.
-    pub async fn status_line(&self) -> String {
-        let active = match self.engine.case_counts().await {
-            Ok(counts) => counts
-                .get(&crate::model::CaseState::Active)
-                .copied()
-                .unwrap_or(0)
-                .to_string(),
-            Err(_) => "?".to_string(),
-        };
-        let reload = self.last_reload();
-        format!(
-            "{active} active cases, {} workflows; last reload {} at {}",
-            reload.workflows_loaded,
-            if reload.ok {
-                "ok"
-            } else {
-                "refused some files"
-            },
-            reload.at.format("%Y-%m-%d %H:%M:%S UTC")
-        )
-    }
-
-    fn apply(&self, new: Config, current: &Config) -> ReloadReport {
-        let at = Utc::now();
-        let config_path = new.path.clone().unwrap_or_default();
-        for (what, changed) in [
-            ("database", new.database != current.database),
-            ("state_dir", new.state_dir != current.state_dir),
-            ("admin", new.admin != current.admin),
-            ("clock", new.clock != current.clock),
-            ("workflows_dir", new.workflows_dir != current.workflows_dir),
-            ("scheduler", new.scheduler != current.scheduler),
-            ("webhooks", new.webhooks != current.webhooks),
-            ("metrics", new.metrics != current.metrics),
-        ] {
-            if changed {
-                tracing::warn!(
-                    setting = what,
-                    "configuration change takes effect at the next restart"
-                );
-            }
-        }
-        if let Err(error) = self.plugins.configure(&new.channels) {
-            return ReloadReport {
-                at,
-                ok: false,
-                errors: vec![Diagnostic {
-                    path: config_path,
-                    line: 0,
-                    column: 0,
-                    message: error.to_string(),
-                }],
-                workflows_loaded: self.workflows().iter().count() as u32,
-                changed: Vec::new(),
-            };
-        }
-        self.scheduler.set_channels(&new.channels);
-        self.engine.set_channel_windows(
-            new.channels
-                .iter()
-                .filter_map(|(name, spec)| Some((name.clone(), spec.send_window.clone()?)))
-                .collect(),
-        );
-        let channels: BTreeSet<String> = new.channels.keys().cloned().collect();
-        let previous = self.workflows();
-        // The folder stays the one the daemon started with (the watcher watches it).
-        let set = WorkflowSet::load_dir(&current.workflows_dir, &channels, &previous, new.limits);
-        let changed = set.changes_from(&previous);
-        let errors = set.errors().to_vec();
-        let loaded = set.iter().count() as u32;
-        self.engine.set_workflows(Arc::new(set));
-        let mut kept = new;
-        kept.workflows_dir = current.workflows_dir.clone();
-        write(&self.config, kept);
-        ReloadReport {
-            at,
-            ok: errors.is_empty(),
-            errors,
-            workflows_loaded: loaded,
-            changed,
-        }
-    }
-}
-
-fn log_report(report: &ReloadReport) {
-    for error in &report.errors {
-        tracing::error!(%error, "refused; the last good version stays in use");
-    }
-    tracing::info!(
-        ok = report.ok,
-        workflows = report.workflows_loaded,
-        changed = ?report.changed,
-        "reloaded"
-    );
-}
-
-fn config_diagnostic(error: &ConfigError) -> Diagnostic {
-    match error {
-        ConfigError::Syntax {
-            path,
-            line,
-            column,
-            message,
-        } => Diagnostic {
-            path: path.clone(),
-            line: *line as u32,
-            column: *column as u32,
-            message: message.clone(),
-        },
-        ConfigError::Read { path, .. } | ConfigError::Invalid { path, .. } => Diagnostic {
-            path: path.clone(),
-            line: 0,
-            column: 0,
-            message: match error {
-                ConfigError::Read { source, .. } => format!("cannot read: {source}"),
-                ConfigError::Invalid { message, .. } => message.clone(),
-                ConfigError::Syntax { message, .. } => message.clone(),
-            },
-        },
-    }
-}
 
 /// Opens the store the database URL names.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
@@ -327,27 +92,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut scheduler = Scheduler::new(engine.clone(), plugins.clone(), config.scheduler.clone())
         .with_metrics(metrics.clone());
     if let Some(webhooks) = &config.webhooks {
-        scheduler = scheduler.with_unsubscribe_links(crate::webhooks::Links::new(webhooks));
+        scheduler = scheduler.with_unsubscribe_links(crate::links::Links::new(webhooks));
     }
     let scheduler = Arc::new(scheduler);
-    let shared = Arc::new(Shared {
-        engine: engine.clone(),
-        scheduler: scheduler.clone(),
+    let shared = Arc::new(Shared::new(
+        engine.clone(),
+        scheduler.clone(),
         plugins,
         metrics,
-        sources: Arc::default(),
-        config: RwLock::new(config.clone()),
-        last_reload: RwLock::new(ReloadReport {
-            at: started_at,
-            ok: true,
-            errors: Vec::new(),
-            workflows_loaded: 0,
-            changed: Vec::new(),
-        }),
-        reloading: tokio::sync::Mutex::new(()),
-        ready: std::sync::atomic::AtomicBool::new(false),
+        config.clone(),
         started_at,
-    });
+    ));
     // Start-up is a reload from nothing.
     shared.reload().await;
 
@@ -381,7 +136,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let admin_task = tokio::spawn(admin.serve);
     let webhooks_task = match config.webhooks.clone() {
         Some(webhooks) => Some(
-            crate::webhooks::listen(shared.clone(), webhooks, stop_rx.clone())
+            crate::http::webhooks::listen(shared.clone(), webhooks, stop_rx.clone())
                 .await
                 .map_err(ConfigurationError)?,
         ),
@@ -389,7 +144,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let metrics_task = match config.metrics.clone() {
         Some(metrics) => Some(
-            crate::metrics::listen(shared.clone(), metrics, stop_rx.clone())
+            crate::http::metrics::listen(shared.clone(), metrics, stop_rx.clone())
                 .await
                 .map_err(ConfigurationError)?,
         ),
@@ -400,9 +155,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         admin.health,
         stop_rx.clone(),
     ));
-    shared
-        .ready
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    shared.set_ready();
     crate::systemd::ready(&shared.status_line().await);
     tokio::spawn(crate::systemd::watchdog(
         scheduler.heartbeat(),

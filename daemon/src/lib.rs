@@ -12,15 +12,18 @@
 //! - [`stats`]: recovery reporting (rates, revenue, last-touch attribution).
 //! - [`plugin_host`]: loads channel plugins and calls them safely.
 //! - [`admin`]: the gRPC admin API, the only module that knows protobuf.
-//! - [`daemon`]: wiring: start-up (a reload from nothing), reloads, shutdown.
+//! - [`state`]: what the admin API and the endpoints share; the reload path.
+//! - [`daemon`]: wiring: start-up (a reload from nothing), shutdown.
 //! - [`systemd`]: the notify protocol (readiness, reloads, watchdog, status).
-//! - [`webhooks`]: inbound HTTP: Twilio's STOP replies and status callbacks,
-//!   one-click unsubscribe links.
+//! - [`http`]: the HTTP listeners: webhooks (Twilio's STOP replies and
+//!   status callbacks, one-click unsubscribe links, billing sources) and
+//!   `/metrics`.
 //! - [`sources`]: billing systems' webhooks (Stripe, Paddle, Chargebee,
 //!   Recurly, Lago) verified, mapped to events and ingested.
-//! - [`metrics`]: what the daemon counts, served to Prometheus at `/metrics`.
+//! - [`metrics`]: what the daemon counts, for Prometheus.
 //! - [`redact`]: secrets in output: URL credentials and secret values hidden
 //!   wherever text is printed or stored.
+//! - [`links`]: signed links to the webhook listener (unsubscribe, portal).
 //! - [`files`]: folders and files the daemon creates, private to its user.
 //!
 //! The binaries are `dunningd` (the daemon) and `dunningctl` (its client).
@@ -32,16 +35,18 @@ pub mod daemon;
 pub mod duration;
 pub mod engine;
 pub mod files;
+pub mod http;
+pub mod links;
 pub mod metrics;
 pub mod model;
 #[allow(unsafe_code)]
 pub mod plugin_host;
 pub mod redact;
 pub mod sources;
+pub mod state;
 pub mod stats;
 pub mod store;
 pub mod systemd;
-pub mod webhooks;
 pub mod workflow;
 
 /// The generated protobuf and gRPC code. Only `admin` and `dunningctl` use it.

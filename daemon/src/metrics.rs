@@ -1,6 +1,6 @@
-//! Prometheus metrics: what the daemon counts, and the `GET /metrics`
-//! endpoint that serves it in the OpenMetrics text format (`metrics:` in the
-//! configuration; without it nothing listens).
+//! Prometheus metrics: what the daemon counts, encoded in the OpenMetrics
+//! text format for the `GET /metrics` endpoint ([`crate::http::metrics`];
+//! `metrics:` in the configuration, without it nothing listens).
 //!
 //! One [`Metrics`] per daemon holds the registry and a typed handle for each
 //! family. The admin service (events), the scheduler (delivery outcomes),
@@ -22,11 +22,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use chrono::{DateTime, Utc};
 use dunningd_plugin_api::wire::DeliveryResponse;
 use prometheus_client::collector::Collector;
@@ -38,12 +33,8 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
-use tokio::sync::watch;
 
-use crate::config::MetricsConfig;
-use crate::daemon::Shared;
-use crate::engine::Engine;
-use crate::store::{Completion, Gauges};
+use crate::store::{Completion, Gauges, Store};
 use crate::workflow::WorkflowSet;
 
 /// What `GET /metrics` answers with: OpenMetrics 1.0 text.
@@ -290,7 +281,7 @@ impl Metrics {
     }
 
     /// Counts one webhook received by a billing source.
-    pub fn source_event(&self, source: &str, outcome: crate::sources::endpoint::Outcome) {
+    pub fn source_event(&self, source: &str, outcome: crate::sources::activity::Outcome) {
         self.source_events
             .get_or_create(&SourceLabels {
                 source: source.to_string(),
@@ -303,7 +294,7 @@ impl Metrics {
     /// from the first webhook.
     pub fn sources_configured<'a>(&self, sources: impl IntoIterator<Item = &'a str>) {
         for source in sources {
-            for outcome in crate::sources::endpoint::Outcome::ALL {
+            for outcome in crate::sources::activity::Outcome::ALL {
                 let _ = self.source_events.get_or_create(&SourceLabels {
                     source: source.to_string(),
                     result: outcome.as_str(),
@@ -313,12 +304,13 @@ impl Metrics {
     }
 
     /// Reads the store if the last reading is older than
-    /// [`STORE_READ_INTERVAL`], then encodes every family.
-    pub async fn scrape(&self, engine: &Engine) -> String {
+    /// [`STORE_READ_INTERVAL`], then encodes every family. `now` is the
+    /// engine's clock, read once this scrape's turn has come.
+    pub async fn scrape(&self, store: &dyn Store, now: impl FnOnce() -> DateTime<Utc>) -> String {
         let _turn = self.scrape_turn.lock().await;
-        let now = engine.clock().now();
+        let now = now();
         if self.store.stale() {
-            let gauges = match engine.store().gauges(now).await {
+            let gauges = match store.gauges(now).await {
                 Ok(gauges) => Some(gauges),
                 Err(error) => {
                     tracing::warn!(%error, "cannot read cases and backlog for the metrics; leaving them out of this scrape");
@@ -434,32 +426,6 @@ impl Collector for StoreReading {
         ConstGauge::new(age).encode(oldest)?;
         Ok(())
     }
-}
-
-/// Binds `GET /metrics`; serving stops when `stop` turns true.
-pub async fn listen(
-    shared: Arc<Shared>,
-    config: MetricsConfig,
-    stop: watch::Receiver<bool>,
-) -> Result<tokio::task::JoinHandle<()>, String> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("metrics.listen: cannot listen on {}: {e}", config.listen))?;
-    tracing::info!(address = %config.listen, "serving metrics at /metrics");
-    let app = Router::new()
-        .route("/metrics", get(serve_metrics))
-        .with_state(shared);
-    Ok(crate::webhooks::serve_until_stopped(
-        listener,
-        app,
-        stop,
-        "metrics endpoint",
-    ))
-}
-
-async fn serve_metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let text = shared.metrics().scrape(&shared.engine).await;
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
 }
 
 #[cfg(test)]

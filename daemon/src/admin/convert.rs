@@ -3,10 +3,10 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::daemon::ReloadReport;
 use crate::model::{Case, CaseDetail, CaseState, Delivery, OptOut};
 use crate::plugin_host::PluginInfo;
 use crate::proto;
+use crate::state::ReloadReport;
 use crate::stats::{Stats, StatsFilter};
 use crate::store::IngestOutcome;
 use crate::workflow::{Diagnostic, Workflow};
@@ -116,7 +116,7 @@ pub fn event_result(o: IngestOutcome) -> proto::EventResult {
 pub fn source(
     source: &crate::sources::SourceConfig,
     public_url: &str,
-    activity: &crate::sources::endpoint::SourceActivity,
+    activity: &crate::sources::activity::SourceActivity,
 ) -> proto::SourceInfo {
     let time =
         |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_default();

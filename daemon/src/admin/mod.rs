@@ -30,8 +30,8 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::{AdminConfig, AdminTls};
-use crate::daemon::Shared;
 use crate::proto::admin_server::AdminServer;
+use crate::state::Shared;
 
 mod convert;
 mod service;

@@ -12,13 +12,13 @@ use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use crate::daemon::Shared;
 use crate::engine::EngineError;
 use crate::engine::clock::ClockError;
 use crate::metrics::EventResult;
 use crate::model::{CaseFilter, CaseState, Event};
 use crate::proto;
 use crate::proto::admin_server::Admin;
+use crate::state::Shared;
 use crate::stats::StatsFilter;
 use crate::store::{CaseAction, StoreError};
 

@@ -34,9 +34,9 @@ use tokio::task::JoinSet;
 
 use super::core::Engine;
 use crate::config::{ChannelSpec, SchedulerConfig};
+use crate::links::Links;
 use crate::plugin_host::PluginHost;
 use crate::store::{ClaimOptions, Claimed, Claims, Completion, FollowUp, FrequencyCap};
-use crate::webhooks::Links;
 use crate::workflow::RenderContext;
 
 /// Longest the loop sleeps without looking at the store (and without moving

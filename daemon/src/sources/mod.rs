@@ -4,7 +4,7 @@
 //! A source is one provider account: where its webhooks arrive (a path on the
 //! `webhooks:` HTTP server), the secret that signs them, and optionally an
 //! API key to fetch what a thin payload leaves out. A request goes through
-//! the same steps whatever the provider ([`endpoint`]):
+//! the same steps whatever the provider ([`crate::http::sources`]):
 //!
 //! 1. **Verify** the signature by the provider's own scheme, before the body
 //!    is parsed ([`Provider::verify`]). A missing, wrong, too old or
@@ -32,8 +32,8 @@
 //!   (lengths, control characters, amounts), bodies are bounded
 //!   ([`MAX_BODY`]), the provider's object is trimmed to fit an event.
 
+pub mod activity;
 pub mod chargebee;
-pub mod endpoint;
 pub mod enrich;
 pub mod lago;
 pub mod paddle;

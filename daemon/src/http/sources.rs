@@ -1,6 +1,6 @@
 //! The HTTP side of billing sources: `POST <path>` of each configured
-//! source, served on the `webhooks:` listener, and what each source has
-//! heard ([`Activity`]) for `dunningctl sources list` and the metrics.
+//! source, served on the `webhooks:` listener; what each source has heard
+//! is counted in [`crate::sources::activity`].
 //!
 //! Sources are looked up in the configuration in force for every request,
 //! so a source added, changed or removed by a reload is served (or not)
@@ -18,114 +18,26 @@
 //!   stored and the provider's retry will be accepted.
 //!
 //! `GET <path>/portal?…` of a Stripe source with an `api_key` is the signed
-//! customer-portal link events carry as `data.portal_url` ([`portal`]).
+//! customer-portal link events carry as `data.portal_url` (signed by
+//! [`crate::links`], the session made by [`crate::sources::portal`]).
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde_json::{Value, json};
 
-use super::enrich::{self, EnrichError};
-use super::{MAX_BODY, Provider, Refusal, SourceConfig, portal};
-use crate::daemon::Shared;
+use super::page;
+use crate::links::Links;
 use crate::metrics::EventResult;
-use crate::webhooks::page;
-
-/// What became of one webhook, as counted per source.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Committed as a new event.
-    Accepted,
-    /// Its event id was already stored: nothing changed.
-    Duplicate,
-    /// Not mapped to any event type: answered 2xx.
-    Ignored,
-    /// Signature or event refused: answered 4xx.
-    Refused,
-    /// The provider's API or the database did not answer: 5xx, retried by
-    /// the provider.
-    Unavailable,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 5] = [
-        Outcome::Accepted,
-        Outcome::Duplicate,
-        Outcome::Ignored,
-        Outcome::Refused,
-        Outcome::Unavailable,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Accepted => "accepted",
-            Outcome::Duplicate => "duplicate",
-            Outcome::Ignored => "ignored",
-            Outcome::Refused => "refused",
-            Outcome::Unavailable => "unavailable",
-        }
-    }
-}
-
-/// What one source has heard since the daemon started.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SourceActivity {
-    pub accepted: u64,
-    pub duplicate: u64,
-    pub ignored: u64,
-    pub refused: u64,
-    pub unavailable: u64,
-    /// When the last webhook arrived, whatever became of it.
-    pub last_at: Option<DateTime<Utc>>,
-    /// The last webhook: its provider type and id, or what refused it.
-    pub last: Option<String>,
-    /// The last refusal or failure, with when it happened.
-    pub last_error: Option<(DateTime<Utc>, String)>,
-}
-
-/// Every source's activity, by source name; kept in memory (per daemon,
-/// since its start). The metrics keep the same counts for history.
-#[derive(Debug, Default)]
-pub struct Activity {
-    by_source: Mutex<BTreeMap<String, SourceActivity>>,
-}
-
-impl Activity {
-    pub fn record(&self, source: &str, outcome: Outcome, what: String, at: DateTime<Utc>) {
-        let mut by_source = match self.by_source.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let activity = by_source.entry(source.to_string()).or_default();
-        match outcome {
-            Outcome::Accepted => activity.accepted += 1,
-            Outcome::Duplicate => activity.duplicate += 1,
-            Outcome::Ignored => activity.ignored += 1,
-            Outcome::Refused => activity.refused += 1,
-            Outcome::Unavailable => activity.unavailable += 1,
-        }
-        if matches!(outcome, Outcome::Refused | Outcome::Unavailable) {
-            activity.last_error = Some((at, what.clone()));
-        }
-        activity.last_at = Some(at);
-        activity.last = Some(what);
-    }
-
-    /// The activity of `source` (all zero if it has heard nothing).
-    pub fn of(&self, source: &str) -> SourceActivity {
-        let by_source = match self.by_source.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        by_source.get(source).cloned().unwrap_or_default()
-    }
-}
+use crate::sources::activity::Outcome;
+use crate::sources::enrich::{self, EnrichError};
+use crate::sources::{MAX_BODY, Provider, Refusal, SourceConfig, portal};
+use crate::state::Shared;
 
 struct Endpoint {
     shared: Arc<Shared>,
@@ -172,7 +84,7 @@ async fn handle(
             && let Some(webhooks) = &config.webhooks
         {
             return endpoint
-                .portal(source, &webhooks.secret, uri.query().unwrap_or(""))
+                .portal(source, &Links::new(webhooks), uri.query().unwrap_or(""))
                 .await;
         }
         return plain(StatusCode::NOT_FOUND, "not found");
@@ -200,8 +112,8 @@ async fn handle(
 impl Endpoint {
     /// `GET <path>/portal?customer=…&expires=…&sig=…`: a session of the
     /// provider's customer portal, made now, for a signed link.
-    async fn portal(&self, source: &SourceConfig, secret: &[u8], query: &str) -> Response {
-        let Some(customer) = portal::verify(source, secret, query, Utc::now()) else {
+    async fn portal(&self, source: &SourceConfig, links: &Links, query: &str) -> Response {
+        let Some(customer) = links.verify_portal(source, query, Utc::now()) else {
             tracing::warn!(source = %source.name, "refused a portal link: altered or expired");
             return page(
                 StatusCode::FORBIDDEN,
@@ -294,13 +206,7 @@ impl Endpoint {
             && let (Some(customer), Some(webhooks)) =
                 (&draft.customer_id, &self.shared.config().webhooks)
         {
-            draft.portal_url = Some(portal::link(
-                &webhooks.public_url,
-                source,
-                &webhooks.secret,
-                customer,
-                Utc::now(),
-            ));
+            draft.portal_url = Some(Links::new(webhooks).portal_url(source, customer, Utc::now()));
         }
         let event = match draft.to_event(source.provider, name, source.subject) {
             Ok(event) => event,

@@ -36,62 +36,18 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha1::Sha1;
-use sha2::Sha256;
 use tokio::sync::watch;
 
+use super::{page, serve_until_stopped};
 use crate::config::WebhooksConfig;
-use crate::daemon::Shared;
+use crate::links::Links;
+use crate::state::Shared;
 use crate::store::ProviderReport;
 
 /// The opt-out source of a STOP reply.
 pub const SMS_STOP: &str = "sms-stop";
 /// The opt-out source of an unsubscribe link.
 pub const UNSUBSCRIBE_LINK: &str = "unsubscribe-link";
-
-/// Signs and checks unsubscribe links. Every daemon of one database must
-/// share the secret, so that any of them accepts a link another wrote.
-#[derive(Clone)]
-pub struct Links {
-    public_url: String,
-    secret: Vec<u8>,
-}
-
-impl Links {
-    pub fn new(config: &WebhooksConfig) -> Links {
-        Links {
-            public_url: config.public_url.clone(),
-            secret: config.secret.clone(),
-        }
-    }
-
-    fn mac(&self, customer: &str, channel: &str) -> Hmac<Sha256> {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret)
-            .expect("HMAC takes keys of any length");
-        mac.update(b"unsubscribe\n");
-        mac.update(channel.as_bytes());
-        mac.update(b"\n");
-        mac.update(customer.as_bytes());
-        mac
-    }
-
-    /// The link that opts `customer` out of `channel`.
-    pub fn unsubscribe_url(&self, customer: &str, channel: &str) -> String {
-        let sig = hex::encode(self.mac(customer, channel).finalize().into_bytes());
-        let query = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("customer", customer)
-            .append_pair("channel", channel)
-            .append_pair("sig", &sig)
-            .finish();
-        format!("{}/unsubscribe?{query}", self.public_url)
-    }
-
-    fn verify(&self, customer: &str, channel: &str, sig: &str) -> bool {
-        let Ok(sig) = hex::decode(sig) else {
-            return false;
-        };
-        self.mac(customer, channel).verify_slice(&sig).is_ok()
-    }
-}
 
 /// What Twilio's `X-Twilio-Signature` must be for a request: base64 of
 /// HMAC-SHA1 keyed with the auth token over the full URL followed by every
@@ -170,7 +126,7 @@ pub async fn listen(
         shared,
         config,
     });
-    let sources = crate::sources::endpoint::router(hooks.shared.clone());
+    let sources = super::sources::router(hooks.shared.clone());
     let app = Router::new()
         .route("/twilio/{channel}/inbound", post(twilio_inbound))
         .route("/twilio/{channel}/status", post(twilio_status))
@@ -184,27 +140,6 @@ pub async fn listen(
         stop,
         "webhook endpoints",
     ))
-}
-
-/// Serves `app` on `listener` until `stop` turns true (then lets requests in
-/// progress finish); shared by the webhook and metrics listeners.
-pub(crate) fn serve_until_stopped(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    mut stop: watch::Receiver<bool>,
-    what: &'static str,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let stopped = async move {
-            let _ = stop.wait_for(|stopping| *stopping).await;
-        };
-        if let Err(error) = axum::serve(listener, app)
-            .with_graceful_shutdown(stopped)
-            .await
-        {
-            tracing::error!(%error, "{what} stopped");
-        }
-    })
 }
 
 fn plain(status: StatusCode, text: impl Into<String>) -> Response {
@@ -402,27 +337,6 @@ struct UnsubscribeQuery {
     sig: String,
 }
 
-/// A small HTML page for a person who followed a link; `title` and `body`
-/// are the caller's own text, never a value from outside.
-pub(crate) fn page(status: StatusCode, title: &str, body: &str) -> Response {
-    let html = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{title}</title></head>\
-         <body style=\"font-family: system-ui, sans-serif; max-width: 32rem; margin: 4rem auto; padding: 0 1rem\">\
-         <h1>{title}</h1>{body}</body></html>"
-    );
-    (
-        status,
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        html,
-    )
-        .into_response()
-}
-
 fn invalid_link() -> Response {
     page(
         StatusCode::FORBIDDEN,
@@ -554,24 +468,6 @@ mod tests {
         for text in ["please stop", "stopp", "", "HELP", "I paid"] {
             assert_eq!(keyword(text), None, "{text}");
         }
-    }
-
-    #[test]
-    fn unsubscribe_links_are_bound_to_customer_and_channel() {
-        let links = Links {
-            public_url: "https://billing.example.com/dunningd".into(),
-            secret: b"0123456789abcdef0123456789abcdef".to_vec(),
-        };
-        let url = links.unsubscribe_url("cus 1&x", "email");
-        assert!(url.starts_with(
-            "https://billing.example.com/dunningd/unsubscribe?customer=cus+1%26x&channel=email&sig="
-        ));
-        let sig = url.rsplit("sig=").next().expect("sig");
-        assert!(links.verify("cus 1&x", "email", sig));
-        assert!(!links.verify("cus 2", "email", sig));
-        assert!(!links.verify("cus 1&x", "sms", sig));
-        assert!(!links.verify("cus 1&x", "email", &sig[..sig.len() - 2]));
-        assert!(!links.verify("cus 1&x", "email", "zz"));
     }
 
     #[test]
