@@ -33,6 +33,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::core::Engine;
+use super::policy::{self, Condition, Decision, Facts};
 use crate::config::{ChannelSpec, SchedulerConfig};
 use crate::plugin_host::PluginHost;
 use crate::store::{ClaimOptions, Claimed, Claims, Completion, FollowUp, FrequencyCap};
@@ -477,9 +478,9 @@ impl Scheduler {
         }
     }
 
-    /// Applies the sending policy to one claimed delivery (step condition,
-    /// opt-out, send windows, expiry), renders and sends it, and decides what
-    /// became of it.
+    /// Gathers one claimed delivery's facts (step condition, opt-out, send
+    /// windows, expiry) for the sending policy ([`policy::judge`]), renders
+    /// and sends it if the policy says so, and decides what became of it.
     async fn dispatch(&self, claimed: Claimed) -> Completion {
         let now = self.engine.clock().now();
         let workflow = match self
@@ -518,75 +519,51 @@ impl Scheduler {
             });
 
         // Only a step with a condition needs the blocking pool: most have none.
-        if let Some(when) = step.and_then(|s| s.when.clone()) {
-            let (workflow, event) = (workflow.clone(), shared_event.clone());
-            let applies = self
-                .off_worker(&claimed.channel, "the step's condition", move || {
-                    workflow
-                        .step_applies(index, &event)
-                        .map_err(|e| e.to_string())
-                })
-                .await
-                .and_then(|applies| applies);
-            match applies {
-                Ok(true) => {}
-                Ok(false) => {
-                    return Completion::Skipped {
-                        reason: format!("condition '{when}' is false"),
-                        fallback: None,
-                    };
-                }
-                Err(error) => {
-                    return Completion::Skipped {
-                        reason: format!("cannot evaluate the step's condition: {error}"),
-                        fallback: None,
-                    };
-                }
+        let checked = match step.and_then(|s| s.when.clone()) {
+            None => None,
+            Some(when) => {
+                let (workflow, event) = (workflow.clone(), shared_event.clone());
+                let applies = self
+                    .off_worker(&claimed.channel, "the step's condition", move || {
+                        workflow
+                            .step_applies(index, &event)
+                            .map_err(|e| e.to_string())
+                    })
+                    .await
+                    .and_then(|applies| applies);
+                Some((when, applies))
             }
-        }
-        if let Some(source) = &claimed.opted_out {
-            return Completion::Skipped {
-                reason: format!("opted out of {} ({source})", claimed.channel),
-                fallback,
-            };
-        }
-        // A stale message is worse than none.
-        let expires = step.and_then(|s| s.expires_after).map(|after| {
-            (
-                claimed.due_at + chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX),
-                after,
-            )
-        });
-        let expired = |when: &str| Completion::Skipped {
-            reason: format!(
-                "expired: due {}, {when}, past its expires_after of {}",
-                claimed.due_at.format("%Y-%m-%d %H:%M UTC"),
-                crate::duration::format(expires.map(|(_, after)| after).unwrap_or_default())
-            ),
-            fallback: None,
         };
-        // Retries, resumed cases and reloads can fall outside a window.
-        match workflow.plan(index, windows.get(&claimed.channel), now, timezone) {
-            None => {
+        let condition = match &checked {
+            None => Condition::Absent,
+            Some((_, Ok(true))) => Condition::Holds,
+            Some((when, Ok(false))) => Condition::False { when },
+            Some((_, Err(error))) => Condition::Unevaluable { error },
+        };
+        let facts = Facts {
+            condition,
+            opted_out: claimed.opted_out.as_deref(),
+            channel: &claimed.channel,
+            opens: workflow.plan(index, windows.get(&claimed.channel), now, timezone),
+            expires_after: step.and_then(|s| s.expires_after),
+            due_at: claimed.due_at,
+            now,
+        };
+        match policy::judge(&facts) {
+            Decision::Send => {}
+            Decision::Skip { reason, hand_over } => {
                 return Completion::Skipped {
-                    reason: "its send windows do not open together within a year".into(),
-                    fallback,
+                    reason,
+                    fallback: fallback.filter(|_| hand_over),
                 };
             }
-            Some(opens) if opens > now && expires.is_some_and(|(deadline, _)| opens > deadline) => {
-                return expired(&format!(
-                    "the send window opens only at {}",
-                    opens.format("%Y-%m-%d %H:%M UTC")
-                ));
+            Decision::Expire { reason } => {
+                return Completion::Skipped {
+                    reason,
+                    fallback: None,
+                };
             }
-            Some(opens) if opens > now => return Completion::Defer { at: opens },
-            Some(_) => {}
-        }
-        if expires.is_some_and(|(deadline, _)| now > deadline) {
-            return expired(&format!(
-                "could go out only at {}",
-                now.format("%Y-%m-%d %H:%M UTC")
-            ));
+            Decision::Defer { until } => return Completion::Defer { at: until },
         }
 
         let unsubscribe_url = self
