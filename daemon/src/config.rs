@@ -23,6 +23,8 @@ use serde_json::Value;
 
 use crate::duration;
 use crate::redact;
+use crate::workflow::FileLimits;
+use crate::yaml::strip_location;
 
 /// Where the default paths point when the daemon runs under systemd.
 pub const DEFAULT_SOCKET: &str = "/run/dunningd/admin.sock";
@@ -31,10 +33,11 @@ pub const DEFAULT_CONFIG: &str = "/etc/dunningd/dunningd.yaml";
 /// The largest message of the admin API, both ways: the server's and
 /// `dunningctl`'s decoding and encoding limits are set from it.
 pub const ADMIN_MESSAGE_LIMIT: usize = 64 * 1024 * 1024;
-/// The largest `limits.workflow_file_size`: a quarter of an admin message,
-/// so that `dunningctl workflows show` of a file at the limit (its source,
-/// plus the steps and description it repeats) always fits in one answer.
-pub const MAX_WORKFLOW_FILE_SIZE: u64 = (ADMIN_MESSAGE_LIMIT / 4) as u64;
+/// The largest `limits.workflow_file_size` ([`FileLimits::MAX`]).
+pub const MAX_WORKFLOW_FILE_SIZE: u64 = FileLimits::MAX.max_bytes;
+// A workflow file at the limit, with the steps and description its answer
+// repeats, must fit in one admin message.
+const _: () = assert!(MAX_WORKFLOW_FILE_SIZE <= (ADMIN_MESSAGE_LIMIT / 4) as u64);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -1077,15 +1080,6 @@ fn admin_config(
         }),
         allow_plaintext: raw.allow_plaintext,
     })
-}
-
-/// serde_norway appends " at line X column Y" to messages; we print the
-/// location in front instead (`file:line:col: message`).
-pub(crate) fn strip_location(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) => message[..i].to_string(),
-        None => message.to_string(),
-    }
 }
 
 #[cfg(test)]

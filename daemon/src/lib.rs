@@ -22,6 +22,7 @@
 //! - [`redact`]: secrets in output: URL credentials and secret values hidden
 //!   wherever text is printed or stored.
 //! - [`files`]: folders and files the daemon creates, private to its user.
+//! - `yaml`: YAML error messages as printed for every file read.
 //!
 //! The binaries are `dunningd` (the daemon) and `dunningctl` (its client).
 #![deny(unsafe_code)]
@@ -43,6 +44,7 @@ pub mod store;
 pub mod systemd;
 pub mod webhooks;
 pub mod workflow;
+mod yaml;
 
 /// The generated protobuf and gRPC code. Only `admin` and `dunningctl` use it.
 pub mod proto {

@@ -564,7 +564,7 @@ impl Workflow {
                 return Err(vec![at(
                     line,
                     column,
-                    crate::config::strip_location(&e.to_string()),
+                    crate::yaml::strip_location(&e.to_string()),
                 )]);
             }
         };
