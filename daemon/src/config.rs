@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use crate::duration;
 use crate::redact;
-use crate::workflow::FileLimits;
+use crate::workflow::{FileLimits, RawWindow, SendWindow};
 use crate::yaml::strip_location;
 
 /// Where the default paths point when the daemon runs under systemd.
@@ -38,6 +38,31 @@ pub const MAX_WORKFLOW_FILE_SIZE: u64 = FileLimits::MAX.max_bytes;
 // A workflow file at the limit, with the steps and description its answer
 // repeats, must fit in one admin message.
 const _: () = assert!(MAX_WORKFLOW_FILE_SIZE <= (ADMIN_MESSAGE_LIMIT / 4) as u64);
+
+/// What the file leaves out. Named, so that code needing the same value
+/// (the scheduler's retry policy for a channel it does not know, tests)
+/// says which default it means instead of repeating a number.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/dunningd";
+pub const DEFAULT_WORKFLOWS_DIR: &str = "workflows";
+pub const DEFAULT_PLUGIN_DIR: &str = "/usr/lib/dunningd/plugins";
+/// `scheduler.lease`.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(120);
+/// `scheduler.batch_size`.
+pub const DEFAULT_BATCH_SIZE: u32 = 512;
+/// `scheduler.max_claims`.
+pub const DEFAULT_MAX_CLAIMS: u32 = 10;
+/// `scheduler.shutdown_grace`.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// A channel's `timeout`.
+pub const DEFAULT_CHANNEL_TIMEOUT: Duration = Duration::from_secs(30);
+/// A channel's `concurrency`.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+/// A channel's `max_attempts`.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// A channel's `retry_backoff`.
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(60);
+/// The shortest `webhooks.secret`: unsubscribe links are signed with it.
+const MIN_WEBHOOKS_SECRET: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -162,7 +187,7 @@ struct RawChannel {
     concurrency: Option<usize>,
     max_attempts: Option<u32>,
     retry_backoff: Option<String>,
-    send_window: Option<crate::workflow::RawWindow>,
+    send_window: Option<RawWindow>,
     frequency_cap: Option<RawCap>,
 }
 
@@ -348,7 +373,7 @@ pub struct ChannelSpec {
     pub retry_backoff: Duration,
     /// Quiet hours for every delivery on this channel (e.g. SMS only in the
     /// daytime), on top of any window of the workflow or step.
-    pub send_window: Option<crate::workflow::SendWindow>,
+    pub send_window: Option<SendWindow>,
     /// At most so many deliveries per customer on this channel per period,
     /// across all workflows; more wait (critical steps excepted).
     pub frequency_cap: Option<crate::store::FrequencyCap>,
@@ -466,7 +491,7 @@ pub struct Config {
     /// `None`: no metrics endpoint (nothing listens).
     pub metrics: Option<MetricsConfig>,
     /// What a workflow file may cost to read and decode.
-    pub limits: crate::workflow::FileLimits,
+    pub limits: FileLimits,
     /// Billing sources, served on the `webhooks:` listener; reloadable.
     pub sources: Vec<crate::sources::SourceConfig>,
 }
@@ -518,242 +543,45 @@ impl Config {
             path: path.to_path_buf(),
             message,
         };
-        let dur = |field: &str, value: &Option<String>, default: Duration| match value {
-            None => Ok(default),
-            Some(text) => duration::parse(text).map_err(|e| invalid(format!("{field}: {e}"))),
-        };
-
         let resolve = |p: PathBuf| normalize(&if p.is_absolute() { p } else { base.join(p) });
-        let state_dir = resolve(raw.state_dir.unwrap_or_else(|| "/var/lib/dunningd".into()));
-        let database = match raw.database {
-            Some(url) if url.starts_with("sqlite://") => {
-                let file = PathBuf::from(&url["sqlite://".len()..]);
-                DatabaseUrl(format!("sqlite://{}", resolve(file).display()))
-            }
-            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                if let Some(key) = unknown_postgres_parameter(&url) {
-                    return Err(invalid(format!(
-                        "database: unsupported parameter '{key}' (known: {})",
-                        POSTGRES_PARAMETERS.join(", ")
-                    )));
-                }
-                DatabaseUrl(url)
-            }
-            Some(url) => {
-                return Err(invalid(format!(
-                    "database: unsupported URL '{}' (expected sqlite://PATH or postgres://USER@HOST/DB)",
-                    DatabaseUrl(url)
-                )));
-            }
-            None => DatabaseUrl(format!(
-                "sqlite://{}",
-                state_dir.join("dunningd.db").display()
-            )),
-        };
 
-        let clock = match raw.clock.as_deref() {
-            None | Some("system") => {
-                if raw.clock_start.is_some() {
-                    return Err(invalid(
-                        "clock_start: only allowed with 'clock: manual'".into(),
-                    ));
-                }
-                ClockKind::System
-            }
-            Some("manual") => ClockKind::Manual {
-                start: raw.clock_start,
-            },
-            Some(other) => {
-                return Err(invalid(format!(
-                    "clock: unknown clock '{other}' (expected 'system' or 'manual')"
-                )));
-            }
-        };
-
-        let scheduler = SchedulerConfig {
-            lease: dur(
-                "scheduler.lease",
-                &raw.scheduler.lease,
-                Duration::from_secs(120),
-            )?,
-            batch_size: raw.scheduler.batch_size.unwrap_or(512).max(1),
-            max_claims: raw.scheduler.max_claims.unwrap_or(10).max(1),
-            shutdown_grace: dur(
-                "scheduler.shutdown_grace",
-                &raw.scheduler.shutdown_grace,
-                Duration::from_secs(20),
-            )?,
-        };
-
+        let state_dir = resolve(raw.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()));
+        let database = database_url(raw.database, &state_dir, &resolve).map_err(invalid)?;
+        let clock = clock_kind(raw.clock.as_deref(), raw.clock_start).map_err(invalid)?;
+        let scheduler = scheduler_config(&raw.scheduler).map_err(invalid)?;
         let admin = admin_config(raw.admin, &resolve).map_err(invalid)?;
-
         let webhooks = match raw.webhooks {
             None => None,
-            Some(w) => {
-                let listen = w.listen.parse().map_err(|e| {
-                    invalid(format!(
-                        "webhooks.listen: '{}': {e} (expected an address like 127.0.0.1:8788)",
-                        w.listen
-                    ))
-                })?;
-                let public_url = w.public_url.trim_end_matches('/').to_string();
-                if !(public_url.starts_with("https://") || public_url.starts_with("http://"))
-                    || public_url.contains(['?', '#'])
-                {
-                    return Err(invalid(format!(
-                        "webhooks.public_url: '{}' is not an http(s) URL without query (e.g. https://billing.example.com/dunningd)",
-                        redact::urls(&w.public_url)
-                    )));
-                }
-                let secret = read_secret(&w.secret, &resolve, credentials)
-                    .map_err(|e| invalid(format!("webhooks.secret: {e}")))?;
-                if secret.len() < 16 {
-                    return Err(invalid(
-                        "webhooks.secret: at least 16 characters (e.g. `openssl rand -hex 32`)"
-                            .into(),
-                    ));
-                }
-                Some(WebhooksConfig {
-                    listen,
-                    public_url,
-                    secret: secret.into_bytes(),
-                })
-            }
+            Some(w) => Some(webhooks_config(w, &resolve, credentials).map_err(invalid)?),
         };
-
         let metrics = match raw.metrics {
             None => None,
-            Some(m) => Some(MetricsConfig {
-                listen: m.listen.parse().map_err(|e| {
-                    invalid(format!(
-                        "metrics.listen: '{}': {e} (expected an address like 127.0.0.1:9464)",
-                        m.listen
-                    ))
-                })?,
-            }),
+            Some(m) => Some(metrics_config(&m).map_err(invalid)?),
         };
-
-        let limits = match &raw.limits.workflow_file_size {
-            None => crate::workflow::FileLimits::DEFAULT,
-            Some(value) => {
-                let field = "limits.workflow_file_size";
-                let bytes = parse_size(value).map_err(|e| invalid(format!("{field}: {e}")))?;
-                if bytes == 0 || bytes > MAX_WORKFLOW_FILE_SIZE {
-                    return Err(invalid(format!(
-                        "{field}: {bytes} bytes is not between 1 and {MAX_WORKFLOW_FILE_SIZE} (16MiB, so that `dunningctl workflows show` can always show the file)"
-                    )));
-                }
-                crate::workflow::FileLimits { max_bytes: bytes }
-            }
-        };
-
+        let limits = file_limits(&raw.limits).map_err(invalid)?;
         let mut channels = BTreeMap::new();
         for (name, ch) in raw.channels {
-            let field = |f: &str| format!("channels.{name}.{f}");
-            let mut settings = ch.settings;
-            let secret_keys: Vec<String> = ch.secrets.keys().cloned().collect();
-            for (key, source) in ch.secrets {
-                if settings.contains_key(&key) {
-                    return Err(invalid(format!(
-                        "{}: '{key}' is given both as a setting and as a secret",
-                        field("secrets")
-                    )));
-                }
-                let value = read_secret(&source, &resolve, credentials)
-                    .map_err(|e| invalid(format!("{}: {e}", field(&format!("secrets.{key}")))))?;
-                settings.insert(key, Value::String(value));
-            }
-            // Twilio reports what became of each message to our webhook.
-            if let Some(webhooks) = &webhooks
-                && ch.plugin == "twilio"
-                && !settings.contains_key("status_callback")
-            {
-                settings.insert(
-                    "status_callback".into(),
-                    Value::String(format!("{}/twilio/{name}/status", webhooks.public_url)),
-                );
-            }
-            let spec = ChannelSpec {
-                plugin: ch.plugin,
-                settings: Value::Object(settings),
-                secret_keys,
-                timeout: dur(&field("timeout"), &ch.timeout, Duration::from_secs(30))?,
-                concurrency: ch.concurrency.unwrap_or(8).max(1),
-                max_attempts: ch.max_attempts.unwrap_or(5).max(1),
-                retry_backoff: dur(
-                    &field("retry_backoff"),
-                    &ch.retry_backoff,
-                    Duration::from_secs(60),
-                )?,
-                send_window: match &ch.send_window {
-                    None => None,
-                    Some(raw) => Some(crate::workflow::SendWindow::parse(raw).map_err(
-                        |(key, message)| {
-                            invalid(format!(
-                                "{}.{}: {message}",
-                                field("send_window"),
-                                key.trim_end_matches(':')
-                            ))
-                        },
-                    )?),
-                },
-                frequency_cap: match &ch.frequency_cap {
-                    None => None,
-                    Some(cap) => {
-                        if cap.max == 0 {
-                            return Err(invalid(format!(
-                                "{}.max: must be at least 1 (to stop a channel, remove it from the workflows)",
-                                field("frequency_cap")
-                            )));
-                        }
-                        let per = duration::parse(&cap.per)
-                            .map_err(|e| invalid(format!("{}.per: {e}", field("frequency_cap"))))?;
-                        if per.is_zero() {
-                            return Err(invalid(format!(
-                                "{}.per: must be longer than 0s",
-                                field("frequency_cap")
-                            )));
-                        }
-                        Some(crate::store::FrequencyCap { max: cap.max, per })
-                    }
-                },
-            };
-            // A claim must outlive the call it covers, or a slow send could
-            // be claimed (and sent) a second time while still running.
-            if spec.timeout >= scheduler.lease {
-                return Err(invalid(format!(
-                    "{}: {} must be shorter than scheduler.lease ({})",
-                    field("timeout"),
-                    duration::format(spec.timeout),
-                    duration::format(scheduler.lease)
-                )));
-            }
+            let spec = channel_spec(
+                &name,
+                ch,
+                webhooks.as_ref(),
+                &scheduler,
+                &resolve,
+                credentials,
+            )
+            .map_err(invalid)?;
             channels.insert(name, spec);
         }
-
-        let sources = raw
-            .sources
-            .into_iter()
-            .map(|(name, raw)| source_config(name, raw, webhooks.is_some(), &resolve, credentials))
-            .collect::<Result<Vec<_>, String>>()
+        let sources = sources_config(raw.sources, webhooks.is_some(), &resolve, credentials)
             .map_err(invalid)?;
-        let mut paths = BTreeMap::new();
-        for source in &sources {
-            if let Some(other) = paths.insert(source.path.as_str(), source.name.as_str()) {
-                return Err(invalid(format!(
-                    "sources.{}.path: '{}' is already the path of source '{other}'",
-                    source.name, source.path
-                )));
-            }
-        }
 
         Ok(Config {
             path: Some(path.to_path_buf()),
-            workflows_dir: resolve(raw.workflows_dir.unwrap_or_else(|| "workflows".into())),
-            plugin_dir: resolve(
-                raw.plugin_dir
-                    .unwrap_or_else(|| "/usr/lib/dunningd/plugins".into()),
+            workflows_dir: resolve(
+                raw.workflows_dir
+                    .unwrap_or_else(|| DEFAULT_WORKFLOWS_DIR.into()),
             ),
+            plugin_dir: resolve(raw.plugin_dir.unwrap_or_else(|| DEFAULT_PLUGIN_DIR.into())),
             state_dir,
             database,
             admin,
@@ -766,6 +594,257 @@ impl Config {
             sources,
         })
     }
+}
+
+/// A duration field, `default` when the file leaves it out.
+fn duration_field(field: &str, value: Option<&str>, default: Duration) -> Result<Duration, String> {
+    match value {
+        None => Ok(default),
+        Some(text) => duration::parse(text).map_err(|e| format!("{field}: {e}")),
+    }
+}
+
+/// `database:`: a SQLite file (relative to the configuration) or a
+/// PostgreSQL URL; `dunningd.db` in the state folder when left out.
+fn database_url(
+    raw: Option<String>,
+    state_dir: &Path,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<DatabaseUrl, String> {
+    Ok(match raw {
+        Some(url) if url.starts_with("sqlite://") => {
+            let file = PathBuf::from(&url["sqlite://".len()..]);
+            DatabaseUrl(format!("sqlite://{}", resolve(file).display()))
+        }
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            if let Some(key) = unknown_postgres_parameter(&url) {
+                return Err(format!(
+                    "database: unsupported parameter '{key}' (known: {})",
+                    POSTGRES_PARAMETERS.join(", ")
+                ));
+            }
+            DatabaseUrl(url)
+        }
+        Some(url) => {
+            return Err(format!(
+                "database: unsupported URL '{}' (expected sqlite://PATH or postgres://USER@HOST/DB)",
+                DatabaseUrl(url)
+            ));
+        }
+        None => DatabaseUrl(format!(
+            "sqlite://{}",
+            state_dir.join("dunningd.db").display()
+        )),
+    })
+}
+
+/// `clock:` and `clock_start:`.
+fn clock_kind(raw: Option<&str>, start: Option<DateTime<Utc>>) -> Result<ClockKind, String> {
+    match raw {
+        None | Some("system") => {
+            if start.is_some() {
+                return Err("clock_start: only allowed with 'clock: manual'".into());
+            }
+            Ok(ClockKind::System)
+        }
+        Some("manual") => Ok(ClockKind::Manual { start }),
+        Some(other) => Err(format!(
+            "clock: unknown clock '{other}' (expected 'system' or 'manual')"
+        )),
+    }
+}
+
+/// `scheduler:`.
+fn scheduler_config(raw: &RawScheduler) -> Result<SchedulerConfig, String> {
+    Ok(SchedulerConfig {
+        lease: duration_field("scheduler.lease", raw.lease.as_deref(), DEFAULT_LEASE)?,
+        batch_size: raw.batch_size.unwrap_or(DEFAULT_BATCH_SIZE).max(1),
+        max_claims: raw.max_claims.unwrap_or(DEFAULT_MAX_CLAIMS).max(1),
+        shutdown_grace: duration_field(
+            "scheduler.shutdown_grace",
+            raw.shutdown_grace.as_deref(),
+            DEFAULT_SHUTDOWN_GRACE,
+        )?,
+    })
+}
+
+/// `webhooks:`, its secret read.
+fn webhooks_config(
+    raw: RawWebhooks,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+    credentials: Option<&Path>,
+) -> Result<WebhooksConfig, String> {
+    let listen = raw.listen.parse().map_err(|e| {
+        format!(
+            "webhooks.listen: '{}': {e} (expected an address like 127.0.0.1:8788)",
+            raw.listen
+        )
+    })?;
+    let public_url = raw.public_url.trim_end_matches('/').to_string();
+    if !(public_url.starts_with("https://") || public_url.starts_with("http://"))
+        || public_url.contains(['?', '#'])
+    {
+        return Err(format!(
+            "webhooks.public_url: '{}' is not an http(s) URL without query (e.g. https://billing.example.com/dunningd)",
+            redact::urls(&raw.public_url)
+        ));
+    }
+    let secret = read_secret(&raw.secret, resolve, credentials)
+        .map_err(|e| format!("webhooks.secret: {e}"))?;
+    if secret.len() < MIN_WEBHOOKS_SECRET {
+        return Err("webhooks.secret: at least 16 characters (e.g. `openssl rand -hex 32`)".into());
+    }
+    Ok(WebhooksConfig {
+        listen,
+        public_url,
+        secret: secret.into_bytes(),
+    })
+}
+
+/// `metrics:`.
+fn metrics_config(raw: &RawMetrics) -> Result<MetricsConfig, String> {
+    Ok(MetricsConfig {
+        listen: raw.listen.parse().map_err(|e| {
+            format!(
+                "metrics.listen: '{}': {e} (expected an address like 127.0.0.1:9464)",
+                raw.listen
+            )
+        })?,
+    })
+}
+
+/// `limits:`.
+fn file_limits(raw: &RawLimits) -> Result<FileLimits, String> {
+    match &raw.workflow_file_size {
+        None => Ok(FileLimits::DEFAULT),
+        Some(value) => {
+            let field = "limits.workflow_file_size";
+            let bytes = parse_size(value).map_err(|e| format!("{field}: {e}"))?;
+            if bytes == 0 || bytes > MAX_WORKFLOW_FILE_SIZE {
+                return Err(format!(
+                    "{field}: {bytes} bytes is not between 1 and {MAX_WORKFLOW_FILE_SIZE} (16MiB, so that `dunningctl workflows show` can always show the file)"
+                ));
+            }
+            Ok(FileLimits { max_bytes: bytes })
+        }
+    }
+}
+
+/// One channel of `channels:`, its secrets read and merged into its
+/// settings.
+fn channel_spec(
+    name: &str,
+    ch: RawChannel,
+    webhooks: Option<&WebhooksConfig>,
+    scheduler: &SchedulerConfig,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+    credentials: Option<&Path>,
+) -> Result<ChannelSpec, String> {
+    let field = |f: &str| format!("channels.{name}.{f}");
+    let mut settings = ch.settings;
+    let secret_keys: Vec<String> = ch.secrets.keys().cloned().collect();
+    for (key, source) in ch.secrets {
+        if settings.contains_key(&key) {
+            return Err(format!(
+                "{}: '{key}' is given both as a setting and as a secret",
+                field("secrets")
+            ));
+        }
+        let value = read_secret(&source, resolve, credentials)
+            .map_err(|e| format!("{}: {e}", field(&format!("secrets.{key}"))))?;
+        settings.insert(key, Value::String(value));
+    }
+    // Twilio reports what became of each message to our webhook.
+    if let Some(webhooks) = webhooks
+        && ch.plugin == "twilio"
+        && !settings.contains_key("status_callback")
+    {
+        settings.insert(
+            "status_callback".into(),
+            Value::String(format!("{}/twilio/{name}/status", webhooks.public_url)),
+        );
+    }
+    let spec = ChannelSpec {
+        plugin: ch.plugin,
+        settings: Value::Object(settings),
+        secret_keys,
+        timeout: duration_field(
+            &field("timeout"),
+            ch.timeout.as_deref(),
+            DEFAULT_CHANNEL_TIMEOUT,
+        )?,
+        concurrency: ch.concurrency.unwrap_or(DEFAULT_CONCURRENCY).max(1),
+        max_attempts: ch.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS).max(1),
+        retry_backoff: duration_field(
+            &field("retry_backoff"),
+            ch.retry_backoff.as_deref(),
+            DEFAULT_RETRY_BACKOFF,
+        )?,
+        send_window: match &ch.send_window {
+            None => None,
+            Some(raw) => Some(SendWindow::parse(raw).map_err(|(key, message)| {
+                format!(
+                    "{}.{}: {message}",
+                    field("send_window"),
+                    key.trim_end_matches(':')
+                )
+            })?),
+        },
+        frequency_cap: match &ch.frequency_cap {
+            None => None,
+            Some(cap) => {
+                if cap.max == 0 {
+                    return Err(format!(
+                        "{}.max: must be at least 1 (to stop a channel, remove it from the workflows)",
+                        field("frequency_cap")
+                    ));
+                }
+                let per = duration::parse(&cap.per)
+                    .map_err(|e| format!("{}.per: {e}", field("frequency_cap")))?;
+                if per.is_zero() {
+                    return Err(format!(
+                        "{}.per: must be longer than 0s",
+                        field("frequency_cap")
+                    ));
+                }
+                Some(crate::store::FrequencyCap { max: cap.max, per })
+            }
+        },
+    };
+    // A claim must outlive the call it covers, or a slow send could
+    // be claimed (and sent) a second time while still running.
+    if spec.timeout >= scheduler.lease {
+        return Err(format!(
+            "{}: {} must be shorter than scheduler.lease ({})",
+            field("timeout"),
+            duration::format(spec.timeout),
+            duration::format(scheduler.lease)
+        ));
+    }
+    Ok(spec)
+}
+
+/// `sources:`, each checked ([`source_config`]), no two on one path.
+fn sources_config(
+    raw: BTreeMap<String, RawSource>,
+    has_webhooks: bool,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+    credentials: Option<&Path>,
+) -> Result<Vec<crate::sources::SourceConfig>, String> {
+    let sources = raw
+        .into_iter()
+        .map(|(name, raw)| source_config(name, raw, has_webhooks, resolve, credentials))
+        .collect::<Result<Vec<_>, String>>()?;
+    let mut paths = BTreeMap::new();
+    for source in &sources {
+        if let Some(other) = paths.insert(source.path.as_str(), source.name.as_str()) {
+            return Err(format!(
+                "sources.{}.path: '{}' is already the path of source '{other}'",
+                source.name, source.path
+            ));
+        }
+    }
+    Ok(sources)
 }
 
 /// Paths of the webhook listener that a source may not take.

@@ -34,7 +34,7 @@ use tokio::task::JoinSet;
 
 use super::core::Engine;
 use super::policy::{self, Condition, Decision, Facts};
-use crate::config::{ChannelSpec, SchedulerConfig};
+use crate::config::{self, ChannelSpec, SchedulerConfig};
 use crate::plugin_host::PluginHost;
 use crate::store::{ClaimOptions, Claimed, Claims, Completion, FollowUp, FrequencyCap};
 use crate::webhooks::Links;
@@ -249,9 +249,9 @@ impl Scheduler {
             Err(poisoned) => poisoned.into_inner().clone(),
         };
         policies.get(channel).cloned().unwrap_or(RetryPolicy {
-            max_attempts: 5,
-            backoff: Duration::from_secs(60),
-            timeout: Duration::from_secs(30),
+            max_attempts: config::DEFAULT_MAX_ATTEMPTS,
+            backoff: config::DEFAULT_RETRY_BACKOFF,
+            timeout: config::DEFAULT_CHANNEL_TIMEOUT,
         })
     }
 
