@@ -133,6 +133,18 @@ mod tests {
             .unwrap_or_else(|e| panic!("bad time {s}: {e}"))
     }
 
+    /// (what, condition, opted out, windows open at, expires_after, now,
+    /// decision)
+    type Row<'a> = (
+        &'a str,
+        Condition<'a>,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<Duration>,
+        &'a str,
+        Decision,
+    );
+
     #[test]
     fn each_branch_of_the_policy() {
         const DUE: &str = "2026-03-02T09:00:00Z";
@@ -144,9 +156,8 @@ mod tests {
         let expire = |reason: &str| Decision::Expire {
             reason: reason.into(),
         };
-        // (what, condition, opted out, opens, expires_after, now, decision)
         #[rustfmt::skip]
-        let table: Vec<(&str, Condition, Option<&str>, Option<&str>, Option<Duration>, &str, Decision)> = vec![
+        let table: Vec<Row> = vec![
             ("no condition, window open, no expiry",
              Condition::Absent, None, Some(DUE), None, DUE, Decision::Send),
             ("condition holds",
