@@ -370,63 +370,7 @@ impl Workflow {
                     .ok(),
             };
             for send in &step.send {
-                let known = |c: &str| channels.is_none_or(|set| set.contains(c));
-                if !known(&send.channel) {
-                    err(
-                        &["steps:", &here, &format!("channel: {}", send.channel)],
-                        format!("step '{}': unknown channel '{}'", step.name, send.channel),
-                    );
-                }
-                if !templates.contains_key(send.template.as_str()) {
-                    err(
-                        &["steps:", &here, &format!("template: {}", send.template)],
-                        format!("step '{}': unknown template '{}'", step.name, send.template),
-                    );
-                }
-                let fallback = send.fallback.as_ref().map(|f| f.resolve(&send.template));
-                let fallback_is =
-                    |channel: &Text| Some(&channel.0) == fallback.as_ref().map(|f| &f.channel);
-                if let Some(Fallback {
-                    channel: fallback,
-                    template,
-                }) = &fallback
-                {
-                    if !templates.contains_key(template) {
-                        err(
-                            &["steps:", &here, "fallback:"],
-                            format!(
-                                "step '{}': fallback: unknown template '{template}'",
-                                step.name
-                            ),
-                        );
-                    }
-                    if fallback_is(&send.channel) {
-                        err(
-                            &["steps:", &here, "fallback:"],
-                            format!(
-                                "step '{}': fallback '{fallback}' is the channel itself",
-                                step.name
-                            ),
-                        );
-                    } else if step.send.iter().any(|s| fallback_is(&s.channel)) {
-                        // A delivery per (case, step, channel): it would never go.
-                        err(
-                            &["steps:", &here, "fallback:"],
-                            format!(
-                                "step '{}': fallback '{fallback}' is already a channel of this step, so it could never be sent; fall back to another channel",
-                                step.name
-                            ),
-                        );
-                    } else if !known(fallback) {
-                        err(
-                            &["steps:", &here, "fallback:"],
-                            format!(
-                                "step '{}': unknown fallback channel '{fallback}'",
-                                step.name
-                            ),
-                        );
-                    }
-                }
+                check_send(step, send, &here, channels, &templates, &err);
             }
             steps.push(Step {
                 name: step.name.to_string(),
@@ -469,5 +413,74 @@ impl Workflow {
             env,
             conditions,
         })
+    }
+}
+
+/// Checks one `send:` entry of `step` (found at `here`): its channel and
+/// template are known, and its fallback, if any, is another known channel
+/// with a known template.
+fn check_send(
+    step: &RawStep,
+    send: &RawSend,
+    here: &str,
+    channels: Option<&BTreeSet<String>>,
+    templates: &BTreeMap<String, Vec<String>>,
+    err: &dyn Fn(&[&str], String),
+) {
+    let known = |c: &str| channels.is_none_or(|set| set.contains(c));
+    if !known(&send.channel) {
+        err(
+            &["steps:", here, &format!("channel: {}", send.channel)],
+            format!("step '{}': unknown channel '{}'", step.name, send.channel),
+        );
+    }
+    if !templates.contains_key(send.template.as_str()) {
+        err(
+            &["steps:", here, &format!("template: {}", send.template)],
+            format!("step '{}': unknown template '{}'", step.name, send.template),
+        );
+    }
+    let fallback = send.fallback.as_ref().map(|f| f.resolve(&send.template));
+    let fallback_is = |channel: &Text| Some(&channel.0) == fallback.as_ref().map(|f| &f.channel);
+    if let Some(Fallback {
+        channel: fallback,
+        template,
+    }) = &fallback
+    {
+        if !templates.contains_key(template) {
+            err(
+                &["steps:", here, "fallback:"],
+                format!(
+                    "step '{}': fallback: unknown template '{template}'",
+                    step.name
+                ),
+            );
+        }
+        if fallback_is(&send.channel) {
+            err(
+                &["steps:", here, "fallback:"],
+                format!(
+                    "step '{}': fallback '{fallback}' is the channel itself",
+                    step.name
+                ),
+            );
+        } else if step.send.iter().any(|s| fallback_is(&s.channel)) {
+            // A delivery per (case, step, channel): it would never go.
+            err(
+                &["steps:", here, "fallback:"],
+                format!(
+                    "step '{}': fallback '{fallback}' is already a channel of this step, so it could never be sent; fall back to another channel",
+                    step.name
+                ),
+            );
+        } else if !known(fallback) {
+            err(
+                &["steps:", here, "fallback:"],
+                format!(
+                    "step '{}': unknown fallback channel '{fallback}'",
+                    step.name
+                ),
+            );
+        }
     }
 }
