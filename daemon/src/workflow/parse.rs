@@ -336,28 +336,7 @@ impl Workflow {
                     ),
                 );
             }
-            let expires_after = match step
-                .expires_after
-                .as_ref()
-                .map(|e| crate::duration::parse(e))
-            {
-                None => None,
-                Some(Ok(d)) if d.is_zero() => {
-                    err(
-                        &["steps:", &here, "expires_after:"],
-                        format!("step '{}': expires_after must be longer than 0s", step.name),
-                    );
-                    None
-                }
-                Some(Ok(d)) => Some(d),
-                Some(Err(e)) => {
-                    err(
-                        &["steps:", &here, "expires_after:"],
-                        format!("step '{}': expires_after: {e}", step.name),
-                    );
-                    None
-                }
-            };
+            let expires_after = expires_after(step, &here, &err);
             let step_window = match &step.send_window {
                 None => None,
                 Some(w) => SendWindow::parse(w)
@@ -481,6 +460,32 @@ fn check_send(
                     step.name
                 ),
             );
+        }
+    }
+}
+
+/// A step's `expires_after`, if it has one that is valid (longer than 0s).
+fn expires_after(step: &RawStep, here: &str, err: &dyn Fn(&[&str], String)) -> Option<Duration> {
+    match step
+        .expires_after
+        .as_ref()
+        .map(|e| crate::duration::parse(e))
+    {
+        None => None,
+        Some(Ok(d)) if d.is_zero() => {
+            err(
+                &["steps:", here, "expires_after:"],
+                format!("step '{}': expires_after must be longer than 0s", step.name),
+            );
+            None
+        }
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => {
+            err(
+                &["steps:", here, "expires_after:"],
+                format!("step '{}': expires_after: {e}", step.name),
+            );
+            None
         }
     }
 }
