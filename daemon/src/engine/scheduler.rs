@@ -656,32 +656,7 @@ impl Scheduler {
             return Completion::Defer { at: now };
         };
         let completion = self.decide(&claimed, response, fallback);
-        match &completion {
-            // At `debug`: a busy daemon sends thousands a second, which would
-            // drown the rest of the log (and pass journald's rate limit). The
-            // case timeline and `dunningd_deliveries_total` record every send.
-            Completion::Sent { receipt } => tracing::debug!(
-                delivery = %claimed.delivery_id, case = %claimed.case_id, step = %claimed.step,
-                channel = %claimed.channel, receipt = receipt.as_deref().unwrap_or(""), "delivery sent"
-            ),
-            Completion::Retry { error, at } => tracing::warn!(
-                delivery = %claimed.delivery_id, channel = %claimed.channel, attempt = claimed.attempt,
-                %error, retry_at = %at, "delivery failed, will retry"
-            ),
-            Completion::Failed { error, fallback } => tracing::error!(
-                delivery = %claimed.delivery_id, channel = %claimed.channel, attempt = claimed.attempt,
-                %error, fallback = fallback.as_ref().map(|f| f.channel.as_str()).unwrap_or(""),
-                "delivery failed"
-            ),
-            Completion::Skipped { reason, fallback } => tracing::info!(
-                delivery = %claimed.delivery_id, channel = %claimed.channel, %reason,
-                fallback = fallback.as_ref().map(|f| f.channel.as_str()).unwrap_or(""),
-                "delivery skipped"
-            ),
-            Completion::Defer { at } => {
-                tracing::debug!(delivery = %claimed.delivery_id, %at, "delivery deferred")
-            }
-        }
+        log_outcome(&claimed, &completion);
         completion
     }
 
@@ -742,6 +717,36 @@ impl Scheduler {
             metrics.delivery(&channel, &completion);
         }
         completion
+    }
+}
+
+/// Logs what became of a sent delivery.
+fn log_outcome(claimed: &Claimed, completion: &Completion) {
+    match completion {
+        // At `debug`: a busy daemon sends thousands a second, which would
+        // drown the rest of the log (and pass journald's rate limit). The
+        // case timeline and `dunningd_deliveries_total` record every send.
+        Completion::Sent { receipt } => tracing::debug!(
+            delivery = %claimed.delivery_id, case = %claimed.case_id, step = %claimed.step,
+            channel = %claimed.channel, receipt = receipt.as_deref().unwrap_or(""), "delivery sent"
+        ),
+        Completion::Retry { error, at } => tracing::warn!(
+            delivery = %claimed.delivery_id, channel = %claimed.channel, attempt = claimed.attempt,
+            %error, retry_at = %at, "delivery failed, will retry"
+        ),
+        Completion::Failed { error, fallback } => tracing::error!(
+            delivery = %claimed.delivery_id, channel = %claimed.channel, attempt = claimed.attempt,
+            %error, fallback = fallback.as_ref().map(|f| f.channel.as_str()).unwrap_or(""),
+            "delivery failed"
+        ),
+        Completion::Skipped { reason, fallback } => tracing::info!(
+            delivery = %claimed.delivery_id, channel = %claimed.channel, %reason,
+            fallback = fallback.as_ref().map(|f| f.channel.as_str()).unwrap_or(""),
+            "delivery skipped"
+        ),
+        Completion::Defer { at } => {
+            tracing::debug!(delivery = %claimed.delivery_id, %at, "delivery deferred")
+        }
     }
 }
 
