@@ -25,6 +25,7 @@
 //!   wherever text is printed or stored.
 //! - [`links`]: signed links to the webhook listener (unsubscribe, portal).
 //! - [`files`]: folders and files the daemon creates, private to its user.
+//! - `yaml`: YAML error messages as printed for every file read.
 //!
 //! The binaries are `dunningd` (the daemon) and `dunningctl` (its client).
 #![deny(unsafe_code)]
@@ -48,6 +49,7 @@ pub mod stats;
 pub mod store;
 pub mod systemd;
 pub mod workflow;
+mod yaml;
 
 /// The generated protobuf and gRPC code. Only `admin` and `dunningctl` use it.
 pub mod proto {

@@ -33,7 +33,8 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::core::Engine;
-use crate::config::{ChannelSpec, SchedulerConfig};
+use super::policy::{self, Condition, Decision, Facts};
+use crate::config::{self, ChannelSpec, SchedulerConfig};
 use crate::links::Links;
 use crate::plugin_host::PluginHost;
 use crate::store::{ClaimOptions, Claimed, Claims, Completion, FollowUp, FrequencyCap};
@@ -248,9 +249,9 @@ impl Scheduler {
             Err(poisoned) => poisoned.into_inner().clone(),
         };
         policies.get(channel).cloned().unwrap_or(RetryPolicy {
-            max_attempts: 5,
-            backoff: Duration::from_secs(60),
-            timeout: Duration::from_secs(30),
+            max_attempts: config::DEFAULT_MAX_ATTEMPTS,
+            backoff: config::DEFAULT_RETRY_BACKOFF,
+            timeout: config::DEFAULT_CHANNEL_TIMEOUT,
         })
     }
 
@@ -477,9 +478,9 @@ impl Scheduler {
         }
     }
 
-    /// Applies the sending policy to one claimed delivery (step condition,
-    /// opt-out, send windows, expiry), renders and sends it, and decides what
-    /// became of it.
+    /// Gathers one claimed delivery's facts (step condition, opt-out, send
+    /// windows, expiry) for the sending policy ([`policy::judge`]), renders
+    /// and sends it if the policy says so, and decides what became of it.
     async fn dispatch(&self, claimed: Claimed) -> Completion {
         let now = self.engine.clock().now();
         let workflow = match self
@@ -518,75 +519,51 @@ impl Scheduler {
             });
 
         // Only a step with a condition needs the blocking pool: most have none.
-        if let Some(when) = step.and_then(|s| s.when.clone()) {
-            let (workflow, event) = (workflow.clone(), shared_event.clone());
-            let applies = self
-                .off_worker(&claimed.channel, "the step's condition", move || {
-                    workflow
-                        .step_applies(index, &event)
-                        .map_err(|e| e.to_string())
-                })
-                .await
-                .and_then(|applies| applies);
-            match applies {
-                Ok(true) => {}
-                Ok(false) => {
-                    return Completion::Skipped {
-                        reason: format!("condition '{when}' is false"),
-                        fallback: None,
-                    };
-                }
-                Err(error) => {
-                    return Completion::Skipped {
-                        reason: format!("cannot evaluate the step's condition: {error}"),
-                        fallback: None,
-                    };
-                }
+        let checked = match step.and_then(|s| s.when.clone()) {
+            None => None,
+            Some(when) => {
+                let (workflow, event) = (workflow.clone(), shared_event.clone());
+                let applies = self
+                    .off_worker(&claimed.channel, "the step's condition", move || {
+                        workflow
+                            .step_applies(index, &event)
+                            .map_err(|e| e.to_string())
+                    })
+                    .await
+                    .and_then(|applies| applies);
+                Some((when, applies))
             }
-        }
-        if let Some(source) = &claimed.opted_out {
-            return Completion::Skipped {
-                reason: format!("opted out of {} ({source})", claimed.channel),
-                fallback,
-            };
-        }
-        // A stale message is worse than none.
-        let expires = step.and_then(|s| s.expires_after).map(|after| {
-            (
-                claimed.due_at + chrono::Duration::from_std(after).unwrap_or(chrono::Duration::MAX),
-                after,
-            )
-        });
-        let expired = |when: &str| Completion::Skipped {
-            reason: format!(
-                "expired: due {}, {when}, past its expires_after of {}",
-                claimed.due_at.format("%Y-%m-%d %H:%M UTC"),
-                crate::duration::format(expires.map(|(_, after)| after).unwrap_or_default())
-            ),
-            fallback: None,
         };
-        // Retries, resumed cases and reloads can fall outside a window.
-        match workflow.plan(index, windows.get(&claimed.channel), now, timezone) {
-            None => {
+        let condition = match &checked {
+            None => Condition::Absent,
+            Some((_, Ok(true))) => Condition::Holds,
+            Some((when, Ok(false))) => Condition::False { when },
+            Some((_, Err(error))) => Condition::Unevaluable { error },
+        };
+        let facts = Facts {
+            condition,
+            opted_out: claimed.opted_out.as_deref(),
+            channel: &claimed.channel,
+            opens: workflow.plan(index, windows.get(&claimed.channel), now, timezone),
+            expires_after: step.and_then(|s| s.expires_after),
+            due_at: claimed.due_at,
+            now,
+        };
+        match policy::judge(&facts) {
+            Decision::Send => {}
+            Decision::Skip { reason, hand_over } => {
                 return Completion::Skipped {
-                    reason: "its send windows do not open together within a year".into(),
-                    fallback,
+                    reason,
+                    fallback: fallback.filter(|_| hand_over),
                 };
             }
-            Some(opens) if opens > now && expires.is_some_and(|(deadline, _)| opens > deadline) => {
-                return expired(&format!(
-                    "the send window opens only at {}",
-                    opens.format("%Y-%m-%d %H:%M UTC")
-                ));
+            Decision::Expire { reason } => {
+                return Completion::Skipped {
+                    reason,
+                    fallback: None,
+                };
             }
-            Some(opens) if opens > now => return Completion::Defer { at: opens },
-            Some(_) => {}
-        }
-        if expires.is_some_and(|(deadline, _)| now > deadline) {
-            return expired(&format!(
-                "could go out only at {}",
-                now.format("%Y-%m-%d %H:%M UTC")
-            ));
+            Decision::Defer { until } => return Completion::Defer { at: until },
         }
 
         let unsubscribe_url = self
@@ -679,32 +656,7 @@ impl Scheduler {
             return Completion::Defer { at: now };
         };
         let completion = self.decide(&claimed, response, fallback);
-        match &completion {
-            // At `debug`: a busy daemon sends thousands a second, which would
-            // drown the rest of the log (and pass journald's rate limit). The
-            // case timeline and `dunningd_deliveries_total` record every send.
-            Completion::Sent { receipt } => tracing::debug!(
-                delivery = %claimed.delivery_id, case = %claimed.case_id, step = %claimed.step,
-                channel = %claimed.channel, receipt = receipt.as_deref().unwrap_or(""), "delivery sent"
-            ),
-            Completion::Retry { error, at } => tracing::warn!(
-                delivery = %claimed.delivery_id, channel = %claimed.channel, attempt = claimed.attempt,
-                %error, retry_at = %at, "delivery failed, will retry"
-            ),
-            Completion::Failed { error, fallback } => tracing::error!(
-                delivery = %claimed.delivery_id, channel = %claimed.channel, attempt = claimed.attempt,
-                %error, fallback = fallback.as_ref().map(|f| f.channel.as_str()).unwrap_or(""),
-                "delivery failed"
-            ),
-            Completion::Skipped { reason, fallback } => tracing::info!(
-                delivery = %claimed.delivery_id, channel = %claimed.channel, %reason,
-                fallback = fallback.as_ref().map(|f| f.channel.as_str()).unwrap_or(""),
-                "delivery skipped"
-            ),
-            Completion::Defer { at } => {
-                tracing::debug!(delivery = %claimed.delivery_id, %at, "delivery deferred")
-            }
-        }
+        log_outcome(&claimed, &completion);
         completion
     }
 
@@ -765,6 +717,36 @@ impl Scheduler {
             metrics.delivery(&channel, &completion);
         }
         completion
+    }
+}
+
+/// Logs what became of a sent delivery.
+fn log_outcome(claimed: &Claimed, completion: &Completion) {
+    match completion {
+        // At `debug`: a busy daemon sends thousands a second, which would
+        // drown the rest of the log (and pass journald's rate limit). The
+        // case timeline and `dunningd_deliveries_total` record every send.
+        Completion::Sent { receipt } => tracing::debug!(
+            delivery = %claimed.delivery_id, case = %claimed.case_id, step = %claimed.step,
+            channel = %claimed.channel, receipt = receipt.as_deref().unwrap_or(""), "delivery sent"
+        ),
+        Completion::Retry { error, at } => tracing::warn!(
+            delivery = %claimed.delivery_id, channel = %claimed.channel, attempt = claimed.attempt,
+            %error, retry_at = %at, "delivery failed, will retry"
+        ),
+        Completion::Failed { error, fallback } => tracing::error!(
+            delivery = %claimed.delivery_id, channel = %claimed.channel, attempt = claimed.attempt,
+            %error, fallback = fallback.as_ref().map(|f| f.channel.as_str()).unwrap_or(""),
+            "delivery failed"
+        ),
+        Completion::Skipped { reason, fallback } => tracing::info!(
+            delivery = %claimed.delivery_id, channel = %claimed.channel, %reason,
+            fallback = fallback.as_ref().map(|f| f.channel.as_str()).unwrap_or(""),
+            "delivery skipped"
+        ),
+        Completion::Defer { at } => {
+            tracing::debug!(delivery = %claimed.delivery_id, %at, "delivery deferred")
+        }
     }
 }
 

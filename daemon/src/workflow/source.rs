@@ -38,11 +38,12 @@ impl FileLimits {
     pub const DEFAULT: FileLimits = FileLimits {
         max_bytes: 1024 * 1024,
     };
-    /// The largest limit allowed: a file this size still fits, with the rest
-    /// of the answer, in one admin API message
-    /// (`crate::config::ADMIN_MESSAGE_LIMIT`).
+    /// The largest limit allowed (16 MiB): a quarter of an admin API
+    /// message (`crate::config::ADMIN_MESSAGE_LIMIT`, which checks it), so
+    /// that `dunningctl workflows show` of a file at the limit (its source,
+    /// plus the steps and description it repeats) always fits in one answer.
     pub const MAX: FileLimits = FileLimits {
-        max_bytes: crate::config::MAX_WORKFLOW_FILE_SIZE,
+        max_bytes: 16 * 1024 * 1024,
     };
 
     /// Bytes the decoded values may take.
