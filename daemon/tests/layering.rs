@@ -14,13 +14,14 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "leaves",
-        &["model", "duration", "redact", "files", "systemd", "VERSION"],
+        &[
+            "model", "duration", "redact", "files", "systemd", "yaml", "VERSION",
+        ],
     ),
     ("stats", &["stats"]),
     ("store", &["store"]),
     // config names what it configures (workflow windows, the store's
-    // frequency cap, the sources' settings); config <-> workflow is a known
-    // loop inside this layer.
+    // frequency cap, the sources' settings); workflow does not import config.
     ("configuration", &["config", "workflow", "sources"]),
     ("counting and signing", &["metrics", "links"]),
     ("plugin_host", &["plugin_host"]),
