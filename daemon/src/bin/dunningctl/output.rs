@@ -225,3 +225,15 @@ pub fn print<T: Serialize>(
     }
     Ok(())
 }
+
+/// A recovery rate as a percentage with one decimal, `-` when undecided.
+pub fn format_rate(rate: Option<f64>) -> String {
+    rate.map_or("-".to_string(), |r| format!("{:.1}%", r * 100.0))
+}
+
+/// A time to recovery as a duration (`1d`, `4h30m`), `-` when none.
+pub fn format_secs(secs: Option<i64>) -> String {
+    secs.map_or("-".to_string(), |s| {
+        dunningd::duration::format(std::time::Duration::from_secs(s.max(0) as u64))
+    })
+}

@@ -27,7 +27,7 @@ use dunningd::proto;
 use serde::Serialize;
 
 use crate::output::short_time;
-use crate::stats::{format_rate, format_secs};
+use crate::output::{format_rate, format_secs};
 
 /// What the page says about how it was made.
 pub struct Header {

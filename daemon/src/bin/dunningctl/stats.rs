@@ -6,7 +6,7 @@ use std::path::Path;
 use dunningd::proto;
 
 use crate::client::{Client, daemon_name, rpc};
-use crate::output::{self, Col, short_time, table};
+use crate::output::{self, Col, format_rate, format_secs, short_time, table};
 use crate::{Cli, StatsFilter, report};
 
 /// `stats`.
@@ -68,18 +68,6 @@ fn amounts(money: &[proto::Money]) -> String {
         .map(|m| dunningd::workflow::format_minor(report::minor_units(m), &m.currency))
         .collect::<Vec<_>>()
         .join(" + ")
-}
-
-/// A recovery rate as a percentage with one decimal, `-` when undecided.
-pub fn format_rate(rate: Option<f64>) -> String {
-    rate.map_or("-".to_string(), |r| format!("{:.1}%", r * 100.0))
-}
-
-/// A time to recovery as a duration (`1d`, `4h30m`), `-` when none.
-pub fn format_secs(secs: Option<i64>) -> String {
-    secs.map_or("-".to_string(), |s| {
-        dunningd::duration::format(std::time::Duration::from_secs(s.max(0) as u64))
-    })
 }
 
 fn print_stats(stats: &proto::Stats) {
