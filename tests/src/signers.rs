@@ -11,7 +11,7 @@
 //!
 //! Recurly, Lago and Chargebee ship no signer we can run here, so their
 //! headers are computed in plain Rust from each provider's documentation,
-//! pinned by published vectors in `tests/tests/signers.rs`.
+//! pinned by published vectors in `tests/tests/e2e/signers.rs`.
 //!
 //! Bodies must be UTF-8 (webhook bodies are JSON): the SDKs read the body as
 //! text, and a lossy conversion would sign something else than the bytes sent.
