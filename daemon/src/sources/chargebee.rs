@@ -253,9 +253,7 @@ mod tests {
     }
 
     fn headers(value: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert("authorization", value.parse().expect("header"));
-        headers
+        crate::sources::test_headers(&[("authorization", value)])
     }
 
     #[test]

@@ -290,11 +290,7 @@ mod tests {
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in pairs {
-            headers.insert(*name, value.parse().expect("header"));
-        }
-        headers
+        crate::sources::test_headers(pairs)
     }
 
     #[test]

@@ -519,6 +519,27 @@ pub(crate) fn test_source(provider: Provider, secrets: &[&str]) -> SourceConfig 
     }
 }
 
+/// Headers of a test request.
+#[cfg(test)]
+pub(crate) fn test_headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in pairs {
+        headers.insert(*name, value.parse().expect("a header value"));
+    }
+    headers
+}
+
+/// The hex HMAC-SHA256 of `parts` under `secret`, as the providers that
+/// sign in hex compute it.
+#[cfg(test)]
+pub(crate) fn test_hex_signature(secret: &str, parts: &[&[u8]]) -> String {
+    hex::encode(
+        hmac_sha256(secret.as_bytes(), parts)
+            .finalize()
+            .into_bytes(),
+    )
+}
+
 /// Removes the largest fields of `data.object` until the event fits.
 fn trim_object(event: &mut Value) {
     let mut trimmed = Vec::new();

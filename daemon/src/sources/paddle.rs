@@ -250,17 +250,14 @@ mod tests {
     }
 
     fn signed(secret: &str, ts: i64, body: &str) -> String {
-        let mac = crate::sources::hmac_sha256(
-            secret.as_bytes(),
+        crate::sources::test_hex_signature(
+            secret,
             &[ts.to_string().as_bytes(), b":", body.as_bytes()],
-        );
-        hex::encode(hmac::Mac::finalize(mac).into_bytes())
+        )
     }
 
     fn headers(value: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert("paddle-signature", value.parse().expect("header"));
-        headers
+        crate::sources::test_headers(&[("paddle-signature", value)])
     }
 
     #[test]

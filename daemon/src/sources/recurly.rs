@@ -367,19 +367,14 @@ mod tests {
     }
 
     fn signed(secret: &str, t_ms: i64, body: &str) -> String {
-        let mac = crate::sources::hmac_sha256(
-            secret.as_bytes(),
+        crate::sources::test_hex_signature(
+            secret,
             &[t_ms.to_string().as_bytes(), b".", body.as_bytes()],
-        );
-        hex::encode(hmac::Mac::finalize(mac).into_bytes())
+        )
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in pairs {
-            headers.insert(*name, value.parse().expect("header"));
-        }
-        headers
+        crate::sources::test_headers(pairs)
     }
 
     #[test]
