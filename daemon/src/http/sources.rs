@@ -32,11 +32,12 @@ use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::page;
+use crate::config::WebhooksConfig;
 use crate::links::Links;
 use crate::metrics::EventResult;
 use crate::sources::activity::Outcome;
 use crate::sources::enrich::{self, EnrichError};
-use crate::sources::{MAX_BODY, Provider, Refusal, SourceConfig, portal};
+use crate::sources::{MAX_BODY, Provider, Refusal, SourceConfig, portal, shown};
 use crate::state::Shared;
 
 struct Endpoint {
@@ -97,7 +98,9 @@ async fn handle(
         )
             .into_response();
     }
-    let (outcome, what, response) = endpoint.receive(source, &headers, &body).await;
+    let (outcome, what, response) = endpoint
+        .receive(source, config.webhooks.as_ref(), &headers, &body)
+        .await;
     endpoint
         .shared
         .sources
@@ -154,6 +157,7 @@ impl Endpoint {
     async fn receive(
         &self,
         source: &SourceConfig,
+        webhooks: Option<&WebhooksConfig>,
         headers: &HeaderMap,
         body: &[u8],
     ) -> (Outcome, String, Response) {
@@ -187,7 +191,8 @@ impl Endpoint {
                 return (Outcome::Ignored, what.clone(), plain(StatusCode::OK, what));
             }
         };
-        let what = format!("{} {}", draft.provider_type, draft.id);
+        // From the payload, unchecked until `to_event`: shown escaped.
+        let what = format!("{} {}", shown(&draft.provider_type), shown(&draft.id));
         if let Err(error) = enrich::enrich(&self.client, source, &mut draft).await {
             let refused_key = matches!(error, EnrichError::Refused { .. });
             tracing::error!(source = %name, event = %what, %error, refused_key, "cannot complete a webhook from the provider's API; answered 503 so the provider retries");
@@ -203,8 +208,7 @@ impl Endpoint {
         // Stripe: a portal link that makes its session when followed.
         if source.provider == Provider::Stripe
             && source.api_key.is_some()
-            && let (Some(customer), Some(webhooks)) =
-                (&draft.customer_id, &self.shared.config().webhooks)
+            && let (Some(customer), Some(webhooks)) = (&draft.customer_id, webhooks)
         {
             draft.portal_url = Some(Links::new(webhooks).portal_url(source, customer, Utc::now()));
         }

@@ -283,7 +283,7 @@ impl fmt::Display for Ignored {
 impl Ignored {
     pub fn new(provider_type: &str, reason: impl Into<String>) -> Ignored {
         Ignored {
-            provider_type: provider_type.chars().take(100).collect(),
+            provider_type: shown(provider_type),
             reason: reason.into(),
         }
     }
@@ -614,6 +614,28 @@ impl TimedSignature {
     }
 }
 
+/// The longest text from a payload that logs and `sources list` show.
+pub const SHOWN_CHARS: usize = 100;
+
+/// Text from a payload (a type, an id) as logs and `sources list` show it:
+/// control characters escaped, so it cannot forge a log line, and cut to
+/// [`SHOWN_CHARS`]. Plain short text stays as it is.
+pub fn shown(text: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == SHOWN_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// A header's value as text (`None` if absent or not visible ASCII).
 pub(crate) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
@@ -777,6 +799,15 @@ mod tests {
                 "{value} {currency}"
             );
         }
+    }
+
+    #[test]
+    fn payload_text_is_shown_escaped_and_short() {
+        assert_eq!(shown("invoice.paid"), "invoice.paid");
+        assert_eq!(shown("evt_1\nforged line"), "evt_1\\nforged line");
+        let long = "x".repeat(SHOWN_CHARS + 5);
+        assert_eq!(shown(&long).chars().count(), SHOWN_CHARS + 1);
+        assert!(shown(&long).ends_with('…'));
     }
 
     #[test]
