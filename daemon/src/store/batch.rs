@@ -151,7 +151,12 @@ impl Refusals {
 /// `exit_on` as an array, `event_id`, `i`, `j`) and their deliveries (`id`,
 /// `case_id`, `step_index`, `step`, `channel`, `template`, `due_ms`,
 /// `planned_ms`, `key`, `customer`, `critical`).
-pub(crate) struct Starts {
+pub(crate) struct Starts<'p> {
+    /// The newly recorded events the starts were planned from (`i` indexes
+    /// them).
+    pub new: &'p [&'p EventPlan],
+    /// When the cases start.
+    pub now_ms: i64,
     pub versions: String,
     pub cases: String,
     pub deliveries: String,
@@ -159,8 +164,12 @@ pub(crate) struct Starts {
     pub ids: BTreeMap<(usize, usize), String>,
 }
 
-impl Starts {
-    pub fn plan(new: &[&EventPlan], refusals: &Refusals) -> Result<Option<Starts>, StoreError> {
+impl<'p> Starts<'p> {
+    pub fn plan(
+        new: &'p [&'p EventPlan],
+        refusals: &Refusals,
+        now_ms: i64,
+    ) -> Result<Option<Starts<'p>>, StoreError> {
         let mut versions = BTreeMap::new();
         let mut cases = Vec::new();
         let mut deliveries = Vec::new();
@@ -203,6 +212,8 @@ impl Starts {
             })
             .collect();
         Ok(Some(Starts {
+            new,
+            now_ms,
             versions: encode(versions, "workflow_versions")?,
             cases: encode(cases, "cases")?,
             deliveries: encode(deliveries, "deliveries")?,

@@ -20,16 +20,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::query::QueryAs;
-use sqlx::{Database, Postgres, Row, Transaction};
+use sqlx::{Database, Postgres, Transaction};
 
 use super::batch;
 use super::rows::{OutcomeRow, claimed_columns, decode_claims};
-use super::shared::Backend;
-use super::{ClaimOptions, Claims, EventPlan, NewCase, StoreError, hand_out, to_ms};
-use crate::model::Event;
+use super::shared::{Backend, CaseStart, ClaimAt};
+use super::{ClaimOptions, Claims, StoreError, hand_out};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -38,43 +36,12 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
-    /// Refuses the batch's starts whose trigger is stale (a later exit event
-    /// was seen). Open cases are refused by `start_cases`' ON CONFLICT,
-    /// which also holds against another daemon's concurrent start.
-    async fn refuse_starts(
-        tx: &mut Transaction<'static, Postgres>,
-        new: &[&EventPlan],
-        candidates: String,
-        refusals: &mut batch::Refusals,
-    ) -> Result<(), StoreError> {
-        let stale = sqlx::query(
-            "SELECT c.i, c.j, x.id AS later_exit
-             FROM jsonb_to_recordset($1::jsonb)
-                  AS c(i int8, j int8, customer text, subject text, occurred_ms int8, exit_on text[])
-             CROSS JOIN LATERAL (SELECT id FROM events
-                                 WHERE customer_id = c.customer AND subject = c.subject
-                                   AND occurred_ms > c.occurred_ms AND type = ANY(c.exit_on)
-                                 ORDER BY occurred_ms DESC LIMIT 1) AS x",
-        )
-        .bind(candidates)
-        .fetch_all(&mut **tx)
-        .await?;
-        for row in &stale {
-            let (i, j): (i64, i64) = (row.try_get("i")?, row.try_get("j")?);
-            let exit_id: String = row.try_get("later_exit")?;
-            refusals.later_exit(new, i as usize, j as usize, &exit_id);
-        }
-        Ok(())
-    }
-
     /// Starts the batch's cases, refusing those the partial unique index
     /// finds already open (`ON CONFLICT … DO NOTHING`).
     async fn start_cases(
         tx: &mut Transaction<'static, Postgres>,
-        new: &[&EventPlan],
-        starts: batch::Starts,
+        starts: batch::Starts<'_>,
         refusals: &mut batch::Refusals,
-        now_ms: i64,
     ) -> Result<BTreeMap<(usize, usize), String>, StoreError> {
         let mut started = BTreeMap::new();
         let inserted_cases: HashSet<String> = sqlx::query_scalar(
@@ -89,7 +56,7 @@ impl PostgresStore {
              ON CONFLICT (workflow, customer_id, subject) WHERE state IN ('active', 'paused') DO NOTHING
              RETURNING id",
         )
-        .bind(now_ms)
+        .bind(starts.now_ms)
         .bind(&starts.cases)
         .fetch_all(&mut **tx)
         .await?
@@ -106,7 +73,7 @@ impl PostgresStore {
                        due_ms int8, planned_ms int8, key text, customer text, critical int8)
              WHERE d.case_id = ANY($3)",
         )
-        .bind(now_ms)
+        .bind(starts.now_ms)
         .bind(&starts.deliveries)
         .bind(&inserted_ids)
         .execute(&mut **tx)
@@ -117,9 +84,9 @@ impl PostgresStore {
                 continue;
             }
             // A case open for the same workflow, customer and subject.
-            let plan = new[i];
+            let plan = starts.new[i];
             let open = Self::open_case(tx, &plan.starts[j], &plan.event).await?;
-            refusals.already_open(new, i, j, &open.unwrap_or_default());
+            refusals.already_open(starts.new, i, j, &open.unwrap_or_default());
         }
         Ok(started)
     }
@@ -176,18 +143,14 @@ impl PostgresStore {
     /// index refuses it (`ON CONFLICT … DO NOTHING`) rather than a read first.
     async fn start_case(
         tx: &mut Transaction<'static, Postgres>,
-        case_id: &str,
-        start: &NewCase,
-        event: &Event,
-        body: &str,
-        now_ms: i64,
+        case: &CaseStart<'_>,
     ) -> Result<Option<String>, StoreError> {
-        Self::record_version(tx, start, now_ms).await?;
-        let inserted = Self::insert_case(tx, case_id, start, event, body, now_ms).await?;
+        Self::record_version(tx, case.start, case.now_ms).await?;
+        let inserted = Self::insert_case(tx, case).await?;
         if inserted {
             return Ok(None);
         }
-        let open = Self::open_case(tx, start, event).await?;
+        let open = Self::open_case(tx, case.start, case.event).await?;
         Ok(Some(open.unwrap_or_default()))
     }
 }
@@ -251,6 +214,12 @@ async fn listen(pool: PgPool, on_work: Box<dyn Fn() + Send + Sync>) {
     }
 }
 
+/// The pattern `sql::CASE_IDS_WITH_PREFIX` (LIKE) reads as "ids starting
+/// with `prefix`" (`is_id_prefix` lets no wildcard into the prefix).
+fn prefix_pattern(prefix: &str) -> String {
+    format!("{prefix}%")
+}
+
 /// A case's exit event types as PostgreSQL binds them: a `text[]`.
 fn exit_list(exit_on: &[String]) -> Result<&[String], StoreError> {
     Ok(exit_on)
@@ -258,14 +227,8 @@ fn exit_list(exit_on: &[String]) -> Result<&[String], StoreError> {
 
 #[async_trait]
 impl Backend for PostgresStore {
-    async fn claim_due(
-        &self,
-        now: DateTime<Utc>,
-        options: &ClaimOptions,
-    ) -> Result<Claims, StoreError> {
-        let now_ms = to_ms(now);
-        let wall_ms = to_ms(Utc::now());
-        let lease_ms = wall_ms + options.lease.as_millis() as i64;
+    async fn claim_due(&self, at: ClaimAt, options: &ClaimOptions) -> Result<Claims, StoreError> {
+        let (now, now_ms, wall_ms, lease_ms) = (at.now, at.now_ms, at.wall_ms, at.lease_ms);
         let mut tx = self.write_tx().await?;
         // Walk `deliveries_pending` in planned order and stop at the limit.
         // Until autovacuum has analysed freshly ingested rows the planner
@@ -377,6 +340,18 @@ super::shared::sql_store!(PostgresStore, Postgres);
 
 /// The statements of the methods written once in `shared.rs`.
 mod sql {
+    use super::super::rows::outcome_columns;
+    pub use super::super::shared::same_sql::*;
+
+    /// Stale starts only: a case already open is refused by `start_cases`'
+    /// ON CONFLICT, which also holds against another daemon's start.
+    pub const REFUSE_STARTS: &str = "SELECT c.i, c.j, x.id AS later_exit, NULL::text AS open_case
+         FROM jsonb_to_recordset($1::jsonb)
+              AS c(i int8, j int8, customer text, subject text, occurred_ms int8, exit_on text[])
+         CROSS JOIN LATERAL (SELECT id FROM events
+                             WHERE customer_id = c.customer AND subject = c.subject
+                               AND occurred_ms > c.occurred_ms AND type = ANY(c.exit_on)
+                             ORDER BY occurred_ms DESC LIMIT 1) AS x";
     pub const OPEN_CASE: &str =
         "SELECT id FROM cases WHERE workflow = $1 AND customer_id = $2 AND subject = $3
          AND state IN ('active', 'paused')";
@@ -435,21 +410,16 @@ mod sql {
     /// per-row UPDATE let the planner pick the partial index of leased
     /// deliveries and walk every one in flight); the outcomes come as one
     /// array per column (`rows::OutcomeRow`).
-    pub const COMPLETE: &str = "UPDATE deliveries d SET
-                status = u.status,
-                receipt = CASE WHEN u.status = 'sent' THEN u.receipt ELSE d.receipt END,
-                sent_ms = CASE WHEN u.status = 'sent' THEN $1 ELSE d.sent_ms END,
-                last_error = CASE WHEN u.status = 'sent' THEN NULL
-                                  WHEN u.status IN ('retrying', 'failed') THEN u.text
-                                  ELSE d.last_error END,
-                skip_reason = CASE WHEN u.status = 'skipped' THEN u.text ELSE d.skip_reason END,
-                planned_ms = COALESCE(u.planned_ms, d.planned_ms),
-                attempts = d.attempts - u.unclaim, note = NULL,
-                lease_owner = NULL, lease_expires_ms = NULL, updated_ms = $1
+    pub const COMPLETE: &str = concat!(
+        "UPDATE deliveries d SET ",
+        outcome_columns!(),
+        ", sent_ms = CASE WHEN u.status = 'sent' THEN $1 ELSE d.sent_ms END,
+           lease_owner = NULL, lease_expires_ms = NULL, updated_ms = $1
          FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::int4[])
               AS u(id, status, receipt, text, planned_ms, unclaim)
          WHERE d.id = u.id AND d.lease_owner = $2 AND d.status = 'sending'
-         RETURNING d.id, d.case_id";
+         RETURNING d.id, d.case_id"
+    );
     pub const FALLBACK: &str =
         "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
                                  due_ms, planned_ms, idempotency_key, updated_ms, fallback_for,
@@ -524,13 +494,7 @@ mod sql {
          WHERE d.case_id = $1 ORDER BY d.step_index, d.fallback_for IS NOT NULL, d.channel";
     pub const CASE_IDS_WITH_PREFIX: &str =
         "SELECT id FROM cases WHERE id LIKE $1 ORDER BY id LIMIT $2";
-    /// What follows the prefix in `CASE_IDS_WITH_PREFIX`'s pattern.
-    pub const ANY_SUFFIX: &str = "%";
-    pub const CASE_COUNTS: &str = "SELECT state, COUNT(*) AS n FROM cases GROUP BY state";
-    pub const OPEN_CASES_BY_WORKFLOW: &str = "SELECT workflow, COUNT(*) AS n FROM cases WHERE state IN ('active', 'paused') GROUP BY workflow";
     pub const WORKFLOW_SOURCE: &str = "SELECT source FROM workflow_versions WHERE version = $1";
-    pub const CASES_BY_WORKFLOW_AND_STATE: &str =
-        "SELECT workflow, state, COUNT(*) AS n FROM cases GROUP BY workflow, state";
     pub const BACKLOG: &str =
         "SELECT COUNT(*), MIN(d.planned_ms) FROM deliveries d JOIN cases c ON c.id = d.case_id
          WHERE d.status IN ('scheduled', 'retrying') AND d.planned_ms <= $1 AND c.state = 'active'";

@@ -46,6 +46,25 @@ impl<'a> OutcomeRow<'a> {
     }
 }
 
+/// What `sql::COMPLETE` sets on a delivery `d` from its outcome row `u` (an
+/// [`OutcomeRow`]): the status and what goes with it, the same in both
+/// dialects (a macro so that each backend's statement can `concat!` it).
+/// The sent time, the lease and `updated_ms` are the statement's own: they
+/// bind the time in the backend's dialect.
+macro_rules! outcome_columns {
+    () => {
+        "status = u.status,
+         receipt = CASE WHEN u.status = 'sent' THEN u.receipt ELSE d.receipt END,
+         last_error = CASE WHEN u.status = 'sent' THEN NULL
+                           WHEN u.status IN ('retrying', 'failed') THEN u.text
+                           ELSE d.last_error END,
+         skip_reason = CASE WHEN u.status = 'skipped' THEN u.text ELSE d.skip_reason END,
+         planned_ms = COALESCE(u.planned_ms, d.planned_ms),
+         attempts = d.attempts - u.unclaim, note = NULL"
+    };
+}
+pub(crate) use outcome_columns;
+
 /// The cases of the recorded completions (`(delivery, case)` pairs, as the
 /// completion UPDATE returns them), each once: those that may have run out
 /// of pending deliveries.

@@ -4,8 +4,12 @@
 //! per-backend tuning stays visible there.
 //!
 //! What differs in concurrency each backend writes its own way: opening,
-//! starting cases (`start_case`, `refuse_starts`, `start_cases`), reading
-//! and taking claims ([`Backend::claim_due`]) and listening for work.
+//! starting cases (`start_case`, `start_cases`: SQLite reads for an open
+//! case first, PostgreSQL lets the partial unique index refuse it), reading
+//! and taking claims ([`Backend::claim_due`]) and listening for work. SQL
+//! whose text is the same in both dialects is written once too: whole
+//! statements ([`same_sql`]) and what a completion sets from its outcome
+//! (`rows::outcome_columns!`).
 //!
 //! The shared methods are stamped into each backend by [`sql_store!`]
 //! rather than written generic over sqlx's `Database`: the bounds a generic
@@ -15,22 +19,64 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{ClaimOptions, Claims, StoreError};
+use super::{ClaimOptions, Claims, NewCase, StoreError, to_ms};
+use crate::model::Event;
 
 /// The `Store` methods each backend writes its own way. [`sql_store!`]
 /// forwards the trait's methods of these names here.
 #[async_trait]
 pub(crate) trait Backend {
-    async fn claim_due(
-        &self,
-        now: DateTime<Utc>,
-        options: &ClaimOptions,
-    ) -> Result<Claims, StoreError>;
+    /// As [`super::Store::claim_due`], at the times taken when it was called.
+    async fn claim_due(&self, at: ClaimAt, options: &ClaimOptions) -> Result<Claims, StoreError>;
 
     /// As [`super::Store::listen_for_work`]; nothing by default.
     fn listen_for_work(&self, on_work: Box<dyn Fn() + Send + Sync>) {
         let _ = on_work;
     }
+}
+
+/// The times one claim works with, taken once as it starts.
+pub(crate) struct ClaimAt {
+    /// The engine's time: what is due.
+    pub now: DateTime<Utc>,
+    pub now_ms: i64,
+    /// Wall-clock time, for leases: they measure whether a process is alive.
+    pub wall_ms: i64,
+    /// When the leases this claim takes run out.
+    pub lease_ms: i64,
+}
+
+impl ClaimAt {
+    pub fn new(now: DateTime<Utc>, options: &ClaimOptions) -> ClaimAt {
+        let wall_ms = to_ms(Utc::now());
+        ClaimAt {
+            now,
+            now_ms: to_ms(now),
+            wall_ms,
+            lease_ms: wall_ms + options.lease.as_millis() as i64,
+        }
+    }
+}
+
+/// One case an event starts, as the backend's `start_case` is given it.
+pub(crate) struct CaseStart<'a> {
+    pub id: &'a str,
+    pub start: &'a NewCase,
+    pub event: &'a Event,
+    /// The event as stored: the case's trigger event.
+    pub body: &'a str,
+    pub now_ms: i64,
+}
+
+/// The statements whose text is the same in both dialects: each backend's
+/// `sql` module takes them in (`pub use`), and may shadow one with its own
+/// to tune it.
+pub(crate) mod same_sql {
+    pub const CASE_COUNTS: &str = "SELECT state, COUNT(*) AS n FROM cases GROUP BY state";
+    pub const OPEN_CASES_BY_WORKFLOW: &str = "SELECT workflow, COUNT(*) AS n FROM cases
+         WHERE state IN ('active', 'paused') GROUP BY workflow";
+    pub const CASES_BY_WORKFLOW_AND_STATE: &str =
+        "SELECT workflow, state, COUNT(*) AS n FROM cases GROUP BY workflow, state";
 }
 
 /// Claim candidates sorted out by `sort_candidates` (stamped by
@@ -49,9 +95,9 @@ pub(crate) struct Candidates<'r, R> {
 /// Implements `Store` for a backend's store type (`$db`: its sqlx
 /// `Database`) with the shared methods below, forwarding the rest to
 /// [`Backend`]; and stamps the shared helpers the backend's own methods use
-/// too (`ingest_independent`, `skip_pending`, `record_event`,
-/// `record_version`, `open_case`, `insert_case`, `schedule_deliveries`,
-/// `migrate`, `sort_candidates`, `hold_and_park`).
+/// too (`ingest_independent`, `refuse_starts`, `skip_pending`,
+/// `record_event`, `record_version`, `open_case`, `insert_case`,
+/// `schedule_deliveries`, `migrate`, `sort_candidates`, `hold_and_park`).
 ///
 /// Expanded inside the backend's module, where these names must resolve
 /// (paths in a `macro_rules!` body resolve where the macro is used):
@@ -61,14 +107,16 @@ pub(crate) struct Candidates<'r, R> {
 ///   writes of one statement, `self.write_tx()`: a write transaction;
 /// - `announce_work(&mut tx)`: tells other daemons that the transaction
 ///   creates work (nothing to do on SQLite);
-/// - `id_list(&ids)`: a list of ids as the backend binds it, and
+/// - `id_list(&ids)`: a list of ids as the backend binds it,
+///   `prefix_pattern(prefix)` the pattern of ids starting with a prefix, and
 ///   `exit_list(&exit_on)` a case's exit event types;
 /// - `bind_outcomes(query, &rows)`: a batch of outcomes bound to
 ///   `sql::COMPLETE`;
 /// - `lock_cap(tx, customer, channel)`: makes claims for the same customer
 ///   and channel take turns (nothing to do on SQLite);
-/// - `Self::refuse_starts(…)` and `Self::start_cases(…)`: a batch's starts
-///   refused (stale, or already open) and started, and `Self::start_case(…)`
+/// - `Self::start_cases(tx, starts, refusals)`: a batch's starts that
+///   `refuse_starts` left, started (refusing those already open, where the
+///   backend finds them only now), and `Self::start_case(tx, &CaseStart)`
 ///   one case, unless one is already open: where the backends differ in
 ///   concurrency.
 macro_rules! sql_store {
@@ -89,7 +137,7 @@ macro_rules! sql_store {
                 state_counts, stats_row_from_row, workflow_counts, workflow_state_counts,
             };
             use $crate::store::batch;
-            use $crate::store::shared::{Backend, Candidates};
+            use $crate::store::shared::{Backend, CaseStart, Candidates, ClaimAt};
             use $crate::store::{
                 CaseAction, ClaimOptions, Claims, Completion, EventPlan, Gauges, IngestOutcome,
                 NewCase, NewDelivery, ProviderReport, Store, StoreError, check_schema, from_ms,
@@ -207,12 +255,39 @@ macro_rules! sql_store {
                         .await?)
                 }
 
+                /// Refuses the batch's starts whose trigger is stale (a later
+                /// exit event was seen), and those whose case is already open
+                /// where the backend reads that here (`sql::REFUSE_STARTS`'s
+                /// `open_case`); read after the batch's exits, as event by
+                /// event.
+                async fn refuse_starts(
+                    tx: &mut Transaction<'static, $db>,
+                    new: &[&EventPlan],
+                    candidates: String,
+                    refusals: &mut batch::Refusals,
+                ) -> Result<(), StoreError> {
+                    let checks = sqlx::query(sql::REFUSE_STARTS)
+                        .bind(candidates)
+                        .fetch_all(&mut **tx)
+                        .await?;
+                    for row in &checks {
+                        let (i, j): (i64, i64) = (row.try_get("i")?, row.try_get("j")?);
+                        let (i, j) = (i as usize, j as usize);
+                        if let Some(exit_id) = row.try_get::<Option<String>, _>("later_exit")? {
+                            refusals.later_exit(new, i, j, &exit_id);
+                        } else if let Some(case_id) = row.try_get::<Option<String>, _>("open_case")? {
+                            refusals.already_open(new, i, j, &case_id);
+                        }
+                    }
+                    Ok(())
+                }
+
                 /// `ingest` for a batch of independent events
                 /// (`batch::independent`): the same rules as the
                 /// event-by-event path, applied with a fixed handful of
                 /// statements per batch instead of several per event (each
-                /// statement costs a round trip). The backend refuses stale
-                /// and already open starts its own way (`refuse_starts`,
+                /// statement costs a round trip). The backend refuses
+                /// already open starts its own way (`sql::REFUSE_STARTS`,
                 /// `start_cases`).
                 async fn ingest_independent(
                     &self,
@@ -246,13 +321,13 @@ macro_rules! sql_store {
                         Self::refuse_starts(&mut tx, &new, candidates, &mut refusals).await?;
                     }
                     let mut started = BTreeMap::new();
-                    if let Some(starts) = batch::Starts::plan(&new, &refusals)? {
+                    if let Some(starts) = batch::Starts::plan(&new, &refusals, now_ms)? {
                         sqlx::query(sql::INSERT_VERSIONS)
                             .bind(now_ms)
                             .bind(&starts.versions)
                             .execute(&mut *tx)
                             .await?;
-                        started = Self::start_cases(&mut tx, &new, starts, &mut refusals, now_ms).await?;
+                        started = Self::start_cases(&mut tx, starts, &mut refusals).await?;
                         if !started.is_empty() {
                             announce_work(&mut tx).await?;
                         }
@@ -305,22 +380,19 @@ macro_rules! sql_store {
                 /// refused it (PostgreSQL's, for a case already open).
                 async fn insert_case(
                     tx: &mut Transaction<'static, $db>,
-                    case_id: &str,
-                    start: &NewCase,
-                    event: &$crate::model::Event,
-                    body: &str,
-                    now_ms: i64,
+                    case: &CaseStart<'_>,
                 ) -> Result<bool, StoreError> {
+                    let (start, event) = (case.start, case.event);
                     let inserted = sqlx::query(sql::INSERT_CASE)
-                        .bind(case_id)
+                        .bind(case.id)
                         .bind(&start.workflow)
                         .bind(&start.workflow_version)
                         .bind(&event.customer.id)
                         .bind(&event.subject)
                         .bind(exit_list(&start.exit_on)?)
                         .bind(&event.id)
-                        .bind(body)
-                        .bind(now_ms)
+                        .bind(case.body)
+                        .bind(case.now_ms)
                         .execute(&mut **tx)
                         .await?
                         .rows_affected();
@@ -463,9 +535,14 @@ macro_rules! sql_store {
                                 continue;
                             }
                             let case_id = uuid::Uuid::now_v7().to_string();
-                            let open =
-                                Self::start_case(&mut tx, &case_id, &start, event, &body, now_ms)
-                                    .await?;
+                            let case = CaseStart {
+                                id: &case_id,
+                                start: &start,
+                                event,
+                                body: &body,
+                                now_ms,
+                            };
+                            let open = Self::start_case(&mut tx, &case).await?;
                             if let Some(open) = open {
                                 outcome.notes.push(format!(
                                     "workflow '{}': no case started, case '{open}' is already open for this customer and subject",
@@ -497,7 +574,7 @@ macro_rules! sql_store {
                     now: DateTime<Utc>,
                     options: &ClaimOptions,
                 ) -> Result<Claims, StoreError> {
-                    Backend::claim_due(self, now, options).await
+                    Backend::claim_due(self, ClaimAt::new(now, options), options).await
                 }
 
                 fn listen_for_work(&self, on_work: Box<dyn Fn() + Send + Sync>) {
@@ -782,7 +859,7 @@ macro_rules! sql_store {
                         return Ok(Vec::new());
                     }
                     let ids = sqlx::query_scalar(sql::CASE_IDS_WITH_PREFIX)
-                        .bind(format!("{prefix}{}", sql::ANY_SUFFIX))
+                        .bind(prefix_pattern(prefix))
                         .bind(i64::from(limit))
                         .fetch_all(self.reader())
                         .await?;

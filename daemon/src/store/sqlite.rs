@@ -20,7 +20,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use sqlx::query::QueryAs;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -29,9 +28,8 @@ use sqlx::{Database, Row, Sqlite, Transaction};
 
 use super::batch;
 use super::rows::{OutcomeRow, claimed_columns, corrupt, decode_claims};
-use super::shared::Backend;
-use super::{ClaimOptions, Claims, EventPlan, NewCase, StoreError, hand_out, to_ms};
-use crate::model::Event;
+use super::shared::{Backend, CaseStart, ClaimAt};
+use super::{ClaimOptions, Claims, StoreError, hand_out};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -122,52 +120,12 @@ impl SqliteStore {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 
-    /// Refuses the batch's starts whose trigger is stale (a later exit event
-    /// was seen) or whose case is already open for the workflow, customer
-    /// and subject; both read after the batch's exits, as event by event.
-    async fn refuse_starts(
-        tx: &mut Transaction<'static, Sqlite>,
-        new: &[&EventPlan],
-        candidates: String,
-        refusals: &mut batch::Refusals,
-    ) -> Result<(), StoreError> {
-        let checks = sqlx::query(
-            "SELECT c.value ->> '$.i' AS i, c.value ->> '$.j' AS j,
-                    (SELECT id FROM events INDEXED BY events_by_subject
-                     WHERE customer_id = c.value ->> '$.customer' AND subject = c.value ->> '$.subject'
-                       AND occurred_ms > c.value ->> '$.occurred_ms'
-                       AND type IN (SELECT value FROM json_each(c.value -> '$.exit_on'))
-                     ORDER BY occurred_ms DESC LIMIT 1) AS later_exit,
-                    (SELECT id FROM cases INDEXED BY cases_one_open
-                     WHERE workflow = c.value ->> '$.workflow' AND customer_id = c.value ->> '$.customer'
-                       AND subject = c.value ->> '$.subject' AND state IN ('active', 'paused')) AS open_case
-             FROM jsonb_each(?) AS c",
-        )
-        .bind(candidates)
-        .fetch_all(&mut **tx)
-        .await?;
-        for row in &checks {
-            let (i, j) = (
-                row.try_get::<i64, _>("i")? as usize,
-                row.try_get::<i64, _>("j")? as usize,
-            );
-            if let Some(exit_id) = row.try_get::<Option<String>, _>("later_exit")? {
-                refusals.later_exit(new, i, j, &exit_id);
-            } else if let Some(case_id) = row.try_get::<Option<String>, _>("open_case")? {
-                refusals.already_open(new, i, j, &case_id);
-            }
-        }
-        Ok(())
-    }
-
     /// Starts the batch's cases (none is refused here: `refuse_starts` read
     /// for open cases, and this daemon is the file's only writer).
     async fn start_cases(
         tx: &mut Transaction<'static, Sqlite>,
-        _new: &[&EventPlan],
-        starts: batch::Starts,
+        starts: batch::Starts<'_>,
         _refusals: &mut batch::Refusals,
-        now_ms: i64,
     ) -> Result<BTreeMap<(usize, usize), String>, StoreError> {
         // The trigger event's body is the one just stored with the event.
         sqlx::query(
@@ -178,7 +136,7 @@ impl SqliteStore {
                     c.value ->> '$.event_id', e.body, ?1, ?1
              FROM jsonb_each(?2) AS c CROSS JOIN events e ON e.id = c.value ->> '$.event_id'",
         )
-        .bind(now_ms)
+        .bind(starts.now_ms)
         .bind(&starts.cases)
         .execute(&mut **tx)
         .await?;
@@ -191,7 +149,7 @@ impl SqliteStore {
                     value ->> '$.critical'
              FROM jsonb_each(?)",
         )
-        .bind(now_ms)
+        .bind(starts.now_ms)
         .bind(&starts.deliveries)
         .execute(&mut **tx)
         .await?;
@@ -203,18 +161,14 @@ impl SqliteStore {
     /// daemon is the file's only writer, so reading first is enough.
     async fn start_case(
         tx: &mut Transaction<'static, Sqlite>,
-        case_id: &str,
-        start: &NewCase,
-        event: &Event,
-        body: &str,
-        now_ms: i64,
+        case: &CaseStart<'_>,
     ) -> Result<Option<String>, StoreError> {
-        let open = Self::open_case(tx, start, event).await?;
+        let open = Self::open_case(tx, case.start, case.event).await?;
         if open.is_some() {
             return Ok(open);
         }
-        Self::record_version(tx, start, now_ms).await?;
-        Self::insert_case(tx, case_id, start, event, body, now_ms).await?;
+        Self::record_version(tx, case.start, case.now_ms).await?;
+        Self::insert_case(tx, case).await?;
         Ok(None)
     }
 }
@@ -249,6 +203,12 @@ fn id_list<S: serde::Serialize>(ids: &[S]) -> String {
     serde_json::to_string(ids).unwrap_or_else(|_| "[]".to_string())
 }
 
+/// The pattern `sql::CASE_IDS_WITH_PREFIX` (GLOB) reads as "ids starting
+/// with `prefix`" (`is_id_prefix` lets no wildcard into the prefix).
+fn prefix_pattern(prefix: &str) -> String {
+    format!("{prefix}*")
+}
+
 /// A case's exit event types as SQLite binds them: a JSON array.
 fn exit_list(exit_on: &[String]) -> Result<String, StoreError> {
     serde_json::to_string(exit_on).map_err(|e| corrupt("cases", e))
@@ -256,14 +216,8 @@ fn exit_list(exit_on: &[String]) -> Result<String, StoreError> {
 
 #[async_trait]
 impl Backend for SqliteStore {
-    async fn claim_due(
-        &self,
-        now: DateTime<Utc>,
-        options: &ClaimOptions,
-    ) -> Result<Claims, StoreError> {
-        let now_ms = to_ms(now);
-        let wall_ms = to_ms(Utc::now());
-        let lease_ms = wall_ms + options.lease.as_millis() as i64;
+    async fn claim_due(&self, at: ClaimAt, options: &ClaimOptions) -> Result<Claims, StoreError> {
+        let (now, now_ms, wall_ms, lease_ms) = (at.now, at.now_ms, at.wall_ms, at.lease_ms);
         // Candidates are read and sorted out (caps, parking) on a reader
         // connection, so the one writer is not held while they are; the
         // claiming UPDATE below checks again that each is still claimable.
@@ -364,6 +318,20 @@ super::shared::sql_store!(SqliteStore, Sqlite);
 
 /// The statements of the methods written once in `shared.rs`.
 mod sql {
+    use super::super::rows::outcome_columns;
+    pub use super::super::shared::same_sql::*;
+
+    /// Both checks of a batch's starts, each candidate's row read once.
+    pub const REFUSE_STARTS: &str = "SELECT c.value ->> '$.i' AS i, c.value ->> '$.j' AS j,
+            (SELECT id FROM events INDEXED BY events_by_subject
+             WHERE customer_id = c.value ->> '$.customer' AND subject = c.value ->> '$.subject'
+               AND occurred_ms > c.value ->> '$.occurred_ms'
+               AND type IN (SELECT value FROM json_each(c.value -> '$.exit_on'))
+             ORDER BY occurred_ms DESC LIMIT 1) AS later_exit,
+            (SELECT id FROM cases INDEXED BY cases_one_open
+             WHERE workflow = c.value ->> '$.workflow' AND customer_id = c.value ->> '$.customer'
+               AND subject = c.value ->> '$.subject' AND state IN ('active', 'paused')) AS open_case
+         FROM jsonb_each(?) AS c";
     pub const OPEN_CASE: &str = "SELECT id FROM cases
          WHERE workflow = ? AND customer_id = ? AND subject = ? AND state IN ('active', 'paused')";
     pub const HAS_MIGRATIONS: &str = "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')";
@@ -431,24 +399,21 @@ mod sql {
          WHERE id IN (SELECT value FROM json_each(?)) AND status IN ('scheduled', 'retrying', 'sending')
          RETURNING channel";
     /// One statement for the whole batch, keyed by the primary key; the
-    /// outcomes come as one JSON array (`rows::OutcomeRow`).
-    pub const COMPLETE: &str = "UPDATE deliveries SET
-                status = u.status,
-                receipt = CASE WHEN u.status = 'sent' THEN u.receipt ELSE deliveries.receipt END,
-                sent_ms = CASE WHEN u.status = 'sent' THEN ?1 ELSE deliveries.sent_ms END,
-                last_error = CASE WHEN u.status = 'sent' THEN NULL
-                                  WHEN u.status IN ('retrying', 'failed') THEN u.text
-                                  ELSE deliveries.last_error END,
-                skip_reason = CASE WHEN u.status = 'skipped' THEN u.text ELSE deliveries.skip_reason END,
-                planned_ms = COALESCE(u.planned_ms, deliveries.planned_ms),
-                attempts = deliveries.attempts - u.unclaim, note = NULL,
-                lease_owner = NULL, lease_expires_ms = NULL, updated_ms = ?1
+    /// outcomes come as one JSON array (`rows::OutcomeRow`). `RETURNING`
+    /// names its columns bare: SQLite reads only the updated table there,
+    /// and not by its alias.
+    pub const COMPLETE: &str = concat!(
+        "UPDATE deliveries AS d SET ",
+        outcome_columns!(),
+        ", sent_ms = CASE WHEN u.status = 'sent' THEN ?1 ELSE d.sent_ms END,
+           lease_owner = NULL, lease_expires_ms = NULL, updated_ms = ?1
          FROM (SELECT value ->> '$.id' AS id, value ->> '$.status' AS status,
                       value ->> '$.receipt' AS receipt, value ->> '$.text' AS text,
                       value ->> '$.planned_ms' AS planned_ms, value ->> '$.unclaim' AS unclaim
                FROM jsonb_each(?3)) AS u
-         WHERE deliveries.id = u.id AND deliveries.lease_owner = ?2 AND deliveries.status = 'sending'
-         RETURNING deliveries.id, deliveries.case_id";
+         WHERE d.id = u.id AND d.lease_owner = ?2 AND d.status = 'sending'
+         RETURNING id, case_id"
+    );
     pub const FALLBACK: &str =
         "INSERT INTO deliveries (id, case_id, step_index, step, channel, template, status,
                                  due_ms, planned_ms, idempotency_key, updated_ms, fallback_for,
@@ -527,16 +492,10 @@ mod sql {
          FROM deliveries d LEFT JOIN provider_reports r ON r.channel = d.channel AND r.receipt = d.receipt
          WHERE d.case_id = ? ORDER BY d.step_index, d.fallback_for IS NOT NULL, d.channel";
     // GLOB, not LIKE: it is case-sensitive, so SQLite can range-scan the
-    // primary key for a bound pattern with a fixed prefix.
+    // primary key for a bound pattern with a fixed prefix (`prefix_pattern`).
     pub const CASE_IDS_WITH_PREFIX: &str =
         "SELECT id FROM cases WHERE id GLOB ?1 ORDER BY id LIMIT ?2";
-    /// What follows the prefix in `CASE_IDS_WITH_PREFIX`'s pattern.
-    pub const ANY_SUFFIX: &str = "*";
-    pub const CASE_COUNTS: &str = "SELECT state, COUNT(*) AS n FROM cases GROUP BY state";
-    pub const OPEN_CASES_BY_WORKFLOW: &str = "SELECT workflow, COUNT(*) AS n FROM cases WHERE state IN ('active', 'paused') GROUP BY workflow";
     pub const WORKFLOW_SOURCE: &str = "SELECT source FROM workflow_versions WHERE version = ?";
-    pub const CASES_BY_WORKFLOW_AND_STATE: &str =
-        "SELECT workflow, state, COUNT(*) AS n FROM cases GROUP BY workflow, state";
     pub const BACKLOG: &str =
         "SELECT COUNT(*), MIN(d.planned_ms) FROM deliveries d JOIN cases c ON c.id = d.case_id
          WHERE d.status IN ('scheduled', 'retrying') AND d.planned_ms <= ? AND c.state = 'active'";
