@@ -72,8 +72,9 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -503,33 +504,59 @@ async fn preflight(State(inbox): State<Arc<Inbox>>, headers: HeaderMap) -> Respo
     response
 }
 
-/// `GET /v1/customers/{customer}/messages?status=unread|all`.
-async fn list(
-    State(inbox): State<Arc<Inbox>>,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+/// Who calls the API: the customer the path names (`{customer}`), once
+/// their token checked out, with the query parameters and headers the
+/// handler goes on to read. Extracted before any handler runs; whatever
+/// fails (no customer in the path, no valid token) is the same bare `401`.
+struct Caller {
+    customer: String,
+    /// When the token stops being valid (Unix seconds).
+    expires: u64,
+    params: Params,
     headers: HeaderMap,
-) -> Response {
-    let params = Params::from_query(query.ok());
-    let Ok(Path(customer)) = path else {
-        return unauthorized();
-    };
-    if inbox.authorized(&customer, &headers, &params).is_none() {
-        return unauthorized();
+}
+
+impl FromRequestParts<Arc<Inbox>> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, inbox: &Arc<Inbox>) -> Result<Caller, Response> {
+        let query = Query::<Vec<(String, String)>>::from_request_parts(parts, inbox).await;
+        let params = Params::from_query(query.ok());
+        let Ok(Path(mut segments)) =
+            Path::<HashMap<String, String>>::from_request_parts(parts, inbox).await
+        else {
+            return Err(unauthorized());
+        };
+        let customer = segments.remove("customer").ok_or_else(unauthorized)?;
+        let headers = parts.headers.clone();
+        let expires = inbox
+            .authorized(&customer, &headers, &params)
+            .ok_or_else(unauthorized)?;
+        Ok(Caller {
+            customer,
+            expires,
+            params,
+            headers,
+        })
     }
+}
+
+/// `GET /v1/customers/{customer}/messages?status=unread|all`.
+async fn list(State(inbox): State<Arc<Inbox>>, caller: Caller) -> Response {
+    let (customer, params) = (&caller.customer, &caller.params);
     let mut response = match (params.repeated.as_deref(), params.status.as_deref()) {
         (Some(name), _) => {
             (StatusCode::BAD_REQUEST, format!("{name}: given twice")).into_response()
         }
-        (None, None | Some("unread")) => listing(&inbox, &customer, true).await,
-        (None, Some("all")) => listing(&inbox, &customer, false).await,
+        (None, None | Some("unread")) => listing(&inbox, customer, true).await,
+        (None, Some("all")) => listing(&inbox, customer, false).await,
         (None, Some(other)) => (
             StatusCode::BAD_REQUEST,
             format!("status: unknown status '{other}' (expected unread or all)"),
         )
             .into_response(),
     };
-    inbox.cors(&headers, &mut response);
+    inbox.cors(&caller.headers, &mut response);
     response
 }
 
@@ -543,17 +570,13 @@ async fn listing(inbox: &Inbox, customer: &str, unread_only: bool) -> Response {
 /// `POST /v1/customers/{customer}/messages/{id}/{read|dismiss}`.
 async fn mark(
     State(inbox): State<Arc<Inbox>>,
+    caller: Caller,
     path: Result<Path<(String, String, String)>, PathRejection>,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-    headers: HeaderMap,
 ) -> Response {
-    let params = Params::from_query(query.ok());
-    let Ok(Path((customer, id, action))) = path else {
+    let customer = &caller.customer;
+    let Ok(Path((_, id, action))) = path else {
         return unauthorized();
     };
-    if inbox.authorized(&customer, &headers, &params).is_none() {
-        return unauthorized();
-    }
     let mark = match action.as_str() {
         "read" => Some(Mark::Read),
         "dismiss" => Some(Mark::Dismiss),
@@ -570,16 +593,16 @@ async fn mark(
             format!("unknown action '{action}' (expected read or dismiss)"),
         )
             .into_response(),
-        (Ok(id), Some(mark)) => match inbox.db.mark(&customer, id, mark).await {
+        (Ok(id), Some(mark)) => match inbox.db.mark(customer, id, mark).await {
             Ok(false) => (StatusCode::NOT_FOUND, "no such message").into_response(),
             Ok(true) => {
-                inbox.changed(&customer);
+                inbox.changed(customer);
                 StatusCode::NO_CONTENT.into_response()
             }
             Err(e) => unavailable(e),
         },
     };
-    inbox.cors(&headers, &mut response);
+    inbox.cors(&caller.headers, &mut response);
     response
 }
 
@@ -587,26 +610,15 @@ async fn mark(
 /// change, until the client leaves or its token expires (a browser's
 /// `EventSource` then reconnects with the same token, is refused, and
 /// stops: the page needs a fresh token, as with every other call).
-async fn stream(
-    State(inbox): State<Arc<Inbox>>,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-    headers: HeaderMap,
-) -> Response {
-    let params = Params::from_query(query.ok());
-    let Ok(Path(customer)) = path else {
-        return unauthorized();
-    };
-    let Some(expires) = inbox.authorized(&customer, &headers, &params) else {
-        return unauthorized();
-    };
+async fn stream(State(inbox): State<Arc<Inbox>>, caller: Caller) -> Response {
+    let customer = caller.customer;
     let Some(slot) = StreamSlot::take(&inbox.streams, &customer) else {
         let mut response = (
             StatusCode::TOO_MANY_REQUESTS,
             format!("too many open streams (at most {STREAMS_PER_CUSTOMER} per customer)"),
         )
             .into_response();
-        inbox.cors(&headers, &mut response);
+        inbox.cors(&caller.headers, &mut response);
         return response;
     };
     let changes = BroadcastStream::new(inbox.changes.subscribe());
@@ -645,7 +657,7 @@ async fn stream(
     );
     // The stream lives no longer than the token that opened it.
     let (sender, receiver) = tokio::sync::mpsc::channel(4);
-    let lifetime = std::time::Duration::from_secs(expires.saturating_sub(now_secs()));
+    let lifetime = std::time::Duration::from_secs(caller.expires.saturating_sub(now_secs()));
     inbox.runtime.spawn(async move {
         // Counted while this task forwards events, until the client leaves.
         let _slot = slot;
@@ -669,7 +681,7 @@ async fn stream(
     let mut response = Sse::new(tokio_stream::wrappers::ReceiverStream::new(receiver))
         .keep_alive(KeepAlive::default())
         .into_response();
-    inbox.cors(&headers, &mut response);
+    inbox.cors(&caller.headers, &mut response);
     response
 }
 
