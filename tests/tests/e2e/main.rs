@@ -18,6 +18,7 @@ mod plugin_abi;
 mod plugin_output;
 mod policy;
 mod postgres;
+mod recoveries;
 mod reload;
 mod report;
 mod repository;

@@ -5,12 +5,13 @@
 
 use std::collections::BTreeMap;
 
-use dunningd::proto;
 use dunningd_e2e::browser::Browser;
 use dunningd_e2e::daemon::{Backend, Setup, TestDaemon};
 use dunningd_e2e::fixtures::{WORKFLOW, event};
 use dunningd_e2e::on_both_backends;
 use serde_json::Value;
+
+use crate::recoveries::{CASE_STATES, Recoveries, refuses_yesterday};
 
 /// A step name that would run as a script if the page did not escape it.
 const HOSTILE_STEP: &str = r#"reminder <script>document.title="pwned"</script> & co"#;
@@ -46,14 +47,7 @@ fn expected_figures(stats: &Value) -> BTreeMap<Key, Shown> {
     };
     for w in stats["workflows"].as_array().expect("workflows") {
         let name = w["workflow"].as_str().expect("name");
-        for state in [
-            "started",
-            "active",
-            "paused",
-            "recovered",
-            "exhausted",
-            "cancelled",
-        ] {
+        for state in CASE_STATES {
             figures.insert(key(state, name), count(&w[state]));
         }
         let rate = w["recovery_rate"].as_f64();
@@ -228,49 +222,15 @@ async fn the_report_shows_what_stats_says_and_loads_nothing(backend: Backend) {
     let workflow = WORKFLOW.replace("name: reminder", &format!("name: '{HOSTILE_STEP}'"));
     let daemon =
         TestDaemon::start(Setup::default().workflow("pf.yaml", &workflow).on(&backend)).await;
-    // Five failed payments at 2026-01-05 09:00, four in dollars, one in euros.
-    daemon
-        .send_and_settle(vec![
-            event("f1", "payment_failed", "cus_1", "inv_1", 4900),
-            event("f2", "payment_failed", "cus_2", "inv_2", 2500),
-            event("f3", "payment_failed", "cus_3", "inv_3", 1000),
-            event("f4", "payment_failed", "cus_4", "inv_4", 700),
-            euros("f5", "payment_failed", "cus_5", "inv_5", 3000),
-        ])
+    // The stats tests' timeline, with a customer paying in euros (cus_5,
+    // failed at the start, paid on day 4) and a new case on day 4 (cus_6),
+    // still running at the end.
+    Recoveries::default()
+        .at_start(euros("f5", "payment_failed", "cus_5", "inv_5", 3000))
+        .on_day_four(euros("p5", "payment_succeeded", "cus_5", "inv_5", 3000))
+        .on_day_four(euros("f6", "payment_failed", "cus_6", "inv_6", 1500))
+        .run(&daemon)
         .await;
-    // cus_1 pays a day later; cus_2 and cus_5 on day 4, after the reminder.
-    daemon.advance("1d").await;
-    daemon
-        .send_and_settle(vec![event(
-            "p1",
-            "payment_succeeded",
-            "cus_1",
-            "inv_1",
-            4900,
-        )])
-        .await;
-    daemon.advance("3d").await;
-    daemon
-        .send_and_settle(vec![
-            event("p2", "payment_succeeded", "cus_2", "inv_2", 2500),
-            euros("p5", "payment_succeeded", "cus_5", "inv_5", 3000),
-            // A new case on day 4, still running at the end.
-            euros("f6", "payment_failed", "cus_6", "inv_6", 1500),
-        ])
-        .await;
-    // cus_4's case is cancelled by an operator; cus_3's runs to the end.
-    let cases = daemon
-        .client()
-        .await
-        .list_cases(proto::ListCasesRequest {
-            customer: "cus_4".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("list")
-        .into_inner()
-        .cases;
-    daemon.ctl_ok(&["cases", "cancel", &cases[0].id]);
     daemon.advance("11d").await;
 
     let stats: Value =
@@ -370,15 +330,7 @@ async fn the_report_shows_what_stats_says_and_loads_nothing(backend: Backend) {
     browser.close().await.expect("close the browser");
 
     // Refusals: the bounds are parsed as for `stats`; an unwritable path is named.
-    let bad = daemon.ctl(&["report", "--since", "yesterday", "--out", &out]);
-    assert!(!bad.status.success());
-    let stderr = String::from_utf8_lossy(&bad.stderr);
-    assert!(
-        stderr.contains(
-            "since: 'yesterday' is no RFC 3339 time, date (2026-01-31) or duration (30d)"
-        ),
-        "{stderr}"
-    );
+    refuses_yesterday(&daemon, &["report", "--out", &out]);
     let nowhere = dir.path().join("missing/report.html");
     let bad = daemon.ctl(&["report", "--out", &nowhere.display().to_string()]);
     assert!(!bad.status.success());

@@ -7,6 +7,8 @@ use dunningd_e2e::daemon::{Backend, Setup, TestDaemon};
 use dunningd_e2e::fixtures::{WORKFLOW, event};
 use dunningd_e2e::on_both_backends;
 
+use crate::recoveries::{CASE_STATES, Recoveries, refuses_yesterday};
+
 on_both_backends!(
     stats_report_recoveries_revenue_and_last_touch,
     sums_of_the_largest_amounts_are_exact
@@ -15,67 +17,18 @@ on_both_backends!(
 async fn stats_report_recoveries_revenue_and_last_touch(backend: Backend) {
     let daemon =
         TestDaemon::start(Setup::default().workflow("pf.yaml", WORKFLOW).on(&backend)).await;
-    // Four failed payments at 2026-01-05 09:00.
-    daemon
-        .send_and_settle(vec![
-            event("f1", "payment_failed", "cus_1", "inv_1", 4900),
-            event("f2", "payment_failed", "cus_2", "inv_2", 2500),
-            event("f3", "payment_failed", "cus_3", "inv_3", 1000),
-            event("f4", "payment_failed", "cus_4", "inv_4", 700),
-        ])
-        .await;
-    // cus_1 pays a day later, after the first email and banner.
-    daemon.advance("1d").await;
-    daemon
-        .send_and_settle(vec![event(
-            "p1",
-            "payment_succeeded",
-            "cus_1",
-            "inv_1",
-            4900,
-        )])
-        .await;
-    // cus_2 pays on day 4, after the SMS reminder of day 3.
-    daemon.advance("3d").await;
-    daemon
-        .send_and_settle(vec![event(
-            "p2",
-            "payment_succeeded",
-            "cus_2",
-            "inv_2",
-            2500,
-        )])
-        .await;
-    // cus_4's case is cancelled by an operator; cus_3 runs to the end.
-    let cases = daemon
-        .client()
-        .await
-        .list_cases(proto::ListCasesRequest {
-            customer: "cus_4".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("list")
-        .into_inner()
-        .cases;
-    daemon.ctl_ok(&["cases", "cancel", &cases[0].id]);
+    // cus_1 and cus_2 pay, cus_4 is cancelled, cus_3 runs to the end.
+    Recoveries::default().run(&daemon).await;
     daemon.advance("14d").await;
 
     let json: serde_json::Value =
         serde_json::from_str(&daemon.ctl_ok(&["stats", "--json"])).expect("stats JSON");
     let w = &json["workflows"][0];
     assert_eq!(w["workflow"], "payment-failed");
-    let counts: Vec<u64> = [
-        "started",
-        "active",
-        "paused",
-        "recovered",
-        "exhausted",
-        "cancelled",
-    ]
-    .iter()
-    .map(|k| w[k].as_u64().unwrap_or(0))
-    .collect();
+    let counts: Vec<u64> = CASE_STATES
+        .iter()
+        .map(|k| w[k].as_u64().unwrap_or(0))
+        .collect();
     assert_eq!(counts, [4, 0, 0, 2, 1, 1], "{w}");
     // Two of the three cases that ran their course paid.
     let rate = w["recovery_rate"].as_f64().expect("a rate");
@@ -168,15 +121,7 @@ async fn stats_report_recoveries_revenue_and_last_touch(backend: Backend) {
     assert!(later.contains("no cases"), "{later}");
     let filtered = daemon.ctl_ok(&["stats", "--since", "30d", "--workflow", "payment-failed"]);
     assert!(filtered.contains("started 4"), "{filtered}");
-    let bad = daemon.ctl(&["stats", "--since", "yesterday"]);
-    assert!(!bad.status.success());
-    let stderr = String::from_utf8_lossy(&bad.stderr);
-    assert!(
-        stderr.contains(
-            "since: 'yesterday' is no RFC 3339 time, date (2026-01-31) or duration (30d)"
-        ),
-        "{stderr}"
-    );
+    refuses_yesterday(&daemon, &["stats"]);
     let reversed = daemon.ctl(&["stats", "--since", "2026-02-01", "--until", "2026-01-01"]);
     assert!(!reversed.status.success());
 }
