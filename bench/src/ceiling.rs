@@ -16,8 +16,8 @@ use sqlx::{Connection, SqliteConnection};
 
 use crate::Ctx;
 use crate::events::{payment_failed, rate};
-use crate::probe::{PgDatabase, admin_pool};
 use crate::report::{CEILING_REFERENCE, Figure};
+use crate::store::{PgDatabase, admin_pool};
 
 /// Rows per transaction (SQLite) or per statement (PostgreSQL) when batching.
 const BATCH_ROWS: u64 = 10_000;

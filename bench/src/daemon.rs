@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::Ctx;
-use crate::probe::PgDatabase;
+use crate::store::{PgDatabase, Store};
 
 /// Where the engine's clock starts: a Monday, 09:00 UTC.
 const CLOCK_START: &str = "2026-01-05T09:00:00Z";
@@ -38,12 +38,6 @@ impl Backend {
             Backend::Postgres => "postgres",
         }
     }
-}
-
-/// The store a daemon runs on.
-pub enum Store {
-    Sqlite(PathBuf),
-    Postgres(PgDatabase),
 }
 
 /// How long a start took, from spawning the process.

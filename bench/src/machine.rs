@@ -53,7 +53,7 @@ fn proc_field(path: &str, key: &str) -> Option<String> {
 }
 
 async fn postgres_version(url: &str) -> anyhow::Result<String> {
-    let pool = crate::probe::admin_pool(url).await?;
+    let pool = crate::store::admin_pool(url).await?;
     let version: String = sqlx::query_scalar("SHOW server_version")
         .fetch_one(&pool)
         .await?;

@@ -17,6 +17,7 @@ mod probe;
 mod report;
 mod scenarios;
 mod stats;
+mod store;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
