@@ -7,6 +7,7 @@
 //! channel, `sink`, is the real `log` plugin writing JSON lines to a file,
 //! which records the wall-clock moment of each hand-off.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,6 +54,8 @@ pub struct Daemon {
     dir: tempfile::TempDir,
     config: PathBuf,
     socket: PathBuf,
+    /// Where the daemon's Prometheus endpoint listens.
+    metrics: SocketAddr,
     binary: PathBuf,
     log_level: String,
     child: Option<Child>,
@@ -66,6 +69,17 @@ impl Daemon {
         ctx: &Ctx,
         backend: Backend,
         workflows: &[(String, String)],
+    ) -> anyhow::Result<(Daemon, Startup)> {
+        Daemon::start_with(ctx, backend, workflows, "").await
+    }
+
+    /// As [`Daemon::start`], with `extra` (top-level YAML sections) added to
+    /// the configuration.
+    pub async fn start_with(
+        ctx: &Ctx,
+        backend: Backend,
+        workflows: &[(String, String)],
+        extra: &str,
     ) -> anyhow::Result<(Daemon, Startup)> {
         let dir = tempfile::Builder::new()
             .prefix("dunningd-bench")
@@ -82,11 +96,16 @@ impl Daemon {
             Backend::Sqlite => Store::Sqlite(root.join("state").join("dunningd.db")),
             Backend::Postgres => Store::Postgres(PgDatabase::create(&ctx.postgres).await?),
         };
+        let metrics = free_port()?;
         let config = root.join("dunningd.yaml");
-        std::fs::write(&config, config_yaml(ctx, root, &store))
-            .context("cannot write the configuration")?;
+        let yaml = format!(
+            "{}metrics:\n  listen: {metrics}\n{extra}",
+            config_yaml(ctx, root, &store)
+        );
+        std::fs::write(&config, yaml).context("cannot write the configuration")?;
         let mut daemon = Daemon {
             socket: root.join("admin.sock"),
+            metrics,
             dir,
             config,
             binary: ctx.binary("dunningd"),
@@ -241,6 +260,34 @@ impl Daemon {
         Ok(kib * 1024)
     }
 
+    /// CPU time the process has used so far, all its threads (those that
+    /// ended included), user and system.
+    pub fn cpu_time(&self) -> anyhow::Result<Duration> {
+        let child = self.child.as_ref().context("the daemon is not running")?;
+        let path = format!("/proc/{}/stat", child.id());
+        let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        cpu_ticks(&stat)
+            .map(|ticks| Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second()))
+            .with_context(|| format!("cannot read utime and stime from {path}"))
+    }
+
+    /// The daemon's metrics, as its Prometheus endpoint serves them.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let url = format!("http://{}/metrics", self.metrics);
+        let response = reqwest::get(&url)
+            .await
+            .with_context(|| format!("GET {url}"))?
+            .error_for_status()
+            .with_context(|| format!("GET {url}"))?;
+        response.text().await.with_context(|| format!("GET {url}"))
+    }
+
+    /// Kills the process with SIGKILL (no chance to record anything) and
+    /// waits for it to be gone; the store stays for the next start.
+    pub fn kill9(&mut self) {
+        self.kill();
+    }
+
     /// Sends SIGTERM and waits for the process to exit; returns how long
     /// the stop took.
     pub async fn stop(&mut self) -> anyhow::Result<Duration> {
@@ -316,9 +363,40 @@ pub async fn with_daemon<T>(
     Ok(value)
 }
 
+/// A loopback address with a port nobody listens on right now.
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .context("cannot find a free port for the metrics endpoint")?;
+    Ok(listener.local_addr()?)
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line, in clock
+/// ticks. The command name (field 2) may hold spaces and parentheses: the
+/// fields are counted from the last `)`.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): utime is field 14, stime 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The kernel's clock ticks per second for `/proc` times (`getconf
+/// CLK_TCK`; 100 on every Linux architecture in use).
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
 fn config_yaml(ctx: &Ctx, root: &Path, store: &Store) -> String {
     let mut config = format!(
-        "workflows_dir: workflows\nplugin_dir: {plugins}\nstate_dir: state\nadmin:\n  socket: admin.sock\nclock: manual\nclock_start: {CLOCK_START}\nchannels:\n  sink: {{ plugin: log, settings: {{ path: '{log}' }}, concurrency: {concurrency} }}\n",
+        "workflows_dir: workflows\nplugin_dir: {plugins}\nstate_dir: state\nadmin:\n  socket: admin.sock\nclock: manual\nclock_start: {CLOCK_START}\nchannels:\n  sink: {{ plugin: log, settings: {{ path: '{log}' }}, concurrency: {concurrency}, timeout: 10s }}\n",
         plugins = ctx.artifacts.display(),
         log = root.join("deliveries.jsonl").display(),
         concurrency = ctx.concurrency,
@@ -327,4 +405,16 @@ fn config_yaml(ctx: &Ctx, root: &Path, store: &Store) -> String {
         config.push_str(&format!("database: {}\n", database.url()));
     }
     config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_are_read_after_the_command_name() {
+        let stat = "4242 (dunningd (x) y) S 1 4242 4242 0 -1 4194560 5000 0 0 0 1234 567 0 0 20 0 9 0 100 0 0";
+        assert_eq!(cpu_ticks(stat), Some(1234 + 567));
+        assert_eq!(cpu_ticks("4242 (dunningd) S 1"), None);
+    }
 }

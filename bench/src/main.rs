@@ -12,6 +12,7 @@
 mod ceiling;
 mod daemon;
 mod events;
+mod histogram;
 mod machine;
 mod probe;
 mod report;
@@ -108,16 +109,19 @@ pub enum Measure {
     Reload,
     /// Memory, database size and start-up time with many active cases.
     Footprint,
+    /// `kill -9` at random moments of drains: deliveries handed over twice.
+    Crash,
 }
 
 impl Measure {
-    pub const ALL: [Measure; 6] = [
+    pub const ALL: [Measure; 7] = [
         Measure::Ceiling,
         Measure::Ingest,
         Measure::Drain,
         Measure::Lateness,
         Measure::Reload,
         Measure::Footprint,
+        Measure::Crash,
     ];
 
     pub fn name(self) -> &'static str {
@@ -128,6 +132,7 @@ impl Measure {
             Measure::Lateness => "lateness",
             Measure::Reload => "reload",
             Measure::Footprint => "footprint",
+            Measure::Crash => "crash",
         }
     }
 }
@@ -149,6 +154,9 @@ pub struct Sizes {
     pub reloads: u32,
     pub footprint_cases: u64,
     pub restarts: u32,
+    /// The drain each `kill -9` interrupts, and how many kills.
+    pub crash_deliveries: u64,
+    pub crash_kills: u32,
     /// Rows for the batched ceilings; single-row ceilings use `ceiling_single_rows`.
     pub ceiling_rows: u64,
     pub ceiling_single_rows: u64,
@@ -169,6 +177,8 @@ impl Sizes {
             reloads: 20,
             footprint_cases: 50_000,
             restarts: 3,
+            crash_deliveries: 20_000,
+            crash_kills: 3,
             ceiling_rows: 100_000,
             ceiling_single_rows: 2_000,
         };
@@ -181,6 +191,7 @@ impl Sizes {
                 drain: vec![10_000, 100_000, 1_000_000],
                 reps: 3,
                 lateness_rounds: 50,
+                crash_kills: 5,
                 ceiling_rows: 1_000_000,
                 ceiling_single_rows: 10_000,
                 ..quick

@@ -123,12 +123,19 @@ fn plugin_call_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
+/// Buckets of the time from an outcome to its commit, finest around the
+/// 20 ms the scheduler aims to stay under.
+const COMMIT_DELAY_BUCKETS: [f64; 14] = [
+    0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
 /// The daemon's metrics: the registry and a handle on each family.
 pub struct Metrics {
     registry: Registry,
     events: Family<EventLabels, Counter>,
     deliveries: Family<ChannelOutcome, Counter>,
     plugin_calls: Family<ChannelOutcome, Histogram, fn() -> Histogram>,
+    outcome_commits: Histogram,
     reloads: Family<ReloadLabels, Counter>,
     source_events: Family<SourceLabels, Counter>,
     workflows_served: Gauge,
@@ -180,6 +187,13 @@ impl Metrics {
             Unit::Seconds,
             plugin_calls.clone(),
         );
+        let outcome_commits = Histogram::new(COMMIT_DELAY_BUCKETS);
+        registry.register_with_unit(
+            "outcome_commit_delay",
+            "How long a dispatched delivery's outcome (a plugin's answer) waited until it was committed: the window in which a crash would send it again",
+            Unit::Seconds,
+            outcome_commits.clone(),
+        );
         let reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
             "reloads",
@@ -210,6 +224,7 @@ impl Metrics {
             events,
             deliveries,
             plugin_calls,
+            outcome_commits,
             reloads,
             source_events,
             workflows_served,
@@ -257,6 +272,11 @@ impl Metrics {
                 outcome: plugin_outcome(response),
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// Records how long one outcome waited for its commit.
+    pub fn outcome_committed(&self, waited: Duration) {
+        self.outcome_commits.observe(waited.as_secs_f64());
     }
 
     /// Counts a reload and what it left in force. The channels configured
@@ -476,6 +496,7 @@ mod tests {
             &DeliveryResponse::Sent { receipt: None },
             Duration::from_millis(3),
         );
+        metrics.outcome_committed(Duration::from_millis(12));
         metrics.reloaded(true, 2, &["email".to_string()]);
         metrics.reloaded(false, 2, &[]);
         metrics.reloaded(true, 3, &[]);
@@ -497,6 +518,9 @@ mod tests {
             r#"dunningd_plugin_call_duration_seconds_count{channel="email",outcome="sent"} 1"#,
             r#"dunningd_plugin_call_duration_seconds_bucket{le="0.004",channel="email",outcome="sent"} 1"#,
             r#"dunningd_plugin_call_duration_seconds_bucket{le="0.002",channel="email",outcome="sent"} 0"#,
+            r#"dunningd_outcome_commit_delay_seconds_bucket{le="0.01"} 0"#,
+            r#"dunningd_outcome_commit_delay_seconds_bucket{le="0.015"} 1"#,
+            r#"dunningd_outcome_commit_delay_seconds_count 1"#,
             r#"dunningd_reloads_total{result="success"} 2"#,
             r#"dunningd_reloads_total{result="failure"} 1"#,
             "dunningd_workflows_served 3",

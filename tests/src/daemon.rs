@@ -383,6 +383,12 @@ impl TestDaemon {
     /// Moves the manual clock forward and waits until every delivery due by
     /// then has an outcome.
     pub async fn advance(&self, by: &str) {
+        self.move_clock(by).await;
+        self.settle().await;
+    }
+
+    /// Moves the manual clock forward (`"3d"`) and returns at once.
+    pub async fn move_clock(&self, by: &str) {
         let mut client = self.client().await;
         client
             .advance_clock(dunningd::proto::AdvanceClockRequest {
@@ -392,7 +398,6 @@ impl TestDaemon {
             })
             .await
             .expect("advance clock");
-        self.settle().await;
     }
 
     /// Waits until no delivery is due-but-unfinished at the current engine time.

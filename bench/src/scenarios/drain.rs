@@ -16,6 +16,7 @@ use super::bench_workflow;
 use super::sink::{SinkTail, handoff_times, unix_ms};
 use crate::daemon::{Backend, Daemon, with_daemon};
 use crate::events::{self, Load, rate};
+use crate::histogram::Buckets;
 use crate::probe::Probe;
 use crate::report::Figure;
 use crate::stats::{median, percentile};
@@ -37,6 +38,12 @@ struct Drain {
     p99_ms: f64,
     /// Last hand-off → last commit: how far the completion writer trails.
     commit_tail_ms: f64,
+    /// The daemon's CPU time (all threads, the plugin's included) from T to
+    /// the end of the drain, per delivery.
+    cpu_us: f64,
+    /// A plugin's answer → its outcome committed (the daemon's
+    /// `dunningd_outcome_commit_delay_seconds`), p99 over the drain.
+    commit_delay_p99_ms: f64,
 }
 
 pub async fn run(ctx: &Ctx, backend: Backend) -> anyhow::Result<Vec<Figure>> {
@@ -50,8 +57,8 @@ pub async fn run(ctx: &Ctx, backend: Backend) -> anyhow::Result<Vec<Figure>> {
             })
             .await?;
             eprintln!(
-                "  n={n} rep {rep}: drain {:.0}/s, first {:.0} ms, p99 {:.0} ms",
-                run.drain_per_s, run.first_ms, run.p99_ms
+                "  n={n} rep {rep}: drain {:.0}/s, first {:.0} ms, p99 {:.0} ms, {:.0} µs CPU per delivery, answer → commit p99 {:.1} ms",
+                run.drain_per_s, run.first_ms, run.p99_ms, run.cpu_us, run.commit_delay_p99_ms
             );
             runs.push(run);
         }
@@ -85,6 +92,8 @@ async fn drain_with(daemon: &mut Daemon, probe: &Probe, n: u64) -> anyhow::Resul
     // stuck one fails.
     let deadline = Duration::from_secs(120).max(Duration::from_millis(n * 5));
 
+    let commits_before = commit_delays(daemon).await?;
+    let cpu_before = daemon.cpu_time()?;
     let released_ms = unix_ms();
     let released = Instant::now();
     daemon.advance("1d").await?;
@@ -106,6 +115,8 @@ async fn drain_with(daemon: &mut Daemon, probe: &Probe, n: u64) -> anyhow::Resul
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let done = released.elapsed();
+    let cpu = daemon.cpu_time()?.saturating_sub(cpu_before);
+    let commits = commit_delays(daemon).await?.since(&commits_before);
 
     let (sent, retried) = probe.sent().await?;
     ensure!(sent == n as i64, "{sent} of {n} deliveries are sent");
@@ -133,7 +144,17 @@ async fn drain_with(daemon: &mut Daemon, probe: &Probe, n: u64) -> anyhow::Resul
         p50_ms: percentile(&lateness, 0.5),
         p99_ms: percentile(&lateness, 0.99),
         commit_tail_ms: (done_ms - last_ms).max(0.0),
+        cpu_us: cpu.as_secs_f64() * 1e6 / n as f64,
+        commit_delay_p99_ms: commits.quantile(0.99).unwrap_or(0.0) * 1000.0,
     })
+}
+
+/// The daemon's histogram of answer → commit delays, as it stands now.
+pub async fn commit_delays(daemon: &Daemon) -> anyhow::Result<Buckets> {
+    Buckets::parse(
+        &daemon.metrics().await?,
+        "dunningd_outcome_commit_delay_seconds",
+    )
 }
 
 fn summarise(backend: Backend, n: u64, runs: &[Drain]) -> Vec<Figure> {
@@ -210,6 +231,28 @@ fn summarise(backend: Backend, n: u64, runs: &[Drain]) -> Vec<Figure> {
             pick(|r| r.commit_tail_ms),
             "ms",
             format!("last hand-off → last outcome committed; {runs_note}"),
+        ),
+        Figure::new(
+            b,
+            m,
+            format!("CPU per delivery N={n}"),
+            pick(|r| r.cpu_us),
+            "µs",
+            format!(
+                "the daemon's CPU time (user + system, all threads) from T to the end ÷ N; {runs_note}{}",
+                spread(|r| r.cpu_us)
+            ),
+        ),
+        Figure::new(
+            b,
+            m,
+            format!("answer → commit p99 N={n}"),
+            pick(|r| r.commit_delay_p99_ms),
+            "ms",
+            format!(
+                "a plugin's answer → its outcome committed (dunningd_outcome_commit_delay_seconds, interpolated in its bucket): the window a crash would send again; {runs_note}{}",
+                spread(|r| r.commit_delay_p99_ms)
+            ),
         ),
         Figure::new(
             b,

@@ -1,6 +1,7 @@
 //! The measurements. Each starts its own daemons on fresh stores, so one
 //! measurement's leftovers never slow the next.
 
+mod crash;
 mod drain;
 mod footprint;
 mod ingest;
@@ -21,6 +22,7 @@ pub async fn run(measure: Measure, ctx: &Ctx, backend: Backend) -> anyhow::Resul
         (Measure::Lateness, _) => lateness::run(ctx, backend).await,
         (Measure::Reload, _) => reload::run(ctx, backend).await,
         (Measure::Footprint, _) => footprint::run(ctx, backend).await,
+        (Measure::Crash, _) => crash::run(ctx, backend).await,
     }
 }
 

@@ -100,3 +100,30 @@ pub fn unix_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
+
+/// How many times each delivery (by `delivery_id`) was handed to the plugin
+/// in the lines from `offset` on.
+pub fn handoffs_per_delivery(
+    path: &Path,
+    offset: u64,
+) -> anyhow::Result<std::collections::HashMap<String, u32>> {
+    let mut file = File::open(path).with_context(|| format!("cannot open '{}'", path.display()))?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut counts = std::collections::HashMap::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("cannot read '{}'", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("line {} of '{}' is not JSON", i + 1, path.display()))?;
+        let id = value
+            .get("delivery_id")
+            .and_then(|v| v.as_str())
+            .with_context(|| {
+                format!("line {} of '{}' has no delivery_id", i + 1, path.display())
+            })?;
+        *counts.entry(id.to_string()).or_insert(0) += 1;
+    }
+    Ok(counts)
+}

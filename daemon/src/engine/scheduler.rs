@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use dunningd_plugin_api::wire::{DeliveryRequest, DeliveryResponse, Recipient};
 use rand::Rng;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::core::Engine;
@@ -43,9 +43,18 @@ use crate::workflow::RenderContext;
 /// Longest the loop sleeps without looking at the store (and without moving
 /// its heartbeat).
 pub const POLL_CAP: Duration = Duration::from_secs(1);
-/// Most dispatches in flight across all channels; channels have their own,
-/// smaller limits in the plugin host.
+/// Most claims between their claim and their outcome's commit, across all
+/// channels: claiming stops while this many wait for a channel, a plugin
+/// or the completion writer.
 const MAX_IN_FLIGHT: usize = 1024;
+/// Most deliveries of one channel between the start of their dispatch and
+/// their outcome's commit, per slot of the channel's `concurrency` (so 128
+/// for the default 8). A crash can leave at most these sent and unrecorded
+/// (to be sent again after the restart), and an outcome waits for its
+/// commit at most as long as the completion writer takes to commit this
+/// many: it commits every waiting outcome at once. Per channel, so that a
+/// slow channel's queue never holds up another's sends.
+pub const IN_FLIGHT_PER_SLOT: usize = 16;
 /// The longest retry delay, however many attempts came before.
 const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
 
@@ -93,6 +102,26 @@ pub struct Scheduler {
     longest_timeout: RwLock<Duration>,
     /// Counts delivery outcomes (the daemon's metrics).
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Per channel, the permits of [`IN_FLIGHT_PER_SLOT`]; swapped on
+    /// reload (a permit of a replaced gate is still released into it).
+    gates: RwLock<Arc<BTreeMap<String, Gate>>>,
+}
+
+/// A channel's permits of [`IN_FLIGHT_PER_SLOT`], and how many it has.
+struct Gate {
+    permits: Arc<Semaphore>,
+    size: usize,
+}
+
+/// A dispatched delivery's outcome on its way to the completion writer,
+/// with the moment it was decided (for the plugin's answer, right after it)
+/// and the claim's permits (in flight overall, and on its channel),
+/// released once the outcome is committed.
+struct Outcome {
+    id: String,
+    completion: Completion,
+    decided: Instant,
+    _permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
 }
 
 /// The claims a process holds and has not recorded an outcome for yet, each
@@ -172,6 +201,7 @@ impl Scheduler {
             held: Arc::default(),
             longest_timeout: RwLock::new(Duration::ZERO),
             metrics: None,
+            gates: RwLock::new(Arc::new(BTreeMap::new())),
         }
     }
 
@@ -214,6 +244,26 @@ impl Scheduler {
             Ok(mut guard) => *guard = Arc::new(caps),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(caps),
         }
+        let old_gates = match self.gates.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let gates: BTreeMap<String, Gate> = channels
+            .iter()
+            .map(|(name, spec)| {
+                let size = spec.concurrency.max(1) * IN_FLIGHT_PER_SLOT;
+                let permits = match old_gates.get(name) {
+                    // Unchanged: the permits taken stay counted.
+                    Some(gate) if gate.size == size => gate.permits.clone(),
+                    _ => Arc::new(Semaphore::new(size)),
+                };
+                (name.clone(), Gate { permits, size })
+            })
+            .collect();
+        match self.gates.write() {
+            Ok(mut guard) => *guard = Arc::new(gates),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(gates),
+        }
         let longest = channels.values().map(|spec| spec.timeout).max();
         match self.longest_timeout.write() {
             Ok(mut guard) => *guard = longest.unwrap_or_default(),
@@ -233,6 +283,16 @@ impl Scheduler {
         (lease / 3)
             .min(lease.saturating_sub(longest) / 3)
             .max(Duration::from_millis(50))
+    }
+
+    /// The channel's gate ([`IN_FLIGHT_PER_SLOT`]); none for a channel no
+    /// longer configured (its dispatch fails without a call).
+    fn gate(&self, channel: &str) -> Option<Arc<Semaphore>> {
+        let gates = match self.gates.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        gates.get(channel).map(|gate| gate.permits.clone())
     }
 
     fn caps(&self) -> BTreeMap<String, FrequencyCap> {
@@ -278,8 +338,10 @@ impl Scheduler {
     /// Runs until `shutdown` turns true, then stops claiming, waits up to the
     /// grace period for in-flight sends, records their outcomes and returns.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        // Bounded: a dispatch keeps its in-flight permit until its outcome is
-        // queued, so claiming cannot run far ahead of committing.
+        // A dispatch's permits travel with its outcome and are released by
+        // the completion writer after the commit, so claiming cannot run
+        // ahead of committing and the queue never holds more than
+        // MAX_IN_FLIGHT outcomes.
         let (done_tx, done_rx) = mpsc::channel(MAX_IN_FLIGHT);
         let writer = tokio::spawn(self.clone().write_completions(done_rx));
         let renewer = tokio::spawn(self.clone().renew_leases());
@@ -345,9 +407,18 @@ impl Scheduler {
                 let done = done_tx.clone();
                 tasks.spawn(async move {
                     let id = delivery.delivery_id.clone();
+                    let slot = match this.gate(&delivery.channel) {
+                        Some(gate) => gate.acquire_owned().await.ok(),
+                        None => None,
+                    };
                     let completion = this.dispatch_counted(delivery).await;
-                    let _ = done.send((id, completion)).await;
-                    drop(permit);
+                    let outcome = Outcome {
+                        id,
+                        completion,
+                        decided: Instant::now(),
+                        _permits: (permit, slot),
+                    };
+                    let _ = done.send(outcome).await;
                 });
             }
             if full_batch {
@@ -437,24 +508,33 @@ impl Scheduler {
         }
     }
 
-    /// Commits outcomes in batches until every sender is gone. A failed
-    /// commit is retried: dropping an outcome would resend a sent message
-    /// once its lease expires.
-    async fn write_completions(self: Arc<Self>, mut rx: mpsc::Receiver<(String, Completion)>) {
-        const BATCH: usize = 1024;
-        let mut batch = Vec::with_capacity(BATCH);
-        while rx.recv_many(&mut batch, BATCH).await > 0 {
+    /// Commits outcomes in batches until every sender is gone: each commit
+    /// takes every outcome waiting, so one waits at most for the commit in
+    /// progress and its own. A failed commit is retried: dropping an outcome
+    /// would resend a sent message once its lease expires.
+    async fn write_completions(self: Arc<Self>, mut rx: mpsc::Receiver<Outcome>) {
+        let mut batch: Vec<Outcome> = Vec::with_capacity(MAX_IN_FLIGHT);
+        while rx.recv_many(&mut batch, MAX_IN_FLIGHT).await > 0 {
             let mut attempt = 0u32;
             loop {
                 let now = self.engine.clock().now();
+                let outcomes = batch
+                    .iter()
+                    .map(|outcome| (outcome.id.clone(), outcome.completion.clone()))
+                    .collect();
                 match self
                     .engine
                     .store()
-                    .complete(&self.owner, batch.clone(), now)
+                    .complete(&self.owner, outcomes, now)
                     .await
                 {
                     Ok(lost) => {
-                        self.held.release(batch.iter().map(|(id, _)| id));
+                        self.held.release(batch.iter().map(|outcome| &outcome.id));
+                        if let Some(metrics) = &self.metrics {
+                            for outcome in &batch {
+                                metrics.outcome_committed(outcome.decided.elapsed());
+                            }
+                        }
                         self.store_ok
                             .send_if_modified(|ok| !std::mem::replace(ok, true));
                         for id in lost {
@@ -472,6 +552,7 @@ impl Scheduler {
                     }
                 }
             }
+            // Releases the batch's in-flight permits.
             batch.clear();
             // Retries and exhausted cases change what is due next.
             self.engine.wake();

@@ -8,6 +8,7 @@
 
 mod admin_transport;
 mod api;
+mod crash;
 mod ctl;
 mod http_channels;
 mod inapp;

@@ -157,18 +157,6 @@ async fn scrape_until(url: &str, what: &str, done: impl Fn(&Scrape) -> bool) -> 
     }
 }
 
-/// Moves the manual clock without waiting for what becomes due.
-async fn advance_clock(daemon: &TestDaemon, by: &str) {
-    daemon
-        .client()
-        .await
-        .advance_clock(proto::AdvanceClockRequest {
-            target: Some(proto::advance_clock_request::Target::By(by.into())),
-        })
-        .await
-        .expect("advance clock");
-}
-
 /// Holds the database so that the scheduler cannot claim, while reads (the
 /// metrics' own) go on: SQLite's write lock, or on PostgreSQL a table lock
 /// that row locks (`FOR UPDATE`) wait for and plain reads do not.
@@ -359,7 +347,7 @@ async fn counts_events_deliveries_reloads_and_reads_cases_and_backlog(backend: B
     // The backlog: cus_1's reminder comes due while nothing can be claimed;
     // its age grows with the clock and nothing else.
     let block = ClaimBlock::hold(&daemon, &backend).await;
-    advance_clock(&daemon, "3d").await;
+    daemon.move_clock("3d").await;
     let stuck = scrape_until(&url, "the backlog", |s| {
         s.get("dunningd_backlog_deliveries", &[]) == Some(1.0)
     })
@@ -370,7 +358,7 @@ async fn counts_events_deliveries_reloads_and_reads_cases_and_backlog(backend: B
         "due at day 2, now day 3:\n{}",
         stuck.text
     );
-    advance_clock(&daemon, "1h").await;
+    daemon.move_clock("1h").await;
     let later = scrape(&url).await;
     assert_eq!(later.get("dunningd_backlog_deliveries", &[]), Some(1.0));
     assert_eq!(

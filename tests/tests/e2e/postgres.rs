@@ -33,18 +33,6 @@ fn setup(backend: &Backend) -> Setup {
     setup
 }
 
-/// Moves a daemon's manual clock without waiting for anything.
-async fn move_clock(daemon: &TestDaemon, by: &str) {
-    daemon
-        .client()
-        .await
-        .advance_clock(proto::AdvanceClockRequest {
-            target: Some(proto::advance_clock_request::Target::By(by.into())),
-        })
-        .await
-        .expect("advance clock");
-}
-
 /// Every delivery the given daemons' log plugins recorded, by idempotency
 /// key: how many times, and by which daemons.
 fn sent_by_key(daemons: &[&TestDaemon]) -> BTreeMap<String, Vec<usize>> {
@@ -203,14 +191,14 @@ async fn three_daemons_share_the_work_and_survive_one_killed_mid_run() {
 
     // Day 3: the reminders fall due first on the second daemon's clock; it
     // claims some and is killed while sending them.
-    move_clock(&daemons[1], "3d").await;
+    daemons[1].move_clock("3d").await;
     let Backend::Postgres(database) = &backend else {
         unreachable!("a PostgreSQL backend")
     };
     let held = keys_being_sent(database).await;
     daemons[1].kill9();
     for daemon in [&daemons[0], &daemons[2]] {
-        move_clock(daemon, "3d").await;
+        daemon.move_clock("3d").await;
     }
     let all: Vec<&TestDaemon> = daemons.iter().collect();
     let unpaid = CASES - CASES / 10;
@@ -228,7 +216,7 @@ async fn three_daemons_share_the_work_and_survive_one_killed_mid_run() {
 
     // Day 14: the survivors finish the sequence.
     for daemon in [&daemons[0], &daemons[2]] {
-        move_clock(daemon, "11d").await;
+        daemon.move_clock("11d").await;
     }
     wait_for_sent(&all, 2 * CASES + 2 * unpaid, "final step").await;
 
@@ -450,7 +438,7 @@ async fn losing_the_database_makes_the_daemon_unhealthy_until_it_recovers_by_its
         .expect_err("no event is accepted while the database is away");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     // Time passes meanwhile: the reminders fall due during the outage.
-    move_clock(&daemon, "3d").await;
+    daemon.move_clock("3d").await;
 
     proxy.restore().await;
     wait_for_health(&daemon, ServingStatus::Serving).await;
@@ -553,7 +541,7 @@ async fn a_case_runs_its_own_version_on_daemons_that_never_loaded_it() {
     wait_for_sent(&all, 2, "first step").await;
 
     // Day 3 comes only for the daemon with the newer version…
-    move_clock(&newer, "3d").await;
+    newer.move_clock("3d").await;
     wait_for_sent(&all, 3, "reminder").await;
     let reminder = newer
         .deliveries()
@@ -565,7 +553,7 @@ async fn a_case_runs_its_own_version_on_daemons_that_never_loaded_it() {
         "Name of cus_1, your payment for inv_1 is still due."
     );
     // …and day 14 only for the one without the workflow.
-    move_clock(&empty, "14d").await;
+    empty.move_clock("14d").await;
     wait_for_sent(&all, 4, "final step").await;
     assert!(
         empty.deliveries().iter().any(|d| d["channel"] == "webhook"),
