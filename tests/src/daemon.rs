@@ -405,19 +405,22 @@ impl TestDaemon {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let pending = self.due_unfinished().await;
-            if pending == 0 {
+            if pending.is_empty() {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "{pending} due deliveries still unfinished after 20s:\n{}",
+                "{} due deliveries still unfinished after 20s, among them {:?}:\n{}",
+                pending.len(),
+                &pending[..pending.len().min(5)],
                 self.log()
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
-    async fn due_unfinished(&self) -> usize {
+    /// The due deliveries of active cases without an outcome yet.
+    async fn due_unfinished(&self) -> Vec<dunningd::proto::Delivery> {
         let mut client = self.client().await;
         let now = client
             .get_clock(dunningd::proto::GetClockRequest {})
@@ -435,21 +438,17 @@ impl TestDaemon {
             .expect("list cases")
             .into_inner()
             .cases;
-        let mut pending = 0;
+        let mut pending = Vec::new();
         for case in cases {
             let detail = client
                 .get_case(dunningd::proto::GetCaseRequest { id: case.id })
                 .await
                 .expect("get case")
                 .into_inner();
-            pending += detail
-                .deliveries
-                .iter()
-                .filter(|d| {
-                    matches!(d.status.as_str(), "scheduled" | "retrying" | "sending")
-                        && d.planned_at <= now
-                })
-                .count();
+            pending.extend(detail.deliveries.into_iter().filter(|d| {
+                matches!(d.status.as_str(), "scheduled" | "retrying" | "sending")
+                    && d.planned_at <= now
+            }));
         }
         pending
     }
