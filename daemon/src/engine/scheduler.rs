@@ -8,12 +8,13 @@
 //! time, a wake-up, or a short cap (leases of other processes expire in
 //! wall-clock time, which no wake-up announces).
 //!
-//! Conditions and templates run on the blocking pool, never on the async
-//! workers: each is bounded by its budget (`workflow::RENDER_FUEL`,
-//! `workflow::CONDITION_FUEL`) and waited for at most the channel's timeout,
-//! so a workflow file cannot stall the loop, other channels or a shutdown.
-//! The render's time counts against that timeout: the plugin call gets the
-//! rest.
+//! Conditions and templates never run on the async workers: each is bounded
+//! by its budget (`workflow::RENDER_FUEL`, `workflow::CONDITION_FUEL`) and
+//! waited for at most the channel's timeout, so a workflow file cannot
+//! stall the loop, other channels or a shutdown. A step's condition runs on
+//! the blocking pool; the message is rendered on the channel's lane right
+//! before the plugin's call (`PluginHost::send_within`), which saves a
+//! thread hand-off per delivery, and render and call share one timeout.
 //!
 //! A claim's lease is renewed while the claim is in flight (waiting for a
 //! channel slot, being sent, or sent and waiting for its outcome's commit),
@@ -36,7 +37,7 @@ use super::core::Engine;
 use super::policy::{self, Condition, Decision, Facts};
 use crate::config::{self, ChannelSpec, SchedulerConfig};
 use crate::links::Links;
-use crate::plugin_host::PluginHost;
+use crate::plugin_host::{PluginHost, Sent};
 use crate::store::{ClaimOptions, Claimed, Claims, Completion, FollowUp, FrequencyCap};
 use crate::workflow::RenderContext;
 
@@ -315,7 +316,7 @@ impl Scheduler {
         })
     }
 
-    /// Runs workflow code (a condition, a render) on the blocking pool and
+    /// Runs workflow code (a step's condition) on the blocking pool and
     /// waits for it at most the channel's timeout. The work itself is
     /// bounded by its budget; a wait given up leaves the thread to finish it.
     async fn off_worker<T: Send + 'static>(
@@ -577,8 +578,6 @@ impl Scheduler {
                 };
             }
         };
-        // Shared with the blocking pool, where conditions and templates run.
-        let shared_event = Arc::new(claimed.trigger_event.clone());
         let event = &claimed.trigger_event;
         let timezone = event.customer.timezone.as_deref();
         let index = claimed.step_index as usize;
@@ -603,7 +602,8 @@ impl Scheduler {
         let checked = match step.and_then(|s| s.when.clone()) {
             None => None,
             Some(when) => {
-                let (workflow, event) = (workflow.clone(), shared_event.clone());
+                // Conditions run on the blocking pool, with their own copy.
+                let (workflow, event) = (workflow.clone(), claimed.trigger_event.clone());
                 let applies = self
                     .off_worker(&claimed.channel, "the step's condition", move || {
                         workflow
@@ -651,94 +651,93 @@ impl Scheduler {
             .links
             .as_ref()
             .map(|links| links.unsubscribe_url(&event.customer.id, &claimed.channel));
-        // Rendering counts against the channel's timeout: the plugin call
-        // gets what the render left of it.
-        let render_started = Instant::now();
-        let rendered = {
-            let workflow = workflow.clone();
-            let event = shared_event;
-            let (template, case_id, case_started_at, step, channel, url) = (
-                claimed.template.clone(),
-                claimed.case_id.clone(),
-                claimed.case_started_at,
-                claimed.step.clone(),
-                claimed.channel.clone(),
-                unsubscribe_url.clone(),
-            );
-            let what = format!("template '{}': rendering", claimed.template);
-            self.off_worker(&claimed.channel, &what, move || {
+        // The message is rendered on the channel's lane, just before the
+        // plugin's call, within the same timeout (see `plugin_host::lanes`):
+        // off the async workers, without a hand-off of its own.
+        let claimed = Arc::new(claimed);
+        let prepare = {
+            let claimed = claimed.clone();
+            move || {
+                let event = &claimed.trigger_event;
                 let context = RenderContext {
-                    event: &event,
-                    case_id: &case_id,
-                    case_started_at,
-                    step: &step,
-                    channel: &channel,
-                    unsubscribe_url: url.as_deref(),
+                    event,
+                    case_id: &claimed.case_id,
+                    case_started_at: claimed.case_started_at,
+                    step: &claimed.step,
+                    channel: &claimed.channel,
+                    unsubscribe_url: unsubscribe_url.as_deref(),
                 };
-                workflow
-                    .render(&template, &context)
-                    .map_err(|e| e.to_string())
-            })
-            .await
-            .and_then(|rendered| rendered)
-        };
-        let message = match rendered {
-            Ok(mut message) => {
+                let mut message = workflow
+                    .render(&claimed.template, &context)
+                    .map_err(|e| e.to_string())?;
                 if let Some(url) = unsubscribe_url {
                     message.entry("unsubscribe_url".into()).or_insert(url);
                 }
-                message
+                let customer = &event.customer;
+                Ok(DeliveryRequest {
+                    delivery_id: claimed.delivery_id.clone(),
+                    idempotency_key: claimed.idempotency_key.clone(),
+                    channel: claimed.channel.clone(),
+                    case_id: claimed.case_id.clone(),
+                    workflow: claimed.workflow.clone(),
+                    step: claimed.step.clone(),
+                    template: claimed.template.clone(),
+                    attempt: claimed.attempt,
+                    recipient: Recipient {
+                        customer_id: customer.id.clone(),
+                        name: customer.name.clone(),
+                        email: customer.email.clone(),
+                        phone: customer.phone.clone(),
+                        locale: customer.locale.clone(),
+                        timezone: customer.timezone.clone(),
+                    },
+                    message,
+                    data: event.data.clone(),
+                    subject: event.subject.clone(),
+                })
             }
-            Err(error) => {
-                tracing::error!(delivery = %claimed.delivery_id, workflow = %claimed.workflow, %error, "cannot render template");
-                // The fallback renders its own template: it may still reach
-                // the customer.
-                return Completion::Failed {
-                    error: error.to_string(),
-                    fallback,
-                };
-            }
-        };
-        let customer = &event.customer;
-        let request = DeliveryRequest {
-            delivery_id: claimed.delivery_id.clone(),
-            idempotency_key: claimed.idempotency_key.clone(),
-            channel: claimed.channel.clone(),
-            case_id: claimed.case_id.clone(),
-            workflow: claimed.workflow.clone(),
-            step: claimed.step.clone(),
-            template: claimed.template.clone(),
-            attempt: claimed.attempt,
-            recipient: Recipient {
-                customer_id: customer.id.clone(),
-                name: customer.name.clone(),
-                email: customer.email.clone(),
-                phone: customer.phone.clone(),
-                locale: customer.locale.clone(),
-                timezone: customer.timezone.clone(),
-            },
-            message,
-            data: event.data.clone(),
-            subject: event.subject.clone(),
         };
         let id = &claimed.delivery_id;
         let (held, claim) = (self.held.clone(), id.clone());
-        let Some(response) = self
+        let may_start = move |timeout| Instant::now() + timeout <= held.until(&claim);
+        let response = match self
             .plugins
-            .send_within(request, render_started.elapsed(), move |timeout| {
-                Instant::now() + timeout <= held.until(&claim)
-            })
+            .send_within(&claimed.channel, prepare, may_start)
             .await
-        else {
-            tracing::warn!(
-                delivery = %id, channel = %claimed.channel,
-                "not sending: the claim's lease would run out before the channel's timeout (its renewal failed); handing it back"
-            );
-            return Completion::Defer { at: now };
+        {
+            Sent::Answered(response) => response,
+            Sent::Refused => {
+                tracing::warn!(
+                    delivery = %id, channel = %claimed.channel,
+                    "not sending: the claim's lease would run out before the channel's timeout (its renewal failed); handing it back"
+                );
+                return Completion::Defer { at: now };
+            }
+            Sent::NotPrepared(error) => return self.not_rendered(&claimed, error, fallback),
+            Sent::PrepareTimedOut(timeout) => {
+                let error = format!(
+                    "template '{}': rendering took longer than the channel's timeout of {}",
+                    claimed.template,
+                    crate::duration::format(timeout)
+                );
+                return self.not_rendered(&claimed, error, fallback);
+            }
         };
         let completion = self.decide(&claimed, response, fallback);
         log_outcome(&claimed, &completion);
         completion
+    }
+
+    /// A message that could not be rendered fails for good; the fallback
+    /// renders its own template, so it may still reach the customer.
+    fn not_rendered(
+        &self,
+        claimed: &Claimed,
+        error: String,
+        fallback: Option<FollowUp>,
+    ) -> Completion {
+        tracing::error!(delivery = %claimed.delivery_id, workflow = %claimed.workflow, %error, "cannot render template");
+        Completion::Failed { error, fallback }
     }
 
     /// Turns a plugin's answer into the delivery's next state. Retryable and

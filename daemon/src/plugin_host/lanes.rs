@@ -4,20 +4,26 @@
 //!
 //! A lane that finds work queued goes on to the next call without sleeping,
 //! so a burst costs no thread hand-off per call (the blocking pool woke a
-//! thread for each one and put it back to sleep after). Each call still has
-//! its own deadline, counted from the moment a lane starts it:
+//! thread for each one and put it back to sleep after). A call first
+//! *prepares* its request on the lane (the scheduler renders the message
+//! there: rendering is bounded work that must stay off the async workers,
+//! and doing it on the lane saves a hand-off to the blocking pool and back
+//! per delivery), then calls the plugin. Each call has its own deadline,
+//! counted from the moment a lane starts it, for both:
 //!
 //! - the caller waits for its answer until the call has run for the
-//!   channel's timeout, then moves on (`Unknown`: the message may have gone
-//!   out). The lane stays with the plugin until it returns, and that answer
-//!   is dropped;
+//!   channel's timeout, then moves on: `PrepareTimedOut` if the request was
+//!   still being prepared (the plugin was not called), `TimedOut` if the
+//!   plugin had it (the message may have gone out). The lane finishes what
+//!   it was doing, and that answer is dropped;
 //! - a call that no lane has started is withdrawn by its caller once a whole
 //!   timeout passes without any call of the channel returning (every lane is
 //!   stuck in the plugin): it was never started, so it is safe to retry.
 //!
-//! Whether a queued call is started or withdrawn is decided once, by one
-//! compare-and-swap, so a withdrawn call never runs and a started one is
-//! never reported as not sent.
+//! Whether a queued call is started or withdrawn, and whether a prepared
+//! request goes to the plugin or its caller has given up, is decided once
+//! each, by one compare-and-swap, so a withdrawn call never reaches the
+//! plugin and one that reached it is never reported as not sent.
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -28,20 +34,32 @@ use tokio::sync::oneshot;
 use super::ffi::{CallError, RawChannel};
 
 const QUEUED: u8 = 0;
+/// Started by a lane, which is preparing the request.
 const STARTED: u8 = 1;
 const WITHDRAWN: u8 = 2;
+/// The request is prepared and the plugin has it.
+const CALLING: u8 = 3;
 
 /// Decides, when a lane is about to start a call, whether it still may
 /// (the claim's lease leaves room for a call as long as the timeout).
 pub type MayStart = Box<dyn FnOnce(Duration) -> bool + Send>;
+
+/// Builds the request's bytes on the lane, or says why there is none.
+pub type Prepare = Box<dyn FnOnce() -> Result<Vec<u8>, String> + Send>;
 
 /// What became of one call.
 #[derive(Debug)]
 pub enum Called {
     /// The plugin returned this.
     Returned(Result<Vec<u8>, CallError>),
-    /// The call ran for the whole timeout; its answer will be dropped.
+    /// The plugin ran for the rest of the timeout; its answer will be
+    /// dropped.
     TimedOut,
+    /// Preparing the request failed: the plugin was not called.
+    NotPrepared(String),
+    /// Preparing the request took the whole timeout: the plugin was not
+    /// called.
+    PrepareTimedOut,
     /// No lane started it within a timeout while none of the channel's calls
     /// returned: every lane is stuck. Not started, so safe to retry.
     Stuck,
@@ -55,20 +73,28 @@ pub enum Called {
 /// Shared by a call's caller and the lane that takes it.
 #[derive(Default)]
 struct State {
-    /// QUEUED, then STARTED (by a lane) or WITHDRAWN (by the caller).
+    /// QUEUED, then STARTED (by a lane) and CALLING, or WITHDRAWN (by the
+    /// caller).
     phase: AtomicU8,
     /// When the lane started the call.
     started: OnceLock<Instant>,
+    /// When the lane handed the prepared request to the plugin.
+    calling: OnceLock<Instant>,
+}
+
+/// What a lane answers a call's caller.
+enum Answer {
+    /// `may_start` said no.
+    Refused,
+    NotPrepared(String),
+    Returned(Result<Vec<u8>, CallError>),
 }
 
 struct Job {
-    request: Vec<u8>,
-    /// What the delivery already spent of the channel's timeout before the
-    /// call (its render); the call gets the rest.
-    spent: Duration,
+    prepare: Prepare,
     may_start: MayStart,
     state: Arc<State>,
-    reply: oneshot::Sender<Option<Result<Vec<u8>, CallError>>>,
+    reply: oneshot::Sender<Answer>,
 }
 
 /// The lanes of one open channel. Dropping it lets the lanes finish what is
@@ -76,7 +102,7 @@ struct Job {
 pub struct Lanes {
     queue: crossbeam_channel::Sender<Job>,
     timeout: Duration,
-    /// Calls that have returned so far (however late): shows whether a
+    /// Calls that have finished so far (however late): shows whether a
     /// channel whose lanes are all busy is slow or stuck.
     returned: Arc<AtomicU64>,
 }
@@ -111,30 +137,23 @@ impl Lanes {
     }
 
     /// Queues one call and waits for what became of it; also says how long
-    /// the plugin ran (from the lane's start to the answer or the deadline;
-    /// zero if no lane started it), without the time it waited for a lane.
-    /// `spent`: what the delivery already used of the channel's timeout
-    /// (rendering); the call's deadline is the rest of it.
-    pub async fn call(
-        &self,
-        request: Vec<u8>,
-        spent: Duration,
-        may_start: MayStart,
-    ) -> (Called, Duration) {
+    /// the plugin ran (from the hand-off of the prepared request to the
+    /// answer or the deadline; zero if the plugin was not called), without
+    /// the time it waited for a lane or was prepared.
+    pub async fn call(&self, prepare: Prepare, may_start: MayStart) -> (Called, Duration) {
         let state = Arc::new(State::default());
-        let called = self.queue_and_wait(request, spent, may_start, &state).await;
+        let called = self.queue_and_wait(prepare, may_start, &state).await;
         let ran = state
-            .started
+            .calling
             .get()
-            .map(|started| started.elapsed())
+            .map(|calling| calling.elapsed())
             .unwrap_or_default();
         (called, ran)
     }
 
     async fn queue_and_wait(
         &self,
-        request: Vec<u8>,
-        spent: Duration,
+        prepare: Prepare,
         may_start: MayStart,
         state: &Arc<State>,
     ) -> Called {
@@ -143,8 +162,7 @@ impl Lanes {
         let _withdraw_if_dropped = Withdraw(state);
         let (reply, mut answer) = oneshot::channel();
         let job = Job {
-            request,
-            spent,
+            prepare,
             may_start,
             state: state.clone(),
             reply,
@@ -157,21 +175,20 @@ impl Lanes {
         // passes with no call of the channel returning.
         let mut returned = self.returned.load(Ordering::Relaxed);
         let mut deadline = Instant::now() + self.timeout;
-        let left = self.timeout.saturating_sub(spent);
+        let timeout = self.timeout;
         loop {
-            // A call that started gets `left` from its start, which may end
-            // before the queue's deadline: look again by then.
+            // A call that started gets the timeout from its start, which may
+            // end before the queue's deadline: look again by then.
             let until = match state.started.get() {
-                Some(started) => deadline.min(*started + left),
-                None => deadline.min(Instant::now() + left),
+                Some(started) => deadline.min(*started + timeout),
+                None => deadline.min(Instant::now() + timeout),
             };
             match tokio::time::timeout_at(until.into(), &mut answer).await {
-                Ok(Ok(Some(result))) => return Called::Returned(result),
-                Ok(Ok(None)) => return Called::Refused,
+                Ok(Ok(answer)) => return answered(answer),
                 Ok(Err(_)) => return Called::Vanished,
                 Err(_) => {}
             }
-            if state.phase.load(Ordering::Acquire) == STARTED {
+            if state.phase.load(Ordering::Acquire) != QUEUED {
                 break;
             }
             if Instant::now() < deadline {
@@ -193,15 +210,31 @@ impl Lanes {
             // A lane started it just now.
             break;
         }
-        // Started: the call gets what is left of the channel's timeout,
-        // from its start.
+        // Started: the call gets the channel's timeout from its start.
         let started = state.started.get().copied().unwrap_or_else(Instant::now);
-        match tokio::time::timeout_at((started + left).into(), answer).await {
-            Ok(Ok(Some(result))) => Called::Returned(result),
-            Ok(Ok(None)) => Called::Refused,
+        match tokio::time::timeout_at((started + timeout).into(), answer).await {
+            Ok(Ok(answer)) => answered(answer),
             Ok(Err(_)) => Called::Vanished,
-            Err(_) => Called::TimedOut,
+            // Still preparing: given up here, so the lane will not call
+            // the plugin with it.
+            Err(_) => match state.phase.compare_exchange(
+                STARTED,
+                WITHDRAWN,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => Called::PrepareTimedOut,
+                Err(_) => Called::TimedOut,
+            },
         }
+    }
+}
+
+fn answered(answer: Answer) -> Called {
+    match answer {
+        Answer::Refused => Called::Refused,
+        Answer::NotPrepared(error) => Called::NotPrepared(error),
+        Answer::Returned(result) => Called::Returned(result),
     }
 }
 
@@ -230,14 +263,33 @@ fn run(raw: &RawChannel, returned: &AtomicU64, timeout: Duration, job: Job) {
         return;
     }
     let _ = job.state.started.set(Instant::now());
-    if !(job.may_start)(timeout.saturating_sub(job.spent)) {
-        let _ = job.reply.send(None);
+    if !(job.may_start)(timeout) {
+        let _ = job.reply.send(Answer::Refused);
         return;
     }
-    let result = raw.send(&job.request);
+    // The caller may have moved on (timed out); an answer is then dropped.
+    let request = match (job.prepare)() {
+        Ok(request) => request,
+        Err(error) => {
+            returned.fetch_add(1, Ordering::Relaxed);
+            let _ = job.reply.send(Answer::NotPrepared(error));
+            return;
+        }
+    };
+    let _ = job.state.calling.set(Instant::now());
+    if job
+        .state
+        .phase
+        .compare_exchange(STARTED, CALLING, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        // Its caller gave up while it was prepared: not sent.
+        returned.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let result = raw.send(&request);
     returned.fetch_add(1, Ordering::Relaxed);
-    // The caller may have moved on (timed out); the answer is then dropped.
-    let _ = job.reply.send(Some(result));
+    let _ = job.reply.send(Answer::Returned(result));
 }
 
 #[cfg(test)]
@@ -306,7 +358,13 @@ mod tests {
         Lanes::start("test", Arc::new(raw), count, timeout).expect("lanes")
     }
 
-    fn request(sleep_ms: u64) -> Vec<u8> {
+    /// A request prepared at once.
+    fn request(sleep_ms: u64) -> Prepare {
+        let bytes = request_bytes(sleep_ms);
+        Box::new(move || Ok(bytes))
+    }
+
+    fn request_bytes(sleep_ms: u64) -> Vec<u8> {
         serde_json::to_vec(&DeliveryRequest {
             delivery_id: sleep_ms.to_string(),
             idempotency_key: "k".into(),
@@ -337,9 +395,7 @@ mod tests {
             let two = two.clone();
             calls.spawn(async move {
                 let queued = Instant::now();
-                let (called, ran) = two
-                    .call(request(100), Duration::ZERO, Box::new(|_| true))
-                    .await;
+                let (called, ran) = two.call(request(100), Box::new(|_| true)).await;
                 (called, ran, queued.elapsed())
             });
         }
@@ -361,31 +417,49 @@ mod tests {
         assert_eq!(MOST_AT_ONCE.load(Ordering::SeqCst), 2);
 
         // A lease that no longer fits: the plugin is not called.
-        let (called, ran) = two
-            .call(request(0), Duration::ZERO, Box::new(|_| false))
-            .await;
+        let (called, ran) = two.call(request(0), Box::new(|_| false)).await;
         assert!(matches!(called, Called::Refused), "{called:?}");
         assert!(ran < Duration::from_secs(1), "ran {ran:?}");
         assert_eq!(CALLS.load(Ordering::SeqCst), 0);
 
-        // What the delivery spent before the call (its render) counts
-        // against the timeout: after 4.8 s of a 5 s timeout the call gets
-        // 200 ms, and the lease check is asked about those 200 ms.
-        let (called, ran) = two
+        // Preparing counts against the timeout: after 400 ms of a 600 ms
+        // timeout the plugin gets 200 ms (the lease check is asked about
+        // the whole timeout); its own time is what `ran` says.
+        let short = lanes(1, Duration::from_millis(600));
+        let slow_prepare = |ms: u64, sleep_ms: u64| -> Prepare {
+            Box::new(move || {
+                std::thread::sleep(Duration::from_millis(ms));
+                Ok(request_bytes(sleep_ms))
+            })
+        };
+        let (called, ran) = short
             .call(
-                request(400),
-                Duration::from_millis(4_800),
-                Box::new(|left| left <= Duration::from_millis(200)),
+                slow_prepare(400, 400),
+                Box::new(|whole| whole == Duration::from_millis(600)),
             )
             .await;
         assert!(matches!(called, Called::TimedOut), "{called:?}");
         assert!(
-            ran >= Duration::from_millis(200) && ran < Duration::from_millis(400),
+            ran >= Duration::from_millis(150) && ran < Duration::from_millis(400),
             "ran {ran:?}"
         );
         // Let the plugin finish before the count is reset.
         tokio::time::sleep(Duration::from_millis(400)).await;
-        CALLS.swap(0, Ordering::SeqCst);
+        assert_eq!(CALLS.swap(0, Ordering::SeqCst), 1);
+        // A preparation that outlasts the timeout, or fails: the plugin is
+        // never called with it.
+        let (called, ran) = short.call(slow_prepare(900, 0), Box::new(|_| true)).await;
+        assert!(matches!(called, Called::PrepareTimedOut), "{called:?}");
+        assert_eq!(ran, Duration::ZERO);
+        let (called, _) = short
+            .call(Box::new(|| Err("no template".into())), Box::new(|_| true))
+            .await;
+        assert!(
+            matches!(&called, Called::NotPrepared(e) if e == "no template"),
+            "{called:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(CALLS.load(Ordering::SeqCst), 0);
 
         // One lane, stuck in the plugin: the running call times out a timeout
         // after it started; the one queued behind it is withdrawn unstarted
@@ -393,25 +467,17 @@ mod tests {
         let one = Arc::new(lanes(1, Duration::from_millis(300)));
         let hung = {
             let one = one.clone();
-            tokio::spawn(async move {
-                one.call(request(2_000), Duration::ZERO, Box::new(|_| true))
-                    .await
-            })
+            tokio::spawn(async move { one.call(request(2_000), Box::new(|_| true)).await })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
         // A caller that goes away while its call is queued (its task aborted).
         let abandoned = {
             let one = one.clone();
-            tokio::spawn(async move {
-                one.call(request(0), Duration::ZERO, Box::new(|_| true))
-                    .await
-            })
+            tokio::spawn(async move { one.call(request(0), Box::new(|_| true)).await })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         abandoned.abort();
-        let queued = one
-            .call(request(0), Duration::ZERO, Box::new(|_| true))
-            .await;
+        let queued = one.call(request(0), Box::new(|_| true)).await;
         let (hung, ran) = hung.await.expect("task");
         assert!(matches!(hung, Called::TimedOut), "{hung:?}");
         assert!(

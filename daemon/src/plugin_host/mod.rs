@@ -230,59 +230,61 @@ impl PluginHost {
     /// A channel whose every lane stays busy for a whole timeout is stuck
     /// (its plugin hangs): the delivery is retried later.
     pub async fn send(&self, request: DeliveryRequest) -> DeliveryResponse {
-        match self.send_within(request, Duration::ZERO, |_| true).await {
-            Some(response) => response,
-            // Unreachable: every call may start.
-            None => DeliveryResponse::Retryable {
+        let channel = request.channel.clone();
+        match self
+            .send_within(&channel, move || Ok(request), |_| true)
+            .await
+        {
+            Sent::Answered(response) => response,
+            // Unreachable: the request is ready and every call may start.
+            Sent::NotPrepared(error) => DeliveryResponse::Permanent { error },
+            Sent::PrepareTimedOut(_) | Sent::Refused => DeliveryResponse::Retryable {
                 error: "not sent".into(),
                 retry_after_secs: None,
             },
         }
     }
 
-    /// [`PluginHost::send`] for a claim under a lease: when a lane is about
-    /// to start the call, `may_start` is asked whether a call as long as the
-    /// channel's timeout still fits in the claim's lease (which may have
-    /// been renewed while waiting). If not, the plugin is not called and
-    /// `None` is returned, so that no message goes out under a lease another
-    /// daemon may take over. `spent`: what the delivery already used of the
-    /// channel's timeout (its render); the call gets the rest of it.
+    /// [`PluginHost::send`] for a claim under a lease, with the request
+    /// prepared on the channel's lane (the scheduler renders the message
+    /// there) within the channel's timeout: preparing and the plugin's
+    /// call together get one timeout, counted from the lane's start. When
+    /// the lane is about to start, `may_start` is asked whether a call as
+    /// long as the channel's timeout still fits in the claim's lease (which
+    /// may have been renewed while waiting); if not, nothing runs
+    /// ([`Sent::Refused`]), so that no message goes out under a lease
+    /// another daemon may take over.
     pub async fn send_within(
         &self,
-        request: DeliveryRequest,
-        spent: Duration,
+        channel_name: &str,
+        prepare: impl FnOnce() -> Result<DeliveryRequest, String> + Send + 'static,
         may_start: impl FnOnce(Duration) -> bool + Send + 'static,
-    ) -> Option<DeliveryResponse> {
+    ) -> Sent {
         let channels = self.current();
-        let Some(channel) = channels.get(&request.channel) else {
-            return Some(DeliveryResponse::Permanent {
-                error: format!("channel '{}' is not configured", request.channel),
+        let Some(channel) = channels.get(channel_name) else {
+            return Sent::Answered(DeliveryResponse::Permanent {
+                error: format!("channel '{channel_name}' is not configured"),
             });
         };
         let plugin = &channel.library.name;
-        let json = match serde_json::to_vec(&request) {
-            Ok(json) => json,
-            Err(e) => {
-                return Some(DeliveryResponse::Permanent {
-                    error: format!("cannot encode the request: {e}"),
-                });
-            }
-        };
-        let (called, ran) = channel.lanes.call(json, spent, Box::new(may_start)).await;
+        let prepare = Box::new(move || {
+            let request = prepare()?;
+            serde_json::to_vec(&request).map_err(|e| format!("cannot encode the request: {e}"))
+        });
+        let (called, ran) = channel.lanes.call(prepare, Box::new(may_start)).await;
         let response = match called {
-            Called::Refused => return None,
+            Called::Refused => return Sent::Refused,
+            Called::NotPrepared(error) => return Sent::NotPrepared(error),
+            Called::PrepareTimedOut => return Sent::PrepareTimedOut(channel.timeout),
             // Not sent at all: safe to retry.
-            Called::Stuck => {
-                return Some(DeliveryResponse::Retryable {
-                    error: format!(
-                        "channel '{}' is stuck: all {} slots busy and no call returned within {}",
-                        request.channel,
-                        channel.concurrency,
-                        crate::duration::format(channel.timeout)
-                    ),
-                    retry_after_secs: None,
-                });
-            }
+            Called::Stuck => DeliveryResponse::Retryable {
+                error: format!(
+                    "channel '{channel_name}' is stuck: all {} slots busy and no call returned within {}",
+                    channel.concurrency,
+                    crate::duration::format(channel.timeout)
+                ),
+                retry_after_secs: None,
+            },
             Called::TimedOut => DeliveryResponse::Unknown {
                 error: format!(
                     "plugin '{plugin}' did not answer within {}; the message may have gone out",
@@ -295,10 +297,25 @@ impl PluginHost {
             Called::Returned(result) => redacted(&channel.redactor, interpret(plugin, result)),
         };
         if let Some(metrics) = &self.metrics {
-            metrics.plugin_call(&request.channel, &response, ran);
+            metrics.plugin_call(channel_name, &response, ran);
         }
-        Some(response)
+        Sent::Answered(response)
     }
+}
+
+/// What became of a [`PluginHost::send_within`].
+#[derive(Debug)]
+pub enum Sent {
+    /// The plugin's answer, or what stands for it: a timeout (`unknown`),
+    /// a stuck channel (`retryable`, not sent), a channel not configured.
+    Answered(DeliveryResponse),
+    /// Preparing the request failed: the plugin was not called.
+    NotPrepared(String),
+    /// Preparing the request took the channel's whole timeout (given): the
+    /// plugin was not called.
+    PrepareTimedOut(Duration),
+    /// `may_start` said no: nothing ran.
+    Refused,
 }
 
 /// The longest error or skip reason kept from a plugin, in characters; the
