@@ -42,8 +42,9 @@ struct Drain {
     /// the end of the drain, per delivery.
     cpu_us: f64,
     /// A plugin's answer → its outcome committed (the daemon's
-    /// `dunningd_outcome_commit_delay_seconds`), p99 over the drain.
-    commit_delay_p99_ms: f64,
+    /// `dunningd_outcome_commit_delay_seconds`), p99 over the drain; none
+    /// from a build older than that metric (`--artifacts` of another build).
+    commit_delay_p99_ms: Option<f64>,
 }
 
 pub async fn run(ctx: &Ctx, backend: Backend) -> anyhow::Result<Vec<Figure>> {
@@ -56,9 +57,14 @@ pub async fn run(ctx: &Ctx, backend: Backend) -> anyhow::Result<Vec<Figure>> {
                 drain_once(daemon, n).await
             })
             .await?;
+            let commit = run
+                .commit_delay_p99_ms
+                .map_or("not measured by this build".into(), |ms| {
+                    format!("{ms:.1} ms")
+                });
             eprintln!(
-                "  n={n} rep {rep}: drain {:.0}/s, first {:.0} ms, p99 {:.0} ms, {:.0} µs CPU per delivery, answer → commit p99 {:.1} ms",
-                run.drain_per_s, run.first_ms, run.p99_ms, run.cpu_us, run.commit_delay_p99_ms
+                "  n={n} rep {rep}: drain {:.0}/s, first {:.0} ms, p99 {:.0} ms, {:.0} µs CPU per delivery, answer → commit p99 {commit}",
+                run.drain_per_s, run.first_ms, run.p99_ms, run.cpu_us
             );
             runs.push(run);
         }
@@ -116,7 +122,10 @@ async fn drain_with(daemon: &mut Daemon, probe: &Probe, n: u64) -> anyhow::Resul
     }
     let done = released.elapsed();
     let cpu = daemon.cpu_time()?.saturating_sub(cpu_before);
-    let commits = commit_delays(daemon).await?.since(&commits_before);
+    let commits = match (commits_before, commit_delays(daemon).await?) {
+        (Some(before), Some(after)) => Some(after.since(&before)),
+        _ => None,
+    };
 
     let (sent, retried) = probe.sent().await?;
     ensure!(sent == n as i64, "{sent} of {n} deliveries are sent");
@@ -145,17 +154,21 @@ async fn drain_with(daemon: &mut Daemon, probe: &Probe, n: u64) -> anyhow::Resul
         p99_ms: percentile(&lateness, 0.99),
         commit_tail_ms: (done_ms - last_ms).max(0.0),
         cpu_us: cpu.as_secs_f64() * 1e6 / n as f64,
-        commit_delay_p99_ms: commits.quantile(0.99).unwrap_or(0.0) * 1000.0,
+        commit_delay_p99_ms: commits.map(|c| c.quantile(0.99).unwrap_or(0.0) * 1000.0),
     })
 }
 
-/// The daemon's histogram of answer → commit delays, as it stands now.
-pub async fn commit_delays(daemon: &Daemon) -> anyhow::Result<Buckets> {
-    Buckets::parse(
-        &daemon.metrics().await?,
-        "dunningd_outcome_commit_delay_seconds",
-    )
+/// The daemon's histogram of answer → commit delays, as it stands now;
+/// none if the build has no such metric.
+async fn commit_delays(daemon: &Daemon) -> anyhow::Result<Option<Buckets>> {
+    let metrics = daemon.metrics().await?;
+    if !metrics.contains(COMMIT_DELAY) {
+        return Ok(None);
+    }
+    Buckets::parse(&metrics, COMMIT_DELAY).map(Some)
 }
+
+const COMMIT_DELAY: &str = "dunningd_outcome_commit_delay_seconds";
 
 fn summarise(backend: Backend, n: u64, runs: &[Drain]) -> Vec<Figure> {
     let pick = |f: fn(&Drain) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
@@ -177,7 +190,7 @@ fn summarise(backend: Backend, n: u64, runs: &[Drain]) -> Vec<Figure> {
     let b = backend.name();
     let m = Measure::Drain.name();
     let runs_note = format!("N={n}, median of {}", runs.len());
-    vec![
+    let mut figures = vec![
         Figure::new(
             b,
             m,
@@ -246,21 +259,27 @@ fn summarise(backend: Backend, n: u64, runs: &[Drain]) -> Vec<Figure> {
         Figure::new(
             b,
             m,
-            format!("answer → commit p99 N={n}"),
-            pick(|r| r.commit_delay_p99_ms),
-            "ms",
-            format!(
-                "a plugin's answer → its outcome committed (dunningd_outcome_commit_delay_seconds, interpolated in its bucket): the window a crash would send again; {runs_note}{}",
-                spread(|r| r.commit_delay_p99_ms)
-            ),
-        ),
-        Figure::new(
-            b,
-            m,
             format!("backlog ingest N={n}"),
             pick(|r| r.enqueue_per_s),
             "events/s",
             format!("building the backlog: 500 per call, 4 callers; {runs_note}"),
         ),
-    ]
+    ];
+    // Builds older than the metric do not report it.
+    if runs.iter().all(|r| r.commit_delay_p99_ms.is_some()) {
+        figures.push(
+            Figure::new(
+                b,
+                m,
+                format!("answer → commit p99 N={n}"),
+                pick(|r| r.commit_delay_p99_ms.unwrap_or_default()),
+                "ms",
+                format!(
+                    "a plugin's answer → its outcome committed (dunningd_outcome_commit_delay_seconds, interpolated in its bucket): the window a crash would send again; {runs_note}{}",
+                    spread(|r| r.commit_delay_p99_ms.unwrap_or_default())
+                ),
+            ),
+        );
+    }
+    figures
 }
