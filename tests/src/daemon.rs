@@ -369,6 +369,21 @@ impl TestDaemon {
             .cases
     }
 
+    /// Every case in `state` (up to 10,000).
+    pub async fn cases_in(&self, state: &str) -> Vec<dunningd::proto::Case> {
+        self.client()
+            .await
+            .list_cases(dunningd::proto::ListCasesRequest {
+                state: state.into(),
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await
+            .expect("list cases")
+            .into_inner()
+            .cases
+    }
+
     /// The billing sources and what each has heard (`ListSources`).
     pub async fn sources(&self) -> Vec<dunningd::proto::SourceInfo> {
         self.client()
@@ -428,16 +443,7 @@ impl TestDaemon {
             .expect("get clock")
             .into_inner()
             .now;
-        let cases = client
-            .list_cases(dunningd::proto::ListCasesRequest {
-                state: "active".into(),
-                limit: 10_000,
-                ..Default::default()
-            })
-            .await
-            .expect("list cases")
-            .into_inner()
-            .cases;
+        let cases = self.cases_in("active").await;
         let mut pending = Vec::new();
         for case in cases {
             let detail = client

@@ -2,6 +2,7 @@
 //! the plugin, and when (its `logged_at_unix_ms`, taken in the plugin just
 //! before it writes the line).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -69,9 +70,35 @@ impl SinkTail {
 
 /// The plugin's hand-off times (Unix ms) of the lines from `offset` on.
 pub fn handoff_times(path: &Path, offset: u64) -> anyhow::Result<Vec<i64>> {
+    let mut times = Vec::new();
+    each_line(path, offset, "logged_at_unix_ms", |value| {
+        times.push(value.as_i64()?);
+        Some(())
+    })?;
+    Ok(times)
+}
+
+/// How many times each delivery (by `delivery_id`) was handed to the plugin
+/// in the lines from `offset` on.
+pub fn handoffs_per_delivery(path: &Path, offset: u64) -> anyhow::Result<HashMap<String, u32>> {
+    let mut counts = HashMap::new();
+    each_line(path, offset, "delivery_id", |value| {
+        *counts.entry(value.as_str()?.to_string()).or_insert(0) += 1;
+        Some(())
+    })?;
+    Ok(counts)
+}
+
+/// Hands `field` of each JSON line from `offset` on to `take`, which
+/// answers `None` if the value is not what it expects.
+fn each_line(
+    path: &Path,
+    offset: u64,
+    field: &str,
+    mut take: impl FnMut(&serde_json::Value) -> Option<()>,
+) -> anyhow::Result<()> {
     let mut file = File::open(path).with_context(|| format!("cannot open '{}'", path.display()))?;
     file.seek(SeekFrom::Start(offset))?;
-    let mut times = Vec::new();
     for (i, line) in BufReader::new(file).lines().enumerate() {
         let line = line.with_context(|| format!("cannot read '{}'", path.display()))?;
         if line.trim().is_empty() {
@@ -79,19 +106,12 @@ pub fn handoff_times(path: &Path, offset: u64) -> anyhow::Result<Vec<i64>> {
         }
         let value: serde_json::Value = serde_json::from_str(&line)
             .with_context(|| format!("line {} of '{}' is not JSON", i + 1, path.display()))?;
-        let at = value
-            .get("logged_at_unix_ms")
-            .and_then(|v| v.as_i64())
-            .with_context(|| {
-                format!(
-                    "line {} of '{}' has no logged_at_unix_ms",
-                    i + 1,
-                    path.display()
-                )
-            })?;
-        times.push(at);
+        value
+            .get(field)
+            .and_then(&mut take)
+            .with_context(|| format!("line {} of '{}' has no {field}", i + 1, path.display()))?;
     }
-    Ok(times)
+    Ok(())
 }
 
 /// Wall-clock now in Unix milliseconds, the plugin's time base.
@@ -99,31 +119,4 @@ pub fn unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// How many times each delivery (by `delivery_id`) was handed to the plugin
-/// in the lines from `offset` on.
-pub fn handoffs_per_delivery(
-    path: &Path,
-    offset: u64,
-) -> anyhow::Result<std::collections::HashMap<String, u32>> {
-    let mut file = File::open(path).with_context(|| format!("cannot open '{}'", path.display()))?;
-    file.seek(SeekFrom::Start(offset))?;
-    let mut counts = std::collections::HashMap::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("cannot read '{}'", path.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: serde_json::Value = serde_json::from_str(&line)
-            .with_context(|| format!("line {} of '{}' is not JSON", i + 1, path.display()))?;
-        let id = value
-            .get("delivery_id")
-            .and_then(|v| v.as_str())
-            .with_context(|| {
-                format!("line {} of '{}' has no delivery_id", i + 1, path.display())
-            })?;
-        *counts.entry(id.to_string()).or_insert(0) += 1;
-    }
-    Ok(counts)
 }

@@ -158,7 +158,8 @@ impl Lanes {
         state: &Arc<State>,
     ) -> Called {
         // A caller that goes away (its task aborted at shutdown) withdraws a
-        // call no lane has started: nobody would record its outcome.
+        // call whose request the plugin does not have yet: nobody would
+        // record its outcome.
         let _withdraw_if_dropped = Withdraw(state);
         let (reply, mut answer) = oneshot::channel();
         let job = Job {
@@ -238,16 +239,23 @@ fn answered(answer: Answer) -> Called {
     }
 }
 
-/// Withdraws a still-queued call when dropped; a started (or already
-/// withdrawn) call is left as it is.
+/// Withdraws a call whose request has not reached the plugin yet (queued,
+/// or being prepared) when dropped; one the plugin has (or an already
+/// withdrawn one) is left as it is.
 struct Withdraw<'a>(&'a State);
 
 impl Drop for Withdraw<'_> {
     fn drop(&mut self) {
-        let _ =
-            self.0
+        for phase in [QUEUED, STARTED] {
+            if self
+                .0
                 .phase
-                .compare_exchange(QUEUED, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire);
+                .compare_exchange(phase, WITHDRAWN, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return;
+            }
+        }
     }
 }
 

@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use dunningd::engine::scheduler::IN_FLIGHT_PER_SLOT;
-use dunningd::proto;
 use dunningd_e2e::daemon::{Backend, Setup, TestDaemon, read_jsonl};
 use dunningd_e2e::fixtures::numbered_event;
 use dunningd_e2e::on_both_backends;
@@ -109,19 +108,7 @@ async fn kills_during_a_drain_lose_nothing_and_resend_only_what_was_in_flight(ba
     // The drain finishes after the last restart.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let exhausted = daemon
-            .client()
-            .await
-            .list_cases(proto::ListCasesRequest {
-                state: "exhausted".into(),
-                limit: 10_000,
-                ..Default::default()
-            })
-            .await
-            .expect("list cases")
-            .into_inner()
-            .cases
-            .len();
+        let exhausted = daemon.cases_in("exhausted").await.len();
         if exhausted == CASES {
             break;
         }

@@ -71,21 +71,6 @@ async fn wait_for_sent(daemons: &[&TestDaemon], expected: usize, what: &str) {
     }
 }
 
-async fn cases_in(daemon: &TestDaemon, state: &str) -> Vec<proto::Case> {
-    daemon
-        .client()
-        .await
-        .list_cases(proto::ListCasesRequest {
-            state: state.into(),
-            limit: 10_000,
-            ..Default::default()
-        })
-        .await
-        .expect("list cases")
-        .into_inner()
-        .cases
-}
-
 const CASES: usize = 2_000;
 
 #[tokio::test]
@@ -233,9 +218,9 @@ async fn three_daemons_share_the_work_and_survive_one_killed_mid_run() {
     // The plugins' records can come a moment before the outcomes are committed.
     daemons[0].settle().await;
     daemons[2].settle().await;
-    assert_eq!(cases_in(&daemons[0], "exhausted").await.len(), unpaid);
-    assert_eq!(cases_in(&daemons[0], "recovered").await.len(), CASES / 10);
-    assert!(cases_in(&daemons[2], "active").await.is_empty());
+    assert_eq!(daemons[0].cases_in("exhausted").await.len(), unpaid);
+    assert_eq!(daemons[0].cases_in("recovered").await.len(), CASES / 10);
+    assert!(daemons[2].cases_in("active").await.is_empty());
     eprintln!(
         "three daemons: {} deliveries, {} taken over from the killed daemon, first step split {per_daemon:?}",
         sent.len(),
@@ -317,7 +302,7 @@ templates:
     for daemon in &daemons {
         daemon.settle().await;
     }
-    assert_eq!(cases_in(&daemons[1], "exhausted").await.len(), CASES);
+    assert_eq!(daemons[1].cases_in("exhausted").await.len(), CASES);
     let calls = calls();
     let twice: Vec<_> = calls.iter().filter(|(_, by)| by.len() > 1).collect();
     assert!(
@@ -561,5 +546,5 @@ async fn a_case_runs_its_own_version_on_daemons_that_never_loaded_it() {
     );
     // The plugin's record can come a moment before the outcome is committed.
     empty.settle().await;
-    assert_eq!(cases_in(&empty, "exhausted").await.len(), 1);
+    assert_eq!(empty.cases_in("exhausted").await.len(), 1);
 }
