@@ -63,19 +63,10 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Writes the configuration and `workflows` (file name → YAML) into a
-    /// scratch folder, creates the store and starts the daemon.
+    /// Writes the configuration (with `extra`, top-level YAML sections,
+    /// added) and `workflows` (file name → YAML) into a scratch folder,
+    /// creates the store and starts the daemon.
     pub async fn start(
-        ctx: &Ctx,
-        backend: Backend,
-        workflows: &[(String, String)],
-    ) -> anyhow::Result<(Daemon, Startup)> {
-        Daemon::start_with(ctx, backend, workflows, "").await
-    }
-
-    /// As [`Daemon::start`], with `extra` (top-level YAML sections) added to
-    /// the configuration.
-    pub async fn start_with(
         ctx: &Ctx,
         backend: Backend,
         workflows: &[(String, String)],
@@ -355,7 +346,19 @@ pub async fn with_daemon<T>(
     workflows: &[(String, String)],
     body: impl AsyncFnOnce(&mut Daemon, Startup) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    let (mut daemon, startup) = Daemon::start(ctx, backend, workflows).await?;
+    with_configured_daemon(ctx, backend, workflows, "", body).await
+}
+
+/// [`with_daemon`] with `extra` (top-level YAML sections) in the
+/// daemon's configuration.
+pub async fn with_configured_daemon<T>(
+    ctx: &Ctx,
+    backend: Backend,
+    workflows: &[(String, String)],
+    extra: &str,
+    body: impl AsyncFnOnce(&mut Daemon, Startup) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let (mut daemon, startup) = Daemon::start(ctx, backend, workflows, extra).await?;
     let result = body(&mut daemon, startup).await;
     let finished = daemon.finish().await;
     let value = result?;
@@ -383,15 +386,18 @@ fn cpu_ticks(stat: &str) -> Option<u64> {
 }
 
 /// The kernel's clock ticks per second for `/proc` times (`getconf
-/// CLK_TCK`; 100 on every Linux architecture in use).
+/// CLK_TCK`, asked once; 100 on every Linux architecture in use).
 fn clock_ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8(out.stdout).ok())
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 fn config_yaml(ctx: &Ctx, root: &Path, store: &Store) -> String {

@@ -48,6 +48,7 @@ pub mod state;
 pub mod stats;
 pub mod store;
 pub mod systemd;
+pub mod text;
 pub mod workflow;
 mod yaml;
 

@@ -15,7 +15,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "leaves",
         &[
-            "model", "duration", "redact", "files", "systemd", "yaml", "VERSION",
+            "model", "duration", "redact", "files", "systemd", "text", "yaml", "VERSION",
         ],
     ),
     ("stats", &["stats"]),

@@ -17,7 +17,7 @@ use rand::Rng;
 
 use super::bench_workflow;
 use super::sink::{SinkTail, handoffs_per_delivery};
-use crate::daemon::{Backend, Daemon};
+use crate::daemon::{Backend, Daemon, with_configured_daemon};
 use crate::events::{self, Load};
 use crate::probe::Probe;
 use crate::report::Figure;
@@ -40,11 +40,14 @@ pub async fn run(ctx: &Ctx, backend: Backend) -> anyhow::Result<Vec<Figure>> {
     let n = ctx.sizes.crash_deliveries;
     let mut kills = Vec::new();
     for round in 1..=ctx.sizes.crash_kills {
-        let (mut daemon, _) = Daemon::start_with(ctx, backend, &[bench_workflow()], LEASE).await?;
-        let result = kill_once(&mut daemon, n).await;
-        let finished = daemon.finish().await;
-        let kill = result?;
-        finished?;
+        let kill = with_configured_daemon(
+            ctx,
+            backend,
+            &[bench_workflow()],
+            LEASE,
+            async |daemon, _| kill_once(daemon, n).await,
+        )
+        .await?;
         eprintln!(
             "  kill {round}: after {} of {n} hand-offs; {} handed again",
             kill.at, kill.duplicates

@@ -187,99 +187,87 @@ fn summarise(backend: Backend, n: u64, runs: &[Drain]) -> Vec<Figure> {
             )
         }
     };
-    let b = backend.name();
-    let m = Measure::Drain.name();
     let runs_note = format!("N={n}, median of {}", runs.len());
+    // One figure: the median over the runs, `what` it measures, and each
+    // run's value if `each` (the figures that move most between runs).
+    let figure = |name: &str, f: fn(&Drain) -> f64, unit, what: &str, each: bool| {
+        let runs_shown = if each { spread(f) } else { String::new() };
+        Figure::new(
+            backend.name(),
+            Measure::Drain.name(),
+            format!("{name} N={n}"),
+            pick(f),
+            unit,
+            format!("{what}; {runs_note}{runs_shown}"),
+        )
+    };
     let mut figures = vec![
-        Figure::new(
-            b,
-            m,
-            format!("drain N={n}"),
-            pick(|r| r.drain_per_s),
+        figure(
+            "drain",
+            |r| r.drain_per_s,
             "deliveries/s",
-            format!(
-                "release T → last outcome committed; {runs_note}{}",
-                spread(|r| r.drain_per_s)
-            ),
+            "release T → last outcome committed",
+            true,
         ),
-        Figure::new(
-            b,
-            m,
-            format!("after first hand-off N={n}"),
-            pick(|r| r.after_first_per_s),
+        figure(
+            "after first hand-off",
+            |r| r.after_first_per_s,
             "deliveries/s",
-            format!("first hand-off → last outcome committed; {runs_note}"),
+            "first hand-off → last outcome committed",
+            false,
         ),
-        Figure::new(
-            b,
-            m,
-            format!("first-delivery lateness N={n}"),
-            pick(|r| r.first_ms),
+        figure(
+            "first-delivery lateness",
+            |r| r.first_ms,
             "ms",
-            format!(
-                "T → first hand-off to the plugin; {runs_note}{}",
-                spread(|r| r.first_ms)
-            ),
+            "T → first hand-off to the plugin",
+            true,
         ),
-        Figure::new(
-            b,
-            m,
-            format!("lateness p50 N={n}"),
-            pick(|r| r.p50_ms),
+        figure(
+            "lateness p50",
+            |r| r.p50_ms,
             "ms",
-            format!("T → hand-off, over all N deliveries; {runs_note}"),
+            "T → hand-off, over all N deliveries",
+            false,
         ),
-        Figure::new(
-            b,
-            m,
-            format!("lateness p99 N={n}"),
-            pick(|r| r.p99_ms),
+        figure(
+            "lateness p99",
+            |r| r.p99_ms,
             "ms",
-            format!("T → hand-off, over all N deliveries; {runs_note}"),
+            "T → hand-off, over all N deliveries",
+            false,
         ),
-        Figure::new(
-            b,
-            m,
-            format!("commit tail N={n}"),
-            pick(|r| r.commit_tail_ms),
+        figure(
+            "commit tail",
+            |r| r.commit_tail_ms,
             "ms",
-            format!("last hand-off → last outcome committed; {runs_note}"),
+            "last hand-off → last outcome committed",
+            false,
         ),
-        Figure::new(
-            b,
-            m,
-            format!("CPU per delivery N={n}"),
-            pick(|r| r.cpu_us),
+        figure(
+            "CPU per delivery",
+            |r| r.cpu_us,
             "µs",
-            format!(
-                "the daemon's CPU time (user + system, all threads) from T to the end ÷ N; {runs_note}{}",
-                spread(|r| r.cpu_us)
-            ),
+            "the daemon's CPU time (user + system, all threads) from T to the end ÷ N",
+            true,
         ),
-        Figure::new(
-            b,
-            m,
-            format!("backlog ingest N={n}"),
-            pick(|r| r.enqueue_per_s),
+        figure(
+            "backlog ingest",
+            |r| r.enqueue_per_s,
             "events/s",
-            format!("building the backlog: 500 per call, 4 callers; {runs_note}"),
+            "building the backlog: 500 per call, 4 callers",
+            false,
         ),
     ];
     // Builds older than the metric do not report it.
     if runs.iter().all(|r| r.commit_delay_p99_ms.is_some()) {
-        figures.push(
-            Figure::new(
-                b,
-                m,
-                format!("answer → commit p99 N={n}"),
-                pick(|r| r.commit_delay_p99_ms.unwrap_or_default()),
-                "ms",
-                format!(
-                    "a plugin's answer → its outcome committed (dunningd_outcome_commit_delay_seconds, interpolated in its bucket): the window a crash would send again; {runs_note}{}",
-                    spread(|r| r.commit_delay_p99_ms.unwrap_or_default())
-                ),
-            ),
-        );
+        figures.push(figure(
+            "answer → commit p99",
+            |r| r.commit_delay_p99_ms.unwrap_or_default(),
+            "ms",
+            "a plugin's answer → its outcome committed (dunningd_outcome_commit_delay_seconds, interpolated in its bucket): the window a crash would send again",
+            true,
+        ));
     }
     figures
 }

@@ -236,8 +236,9 @@ impl PluginHost {
             .await
         {
             Sent::Answered(response) => response,
-            // Unreachable: the request is ready and every call may start.
+            // The request is ready: only its encoding can fail.
             Sent::NotPrepared(error) => DeliveryResponse::Permanent { error },
+            // Unreachable: nothing to prepare, and every call may start.
             Sent::PrepareTimedOut(_) | Sent::Refused => DeliveryResponse::Retryable {
                 error: "not sent".into(),
                 retry_after_secs: None,

@@ -618,22 +618,10 @@ impl TimedSignature {
 pub const SHOWN_CHARS: usize = 100;
 
 /// Text from a payload (a type, an id) as logs and `sources list` show it:
-/// control characters escaped, so it cannot forge a log line, and cut to
-/// [`SHOWN_CHARS`]. Plain short text stays as it is.
+/// escaped ([`crate::text::shown`]), so it cannot forge a log line, and cut
+/// after [`SHOWN_CHARS`]. Plain short text stays as it is.
 pub fn shown(text: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i == SHOWN_CHARS {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    crate::text::shown(text, Some(SHOWN_CHARS + 1))
 }
 
 /// A header's value as text (`None` if absent or not visible ASCII).

@@ -74,9 +74,9 @@ impl SqliteStore {
             // more: every commit trims the cache to the database's size
             // (`pager_end_transaction` → `pcache1TruncateUnsafe`), which
             // walks every slot the cache ever had; at 64 MiB that was an
-            // eighth of SQLite's time in a drain and cost the drain a fifth
-            // of its rate. A reader drops its whole cache anyway whenever
-            // the writer has committed since its last read (WAL).
+            // eighth of SQLite's time in a drain (bench/HISTORY.md, sixth
+            // sitting). A reader drops its whole cache anyway whenever the
+            // writer has committed since its last read (WAL).
             .pragma("cache_size", "-8192")
             // Room for a whole claimed batch: the connection's thread stops
             // at a full row channel until the caller takes rows.

@@ -6,18 +6,9 @@
 //! which applies it to every cell. Customers choose their names, billing
 //! systems their subjects, providers their error texts: none of that may
 //! move the cursor, recolour the terminal, end a line of the table or turn
-//! text around. So [`shown`]:
-//!
-//! - escapes control characters: `\n`, `\r`, `\t`; other C0 characters and
-//!   DEL as `\xNN` (ESC is `\x1b`); C1 characters as `\u{NN}`;
-//! - escapes the characters that reorder or break text without being
-//!   control characters: the Unicode bidirectional marks, embeddings,
-//!   overrides and isolates (U+061C, U+200E, U+200F, U+202A–U+202E,
-//!   U+2066–U+2069) and the line and paragraph separators (U+2028, U+2029),
-//!   as `\u{202e}`;
-//! - cuts a value longer than its limit, ending it with `…` (the limit counts
-//!   the ellipsis and the escaped form's characters).
-//!
+//! text around. [`shown`] (`dunningd::text::shown`, which the daemon's
+//! logs use too) escapes control characters and the characters that
+//! reorder or break text, and cuts a value longer than its limit with `…`.
 //! A backslash is shown as it is: the escaped form is for reading, and
 //! `--json` has every value exact and whole.
 //!
@@ -25,9 +16,9 @@
 //! `--json` and the text for people; lines go out through `out!`, which a
 //! closed stdout (`dunningctl … | head`) does not make panic.
 
-use std::fmt::Write as _;
-
 use serde::Serialize;
+
+pub use dunningd::text::shown;
 
 /// `println!` that ignores a closed stdout (`dunningctl … | head`) instead of
 /// panicking.
@@ -77,30 +68,6 @@ impl Col {
     }
 }
 
-/// `value` safe to print: escaped, and cut at `limit` characters (none: whole).
-pub fn shown(value: &str, limit: Option<usize>) -> String {
-    let mut out = String::with_capacity(value.len());
-    let mut count = 0;
-    // Where the text stood when the room for an ellipsis ran out: the cut.
-    let mut cut: Option<usize> = None;
-    for c in value.chars() {
-        let before = out.len();
-        escape(c, &mut out);
-        count += out[before..].chars().count();
-        if let Some(limit) = limit {
-            if cut.is_none() && count > limit.saturating_sub(1) {
-                cut = Some(before);
-            }
-            if count > limit {
-                out.truncate(cut.unwrap_or(before));
-                out.push('…');
-                return out;
-            }
-        }
-    }
-    out
-}
-
 /// A value in a line or cell: escaped, cut at [`WIDTH`].
 pub fn text(value: &str) -> String {
     shown(value, Some(WIDTH))
@@ -109,38 +76,6 @@ pub fn text(value: &str) -> String {
 /// An id, an error or a rendered line: escaped, never cut.
 pub fn full(value: &str) -> String {
     shown(value, None)
-}
-
-/// Appends `c`, escaped if it is a control character or one that reorders
-/// or breaks text.
-fn escape(c: char, out: &mut String) {
-    match c {
-        '\n' => out.push_str("\\n"),
-        '\r' => out.push_str("\\r"),
-        '\t' => out.push_str("\\t"),
-        '\0'..='\x1f' | '\x7f' => {
-            let _ = write!(out, "\\x{:02x}", c as u32);
-        }
-        c if c.is_control() || reorders_or_breaks(c) => {
-            let _ = write!(out, "\\u{{{:x}}}", c as u32);
-        }
-        c => out.push(c),
-    }
-}
-
-/// The bidirectional formatting characters (which can make `evil.exe` read
-/// as `exe.live`) and the line and paragraph separators.
-fn reorders_or_breaks(c: char) -> bool {
-    matches!(
-        c,
-        '\u{061c}'
-            | '\u{200e}'
-            | '\u{200f}'
-            | '\u{202a}'..='\u{202e}'
-            | '\u{2066}'..='\u{2069}'
-            | '\u{2028}'
-            | '\u{2029}'
-    )
 }
 
 /// Prints aligned columns; see [`render_table`].
