@@ -555,10 +555,13 @@ pub async fn start_refused(config: &Path, dir: &Path) -> (std::process::ExitStat
     (status, stderr)
 }
 
-/// Reads a JSON-lines file; a missing file is empty.
+/// Reads a JSON-lines file; a missing file is empty. Only whole lines
+/// count: a file read while a daemon appends to it may end in the part of a
+/// line written so far.
 pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+    whole
         .lines()
         .filter(|line| !line.trim().is_empty())
         .map(|line| serde_json::from_str(line).expect("a JSON line"))

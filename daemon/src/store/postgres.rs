@@ -20,14 +20,15 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::query::QueryAs;
 use sqlx::{Database, Postgres, Transaction};
 
 use super::batch;
-use super::rows::{OutcomeRow, claimed_columns, decode_claims};
+use super::rows::{OutcomeRow, cases_of, claimed_columns, decode_claims};
 use super::shared::{Backend, CaseStart, ClaimAt};
-use super::{ClaimOptions, Claims, StoreError, hand_out};
+use super::{ClaimOptions, Claims, Completion, StoreError, hand_out, to_ms};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -305,6 +306,66 @@ impl Backend for PostgresStore {
 
     fn listen_for_work(&self, on_work: Box<dyn Fn() + Send + Sync>) {
         tokio::spawn(listen(self.pool.clone(), on_work));
+    }
+
+    /// The outcomes in one UPDATE, then each fallback and the exhausted
+    /// cases, in one transaction. (sqlx's PostgreSQL driver runs on the
+    /// async workers: each statement costs a round trip to the server, not
+    /// a hand-off to a thread of the driver's, as on SQLite.)
+    async fn complete(
+        &self,
+        owner: &str,
+        results: Vec<(String, Completion)>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        let now_ms = to_ms(now);
+        let mut tx = self.write_tx().await?;
+        let rows: Vec<OutcomeRow> = results
+            .iter()
+            .map(|(id, completion)| OutcomeRow::new(id, completion))
+            .collect();
+        let update = sqlx::query_as(sql::COMPLETE).bind(now_ms).bind(owner);
+        let done: Vec<(String, String)> = bind_outcomes(update, &rows)?.fetch_all(&mut *tx).await?;
+        let recorded: HashSet<&String> = done.iter().map(|(id, _)| id).collect();
+        let mut lost = Vec::new();
+        for (id, completion) in &results {
+            if !recorded.contains(id) {
+                lost.push(id.clone());
+                continue;
+            }
+            if let Completion::Failed {
+                fallback: Some(follow),
+                ..
+            }
+            | Completion::Skipped {
+                fallback: Some(follow),
+                ..
+            } = completion
+            {
+                // Once per (case, step, channel): the key is unique.
+                sqlx::query(sql::FALLBACK)
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(&follow.channel)
+                    .bind(&follow.template)
+                    .bind(to_ms(follow.due_at))
+                    .bind(to_ms(follow.planned_at))
+                    .bind(now_ms)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        // A case whose every delivery is final, and that nobody
+        // ended otherwise, ran all its steps without a recovery.
+        if !done.is_empty() {
+            sqlx::query(sql::EXHAUST_CASES)
+                .bind(now_ms)
+                .bind(id_list(&cases_of(&done)))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(lost)
     }
 }
 

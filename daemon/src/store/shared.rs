@@ -6,7 +6,9 @@
 //! What differs in concurrency each backend writes its own way: opening,
 //! starting cases (`start_case`, `start_cases`: SQLite reads for an open
 //! case first, PostgreSQL lets the partial unique index refuse it), reading
-//! and taking claims ([`Backend::claim_due`]) and listening for work. SQL
+//! and taking claims ([`Backend::claim_due`]), recording outcomes
+//! ([`Backend::complete`]: one call to SQLite's writer thread, several
+//! statements on PostgreSQL) and listening for work. SQL
 //! whose text is the same in both dialects is written once too: whole
 //! statements ([`same_sql`]) and what a completion sets from its outcome
 //! (`rows::outcome_columns!`).
@@ -19,7 +21,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{ClaimOptions, Claims, NewCase, StoreError, to_ms};
+use super::{ClaimOptions, Claims, Completion, NewCase, StoreError, to_ms};
 use crate::model::Event;
 
 /// The `Store` methods each backend writes its own way. [`sql_store!`]
@@ -28,6 +30,15 @@ use crate::model::Event;
 pub(crate) trait Backend {
     /// As [`super::Store::claim_due`], at the times taken when it was called.
     async fn claim_due(&self, at: ClaimAt, options: &ClaimOptions) -> Result<Claims, StoreError>;
+
+    /// As [`super::Store::complete`]: the outcomes, their fallbacks and the
+    /// cases they exhaust in one transaction.
+    async fn complete(
+        &self,
+        owner: &str,
+        results: Vec<(String, Completion)>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError>;
 
     /// As [`super::Store::listen_for_work`]; nothing by default.
     fn listen_for_work(&self, on_work: Box<dyn Fn() + Send + Sync>) {
@@ -110,8 +121,6 @@ pub(crate) struct Candidates<'r, R> {
 /// - `id_list(&ids)`: a list of ids as the backend binds it,
 ///   `prefix_pattern(prefix)` the pattern of ids starting with a prefix, and
 ///   `exit_list(&exit_on)` a case's exit event types;
-/// - `bind_outcomes(query, &rows)`: a batch of outcomes bound to
-///   `sql::COMPLETE`;
 /// - `lock_cap(tx, customer, channel)`: makes claims for the same customer
 ///   and channel take turns (nothing to do on SQLite);
 /// - `Self::start_cases(tx, starts, refusals)`: a batch's starts that
@@ -133,7 +142,7 @@ macro_rules! sql_store {
             use $crate::model::{Case, CaseDetail, CaseFilter, CaseState, OptOut};
             use $crate::stats::{Stats, StatsBuilder, StatsFilter};
             use $crate::store::rows::{
-                OutcomeRow, case_from_row, cases_of, corrupt, delivery_from_row, optout_from_row,
+                case_from_row, corrupt, delivery_from_row, optout_from_row,
                 state_counts, stats_row_from_row, workflow_counts, workflow_state_counts,
             };
             use $crate::store::batch;
@@ -587,55 +596,7 @@ macro_rules! sql_store {
                     results: Vec<(String, Completion)>,
                     now: DateTime<Utc>,
                 ) -> Result<Vec<String>, StoreError> {
-                    let now_ms = to_ms(now);
-                    let mut tx = self.write_tx().await?;
-                    let rows: Vec<OutcomeRow> = results
-                        .iter()
-                        .map(|(id, completion)| OutcomeRow::new(id, completion))
-                        .collect();
-                    let update = sqlx::query_as(sql::COMPLETE).bind(now_ms).bind(owner);
-                    let done: Vec<(String, String)> =
-                        bind_outcomes(update, &rows)?.fetch_all(&mut *tx).await?;
-                    let recorded: HashSet<&String> = done.iter().map(|(id, _)| id).collect();
-                    let mut lost = Vec::new();
-                    for (id, completion) in &results {
-                        if !recorded.contains(id) {
-                            lost.push(id.clone());
-                            continue;
-                        }
-                        if let Completion::Failed {
-                            fallback: Some(follow),
-                            ..
-                        }
-                        | Completion::Skipped {
-                            fallback: Some(follow),
-                            ..
-                        } = completion
-                        {
-                            // Once per (case, step, channel): the key is unique.
-                            sqlx::query(sql::FALLBACK)
-                                .bind(uuid::Uuid::now_v7().to_string())
-                                .bind(&follow.channel)
-                                .bind(&follow.template)
-                                .bind(to_ms(follow.due_at))
-                                .bind(to_ms(follow.planned_at))
-                                .bind(now_ms)
-                                .bind(id)
-                                .execute(&mut *tx)
-                                .await?;
-                        }
-                    }
-                    // A case whose every delivery is final, and that nobody
-                    // ended otherwise, ran all its steps without a recovery.
-                    if !done.is_empty() {
-                        sqlx::query(sql::EXHAUST_CASES)
-                            .bind(now_ms)
-                            .bind(id_list(&cases_of(&done)))
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    tx.commit().await?;
-                    Ok(lost)
+                    Backend::complete(self, owner, results, now).await
                 }
 
                 async fn renew_leases(
