@@ -82,19 +82,13 @@ struct State {
     calling: OnceLock<Instant>,
 }
 
-/// What a lane answers a call's caller.
-enum Answer {
-    /// `may_start` said no.
-    Refused,
-    NotPrepared(String),
-    Returned(Result<Vec<u8>, CallError>),
-}
-
 struct Job {
     prepare: Prepare,
     may_start: MayStart,
     state: Arc<State>,
-    reply: oneshot::Sender<Answer>,
+    /// What became of the call, as the lane knows it: `Refused`,
+    /// `NotPrepared` or `Returned`.
+    reply: oneshot::Sender<Called>,
 }
 
 /// The lanes of one open channel. Dropping it lets the lanes finish what is
@@ -185,7 +179,7 @@ impl Lanes {
                 None => deadline.min(Instant::now() + timeout),
             };
             match tokio::time::timeout_at(until.into(), &mut answer).await {
-                Ok(Ok(answer)) => return answered(answer),
+                Ok(Ok(called)) => return called,
                 Ok(Err(_)) => return Called::Vanished,
                 Err(_) => {}
             }
@@ -214,7 +208,7 @@ impl Lanes {
         // Started: the call gets the channel's timeout from its start.
         let started = state.started.get().copied().unwrap_or_else(Instant::now);
         match tokio::time::timeout_at((started + timeout).into(), answer).await {
-            Ok(Ok(answer)) => answered(answer),
+            Ok(Ok(called)) => called,
             Ok(Err(_)) => Called::Vanished,
             // Still preparing: given up here, so the lane will not call
             // the plugin with it.
@@ -228,14 +222,6 @@ impl Lanes {
                 Err(_) => Called::TimedOut,
             },
         }
-    }
-}
-
-fn answered(answer: Answer) -> Called {
-    match answer {
-        Answer::Refused => Called::Refused,
-        Answer::NotPrepared(error) => Called::NotPrepared(error),
-        Answer::Returned(result) => Called::Returned(result),
     }
 }
 
@@ -272,7 +258,7 @@ fn run(raw: &RawChannel, returned: &AtomicU64, timeout: Duration, job: Job) {
     }
     let _ = job.state.started.set(Instant::now());
     if !(job.may_start)(timeout) {
-        let _ = job.reply.send(Answer::Refused);
+        let _ = job.reply.send(Called::Refused);
         return;
     }
     // The caller may have moved on (timed out); an answer is then dropped.
@@ -280,11 +266,10 @@ fn run(raw: &RawChannel, returned: &AtomicU64, timeout: Duration, job: Job) {
         Ok(request) => request,
         Err(error) => {
             returned.fetch_add(1, Ordering::Relaxed);
-            let _ = job.reply.send(Answer::NotPrepared(error));
+            let _ = job.reply.send(Called::NotPrepared(error));
             return;
         }
     };
-    let _ = job.state.calling.set(Instant::now());
     if job
         .state
         .phase
@@ -295,9 +280,10 @@ fn run(raw: &RawChannel, returned: &AtomicU64, timeout: Duration, job: Job) {
         returned.fetch_add(1, Ordering::Relaxed);
         return;
     }
+    let _ = job.state.calling.set(Instant::now());
     let result = raw.send(&request);
     returned.fetch_add(1, Ordering::Relaxed);
-    let _ = job.reply.send(Answer::Returned(result));
+    let _ = job.reply.send(Called::Returned(result));
 }
 
 #[cfg(test)]

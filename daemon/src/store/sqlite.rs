@@ -156,21 +156,20 @@ impl SqliteStore {
     where
         O: Send + Unpin + for<'r> FromRow<'r, SqliteRow>,
     {
-        let mut call = OneCall(Some(self.writer.acquire().await?), false);
-        let connection = call.connection();
-        match query.fetch_all(&mut **connection).await {
+        let mut call = OneCall {
+            connection: self.writer.acquire().await?,
+            finished: false,
+        };
+        match query.fetch_all(&mut *call.connection).await {
             Ok(rows) => {
-                call.finished();
+                call.finished = true;
                 Ok(rows)
             }
             Err(error) => {
-                if sqlx::query("ROLLBACK")
-                    .execute(&mut **connection)
+                call.finished = sqlx::query("ROLLBACK")
+                    .execute(&mut *call.connection)
                     .await
-                    .is_ok()
-                {
-                    call.finished();
-                }
+                    .is_ok();
                 Err(error.into())
             }
         }
@@ -231,22 +230,15 @@ impl SqliteStore {
 
 /// The writer connection during [`SqliteStore::write_in_one_call`]: closed
 /// when dropped unless the call is known to have ended its transaction.
-struct OneCall(Option<PoolConnection<Sqlite>>, bool);
-
-impl OneCall {
-    fn connection(&mut self) -> &mut PoolConnection<Sqlite> {
-        self.0.as_mut().expect("held until dropped")
-    }
-
-    fn finished(&mut self) {
-        self.1 = true;
-    }
+struct OneCall {
+    connection: PoolConnection<Sqlite>,
+    finished: bool,
 }
 
 impl Drop for OneCall {
     fn drop(&mut self) {
-        if let (Some(connection), false) = (self.0.as_mut(), self.1) {
-            connection.close_on_drop();
+        if !self.finished {
+            self.connection.close_on_drop();
         }
     }
 }
@@ -708,6 +700,15 @@ mod tests {
     }
     const OPT_OUT: &str = opt_out!();
 
+    /// A store in a folder of its own (kept as long as the store).
+    async fn open() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("d.db"))
+            .await
+            .expect("open");
+        (dir, store)
+    }
+
     async fn optouts(store: &SqliteStore) -> i64 {
         sqlx::query_scalar("SELECT COUNT(*) FROM optouts")
             .fetch_one(store.reader())
@@ -719,10 +720,7 @@ mod tests {
     /// after another has run undoes both, and the writer goes on writing.
     #[tokio::test]
     async fn a_failed_call_is_rolled_back_and_the_writer_still_writes() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("d.db"))
-            .await
-            .expect("open");
+        let (_dir, store) = open().await;
         let twice = concat!(
             "BEGIN IMMEDIATE; ",
             opt_out!(),
@@ -751,14 +749,14 @@ mod tests {
     /// transaction begins.
     #[tokio::test]
     async fn a_call_given_up_mid_transaction_closes_its_connection() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("d.db"))
-            .await
-            .expect("open");
+        let (_dir, store) = open().await;
         {
-            let mut call = OneCall(Some(store.writer.acquire().await.expect("writer")), false);
+            let mut call = OneCall {
+                connection: store.writer.acquire().await.expect("writer"),
+                finished: false,
+            };
             sqlx::query("BEGIN IMMEDIATE; INSERT INTO optouts (customer_id, channel, source, reason, created_ms) VALUES ('cus_1', 'sms', 'operator', 'asked', 1)")
-                .execute(&mut **call.connection())
+                .execute(&mut *call.connection)
                 .await
                 .expect("begun");
         }
