@@ -3,7 +3,8 @@
  *
  *   cc -shared -fPIC -I../../plugins/api -o libdunningd_plugin_c_echo.so echo.c
  *
- * It answers every delivery "sent". The test suite also builds it with
+ * It answers every delivery "sent", one send per delivery: the optional
+ * send_batch member is NULL. The test suite also builds it with
  * -DGARBAGE (answers bytes that are not JSON), -DABI=2 (claims another ABI
  * version) and -DNO_ENTRY (exports no entry point), to prove the daemon
  * refuses or contains each of those.
@@ -65,6 +66,7 @@ __attribute__((used)) static const DunningdPluginVTable VTABLE = {
     echo_send,
     echo_close,
     echo_free,
+    NULL, /* send_batch: called through send only */
 };
 
 #ifndef NO_ENTRY

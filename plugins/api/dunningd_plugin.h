@@ -31,7 +31,12 @@ typedef struct {
     size_t cap;
 } DunningdOwnedBytes;
 
-/* Append-only: new members are only ever added at the end. */
+/*
+ * Append-only: new members are only ever added at the end. Set struct_size to
+ * sizeof(DunningdPluginVTable) as you compiled it; the host needs at least
+ * DUNNINGD_VTABLE_MIN_SIZE and reads later members only when struct_size
+ * covers them.
+ */
 typedef struct {
     uint32_t abi_version;
     uint32_t struct_size;
@@ -41,7 +46,16 @@ typedef struct {
     int32_t (*send)(void *channel, DunningdBytes request, DunningdOwnedBytes *out_response);
     void (*close)(void *channel);
     void (*free_bytes)(DunningdOwnedBytes bytes);
+    /*
+     * Optional: NULL to be called through send only. A JSON array of requests
+     * in; on DUNNINGD_STATUS_OK a JSON array of as many responses, in the same
+     * order. Thread-safe like send. See ABI.md, "send_batch".
+     */
+    int32_t (*send_batch)(void *channel, DunningdBytes requests, DunningdOwnedBytes *out_responses);
 } DunningdPluginVTable;
+
+/* The table as ABI version 1 first shipped (through free_bytes). */
+#define DUNNINGD_VTABLE_MIN_SIZE offsetof(DunningdPluginVTable, send_batch)
 
 /* The one exported symbol. Return NULL for an ABI version you do not speak. */
 const DunningdPluginVTable *dunningd_plugin_entry_v1(uint32_t host_abi_version);

@@ -10,27 +10,26 @@ use std::ffi::c_void;
 use std::path::{Path, PathBuf};
 
 use dunningd_plugin_api::{
-    ABI_VERSION, Bytes, ENTRY_SYMBOL, EntryFn, OwnedBytes, PluginVTable, STATUS_ERROR, STATUS_OK,
-    STATUS_PANICKED, Status,
+    ABI_VERSION, Bytes, ENTRY_SYMBOL, EntryFn, MIN_VTABLE_SIZE, OwnedBytes, PluginVTable,
+    STATUS_ERROR, STATUS_OK, STATUS_PANICKED, SendFn, Status,
 };
 
 use super::PluginError;
 
-/// A loaded plugin library: its vtable and what it says about itself.
+/// A loaded plugin library: what it says about itself, and the functions of
+/// its vtable, copied out of it (only the members its `struct_size` covers
+/// are ever read: a plugin built before a member was appended has a
+/// smaller table; nothing calls `send_batch` yet).
 pub struct Library {
     pub path: PathBuf,
     pub name: String,
     pub version: String,
     pub abi_version: u32,
-    vtable: &'static PluginVTable,
+    open: unsafe extern "C" fn(Bytes, *mut *mut c_void, *mut OwnedBytes) -> Status,
+    send: SendFn,
+    close: unsafe extern "C" fn(*mut c_void),
+    free_bytes: unsafe extern "C" fn(OwnedBytes),
 }
-
-// SAFETY: the vtable is the plugin's immutable static table of function
-// pointers and static strings; the ABI requires its functions to be callable
-// from any thread.
-unsafe impl Send for Library {}
-// SAFETY: as above.
-unsafe impl Sync for Library {}
 
 /// How a call through the ABI ended, before its payload is interpreted.
 #[derive(Debug)]
@@ -73,44 +72,68 @@ impl Library {
         // Leak the library: its code and the static vtable must live for the
         // rest of the process.
         std::mem::forget(library);
-        // SAFETY: a non-null entry result points to the plugin's static vtable;
-        // the first two fields are readable in every ABI version.
-        let vtable: &'static PluginVTable = unsafe { &*table };
-        Library::from_vtable(path, vtable)
+        // SAFETY: a non-null entry result points to the plugin's static
+        // vtable, readable as far as its struct_size says.
+        unsafe { Library::from_vtable(path, table) }
     }
 
-    /// Checks a vtable (from a library, or hand-built in tests).
-    pub fn from_vtable(path: &Path, vtable: &'static PluginVTable) -> Result<Library, PluginError> {
+    /// Checks a vtable (from a library, or built in tests) and copies out
+    /// its functions.
+    ///
+    /// # Safety
+    /// `table` points to a vtable whose first two members are readable, and
+    /// which stays readable for the life of the process as far as its
+    /// `struct_size` says (at least up to `free_bytes`, or it is refused).
+    pub unsafe fn from_vtable(
+        path: &Path,
+        table: *const PluginVTable,
+    ) -> Result<Library, PluginError> {
         let fail = |message: String| PluginError::Load {
             path: path.to_path_buf(),
             message,
         };
-        if vtable.abi_version != ABI_VERSION {
-            return Err(fail(format!(
-                "plugin ABI version {}, this daemon speaks {ABI_VERSION}",
-                vtable.abi_version
-            )));
-        }
-        let needed = std::mem::size_of::<PluginVTable>();
-        if (vtable.struct_size as usize) < needed {
-            return Err(fail(format!(
-                "plugin vtable is {} bytes, ABI version {ABI_VERSION} needs {needed}",
-                vtable.struct_size
-            )));
-        }
-        // SAFETY: name and version are static strings per the ABI.
-        let (name, version) = unsafe {
+        // Members are read through the raw pointer, one by one: a table from
+        // an older plugin is smaller than `PluginVTable`, so no reference to
+        // the whole struct is ever made.
+        // SAFETY: the first two members are readable in every ABI version.
+        let (abi_version, struct_size) = unsafe {
             (
-                text(vtable.name.as_slice()),
-                text(vtable.version.as_slice()),
+                (&raw const (*table).abi_version).read(),
+                (&raw const (*table).struct_size).read(),
+            )
+        };
+        if abi_version != ABI_VERSION {
+            return Err(fail(format!(
+                "plugin ABI version {abi_version}, this daemon speaks {ABI_VERSION}"
+            )));
+        }
+        let size = struct_size as usize;
+        if size < MIN_VTABLE_SIZE {
+            return Err(fail(format!(
+                "plugin vtable is {struct_size} bytes, ABI version {ABI_VERSION} needs at least {MIN_VTABLE_SIZE}"
+            )));
+        }
+        // SAFETY: struct_size covers every member up to `free_bytes`; name
+        // and version are static strings per the ABI.
+        let (name, version, open, send, close, free_bytes) = unsafe {
+            (
+                text((&raw const (*table).name).read().as_slice()),
+                text((&raw const (*table).version).read().as_slice()),
+                (&raw const (*table).open).read(),
+                (&raw const (*table).send).read(),
+                (&raw const (*table).close).read(),
+                (&raw const (*table).free_bytes).read(),
             )
         };
         Ok(Library {
             path: path.to_path_buf(),
             name,
             version,
-            abi_version: vtable.abi_version,
-            vtable,
+            abi_version,
+            open,
+            send,
+            close,
+            free_bytes,
         })
     }
 
@@ -122,7 +145,7 @@ impl Library {
         // SAFETY: the plugin filled this buffer with `len` readable bytes.
         let copy = unsafe { std::slice::from_raw_parts(bytes.ptr, bytes.len) }.to_vec();
         // SAFETY: returned to the allocator that made it, once.
-        unsafe { (self.vtable.free_bytes)(bytes) };
+        unsafe { (self.free_bytes)(bytes) };
         copy
     }
 
@@ -141,8 +164,7 @@ impl Library {
         let mut handle: *mut c_void = std::ptr::null_mut();
         let mut error = OwnedBytes::EMPTY;
         // SAFETY: `config` outlives the call; both out slots are valid.
-        let status =
-            unsafe { (self.vtable.open)(Bytes::from_slice(config), &mut handle, &mut error) };
+        let status = unsafe { (self.open)(Bytes::from_slice(config), &mut handle, &mut error) };
         self.outcome(status, error)?;
         if handle.is_null() {
             return Err(CallError::Error("open returned no channel handle".into()));
@@ -172,9 +194,8 @@ impl RawChannel {
     pub fn send(&self, request: &[u8]) -> Result<Vec<u8>, CallError> {
         let mut out = OwnedBytes::EMPTY;
         // SAFETY: a live handle from `open`; `request` outlives the call.
-        let status = unsafe {
-            (self.library.vtable.send)(self.handle, Bytes::from_slice(request), &mut out)
-        };
+        let status =
+            unsafe { (self.library.send)(self.handle, Bytes::from_slice(request), &mut out) };
         self.library.outcome(status, out)
     }
 }
@@ -183,6 +204,6 @@ impl Drop for RawChannel {
     fn drop(&mut self) {
         // SAFETY: opened by this library, no call in flight (we hold the last
         // reference), closed exactly once.
-        unsafe { (self.library.vtable.close)(self.handle) };
+        unsafe { (self.library.close)(self.handle) };
     }
 }

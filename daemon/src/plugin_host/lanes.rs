@@ -297,9 +297,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use dunningd_plugin_api::wire::{ChannelConfig, DeliveryRequest, DeliveryResponse};
-    use dunningd_plugin_api::{
-        __private, ABI_VERSION, Bytes, Channel, Plugin, PluginVTable, StaticVTable,
-    };
+    use dunningd_plugin_api::{__private, Channel, Plugin, StaticVTable};
 
     use super::*;
     use crate::plugin_host::Library;
@@ -332,21 +330,12 @@ mod tests {
         }
     }
 
-    static VTABLE: StaticVTable = StaticVTable(PluginVTable {
-        abi_version: ABI_VERSION,
-        struct_size: std::mem::size_of::<PluginVTable>() as u32,
-        name: Bytes::from_static(Sleepy::NAME),
-        version: Bytes::from_static(Sleepy::VERSION),
-        open: __private::open::<Sleepy>,
-        send: __private::send::<Sleepy>,
-        close: __private::close::<Sleepy>,
-        free_bytes: __private::free_bytes,
-    });
+    static VTABLE: StaticVTable = StaticVTable(__private::vtable::<Sleepy>());
 
     fn lanes(count: usize, timeout: Duration) -> Lanes {
-        let library: &'static Library = Box::leak(Box::new(
-            Library::from_vtable(Path::new("sleepy"), &VTABLE.0).expect("vtable"),
-        ));
+        // SAFETY: a static vtable, whole.
+        let library = unsafe { Library::from_vtable(Path::new("sleepy"), &VTABLE.0) };
+        let library: &'static Library = Box::leak(Box::new(library.expect("vtable")));
         let config = br#"{"channel":"test","settings":{}}"#;
         let raw = library.open(config).expect("open");
         Lanes::start("test", Arc::new(raw), count, timeout).expect("lanes")

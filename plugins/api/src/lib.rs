@@ -10,6 +10,8 @@
 //!   a wrongly sent dunning letter is worse than a plugin that does not start).
 //! - The vtable is append-only: new function pointers are only ever added at
 //!   the end, and `struct_size` tells the host how much of it the plugin has.
+//!   The host needs [`MIN_VTABLE_SIZE`] (the table as version 1 first
+//!   shipped); `send_batch`, added since, is optional.
 //! - Payloads are JSON ([`wire`]): fields are only ever added, so the schema
 //!   grows without changing the layout.
 //! - Memory is freed by whoever allocated it. [`Bytes`] are borrowed for the
@@ -44,6 +46,12 @@
 //! export_plugin!(Hello);
 //! ```
 //!
+//! A channel whose deliveries are cheaper together (one write for many
+//! lines) sets [`Channel::BATCHES`] and overrides [`Channel::send_batch`];
+//! the exported table then has `send_batch`, and the host hands it what is
+//! queued on a lane in one call. Any other channel is called once per
+//! delivery, on as many lanes at once as its concurrency.
+//!
 //! The SDK catches every panic at the boundary (a panic unwinding out of an
 //! `extern "C"` function aborts the process), which works only when the
 //! plugin is built with `panic = "unwind"`, Rust's default. It prints a
@@ -63,6 +71,11 @@ pub const ENTRY_SYMBOL: &[u8] = b"dunningd_plugin_entry_v1\0";
 
 /// `extern "C" fn(host_abi_version: u32) -> *const PluginVTable`.
 pub type EntryFn = unsafe extern "C" fn(host_abi_version: u32) -> *const PluginVTable;
+
+/// `send` and `send_batch`: a channel handle, a borrowed JSON payload, and
+/// the slot for the plugin's answer.
+pub type SendFn =
+    unsafe extern "C" fn(channel: *mut c_void, request: Bytes, out: *mut OwnedBytes) -> Status;
 
 /// A call's result code.
 pub type Status = i32;
@@ -177,7 +190,26 @@ pub struct PluginVTable {
     pub close: unsafe extern "C" fn(channel: *mut c_void),
     /// Frees bytes this plugin returned.
     pub free_bytes: unsafe extern "C" fn(bytes: OwnedBytes),
+    /// Optional (null, or beyond a smaller `struct_size`: the host calls
+    /// `send` once per delivery). Sends a JSON array of
+    /// [`wire::DeliveryRequest`]s. On `STATUS_OK` `*out_responses` holds a
+    /// JSON array of as many [`wire::DeliveryResponse`]s, in the same order;
+    /// one item's failure is that item's response. Otherwise a message, and
+    /// every item's outcome is `unknown` (any may have gone out). Called
+    /// concurrently from several threads on one handle, like `send`.
+    pub send_batch: Option<
+        unsafe extern "C" fn(
+            channel: *mut c_void,
+            requests: Bytes,
+            out_responses: *mut OwnedBytes,
+        ) -> Status,
+    >,
 }
+
+/// The size of [`PluginVTable`] as ABI version 1 first shipped, up to and
+/// including `free_bytes`: the least a host accepts. Fields after it are
+/// read only when a plugin's `struct_size` covers them.
+pub const MIN_VTABLE_SIZE: usize = std::mem::offset_of!(PluginVTable, send_batch);
 
 /// A `PluginVTable` in a `static`: its raw pointers are to static strings and
 /// functions, which every thread may read.
@@ -198,9 +230,26 @@ pub trait Plugin: 'static {
     fn open(config: wire::ChannelConfig) -> Result<Self::Channel, String>;
 }
 
-/// One open channel. The host calls `send` from several threads at once.
+/// One open channel. The host calls `send` (and `send_batch`, if the channel
+/// batches) from several threads at once.
 pub trait Channel: Send + Sync + 'static {
+    /// Whether the exported vtable has `send_batch`, so that the host hands
+    /// this channel what is queued in one call. Only for a channel for which
+    /// many deliveries in one call cost less than each on its own (a file
+    /// written once): a batch runs on one of the channel's lanes, in turn,
+    /// so a channel that waits on a provider per message would only
+    /// serialise what its other lanes could send in parallel.
+    const BATCHES: bool = false;
+
     fn send(&self, request: &wire::DeliveryRequest) -> wire::DeliveryResponse;
+
+    /// Sends several deliveries, answering one response per request, in the
+    /// same order (an answer of another length fails the whole call, and
+    /// every item becomes `unknown`). Called only when
+    /// [`Channel::BATCHES`] is true; by default each request is `send`.
+    fn send_batch(&self, requests: &[wire::DeliveryRequest]) -> Vec<wire::DeliveryResponse> {
+        requests.iter().map(|request| self.send(request)).collect()
+    }
 }
 
 /// Exports a [`Plugin`] as a dunningd plugin library. Use once per cdylib.
@@ -208,16 +257,7 @@ pub trait Channel: Send + Sync + 'static {
 macro_rules! export_plugin {
     ($plugin:ty) => {
         static __DUNNINGD_VTABLE: $crate::StaticVTable =
-            $crate::StaticVTable($crate::PluginVTable {
-                abi_version: $crate::ABI_VERSION,
-                struct_size: ::std::mem::size_of::<$crate::PluginVTable>() as u32,
-                name: $crate::Bytes::from_static(<$plugin as $crate::Plugin>::NAME),
-                version: $crate::Bytes::from_static(<$plugin as $crate::Plugin>::VERSION),
-                open: $crate::__private::open::<$plugin>,
-                send: $crate::__private::send::<$plugin>,
-                close: $crate::__private::close::<$plugin>,
-                free_bytes: $crate::__private::free_bytes,
-            });
+            $crate::StaticVTable($crate::__private::vtable::<$plugin>());
 
         /// The plugin's entry point (see `ABI.md`).
         #[unsafe(no_mangle)]
@@ -240,6 +280,26 @@ pub mod __private {
     use std::panic::{AssertUnwindSafe, catch_unwind};
 
     use super::*;
+
+    /// The vtable [`export_plugin!`](crate::export_plugin) exports for `P`:
+    /// `send_batch` only when its channel batches.
+    pub const fn vtable<P: Plugin>() -> PluginVTable {
+        PluginVTable {
+            abi_version: ABI_VERSION,
+            struct_size: std::mem::size_of::<PluginVTable>() as u32,
+            name: Bytes::from_static(P::NAME),
+            version: Bytes::from_static(P::VERSION),
+            open: open::<P>,
+            send: send::<P>,
+            close: close::<P>,
+            free_bytes,
+            send_batch: if <P::Channel as Channel>::BATCHES {
+                Some(send_batch::<P>)
+            } else {
+                None
+            },
+        }
+    }
 
     /// Replaces this library's panic hook (a plugin has its own copy of std,
     /// so its own hook) with one that prints the panic on one line with URL
@@ -347,6 +407,101 @@ pub mod __private {
                 unsafe { put(out_response, panic_message(&*payload).into_bytes()) };
                 STATUS_PANICKED
             }
+        }
+    }
+
+    /// # Safety
+    /// `channel` must come from `open::<P>` and not be closed; `requests`
+    /// readable for the call; `out_responses` writable.
+    pub unsafe extern "C" fn send_batch<P: Plugin>(
+        channel: *mut c_void,
+        requests: Bytes,
+        out_responses: *mut OwnedBytes,
+    ) -> Status {
+        // SAFETY: the host keeps `requests` alive for the duration of the call.
+        let input = unsafe { requests.as_slice() };
+        // SAFETY: `channel` is a live Box<P::Channel> from `open`; only shared
+        // references are made, and Channel is Sync.
+        let channel = unsafe { &*(channel as *const P::Channel) };
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let requests = decode_requests(input)?;
+            let responses = channel.send_batch(&requests);
+            if responses.len() != requests.len() {
+                return Err(format!(
+                    "send_batch answered {} responses to {} requests",
+                    responses.len(),
+                    requests.len()
+                ));
+            }
+            serde_json::to_vec(&responses).map_err(|e| format!("cannot encode the responses: {e}"))
+        }));
+        match result {
+            Ok(Ok(json)) => {
+                // SAFETY: out_responses is a valid slot provided by the host.
+                unsafe { put(out_responses, json) };
+                STATUS_OK
+            }
+            Ok(Err(message)) => {
+                // SAFETY: as above.
+                unsafe { put(out_responses, message.into_bytes()) };
+                STATUS_ERROR
+            }
+            Err(payload) => {
+                // SAFETY: as above.
+                unsafe { put(out_responses, panic_message(&*payload).into_bytes()) };
+                STATUS_PANICKED
+            }
+        }
+    }
+
+    /// A batch's JSON array of requests, decoded item by item so that an
+    /// error names the item it is in.
+    fn decode_requests(input: &[u8]) -> Result<Vec<wire::DeliveryRequest>, String> {
+        let item = std::cell::Cell::new(None);
+        let mut json = serde_json::Deserializer::from_slice(input);
+        let decoded = serde::de::DeserializeSeed::deserialize(Requests { item: &item }, &mut json)
+            .and_then(|requests| json.end().map(|()| requests));
+        decoded.map_err(|e| match item.get() {
+            Some(index) => format!("invalid delivery request JSON in item {index}: {e}"),
+            None => format!("invalid delivery request JSON: {e}"),
+        })
+    }
+
+    /// Decodes an array of requests, noting in `item` the index of the one
+    /// being decoded.
+    struct Requests<'a> {
+        item: &'a std::cell::Cell<Option<usize>>,
+    }
+
+    impl<'de> serde::de::DeserializeSeed<'de> for Requests<'_> {
+        type Value = Vec<wire::DeliveryRequest>;
+
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    impl<'de> serde::de::Visitor<'de> for Requests<'_> {
+        type Value = Vec<wire::DeliveryRequest>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an array of delivery requests")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut requests = Vec::new();
+            loop {
+                self.item.set(Some(requests.len()));
+                match seq.next_element()? {
+                    Some(request) => requests.push(request),
+                    None => break,
+                }
+            }
+            self.item.set(None);
+            Ok(requests)
         }
     }
 
@@ -502,6 +657,127 @@ mod tests {
         assert_eq!(
             open(vtable, serde_json::json!({"mode": "panic-open"})).err(),
             Some((STATUS_PANICKED, "plugin panicked: cannot open".into()))
+        );
+    }
+
+    /// Batches: answers each request with its idempotency key, except that
+    /// a step `short` drops the last answer and a step `boom` panics.
+    struct Batcher;
+    struct BatcherChannel;
+
+    impl Plugin for Batcher {
+        const NAME: &'static str = "batcher";
+        const VERSION: &'static str = "1";
+        type Channel = BatcherChannel;
+        fn open(_config: ChannelConfig) -> Result<BatcherChannel, String> {
+            Ok(BatcherChannel)
+        }
+    }
+
+    impl Channel for BatcherChannel {
+        const BATCHES: bool = true;
+
+        fn send(&self, request: &DeliveryRequest) -> DeliveryResponse {
+            DeliveryResponse::Skipped {
+                reason: format!("single {}", request.idempotency_key),
+            }
+        }
+
+        fn send_batch(&self, requests: &[DeliveryRequest]) -> Vec<DeliveryResponse> {
+            let mut answers: Vec<DeliveryResponse> = requests
+                .iter()
+                .map(|request| {
+                    if request.step == "boom" {
+                        panic!("batch exploded");
+                    }
+                    DeliveryResponse::Sent {
+                        receipt: Some(request.idempotency_key.clone()),
+                    }
+                })
+                .collect();
+            if requests.iter().any(|request| request.step == "short") {
+                answers.pop();
+            }
+            answers
+        }
+    }
+
+    fn batch_request(step: &str, key: &str) -> serde_json::Value {
+        let mut request: serde_json::Value = serde_json::from_slice(&request(step)).unwrap();
+        request["idempotency_key"] = key.into();
+        request
+    }
+
+    fn call_batch(vtable: &PluginVTable, requests: &[u8]) -> (Status, String) {
+        let send_batch = vtable.send_batch.expect("send_batch");
+        let channel = open(vtable, serde_json::json!({})).expect("open");
+        let mut out = OwnedBytes::EMPTY;
+        // SAFETY: valid handle, borrowed requests, writable out slot.
+        let status = unsafe { send_batch(channel, Bytes::from_slice(requests), &mut out) };
+        let text = unsafe { std::slice::from_raw_parts(out.ptr, out.len) }.to_vec();
+        // SAFETY: bytes returned by this plugin, freed once; nothing in flight.
+        unsafe { (vtable.free_bytes)(out) };
+        unsafe { (vtable.close)(channel) };
+        (status, String::from_utf8(text).unwrap())
+    }
+
+    #[test]
+    fn the_exported_table_batches_only_when_the_channel_opts_in() {
+        // SAFETY: the entry returned a pointer to a static vtable.
+        let echo = unsafe { &*dunningd_plugin_entry_v1(ABI_VERSION) };
+        assert!(echo.send_batch.is_none(), "Echo does not batch");
+        assert!(__private::vtable::<Echo>().send_batch.is_none());
+        assert!(MIN_VTABLE_SIZE < std::mem::size_of::<PluginVTable>());
+
+        let batcher = __private::vtable::<Batcher>();
+        assert_eq!(
+            batcher.struct_size as usize,
+            std::mem::size_of::<PluginVTable>()
+        );
+        let two = serde_json::json!([batch_request("a", "k1"), batch_request("b", "k2")]);
+        let (status, json) = call_batch(&batcher, two.to_string().as_bytes());
+        assert_eq!(status, STATUS_OK, "{json}");
+        let answers: Vec<DeliveryResponse> = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            answers,
+            [
+                DeliveryResponse::Sent {
+                    receipt: Some("k1".into())
+                },
+                DeliveryResponse::Sent {
+                    receipt: Some("k2".into())
+                },
+            ]
+        );
+        assert_eq!(call_batch(&batcher, b"[]"), (STATUS_OK, "[]".into()));
+
+        let mut broken = serde_json::json!([batch_request("a", "k1"), batch_request("b", "k2")]);
+        broken[1].as_object_mut().unwrap().remove("step");
+        let (status, message) = call_batch(&batcher, broken.to_string().as_bytes());
+        assert_eq!(status, STATUS_ERROR);
+        assert!(
+            message.starts_with("invalid delivery request JSON in item 1: missing field `step`"),
+            "{message}"
+        );
+        let (status, message) = call_batch(&batcher, br#"{"not":"an array"}"#);
+        assert_eq!(status, STATUS_ERROR);
+        assert!(
+            message.starts_with("invalid delivery request JSON: invalid type: map"),
+            "{message}"
+        );
+
+        let short = serde_json::json!([batch_request("a", "k1"), batch_request("short", "k2")]);
+        assert_eq!(
+            call_batch(&batcher, short.to_string().as_bytes()),
+            (
+                STATUS_ERROR,
+                "send_batch answered 1 responses to 2 requests".into()
+            )
+        );
+        let boom = serde_json::json!([batch_request("a", "k1"), batch_request("boom", "k2")]);
+        assert_eq!(
+            call_batch(&batcher, boom.to_string().as_bytes()),
+            (STATUS_PANICKED, "plugin panicked: batch exploded".into())
         );
     }
 
