@@ -14,12 +14,14 @@ use dunningd_plugin_api::{
     STATUS_ERROR, STATUS_OK, STATUS_PANICKED, SendFn, Status,
 };
 
+use dunningd_plugin_api::wire::DeliveryResponse;
+
 use super::PluginError;
 
 /// A loaded plugin library: what it says about itself, and the functions of
 /// its vtable, copied out of it (only the members its `struct_size` covers
 /// are ever read: a plugin built before a member was appended has a
-/// smaller table; nothing calls `send_batch` yet).
+/// smaller table).
 pub struct Library {
     pub path: PathBuf,
     pub name: String,
@@ -29,10 +31,13 @@ pub struct Library {
     send: SendFn,
     close: unsafe extern "C" fn(*mut c_void),
     free_bytes: unsafe extern "C" fn(OwnedBytes),
+    /// Present when the plugin exports it: the host then hands a lane's
+    /// queued calls over in one call.
+    send_batch: Option<SendFn>,
 }
 
 /// How a call through the ABI ended, before its payload is interpreted.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum CallError {
     /// The plugin returned an error status with this message.
     Error(String),
@@ -40,6 +45,14 @@ pub enum CallError {
     Panicked(String),
     /// A status code the ABI does not define.
     BadStatus(Status),
+    /// The `send_batch` call this delivery was part of failed as a whole
+    /// (an error status, a panic, an undefined status; said here): any item
+    /// of it may have gone out.
+    BatchFailed(String),
+    /// The `send_batch` call this delivery was part of answered something
+    /// other than an array of one valid response per request (why, and the
+    /// start of the answer).
+    BadBatchAnswer { reason: String, excerpt: String },
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -125,6 +138,14 @@ impl Library {
                 (&raw const (*table).free_bytes).read(),
             )
         };
+        let batch_end =
+            std::mem::offset_of!(PluginVTable, send_batch) + std::mem::size_of::<Option<SendFn>>();
+        let send_batch = if size >= batch_end {
+            // SAFETY: struct_size covers `send_batch`; null reads as None.
+            unsafe { (&raw const (*table).send_batch).read() }
+        } else {
+            None
+        };
         Ok(Library {
             path: path.to_path_buf(),
             name,
@@ -134,6 +155,7 @@ impl Library {
             send,
             close,
             free_bytes,
+            send_batch,
         })
     }
 
@@ -198,6 +220,78 @@ impl RawChannel {
             unsafe { (self.library.send)(self.handle, Bytes::from_slice(request), &mut out) };
         self.library.outcome(status, out)
     }
+
+    /// Whether the plugin takes several deliveries in one call.
+    pub fn batches(&self) -> bool {
+        self.library.send_batch.is_some()
+    }
+
+    /// One blocking `send_batch` call for `requests` (each a JSON request),
+    /// answered with one result per request, in order: its own item of the
+    /// plugin's answer array (as `send` would have answered it), or, when
+    /// the call failed as a whole or its answer is not an array of as many
+    /// valid responses, the same error for every one. A plugin without
+    /// `send_batch` is called once per request.
+    pub fn send_batch(&self, requests: &[Vec<u8>]) -> Vec<Result<Vec<u8>, CallError>> {
+        let Some(send_batch) = self.library.send_batch else {
+            return requests.iter().map(|request| self.send(request)).collect();
+        };
+        let mut array = Vec::with_capacity(requests.iter().map(|r| r.len() + 1).sum::<usize>() + 1);
+        array.push(b'[');
+        for (index, request) in requests.iter().enumerate() {
+            if index > 0 {
+                array.push(b',');
+            }
+            array.extend_from_slice(request);
+        }
+        array.push(b']');
+        let mut out = OwnedBytes::EMPTY;
+        // SAFETY: a live handle from `open`; `array` outlives the call.
+        let status = unsafe { send_batch(self.handle, Bytes::from_slice(&array), &mut out) };
+        let error = match self.library.outcome(status, out) {
+            Ok(answer) => match split(&answer, requests.len()) {
+                Ok(items) => return items.into_iter().map(Ok).collect(),
+                Err(reason) => CallError::BadBatchAnswer {
+                    reason,
+                    excerpt: super::excerpt(&answer),
+                },
+            },
+            Err(error) => failed_batch(error),
+        };
+        vec![Err(error); requests.len()]
+    }
+}
+
+/// The error every item of a batch gets when the call failed as a whole.
+fn failed_batch(error: CallError) -> CallError {
+    match error {
+        CallError::Error(message) => CallError::BatchFailed(format!("error: {message}")),
+        CallError::Panicked(message) => CallError::BatchFailed(message),
+        CallError::BadStatus(status) => {
+            CallError::BatchFailed(format!("undefined status {status}"))
+        }
+        // Already a batch's error (`outcome` never makes one).
+        batch @ (CallError::BatchFailed(_) | CallError::BadBatchAnswer { .. }) => batch,
+    }
+}
+
+/// A batch's answer, an array of `count` responses, as each item's own JSON.
+/// Each item is decoded here, so that a malformed one fails the whole batch
+/// (the answer cannot be trusted to be in order), and encoded again for the
+/// per-delivery decoding every answer goes through.
+fn split(answer: &[u8], count: usize) -> Result<Vec<Vec<u8>>, String> {
+    let responses: Vec<DeliveryResponse> =
+        serde_json::from_slice(answer).map_err(|e| e.to_string())?;
+    if responses.len() != count {
+        return Err(format!(
+            "{} responses to a batch of {count}",
+            responses.len()
+        ));
+    }
+    responses
+        .iter()
+        .map(|response| serde_json::to_vec(response).map_err(|e| e.to_string()))
+        .collect()
 }
 
 impl Drop for RawChannel {

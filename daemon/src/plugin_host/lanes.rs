@@ -24,6 +24,14 @@
 //! request goes to the plugin or its caller has given up, is decided once
 //! each, by one compare-and-swap, so a withdrawn call never reaches the
 //! plugin and one that reached it is never reported as not sent.
+//!
+//! A plugin that exports `send_batch` gets a lane's calls together: a lane
+//! that takes a call also takes, without waiting, its share of the calls
+//! queued behind it (at most [`MAX_BATCH`] in all), starts and prepares
+//! each in turn as above, and hands those still wanted to the plugin in
+//! one call; each caller gets its own item of the answer, within its own
+//! deadline. Any other plugin gets one `send` per call, and so does a
+//! batching plugin for a call with nothing queued behind it.
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -39,6 +47,23 @@ const STARTED: u8 = 1;
 const WITHDRAWN: u8 = 2;
 /// The request is prepared and the plugin has it.
 const CALLING: u8 = 3;
+
+/// The most calls a lane hands a batching plugin at once.
+///
+/// What a batch saves is per call (a thread hand-off, a JSON answer, a
+/// write): at 32 it is down to a thirty-second, and a larger batch would
+/// only make its first callers wait longer for the last one's preparing
+/// and for one long call. It is rarely the limit: the scheduler keeps at
+/// most 16 calls per lane of a channel in flight, and a lane takes only
+/// its share of what is queued (see [`batch_share`]).
+pub const MAX_BATCH: usize = 32;
+
+/// How many of the `queued` calls a lane that just took one takes along,
+/// when the channel has `lanes` lanes: an even share, so that the others,
+/// if idle, find work too (with one lane, everything up to the bound).
+fn batch_share(queued: usize, lanes: usize) -> usize {
+    (queued / lanes.max(1)).min(MAX_BATCH - 1)
+}
 
 /// Decides, when a lane is about to start a call, whether it still may
 /// (the claim's lease leaves room for a call as long as the timeout).
@@ -111,15 +136,23 @@ impl Lanes {
     ) -> std::io::Result<Lanes> {
         let (queue, jobs) = crossbeam_channel::unbounded::<Job>();
         let returned = Arc::new(AtomicU64::new(0));
-        for lane in 0..count.max(1) {
+        let lanes = count.max(1);
+        for lane in 0..lanes {
             let jobs = jobs.clone();
             let raw = raw.clone();
             let returned = returned.clone();
             std::thread::Builder::new()
                 .name(format!("plugin-{channel}-{lane}"))
                 .spawn(move || {
-                    for job in jobs {
-                        run(&raw, &returned, timeout, job);
+                    let batches = raw.batches();
+                    for job in jobs.iter() {
+                        if batches {
+                            let more = batch_share(jobs.len(), lanes);
+                            let batch = std::iter::once(job).chain(jobs.try_iter().take(more));
+                            run_batch(&raw, &returned, timeout, batch.collect());
+                        } else {
+                            run(&raw, &returned, timeout, job);
+                        }
                     }
                 })?;
         }
@@ -245,32 +278,96 @@ impl Drop for Withdraw<'_> {
     }
 }
 
+/// A started call with its request prepared: what is left of its job.
+struct Prepared {
+    state: Arc<State>,
+    reply: oneshot::Sender<Called>,
+    request: Vec<u8>,
+}
+
 /// One call on a lane's thread.
 fn run(raw: &RawChannel, returned: &AtomicU64, timeout: Duration, job: Job) {
-    if job
-        .state
+    let Some(prepared) = start(returned, timeout, job) else {
+        return;
+    };
+    if !hand_over(returned, &prepared) {
+        return;
+    }
+    let result = raw.send(&prepared.request);
+    returned.fetch_add(1, Ordering::Relaxed);
+    let _ = prepared.reply.send(Called::Returned(result));
+}
+
+/// Calls taken together on a lane's thread: each started and prepared in
+/// turn, then those still wanted in one `send_batch` (one `send` if only one
+/// is), each answered with its own item.
+fn run_batch(raw: &RawChannel, returned: &AtomicU64, timeout: Duration, jobs: Vec<Job>) {
+    let prepared: Vec<Prepared> = jobs
+        .into_iter()
+        .filter_map(|job| start(returned, timeout, job))
+        .collect();
+    // Decided for all of them just before the call, so that a caller that
+    // gave up while the others were prepared is left out.
+    let (calling, requests): (Vec<_>, Vec<_>) = prepared
+        .into_iter()
+        .filter(|prepared| hand_over(returned, prepared))
+        .map(|prepared| (prepared.reply, prepared.request))
+        .unzip();
+    let results = match requests.as_slice() {
+        [] => return,
+        [request] => vec![raw.send(request)],
+        _ => raw.send_batch(&requests),
+    };
+    // One result per request (a caller left without one would see
+    // `Vanished`).
+    for (reply, result) in calling.into_iter().zip(results) {
+        returned.fetch_add(1, Ordering::Relaxed);
+        let _ = reply.send(Called::Returned(result));
+    }
+}
+
+/// Starts a call and prepares its request: `None` if its caller withdrew
+/// it, or `may_start` refused it or preparing failed (those two answered).
+fn start(returned: &AtomicU64, timeout: Duration, job: Job) -> Option<Prepared> {
+    let Job {
+        prepare,
+        may_start,
+        state,
+        reply,
+    } = job;
+    if state
         .phase
         .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire)
         .is_err()
     {
         // Withdrawn by its caller.
-        return;
+        return None;
     }
-    let _ = job.state.started.set(Instant::now());
-    if !(job.may_start)(timeout) {
-        let _ = job.reply.send(Called::Refused);
-        return;
+    let _ = state.started.set(Instant::now());
+    if !may_start(timeout) {
+        let _ = reply.send(Called::Refused);
+        return None;
     }
     // The caller may have moved on (timed out); an answer is then dropped.
-    let request = match (job.prepare)() {
-        Ok(request) => request,
+    match prepare() {
+        Ok(request) => Some(Prepared {
+            state,
+            reply,
+            request,
+        }),
         Err(error) => {
             returned.fetch_add(1, Ordering::Relaxed);
-            let _ = job.reply.send(Called::NotPrepared(error));
-            return;
+            let _ = reply.send(Called::NotPrepared(error));
+            None
         }
-    };
-    if job
+    }
+}
+
+/// Whether a prepared request goes to the plugin now: `false` if its caller
+/// gave up while it was prepared (it is then not sent), else it is
+/// `CALLING` from now on.
+fn hand_over(returned: &AtomicU64, prepared: &Prepared) -> bool {
+    if prepared
         .state
         .phase
         .compare_exchange(STARTED, CALLING, Ordering::AcqRel, Ordering::Acquire)
@@ -278,12 +375,10 @@ fn run(raw: &RawChannel, returned: &AtomicU64, timeout: Duration, job: Job) {
     {
         // Its caller gave up while it was prepared: not sent.
         returned.fetch_add(1, Ordering::Relaxed);
-        return;
+        return false;
     }
-    let _ = job.state.calling.set(Instant::now());
-    let result = raw.send(&request);
-    returned.fetch_add(1, Ordering::Relaxed);
-    let _ = job.reply.send(Called::Returned(result));
+    let _ = prepared.state.calling.set(Instant::now());
+    true
 }
 
 #[cfg(test)]
@@ -294,10 +389,14 @@ mod tests {
 
     use std::collections::BTreeMap;
     use std::path::Path;
+    use std::sync::Mutex;
     use std::sync::atomic::AtomicUsize;
 
     use dunningd_plugin_api::wire::{ChannelConfig, DeliveryRequest, DeliveryResponse};
-    use dunningd_plugin_api::{__private, Channel, Plugin, StaticVTable};
+    use dunningd_plugin_api::{
+        __private, Bytes, Channel, MIN_VTABLE_SIZE, OwnedBytes, Plugin, PluginVTable, STATUS_OK,
+        StaticVTable, Status,
+    };
 
     use super::*;
     use crate::plugin_host::Library;
@@ -333,8 +432,12 @@ mod tests {
     static VTABLE: StaticVTable = StaticVTable(__private::vtable::<Sleepy>());
 
     fn lanes(count: usize, timeout: Duration) -> Lanes {
+        lanes_of(&VTABLE.0, count, timeout)
+    }
+
+    fn lanes_of(vtable: &'static PluginVTable, count: usize, timeout: Duration) -> Lanes {
         // SAFETY: a static vtable, whole.
-        let library = unsafe { Library::from_vtable(Path::new("sleepy"), &VTABLE.0) };
+        let library = unsafe { Library::from_vtable(Path::new("test"), vtable) };
         let library: &'static Library = Box::leak(Box::new(library.expect("vtable")));
         let config = br#"{"channel":"test","settings":{}}"#;
         let raw = library.open(config).expect("open");
@@ -472,5 +575,291 @@ mod tests {
         // Once the plugin returns, the withdrawn calls are skipped, not sent.
         tokio::time::sleep(Duration::from_millis(2_200)).await;
         assert_eq!(CALLS.load(Ordering::SeqCst), 1);
+    }
+
+    /// Batches: records each call's delivery ids, answers `sent` with the
+    /// delivery id as receipt, and sleeps 100 ms in a single send of step
+    /// `block` (to hold its lane while calls queue behind it). Its
+    /// `send_batch` goes through [`odd_batch`] first.
+    struct Batchy;
+    struct BatchyChannel;
+
+    static SINGLES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    static BATCHES: Mutex<Vec<Vec<String>>> = Mutex::new(Vec::new());
+
+    impl Plugin for Batchy {
+        const NAME: &'static str = "batchy";
+        const VERSION: &'static str = "1";
+        type Channel = BatchyChannel;
+        fn open(_config: ChannelConfig) -> Result<BatchyChannel, String> {
+            Ok(BatchyChannel)
+        }
+    }
+
+    impl Channel for BatchyChannel {
+        const BATCHES: bool = true;
+
+        fn send(&self, request: &DeliveryRequest) -> DeliveryResponse {
+            SINGLES.lock().unwrap().push(request.delivery_id.clone());
+            if request.step == "block" {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            DeliveryResponse::Sent {
+                receipt: Some(request.delivery_id.clone()),
+            }
+        }
+
+        fn send_batch(&self, requests: &[DeliveryRequest]) -> Vec<DeliveryResponse> {
+            if requests.iter().any(|r| r.step == "boom") {
+                panic!("batch exploded");
+            }
+            requests
+                .iter()
+                .map(|r| DeliveryResponse::Sent {
+                    receipt: Some(r.delivery_id.clone()),
+                })
+                .collect()
+        }
+    }
+
+    /// Records the batch, then answers as the SDK would, except for a batch
+    /// whose first request's step is `short` (one answer too few),
+    /// `garbage` (not JSON) or `teleport` (an item that is no response).
+    unsafe extern "C" fn odd_batch(
+        channel: *mut std::ffi::c_void,
+        requests: Bytes,
+        out: *mut OwnedBytes,
+    ) -> Status {
+        // SAFETY: the host keeps `requests` alive for the call.
+        let input = unsafe { requests.as_slice() };
+        let decoded: Vec<DeliveryRequest> = serde_json::from_slice(input).unwrap_or_default();
+        BATCHES
+            .lock()
+            .unwrap()
+            .push(decoded.iter().map(|r| r.delivery_id.clone()).collect());
+        let sent = r#"{"outcome":"sent"}"#;
+        let answer = match decoded.first().map(|r| r.step.as_str()) {
+            Some("short") => format!("[{}]", vec![sent; decoded.len() - 1].join(",")),
+            Some("garbage") => "this is not json".to_string(),
+            Some("teleport") => format!(r#"[{sent},{{"outcome":"teleported"}}]"#),
+            // SAFETY: the host's arguments, passed on.
+            _ => return unsafe { __private::send_batch::<Batchy>(channel, requests, out) },
+        };
+        // SAFETY: the host passes a writable slot; `free_bytes` of this
+        // same binary frees it.
+        unsafe { out.write(OwnedBytes::from_vec(answer.into_bytes())) };
+        STATUS_OK
+    }
+
+    static BATCHY: StaticVTable = StaticVTable(PluginVTable {
+        send_batch: Some(odd_batch),
+        ..__private::vtable::<Batchy>()
+    });
+    /// The same plugin as built before `send_batch` was appended: the host
+    /// must not read past `struct_size`.
+    static BATCHY_BEFORE_BATCHES: StaticVTable = StaticVTable(PluginVTable {
+        struct_size: MIN_VTABLE_SIZE as u32,
+        send_batch: Some(odd_batch),
+        ..__private::vtable::<Batchy>()
+    });
+    /// The same plugin without `send_batch`.
+    static BATCHY_WITHOUT_BATCHES: StaticVTable = StaticVTable(PluginVTable {
+        send_batch: None,
+        ..__private::vtable::<Batchy>()
+    });
+
+    fn labelled(id: &str, step: &str) -> Prepare {
+        let mut request: DeliveryRequest =
+            serde_json::from_slice(&request_bytes(0)).expect("request");
+        request.delivery_id = id.to_string();
+        request.step = step.to_string();
+        let bytes = serde_json::to_vec(&request).expect("json");
+        Box::new(move || Ok(bytes))
+    }
+
+    /// A call queued behind the one that holds the lane.
+    enum Queued {
+        Call(Prepare, MayStart),
+        /// Its caller goes away (its task aborted) while it is queued.
+        Abandoned(Prepare),
+    }
+
+    fn call(id: &str, step: &str) -> Queued {
+        Queued::Call(labelled(id, step), Box::new(|_| true))
+    }
+
+    /// Holds the only lane of `lanes` with a single call, queues `queued`
+    /// behind it in order, and gives what became of each (`None` for the
+    /// abandoned ones).
+    async fn behind_a_busy_lane(lanes: &Arc<Lanes>, queued: Vec<Queued>) -> Vec<Option<Called>> {
+        let blocker = {
+            let lanes = lanes.clone();
+            tokio::spawn(async move {
+                lanes
+                    .call(labelled("blocker", "block"), Box::new(|_| true))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let mut calls = Vec::new();
+        for queued in queued {
+            let lanes = lanes.clone();
+            match queued {
+                Queued::Call(prepare, may_start) => calls.push(Some(tokio::spawn(async move {
+                    lanes.call(prepare, may_start).await.0
+                }))),
+                Queued::Abandoned(prepare) => {
+                    let task =
+                        tokio::spawn(
+                            async move { lanes.call(prepare, Box::new(|_| true)).await.0 },
+                        );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    task.abort();
+                    calls.push(None);
+                }
+            }
+            // Queued in this order.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (blocked, _) = blocker.await.expect("blocker");
+        assert!(matches!(blocked, Called::Returned(Ok(_))), "{blocked:?}");
+        let mut called = Vec::new();
+        for call in calls {
+            called.push(match call {
+                Some(task) => Some(task.await.expect("task")),
+                None => None,
+            });
+        }
+        called
+    }
+
+    /// The receipt of a call's answer.
+    fn receipt(called: &Option<Called>) -> Option<String> {
+        let Some(Called::Returned(Ok(bytes))) = called else {
+            panic!("not answered: {called:?}");
+        };
+        match serde_json::from_slice(bytes).expect("response") {
+            DeliveryResponse::Sent { receipt } => receipt,
+            other => panic!("not sent: {other:?}"),
+        }
+    }
+
+    fn taken<T>(calls: &Mutex<Vec<T>>) -> Vec<T> {
+        std::mem::take(&mut *calls.lock().unwrap())
+    }
+
+    #[test]
+    fn a_lane_takes_its_share_of_the_queue() {
+        let table = [
+            // (queued, lanes) → taken along
+            ((0, 1), 0),
+            ((5, 1), 5),
+            ((1, 2), 0),
+            ((7, 2), 3),
+            ((64, 4), 16),
+            ((100, 1), MAX_BATCH - 1),
+            ((3, 0), 3),
+        ];
+        for ((queued, lanes), want) in table {
+            assert_eq!(
+                batch_share(queued, lanes),
+                want,
+                "{queued} queued, {lanes} lanes"
+            );
+        }
+    }
+
+    /// The statics are shared, so the scenarios run in one test, in turn.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_calls_reach_a_batching_plugin_together_each_answered_its_own() {
+        let one = Arc::new(lanes_of(&BATCHY.0, 1, Duration::from_millis(500)));
+
+        // Five calls queued behind a busy lane: one batch, in order, each
+        // caller answered with its own item.
+        let ids = ["a", "b", "c", "d", "e"];
+        let called =
+            behind_a_busy_lane(&one, ids.iter().map(|id| call(id, "send")).collect()).await;
+        let receipts: Vec<_> = called.iter().map(receipt).collect();
+        assert_eq!(receipts, ids.map(|id| Some(id.to_string())));
+        assert_eq!(taken(&SINGLES), ["blocker"], "alone, a call is one send");
+        assert_eq!(taken(&BATCHES), [ids.map(String::from).to_vec()]);
+
+        // Calls refused, not prepared, withdrawn, or given up while being
+        // prepared are not in the batch. The one prepared for 700 ms of a
+        // 500 ms timeout is given up by its caller.
+        let slow: Prepare = Box::new(|| {
+            std::thread::sleep(Duration::from_millis(700));
+            labelled("slow", "send")()
+        });
+        let called = behind_a_busy_lane(
+            &one,
+            vec![
+                Queued::Call(labelled("refused", "send"), Box::new(|_| false)),
+                Queued::Call(Box::new(|| Err("no template".into())), Box::new(|_| true)),
+                Queued::Abandoned(labelled("abandoned", "send")),
+                Queued::Call(slow, Box::new(|_| true)),
+                call("x", "send"),
+                call("y", "send"),
+            ],
+        )
+        .await;
+        assert!(
+            matches!(called[0], Some(Called::Refused)),
+            "{:?}",
+            called[0]
+        );
+        assert!(
+            matches!(&called[1], Some(Called::NotPrepared(e)) if e == "no template"),
+            "{:?}",
+            called[1]
+        );
+        assert!(called[2].is_none());
+        assert!(
+            matches!(called[3], Some(Called::PrepareTimedOut)),
+            "{:?}",
+            called[3]
+        );
+        assert_eq!(receipt(&called[4]).as_deref(), Some("x"));
+        assert_eq!(receipt(&called[5]).as_deref(), Some("y"));
+        assert_eq!(taken(&SINGLES), ["blocker"]);
+        assert_eq!(taken(&BATCHES), [["x", "y"]]);
+
+        // An answer of the wrong length, not JSON, or with an item that is
+        // no response: every item gets the same error (any may have gone
+        // out); a panic in the batch is contained, and every item fails.
+        for (step, want) in [
+            ("short", "1 responses to a batch of 2"),
+            ("garbage", "expected ident at line 1 column 2"),
+            ("teleport", "unknown variant `teleported`"),
+        ] {
+            let called = behind_a_busy_lane(&one, vec![call("p", step), call("q", "send")]).await;
+            for called in &called {
+                assert!(
+                    matches!(called, Some(Called::Returned(Err(CallError::BadBatchAnswer { reason, .. }))) if reason.contains(want)),
+                    "{step}: {called:?}"
+                );
+            }
+            assert_eq!(taken(&BATCHES), [["p", "q"]], "{step}");
+        }
+        let called = behind_a_busy_lane(&one, vec![call("p", "send"), call("q", "boom")]).await;
+        for called in &called {
+            assert!(
+                matches!(called, Some(Called::Returned(Err(CallError::BatchFailed(m)))) if m == "plugin panicked: batch exploded"),
+                "{called:?}"
+            );
+        }
+        assert_eq!(taken(&BATCHES), [["p", "q"]]);
+        taken(&SINGLES);
+
+        // A plugin built before `send_batch` was appended, or without it:
+        // one send per call, as before.
+        for vtable in [&BATCHY_BEFORE_BATCHES.0, &BATCHY_WITHOUT_BATCHES.0] {
+            let old = Arc::new(lanes_of(vtable, 1, Duration::from_millis(500)));
+            let called = behind_a_busy_lane(&old, vec![call("a", "send"), call("b", "send")]).await;
+            let receipts: Vec<_> = called.iter().map(receipt).collect();
+            assert_eq!(receipts, [Some("a".to_string()), Some("b".to_string())]);
+            assert_eq!(taken(&SINGLES), ["blocker", "a", "b"]);
+            assert!(taken(&BATCHES).is_empty());
+        }
     }
 }

@@ -11,7 +11,11 @@
 //!   on and the outcome is `unknown` (the message may have gone out). The
 //!   hung lane stays with the plugin until it returns.
 //! - A panic, an error status or a response that is not the documented JSON
-//!   becomes an outcome of that one delivery, with the reason.
+//!   becomes an outcome of that one delivery, with the reason. In a batch
+//!   (`send_batch`), each delivery's own item of the answer is interpreted
+//!   just as a single answer; a batch that fails as a whole, or whose answer
+//!   is not one valid response per request, is `unknown` for each of its
+//!   deliveries (any of them may have gone out).
 //! - `configure` is all-or-nothing: a channel that fails to open leaves the
 //!   previous channels in use.
 //! - Nothing a plugin says leaves the host with a secret in it: its open
@@ -166,6 +170,10 @@ impl PluginHost {
                         redactor.redact(&m).into_owned()
                     }
                     CallError::BadStatus(s) => format!("undefined status {s}"),
+                    // `open` is never part of a batch.
+                    CallError::BatchFailed(m) | CallError::BadBatchAnswer { reason: m, .. } => {
+                        redactor.redact(&m).into_owned()
+                    }
                 },
             })?;
             let lanes =
@@ -366,6 +374,20 @@ fn interpret(plugin: &str, result: Result<Vec<u8>, CallError>) -> DeliveryRespon
         Err(CallError::BadStatus(status)) => DeliveryResponse::Unknown {
             error: format!("plugin '{plugin}' returned undefined status {status}"),
         },
+        // Unlike a single call's error, a batch's may come after some of its
+        // items went out.
+        Err(CallError::BatchFailed(message)) => DeliveryResponse::Unknown {
+            error: format!(
+                "plugin '{plugin}' failed the batch call this delivery was in, so it may have gone out: {}",
+                bounded(&message)
+            ),
+        },
+        // The same as a single answer that is not the documented JSON.
+        Err(CallError::BadBatchAnswer { reason, excerpt }) => DeliveryResponse::Unknown {
+            error: bounded(&format!(
+                "plugin '{plugin}' returned an invalid response ({reason}): {excerpt:?}"
+            )),
+        },
     }
 }
 
@@ -379,7 +401,7 @@ pub fn decode_response(plugin: &str, bytes: &[u8]) -> DeliveryResponse {
     let response = match serde_json::from_slice::<DeliveryResponse>(bytes) {
         Ok(response) => response,
         Err(e) => {
-            let excerpt: String = String::from_utf8_lossy(bytes).chars().take(80).collect();
+            let excerpt = excerpt(bytes);
             // serde's message quotes the offending value, whole: bounded too.
             return DeliveryResponse::Unknown {
                 error: bounded(&format!(
@@ -421,6 +443,12 @@ pub fn decode_response(plugin: &str, bytes: &[u8]) -> DeliveryResponse {
     }
 }
 
+/// The start of an answer that is not the documented JSON, quoted in its
+/// outcome's error.
+fn excerpt(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).chars().take(80).collect()
+}
+
 /// `text` cut to [`MAX_PLUGIN_TEXT`] characters, with `…` where it was cut.
 fn bounded(text: &str) -> String {
     match text.char_indices().nth(MAX_PLUGIN_TEXT) {
@@ -454,6 +482,19 @@ mod tests {
             (
                 Ok(br#"{"outcome":"sent","receipt":"r\u001b[31m"}"#.to_vec()),
                 "Sent { receipt: None }",
+            ),
+            // A batch that failed as a whole: unknown, whatever the status
+            // (a single call's error or panic is permanent).
+            (
+                Err(CallError::BatchFailed("plugin panicked: boom".into())),
+                r#"Unknown { error: "plugin 'p' failed the batch call this delivery was in, so it may have gone out: plugin panicked: boom" }"#,
+            ),
+            (
+                Err(CallError::BadBatchAnswer {
+                    reason: "1 responses to a batch of 2".into(),
+                    excerpt: "[{}]".into(),
+                }),
+                r#"Unknown { error: "plugin 'p' returned an invalid response (1 responses to a batch of 2): \"[{}]\"" }"#,
             ),
         ];
         for (input, want) in table {
