@@ -31,6 +31,7 @@ use crate::model::{Case, CaseDetail, CaseFilter, CaseState, Event, OptOut};
 use crate::stats::{Stats, StatsFilter};
 
 mod batch;
+mod claim_book;
 pub mod postgres;
 mod rows;
 mod shared;

@@ -126,6 +126,15 @@ impl PostgresStore {
     }
 
     /// Every daemon reads and writes through the one pool.
+    /// Claims are leased rows here, which the reads of pending rows leave
+    /// out by their status: nothing to bind (`shared::sql_store!`).
+    fn exclude_in_flight<'q, O>(
+        &self,
+        query: QueryAs<'q, Postgres, O, <Postgres as Database>::Arguments>,
+    ) -> QueryAs<'q, Postgres, O, <Postgres as Database>::Arguments> {
+        query
+    }
+
     fn reader(&self) -> &PgPool {
         &self.pool
     }
@@ -228,6 +237,35 @@ fn exit_list(exit_on: &[String]) -> Result<&[String], StoreError> {
 
 #[async_trait]
 impl Backend for PostgresStore {
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        ids: &[String],
+        lease: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(sql::RENEW_LEASES)
+            .bind(to_ms(Utc::now()) + lease.as_millis() as i64)
+            .bind(ids)
+            .bind(owner)
+            .fetch_all(self.writer())
+            .await?)
+    }
+
+    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+        let mut tx = self.write_tx().await?;
+        // The attempt keeps counting: the plugin may have been called.
+        let released = sqlx::query(sql::RELEASE_LEASES)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if released > 0 {
+            announce_work(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(released)
+    }
+
     async fn claim_due(&self, at: ClaimAt, options: &ClaimOptions) -> Result<Claims, StoreError> {
         let (now, now_ms, wall_ms, lease_ms) = (at.now, at.now_ms, at.wall_ms, at.lease_ms);
         let mut tx = self.write_tx().await?;
@@ -382,7 +420,7 @@ fn bind_outcomes<'q, O>(
         .bind(rows.iter().map(|r| r.receipt).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.text).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.planned_ms).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.unclaim).collect::<Vec<_>>()))
+        .bind(rows.iter().map(|r| r.attempts).collect::<Vec<_>>()))
 }
 
 /// Daemons claiming for the same customer and channel at once take turns,
@@ -479,7 +517,7 @@ mod sql {
         ", sent_ms = CASE WHEN u.status = 'sent' THEN $1 ELSE d.sent_ms END,
            lease_owner = NULL, lease_expires_ms = NULL, updated_ms = $1
          FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::int4[])
-              AS u(id, status, receipt, text, planned_ms, unclaim)
+              AS u(id, status, receipt, text, planned_ms, attempts)
          WHERE d.id = u.id AND d.lease_owner = $2 AND d.status = 'sending'
          RETURNING d.id, d.case_id"
     );

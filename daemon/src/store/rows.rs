@@ -12,8 +12,8 @@ use crate::stats::{StatsDelivery, StatsRow};
 
 /// One completion as both stores' batch UPDATE reads it (SQLite as a JSON
 /// array, PostgreSQL as one array per column): the new status, the receipt,
-/// the error or skip reason, a new planned time, and whether the claim is
-/// taken back (a deferral is not an attempt).
+/// the error or skip reason, a new planned time, what it adds to the
+/// delivery's attempts, and whether the claim was taken in memory (SQLite).
 #[derive(Debug, serde::Serialize)]
 pub(crate) struct OutcomeRow<'a> {
     pub id: &'a str,
@@ -21,19 +21,26 @@ pub(crate) struct OutcomeRow<'a> {
     pub receipt: Option<&'a str>,
     pub text: Option<&'a str>,
     pub planned_ms: Option<i64>,
-    pub unclaim: i32,
+    /// Added to the stored attempts. A claim written to its row counted its
+    /// attempt already, so this is 0, or -1 for a deferral (not an
+    /// attempt); a claim held in memory counts it only now: 1, or 0.
+    pub attempts: i32,
+    /// 1 for a claim held in memory: its row is still pending (or was
+    /// skipped by a cancel or a recovery while in flight), not `sending`.
+    pub in_memory: i32,
 }
 
 impl<'a> OutcomeRow<'a> {
+    /// The outcome of a claim written to its row (`sending`, leased).
     pub fn new(id: &'a str, completion: &'a Completion) -> OutcomeRow<'a> {
-        let (status, receipt, text, planned_ms, unclaim) = match completion {
+        let (status, receipt, text, planned_ms, attempts) = match completion {
             Completion::Sent { receipt } => ("sent", receipt.as_deref(), None, None, 0),
             Completion::Retry { error, at } => {
                 ("retrying", None, Some(error.as_str()), Some(to_ms(*at)), 0)
             }
             Completion::Failed { error, .. } => ("failed", None, Some(error.as_str()), None, 0),
             Completion::Skipped { reason, .. } => ("skipped", None, Some(reason.as_str()), None, 0),
-            Completion::Defer { at } => ("scheduled", None, None, Some(to_ms(*at)), 1),
+            Completion::Defer { at } => ("scheduled", None, None, Some(to_ms(*at)), -1),
         };
         OutcomeRow {
             id,
@@ -41,7 +48,17 @@ impl<'a> OutcomeRow<'a> {
             receipt,
             text,
             planned_ms,
-            unclaim,
+            attempts,
+            in_memory: 0,
+        }
+    }
+
+    /// The outcome of a claim held in memory: its attempt is counted now.
+    pub fn held_in_memory(self) -> OutcomeRow<'a> {
+        OutcomeRow {
+            attempts: self.attempts + 1,
+            in_memory: 1,
+            ..self
         }
     }
 }
@@ -60,7 +77,7 @@ macro_rules! outcome_columns {
                            ELSE d.last_error END,
          skip_reason = CASE WHEN u.status = 'skipped' THEN u.text ELSE d.skip_reason END,
          planned_ms = COALESCE(u.planned_ms, d.planned_ms),
-         attempts = d.attempts - u.unclaim, note = NULL"
+         attempts = d.attempts + u.attempts, note = NULL"
     };
 }
 pub(crate) use outcome_columns;
@@ -202,7 +219,7 @@ where
 /// attempts recorded before it.
 macro_rules! claimed_columns {
     () => {
-        "d.id, d.case_id, d.step_index, d.step, d.channel, d.template, d.idempotency_key,
+        "d.id, d.status, d.case_id, d.step_index, d.step, d.channel, d.template, d.idempotency_key,
          d.attempts + 1 AS attempts, d.due_ms, d.planned_ms, d.customer_id, d.critical,
          c.workflow, c.workflow_version, c.started_ms, c.trigger_event, d.fallback_for,
          (SELECT o.source FROM optouts o

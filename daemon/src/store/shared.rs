@@ -6,7 +6,8 @@
 //! What differs in concurrency each backend writes its own way: opening,
 //! starting cases (`start_case`, `start_cases`: SQLite reads for an open
 //! case first, PostgreSQL lets the partial unique index refuse it), reading
-//! and taking claims ([`Backend::claim_due`]), recording outcomes
+//! and taking claims ([`Backend::claim_due`]; SQLite holds most in memory,
+//! PostgreSQL leases rows), renewing and releasing them, recording outcomes
 //! ([`Backend::complete`]: one call to SQLite's writer thread, several
 //! statements on PostgreSQL) and listening for work. SQL
 //! whose text is the same in both dialects is written once too: whole
@@ -39,6 +40,17 @@ pub(crate) trait Backend {
         results: Vec<(String, Completion)>,
         now: DateTime<Utc>,
     ) -> Result<Vec<String>, StoreError>;
+
+    /// As [`super::Store::renew_leases`], for a non-empty list.
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        ids: &[String],
+        lease: std::time::Duration,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// As [`super::Store::release_leases`].
+    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
 
     /// As [`super::Store::listen_for_work`]; nothing by default.
     fn listen_for_work(&self, on_work: Box<dyn Fn() + Send + Sync>) {
@@ -121,6 +133,10 @@ pub(crate) struct Candidates<'r, R> {
 /// - `id_list(&ids)`: a list of ids as the backend binds it,
 ///   `prefix_pattern(prefix)` the pattern of ids starting with a prefix, and
 ///   `exit_list(&exit_on)` a case's exit event types;
+/// - `self.exclude_in_flight(query)`: binds what the scheduler's reads of
+///   pending rows (`sql::NEXT_DUE`, `sql::BACKLOG`) leave out as claimed
+///   already, as their last parameter: SQLite's claims held in memory
+///   (`claim_book`); nothing on PostgreSQL, whose claims are leased rows;
 /// - `lock_cap(tx, customer, channel)`: makes claims for the same customer
 ///   and channel take turns (nothing to do on SQLite);
 /// - `Self::start_cases(tx, starts, refusals)`: a batch's starts that
@@ -608,34 +624,19 @@ macro_rules! sql_store {
                     if ids.is_empty() {
                         return Ok(Vec::new());
                     }
-                    Ok(sqlx::query_scalar(sql::RENEW_LEASES)
-                        .bind(to_ms(Utc::now()) + lease.as_millis() as i64)
-                        .bind(id_list(ids))
-                        .bind(owner)
-                        .fetch_all(self.writer())
-                        .await?)
+                    Backend::renew_leases(self, owner, ids, lease).await
                 }
 
                 async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-                    let next: Option<i64> = sqlx::query_scalar(sql::NEXT_DUE)
+                    let next: Option<(i64,)> = self
+                        .exclude_in_flight(sqlx::query_as(sql::NEXT_DUE))
                         .fetch_optional(self.reader())
                         .await?;
-                    Ok(next.map(from_ms))
+                    Ok(next.map(|(ms,)| from_ms(ms)))
                 }
 
                 async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
-                    let mut tx = self.write_tx().await?;
-                    // The attempt keeps counting: the plugin may have been called.
-                    let released = sqlx::query(sql::RELEASE_LEASES)
-                        .bind(owner)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    if released > 0 {
-                        announce_work(&mut tx).await?;
-                    }
-                    tx.commit().await?;
-                    Ok(released)
+                    Backend::release_leases(self, owner).await
                 }
 
                 async fn case_action(
@@ -861,8 +862,8 @@ macro_rules! sql_store {
                     // What the scheduler would claim now if it could (expired
                     // leases of crashed owners aside): the lag an operator
                     // alerts on.
-                    let (backlog, oldest): (i64, Option<i64>) = sqlx::query_as(sql::BACKLOG)
-                        .bind(to_ms(now))
+                    let (backlog, oldest): (i64, Option<i64>) = self
+                        .exclude_in_flight(sqlx::query_as(sql::BACKLOG).bind(to_ms(now)))
                         .fetch_one(self.reader())
                         .await?;
                     Ok(Gauges {

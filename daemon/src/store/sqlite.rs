@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -34,6 +35,7 @@ use sqlx::sqlite::{
 use sqlx::{Database, FromRow, Row, Sqlite, Transaction};
 
 use super::batch;
+use super::claim_book::ClaimBook;
 use super::rows::{OutcomeRow, claimed_columns, corrupt, decode_claims};
 use super::shared::{Backend, CaseStart, ClaimAt};
 use super::{ClaimOptions, Claims, Completion, StoreError, hand_out, to_ms};
@@ -48,6 +50,9 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// Held while the store is open: this process is the file's one daemon.
     _lock: std::fs::File,
+    /// The claims held in memory ([`ClaimBook`]). Locked only around
+    /// in-memory work, never across an await.
+    book: Mutex<ClaimBook>,
 }
 
 impl SqliteStore {
@@ -106,7 +111,11 @@ impl SqliteStore {
             writer,
             reader,
             _lock: lock,
+            book: Mutex::new(ClaimBook::default()),
         };
+        // Leased claims a previous process left, and those it held in
+        // memory: each still pending one of these counts its attempt (as a
+        // leased claim counted it when taken).
         let released = sqlx::query(
             "UPDATE deliveries SET status = 'scheduled', lease_owner = NULL, lease_expires_ms = NULL
              WHERE status = 'sending'",
@@ -114,6 +123,12 @@ impl SqliteStore {
         .execute(&store.writer)
         .await?
         .rows_affected();
+        let marked: Vec<(i64, i64)> = store
+            .write_in_one_call(sqlx::query_as(sql::RELEASE_MARKED_CLAIMS))
+            .await?;
+        let (last_mark, counted) = marked.first().copied().unwrap_or((0, 0));
+        *store.book() = ClaimBook::after(last_mark);
+        let released = released + counted.max(0) as u64;
         if released > 0 {
             tracing::warn!(
                 deliveries = released,
@@ -121,6 +136,27 @@ impl SqliteStore {
             );
         }
         Ok(store)
+    }
+
+    fn book(&self) -> MutexGuard<'_, ClaimBook> {
+        self.book
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The ids claimed in memory, as the statements that leave them out
+    /// bind them.
+    fn in_flight(&self) -> String {
+        self.book().ids_json()
+    }
+
+    /// Binds the claims held in memory as the last parameter of a read of
+    /// pending rows, which leaves them out (`shared::sql_store!`).
+    fn exclude_in_flight<'q, O>(
+        &self,
+        query: QueryAs<'q, Sqlite, O, <Sqlite as Database>::Arguments>,
+    ) -> QueryAs<'q, Sqlite, O, <Sqlite as Database>::Arguments> {
+        query.bind(self.in_flight())
     }
 
     fn reader(&self) -> &SqlitePool {
@@ -251,6 +287,8 @@ struct FallbackRow<'a> {
     id: String,
     /// The delivery it stands in for.
     stands_for: &'a str,
+    /// 1 when that delivery's claim is held in memory.
+    in_memory: i32,
     channel: &'a str,
     template: &'a str,
     due_ms: i64,
@@ -304,83 +342,122 @@ impl Backend for SqliteStore {
         let (now, now_ms, wall_ms, lease_ms) = (at.now, at.now_ms, at.wall_ms, at.lease_ms);
         // Candidates are read and sorted out (caps, parking) on a reader
         // connection, so the one writer is not held while they are; the
-        // claiming UPDATE below checks again that each is still claimable.
-        // This daemon is the only one that claims from its file, so what the
+        // write below checks again that each is still claimable. This
+        // daemon is the only one that claims from its file, so what the
         // read saw can only have moved on by an outcome or an exit, which
         // that check catches.
         let mut read = self.reader.begin().await?;
 
-        // Candidates: due deliveries and other owners' expired leases, of
-        // active cases only. (Our own leases, even expired, await outcomes we
-        // have yet to record.)
+        // Candidates: due deliveries not claimed in memory already, and
+        // other owners' expired leases, of active cases only. (Our own
+        // leases, even expired, await outcomes we have yet to record.)
         // The plan is fixed by `INDEXED BY` on the partial indexes: without
         // statistics SQLite would walk every active case instead.
         // Each candidate comes with everything needed to send it
-        // (`claimed_columns!`), so claiming is this read and one UPDATE.
+        // (`claimed_columns!`), so claiming is this read and one write.
         let rows = sqlx::query(concat!(
             "SELECT ",
             claimed_columns!(),
             " FROM deliveries d INDEXED BY deliveries_pending JOIN cases c ON c.id = d.case_id
-             WHERE d.status IN ('scheduled', 'retrying') AND d.planned_ms <= ? AND c.state = 'active'
+             WHERE d.status IN ('scheduled', 'retrying') AND d.planned_ms <= ?1 AND c.state = 'active'
+               AND d.id NOT IN (SELECT value FROM json_each(?5))
              UNION ALL
              SELECT ",
             claimed_columns!(),
             " FROM deliveries d INDEXED BY deliveries_leased JOIN cases c ON c.id = d.case_id
-             WHERE d.status = 'sending' AND d.lease_expires_ms <= ? AND d.lease_owner <> ?
+             WHERE d.status = 'sending' AND d.lease_expires_ms <= ?2 AND d.lease_owner <> ?3
                AND c.state = 'active'
-             LIMIT ?"
+             LIMIT ?4"
         ))
         .bind(now_ms)
         .bind(wall_ms)
         .bind(&options.owner)
         .bind(options.limit as i64)
+        .bind(self.in_flight())
         .fetch_all(&mut *read)
         .await?;
         if rows.is_empty() {
             read.commit().await?;
             return Ok(Claims::default());
         }
-        let sorted = Self::sort_candidates(&mut read, &rows, now_ms, wall_ms, options).await?;
+        let mut sorted = Self::sort_candidates(&mut read, &rows, now_ms, wall_ms, options).await?;
         read.commit().await?;
 
+        // Most claims are held in memory. A candidate on a channel with a
+        // frequency cap is leased in its row instead (`sending`), where
+        // the caps' count of recent sends sees it; so is another owner's
+        // expired lease, taken over.
+        let (leased, in_memory): (Vec<_>, Vec<_>) = sorted
+            .claim
+            .iter()
+            .zip(&sorted.claimed)
+            .partition(|(_, row)| leased_claim(row, options));
+        let leased: Vec<String> = leased.into_iter().map(|(id, _)| id.clone()).collect();
+        let in_memory: Vec<&str> = in_memory.into_iter().map(|(id, _)| id.as_str()).collect();
+        let (mark, finished) = {
+            let mut book = self.book();
+            (book.next_mark(), book.marks_ending(&options.owner, &[]))
+        };
+
         // The same conditions as the candidates' read, checked again under
-        // the write lock. Mostly nothing is held back or parked, and the
-        // claim is one call to the writer's thread.
+        // the write lock. Mostly nothing is held back, parked or leased, and
+        // the claim is one call to the writer's thread that writes one row.
+        let marked = !in_memory.is_empty();
         let (taken, given_up): (Vec<(String,)>, _) =
-            if sorted.held.is_empty() && sorted.park.is_empty() {
-                let claim = sqlx::query_as(sql::CLAIM_IN_ONE_CALL);
+            if sorted.held.is_empty() && sorted.park.is_empty() && leased.is_empty() {
+                let claim = sqlx::query_as(sql::MARK_CLAIMS_IN_ONE_CALL);
                 let taken = self
-                    .write_in_one_call(bind_claim(
-                        claim,
-                        options,
-                        lease_ms,
-                        now_ms,
-                        &sorted.claim,
-                        wall_ms,
-                    ))
+                    .write_in_one_call(bind_mark(claim, mark, &in_memory, now_ms, &finished))
                     .await?;
                 (taken, Vec::new())
             } else {
                 let mut tx = self.write_tx().await?;
                 let given_up = Self::hold_and_park(&mut tx, &sorted, now_ms, options).await?;
-                let claim = sqlx::query_as(sql::CLAIM);
-                let taken = if sorted.claim.is_empty() {
+                let mut taken = if leased.is_empty() {
                     Vec::new()
                 } else {
-                    bind_claim(claim, options, lease_ms, now_ms, &sorted.claim, wall_ms)
+                    let claim = sqlx::query_as(sql::CLAIM);
+                    bind_claim(claim, options, lease_ms, now_ms, &leased, wall_ms)
                         .fetch_all(&mut *tx)
                         .await?
                 };
+                if marked {
+                    let marked: Vec<(String,)> = bind_mark(
+                        sqlx::query_as(sql::MARK_CLAIMS),
+                        mark,
+                        &in_memory,
+                        now_ms,
+                        &finished,
+                    )
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    taken.extend(marked);
+                }
                 tx.commit().await?;
                 (taken, given_up)
             };
         let taken: HashSet<String> = taken.into_iter().map(|(id,)| id).collect();
-        let still_claimable = |row: &&sqlx::sqlite::SqliteRow| {
+        if marked {
+            let mut book = self.book();
+            book.end(&options.owner, &[], &finished);
+            book.hold(
+                &options.owner,
+                mark,
+                in_memory.iter().copied().filter(|id| taken.contains(*id)),
+            );
+        }
+        sorted.claimed.retain(|row| {
             row.try_get::<&str, _>("id")
                 .is_ok_and(|id| taken.contains(id))
-        };
-        let claimed = sorted.claimed.into_iter().filter(still_claimable).collect();
-        hand_out(self, &options.owner, decode_claims(claimed)?, given_up, now).await
+        });
+        hand_out(
+            self,
+            &options.owner,
+            decode_claims(sorted.claimed)?,
+            given_up,
+            now,
+        )
+        .await
     }
 
     /// The whole batch in one call to the writer's thread
@@ -392,9 +469,25 @@ impl Backend for SqliteStore {
         results: Vec<(String, Completion)>,
         now: DateTime<Utc>,
     ) -> Result<Vec<String>, StoreError> {
+        // Which claims this owner holds in memory.
+        let ids: Vec<&str> = results.iter().map(|(id, _)| id.as_str()).collect();
+        let in_memory: HashSet<&str> = {
+            let book = self.book();
+            ids.iter()
+                .copied()
+                .filter(|id| book.holds(owner, id))
+                .collect()
+        };
         let rows: Vec<OutcomeRow> = results
             .iter()
-            .map(|(id, completion)| OutcomeRow::new(id, completion))
+            .map(|(id, completion)| {
+                let row = OutcomeRow::new(id, completion);
+                if in_memory.contains(id.as_str()) {
+                    row.held_in_memory()
+                } else {
+                    row
+                }
+            })
             .collect();
         let fallbacks: Vec<FallbackRow> = results
             .iter()
@@ -409,6 +502,7 @@ impl Backend for SqliteStore {
                 } => Some(FallbackRow {
                     id: uuid::Uuid::now_v7().to_string(),
                     stands_for: id,
+                    in_memory: i32::from(in_memory.contains(id.as_str())),
                     channel: &follow.channel,
                     template: &follow.template,
                     due_ms: to_ms(follow.due_at),
@@ -422,6 +516,10 @@ impl Backend for SqliteStore {
         let recorded: Vec<(String,)> = self
             .write_in_one_call(bind_outcomes(query, &rows)?.bind(fallbacks))
             .await?;
+        // Recorded or not (a claim held in memory is recorded unless its
+        // row is gone), these claims are over; a mark whose claims are all
+        // over is deleted with the next claim.
+        self.book().end(owner, &ids, &[]);
         let recorded: HashSet<&str> = recorded.iter().map(|(id,)| id.as_str()).collect();
         Ok(results
             .iter()
@@ -429,9 +527,58 @@ impl Backend for SqliteStore {
             .map(|(id, _)| id.clone())
             .collect())
     }
+
+    async fn renew_leases(
+        &self,
+        owner: &str,
+        ids: &[String],
+        lease: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        // A claim held in memory lasts as long as this process; only leased
+        // rows (capped channels) have a lease to renew.
+        let (mut renewed, leased): (Vec<String>, Vec<String>) = {
+            let book = self.book();
+            ids.iter().cloned().partition(|id| book.holds(owner, id))
+        };
+        if !leased.is_empty() {
+            let leases: Vec<String> = sqlx::query_scalar(sql::RENEW_LEASES)
+                .bind(to_ms(Utc::now()) + lease.as_millis() as i64)
+                .bind(id_list(&leased))
+                .bind(owner)
+                .fetch_all(&self.writer)
+                .await?;
+            renewed.extend(leases);
+        }
+        Ok(renewed)
+    }
+
+    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+        let held = self.book().ids_of(owner);
+        let ids: Vec<&str> = held.iter().map(String::as_str).collect();
+        let marks = self.book().marks_ending(owner, &ids);
+        let mut tx = self.write_tx().await?;
+        // The attempt keeps counting: the plugin may have been called.
+        let leased = sqlx::query(sql::RELEASE_LEASES)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let counted = sqlx::query(sql::RELEASE_HELD_CLAIMS)
+            .bind(id_list(&ids))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query(sql::DELETE_MARKS)
+            .bind(id_list(&marks))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.book().end(owner, &ids, &marks);
+        Ok(leased + counted)
+    }
 }
 
-/// Binds a claim's parameters to `sql::CLAIM` or `sql::CLAIM_IN_ONE_CALL`.
+/// Binds a claim's parameters to `sql::CLAIM`.
 fn bind_claim<'q, O>(
     query: QueryAs<'q, Sqlite, O, <Sqlite as Database>::Arguments>,
     options: &'q ClaimOptions,
@@ -446,6 +593,38 @@ fn bind_claim<'q, O>(
         .bind(now_ms)
         .bind(id_list(ids))
         .bind(wall_ms)
+}
+
+/// Binds a batch's mark to `sql::MARK_CLAIMS` or
+/// `sql::MARK_CLAIMS_IN_ONE_CALL`: the mark's number, the ids, the time and
+/// the marks to delete.
+fn bind_mark<'q, O>(
+    query: QueryAs<'q, Sqlite, O, <Sqlite as Database>::Arguments>,
+    mark: i64,
+    ids: &[&str],
+    now_ms: i64,
+    finished: &[i64],
+) -> QueryAs<'q, Sqlite, O, <Sqlite as Database>::Arguments> {
+    query
+        .bind(mark)
+        .bind(id_list(ids))
+        .bind(now_ms)
+        .bind(id_list(finished))
+}
+
+/// Whether a claim candidate is leased in its row rather than held in
+/// memory: another owner's expired lease (taken over), or a delivery a
+/// frequency cap counts (`sort_candidates` reads the cap's recent sends
+/// from the rows, leased ones included).
+fn leased_claim(row: &SqliteRow, options: &ClaimOptions) -> bool {
+    let status: Option<&str> = row.try_get("status").ok();
+    let channel: Option<&str> = row.try_get("channel").ok();
+    let customer: Option<Option<&str>> = row.try_get("customer_id").ok();
+    let critical: Option<i64> = row.try_get("critical").ok();
+    status == Some("sending")
+        || (channel.is_some_and(|channel| options.caps.contains_key(channel))
+            && matches!(customer, Some(Some(_)))
+            && critical == Some(0))
 }
 
 /// Binds a batch of outcomes to `sql::COMPLETE`: one JSON array.
@@ -551,28 +730,67 @@ mod sql {
              updated_ms = ?
          WHERE id IN (SELECT value FROM json_each(?)) AND status IN ('scheduled', 'retrying', 'sending')
          RETURNING channel";
-    /// Takes the claim's candidates that are still claimable (the
-    /// conditions of the candidates' read, checked again under the write
-    /// lock): ?1 the owner, ?2 the lease's end, ?3 the time, ?4 the ids, ?5
-    /// the wall-clock time.
-    macro_rules! claim {
+    /// Leases the claim's candidates that are leased in their rows
+    /// (`leased_claim`) and still claimable (the conditions of the
+    /// candidates' read, checked again under the write lock): ?1 the owner,
+    /// ?2 the lease's end, ?3 the time, ?4 the ids, ?5 the wall-clock time.
+    pub const CLAIM: &str =
+        "UPDATE deliveries SET status = 'sending', lease_owner = ?1, lease_expires_ms = ?2,
+                attempts = attempts + 1, updated_ms = ?3
+         WHERE id IN (SELECT value FROM json_each(?4))
+           AND ((status IN ('scheduled', 'retrying') AND planned_ms <= ?3)
+                OR (status = 'sending' AND lease_expires_ms <= ?5 AND lease_owner <> ?1))
+           AND (SELECT c.state FROM cases c WHERE c.id = deliveries.case_id) = 'active'
+         RETURNING id";
+    /// A batch's claims held in memory (`claim_book`): the marks whose
+    /// claims are all over deleted, the batch's mark written, and the ids
+    /// still claimable under the write lock (the conditions of the
+    /// candidates' read): ?1 the mark, ?2 the ids, ?3 the time, ?4 the
+    /// marks to delete. The DELETE comes first: sqlx binds a parameter a
+    /// statement leaves out (here ?1 to ?3) as the next positional one,
+    /// counting on from what earlier statements left out, and stops at the
+    /// last; so a statement that names only a late parameter is bound only
+    /// while few were left out before it.
+    macro_rules! mark_claims {
         () => {
-            "UPDATE deliveries SET status = 'sending', lease_owner = ?1, lease_expires_ms = ?2,
-                    attempts = attempts + 1, updated_ms = ?3
-             WHERE id IN (SELECT value FROM json_each(?4))
-               AND ((status IN ('scheduled', 'retrying') AND planned_ms <= ?3)
-                    OR (status = 'sending' AND lease_expires_ms <= ?5 AND lease_owner <> ?1))
-               AND (SELECT c.state FROM cases c WHERE c.id = deliveries.case_id) = 'active'
-             RETURNING id"
+            "DELETE FROM claim_marks WHERE id IN (SELECT value FROM json_each(?4));
+             INSERT INTO claim_marks (id, ids, created_ms) VALUES (?1, ?2, ?3);
+             SELECT d.id FROM deliveries d
+             WHERE d.id IN (SELECT value FROM json_each(?2))
+               AND d.status IN ('scheduled', 'retrying') AND d.planned_ms <= ?3
+               AND (SELECT c.state FROM cases c WHERE c.id = d.case_id) = 'active'"
         };
     }
-    pub const CLAIM: &str = claim!();
-    /// [`CLAIM`] as a whole transaction, for `write_in_one_call`.
-    pub const CLAIM_IN_ONE_CALL: &str = concat!("BEGIN IMMEDIATE; ", claim!(), "; COMMIT");
+    pub const MARK_CLAIMS: &str = mark_claims!();
+    /// [`MARK_CLAIMS`] as a whole transaction, for `write_in_one_call`.
+    pub const MARK_CLAIMS_IN_ONE_CALL: &str =
+        concat!("BEGIN IMMEDIATE; ", mark_claims!(), "; COMMIT");
+    /// Claims held in memory given back (the daemon stops without their
+    /// outcomes): each still pending one counts its attempt.
+    pub const RELEASE_HELD_CLAIMS: &str = "UPDATE deliveries SET attempts = attempts + 1
+         WHERE id IN (SELECT value FROM json_each(?1)) AND status IN ('scheduled', 'retrying')";
+    pub const DELETE_MARKS: &str =
+        "DELETE FROM claim_marks WHERE id IN (SELECT value FROM json_each(?1))";
+    /// At start: the claims a previous process held in memory, each still
+    /// pending one counted as an attempt; returns the last mark's number
+    /// and how many were counted; then the marks are gone.
+    pub const RELEASE_MARKED_CLAIMS: &str = "BEGIN IMMEDIATE;
+         UPDATE deliveries SET attempts = attempts + 1
+         WHERE status IN ('scheduled', 'retrying')
+           AND id IN (SELECT j.value FROM claim_marks m, json_each(m.ids) j);
+         SELECT COALESCE((SELECT MAX(id) FROM claim_marks), 0), changes();
+         DELETE FROM claim_marks;
+         COMMIT";
     /// A batch's outcomes, as one write transaction run in one call
     /// (`write_in_one_call`): ?1 the time, ?2 the lease owner, ?3 the
-    /// outcomes (`rows::OutcomeRow`), ?4 the fallbacks (`FallbackRow`), all
-    /// as JSON arrays.
+    /// outcomes (`rows::OutcomeRow`), ?4 the fallbacks (`FallbackRow`),
+    /// both as JSON arrays.
+    ///
+    /// A claim is this owner's when its row is leased to it (`sending`) or
+    /// when it is held in memory (`in_memory`, which the store checked in
+    /// its book): that row is still pending, or was skipped by a cancel or
+    /// a recovery while in flight, and its outcome is recorded over that,
+    /// as a leased row's would be.
     ///
     /// 1. Fallback deliveries, for the delivery they stand in for while it
     ///    is still this owner's claim: the UPDATE's own condition, checked
@@ -599,7 +817,9 @@ mod sql {
                 'dunningd-' || d.case_id || '-' || d.step_index || '-' || (f.value ->> '$.channel'),
                 ?1, d.channel, d.customer_id, d.critical
          FROM jsonb_each(?4) AS f CROSS JOIN deliveries d ON d.id = f.value ->> '$.stands_for'
-         WHERE d.lease_owner = ?2 AND d.status = 'sending'
+         WHERE CASE WHEN f.value ->> '$.in_memory' = 1
+                    THEN d.status IN ('scheduled', 'retrying', 'skipped')
+                    ELSE d.lease_owner = ?2 AND d.status = 'sending' END
          ON CONFLICT (idempotency_key) DO NOTHING;
          UPDATE deliveries AS d SET ",
         outcome_columns!(),
@@ -607,9 +827,12 @@ mod sql {
            lease_owner = NULL, lease_expires_ms = NULL, updated_ms = ?1
          FROM (SELECT value ->> '$.id' AS id, value ->> '$.status' AS status,
                       value ->> '$.receipt' AS receipt, value ->> '$.text' AS text,
-                      value ->> '$.planned_ms' AS planned_ms, value ->> '$.unclaim' AS unclaim
+                      value ->> '$.planned_ms' AS planned_ms, value ->> '$.attempts' AS attempts,
+                      value ->> '$.in_memory' AS in_memory
                FROM jsonb_each(?3)) AS u
-         WHERE d.id = u.id AND d.lease_owner = ?2 AND d.status = 'sending'
+         WHERE d.id = u.id
+           AND CASE WHEN u.in_memory = 1 THEN d.status IN ('scheduled', 'retrying', 'skipped')
+                    ELSE d.lease_owner = ?2 AND d.status = 'sending' END
          RETURNING id;
          UPDATE cases SET state = 'exhausted', ended_reason = 'all steps ran', updated_ms = ?1
          WHERE id IN (SELECT d.case_id FROM deliveries d
@@ -631,6 +854,7 @@ mod sql {
     // delivery of an active case.
     pub const NEXT_DUE: &str = "SELECT d.planned_ms FROM deliveries d INDEXED BY deliveries_pending JOIN cases c ON c.id = d.case_id
          WHERE d.status IN ('scheduled', 'retrying') AND c.state = 'active'
+           AND d.id NOT IN (SELECT value FROM json_each(?))
          ORDER BY d.planned_ms LIMIT 1";
     pub const RELEASE_LEASES: &str =
         "UPDATE deliveries SET status = 'scheduled', lease_owner = NULL, lease_expires_ms = NULL
@@ -685,7 +909,8 @@ mod sql {
     pub const WORKFLOW_SOURCE: &str = "SELECT source FROM workflow_versions WHERE version = ?";
     pub const BACKLOG: &str =
         "SELECT COUNT(*), MIN(d.planned_ms) FROM deliveries d JOIN cases c ON c.id = d.case_id
-         WHERE d.status IN ('scheduled', 'retrying') AND d.planned_ms <= ? AND c.state = 'active'";
+         WHERE d.status IN ('scheduled', 'retrying') AND d.planned_ms <= ? AND c.state = 'active'
+           AND d.id NOT IN (SELECT value FROM json_each(?))";
 }
 
 #[cfg(test)]
