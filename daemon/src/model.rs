@@ -429,7 +429,8 @@ impl CaseState {
 
 string_enum! {
     /// Where a delivery is. `sending` means claimed under a lease and handed
-    /// (or about to be handed) to a plugin.
+    /// (or about to be handed) to a plugin; a claim SQLite holds in memory
+    /// leaves its delivery `scheduled` until the outcome (`store::claim_book`).
     DeliveryStatus {
         Scheduled => "scheduled",
         Sending => "sending",

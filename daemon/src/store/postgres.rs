@@ -253,12 +253,7 @@ impl Backend for PostgresStore {
 
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
         let mut tx = self.write_tx().await?;
-        // The attempt keeps counting: the plugin may have been called.
-        let released = sqlx::query(sql::RELEASE_LEASES)
-            .bind(owner)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let released = Self::release_leased(&mut tx, owner).await?;
         if released > 0 {
             announce_work(&mut tx).await?;
         }

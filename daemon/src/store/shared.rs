@@ -118,7 +118,7 @@ pub(crate) struct Candidates<'r, R> {
 /// Implements `Store` for a backend's store type (`$db`: its sqlx
 /// `Database`) with the shared methods below, forwarding the rest to
 /// [`Backend`]; and stamps the shared helpers the backend's own methods use
-/// too (`ingest_independent`, `refuse_starts`, `skip_pending`,
+/// too (`ingest_independent`, `refuse_starts`, `skip_pending`, `release_leased`,
 /// `record_event`, `record_version`, `open_case`, `insert_case`,
 /// `schedule_deliveries`, `migrate`, `sort_candidates`, `hold_and_park`).
 ///
@@ -185,6 +185,19 @@ macro_rules! sql_store {
                         .execute(&mut **tx)
                         .await?;
                     Ok(())
+                }
+
+                /// Gives this owner's leased claims back (a clean stop); their
+                /// attempts keep counting: the plugin may have been called.
+                async fn release_leased(
+                    tx: &mut Transaction<'static, $db>,
+                    owner: &str,
+                ) -> Result<u64, StoreError> {
+                    Ok(sqlx::query(sql::RELEASE_LEASES)
+                        .bind(owner)
+                        .execute(&mut **tx)
+                        .await?
+                        .rows_affected())
                 }
 
                 /// Sorts claim candidates out, in their order: those claimed

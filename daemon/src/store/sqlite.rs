@@ -11,9 +11,10 @@
 //!
 //! One database file belongs to one daemon: the store holds an exclusive
 //! lock on `<file>.lock` while it is open, and a second daemon on the same
-//! file refuses to start. So at start every lease left in the file belongs
-//! to a process that is gone and is released at once, and only this
-//! process's scheduler claims from the file.
+//! file refuses to start. So at start every lease and claim mark left in
+//! the file belongs to a process that is gone and is released at once, and
+//! only this process's scheduler claims from the file: most of its claims
+//! are held in memory ([`ClaimBook`]), with one mark per batch in the file.
 //!
 //! The scheduler's writes (a claim, a batch of outcomes) are each one SQL
 //! text run in one call to the writer connection's thread
@@ -557,12 +558,8 @@ impl Backend for SqliteStore {
         let ids: Vec<&str> = held.iter().map(String::as_str).collect();
         let marks = self.book().marks_ending(owner, &ids);
         let mut tx = self.write_tx().await?;
-        // The attempt keeps counting: the plugin may have been called.
-        let leased = sqlx::query(sql::RELEASE_LEASES)
-            .bind(owner)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let leased = Self::release_leased(&mut tx, owner).await?;
+        // Claims held in memory count their attempt now, for the same reason.
         let counted = sqlx::query(sql::RELEASE_HELD_CLAIMS)
             .bind(id_list(&ids))
             .execute(&mut *tx)

@@ -59,6 +59,21 @@ fn plan(event: Event, starts: Vec<NewCase>) -> EventPlan {
     }
 }
 
+/// Two `pf` cases (events e1, e2) for different subjects, started at `now`.
+async fn ingest_two_cases(store: &dyn Store, now: DateTime<Utc>) {
+    let plans = vec![
+        plan(
+            event("e1", "payment_failed", "inv_1", None),
+            vec![new_case("pf", now)],
+        ),
+        plan(
+            event("e2", "payment_failed", "inv_2", None),
+            vec![new_case("pf", now)],
+        ),
+    ];
+    store.ingest(plans, now).await.expect("ingest");
+}
+
 fn options(owner: &str) -> ClaimOptions {
     ClaimOptions {
         owner: owner.into(),
@@ -1024,22 +1039,7 @@ async fn stats_fold_cases_and_deliveries(store: Arc<dyn Store>) {
 /// that ran out and was taken over cannot be renewed by its old owner.
 async fn renewed_leases_are_not_taken_over(store: Arc<dyn Store>) {
     let now = t("2026-01-05T09:00:00Z");
-    store
-        .ingest(
-            vec![
-                plan(
-                    event("e1", "payment_failed", "inv_1", None),
-                    vec![new_case("pf", now)],
-                ),
-                plan(
-                    event("e2", "payment_failed", "inv_2", None),
-                    vec![new_case("pf", now)],
-                ),
-            ],
-            now,
-        )
-        .await
-        .expect("ingest");
+    ingest_two_cases(&*store, now).await;
     let short = |owner: &str| ClaimOptions {
         lease: Duration::from_millis(300),
         ..options(owner)
@@ -1565,22 +1565,7 @@ async fn sqlite_holds_claims_in_memory() {
         return;
     };
     let now = t("2026-01-05T09:00:00Z");
-    store
-        .ingest(
-            vec![
-                plan(
-                    event("e1", "payment_failed", "inv_1", None),
-                    vec![new_case("pf", now)],
-                ),
-                plan(
-                    event("e2", "payment_failed", "inv_2", None),
-                    vec![new_case("pf", now)],
-                ),
-            ],
-            now,
-        )
-        .await
-        .expect("ingest");
+    ingest_two_cases(&*store, now).await;
     let claimed = store
         .claim_due(now, &options("a"))
         .await
