@@ -611,17 +611,15 @@ fn bind_mark<'q, O>(
 
 /// Whether a claim candidate is leased in its row rather than held in
 /// memory: another owner's expired lease (taken over), or a delivery a
-/// frequency cap counts (`sort_candidates` reads the cap's recent sends
-/// from the rows, leased ones included).
+/// frequency cap counts, critical ones included (`sort_candidates` reads
+/// the cap's recent sends from the rows, leased ones included).
 fn leased_claim(row: &SqliteRow, options: &ClaimOptions) -> bool {
     let status: Option<&str> = row.try_get("status").ok();
     let channel: Option<&str> = row.try_get("channel").ok();
     let customer: Option<Option<&str>> = row.try_get("customer_id").ok();
-    let critical: Option<i64> = row.try_get("critical").ok();
     status == Some("sending")
         || (channel.is_some_and(|channel| options.caps.contains_key(channel))
-            && matches!(customer, Some(Some(_)))
-            && critical == Some(0))
+            && matches!(customer, Some(Some(_))))
 }
 
 /// Binds a batch of outcomes to `sql::COMPLETE`: one JSON array.

@@ -798,6 +798,51 @@ async fn frequency_caps_hold_what_exceeds_them(store: Arc<dyn Store>) {
     assert_eq!(delivery.note, None);
 }
 
+/// A claim in flight counts against its customer's cap: a delivery claimed
+/// later for the same customer and capped channel, while the first is still
+/// being sent, is held.
+async fn a_cap_counts_claims_in_flight(store: Arc<dyn Store>) {
+    let now = t("2026-01-05T09:00:00Z");
+    let sms_case = || {
+        let mut c = new_case("pf", now);
+        c.deliveries.truncate(1);
+        c.deliveries[0].channel = "sms".into();
+        c
+    };
+    let capped = ClaimOptions {
+        caps: BTreeMap::from([(
+            "sms".to_string(),
+            FrequencyCap {
+                max: 1,
+                per: Duration::from_secs(86_400),
+            },
+        )]),
+        ..options("a")
+    };
+    let first = event("e1", "payment_failed", "inv_1", None);
+    store
+        .ingest(vec![plan(first, vec![sms_case()])], now)
+        .await
+        .expect("ingest");
+    let claimed = store.claim_due(now, &capped).await.expect("claim").claimed;
+    assert_eq!(claimed.len(), 1);
+    // Same customer, another invoice, while the first is in flight.
+    let second = event("e2", "payment_failed", "inv_2", None);
+    store
+        .ingest(vec![plan(second, vec![sms_case()])], now)
+        .await
+        .expect("ingest");
+    assert!(
+        store
+            .claim_due(now, &capped)
+            .await
+            .expect("claim")
+            .claimed
+            .is_empty(),
+        "the claim in flight counts against the cap"
+    );
+}
+
 /// Inbound webhooks: customers are found by the phone number of their
 /// cases' events; provider reports only move forward, whatever order they
 /// come in, even before the send is recorded; an opt-in may be limited to
@@ -1396,6 +1441,7 @@ macro_rules! backend_tests {
 
 backend_tests!(sqlite = sqlite_store:
     events_are_accepted_once_and_cases_are_unique,
+    a_cap_counts_claims_in_flight,
     exit_events_recover_and_stale_triggers_start_nothing,
     claims_follow_due_times_leases_and_case_state,
     case_ids_are_found_by_prefix,
@@ -1410,6 +1456,7 @@ backend_tests!(sqlite = sqlite_store:
 
 backend_tests!(postgres = postgres_store:
     events_are_accepted_once_and_cases_are_unique,
+    a_cap_counts_claims_in_flight,
     exit_events_recover_and_stale_triggers_start_nothing,
     claims_follow_due_times_leases_and_case_state,
     a_delivery_that_keeps_crashing_is_parked,
