@@ -745,7 +745,7 @@ mod sql {
     /// statement leaves out (here ?1 to ?3) as the next positional one,
     /// counting on from what earlier statements left out, and stops at the
     /// last; so a statement that names only a late parameter is bound only
-    /// while few were left out before it.
+    /// while few were left out before it (`tests::every_statement_of_a_one_call_text_is_bound`).
     macro_rules! mark_claims {
         () => {
             "DELETE FROM claim_marks WHERE id IN (SELECT value FROM json_each(?4));
@@ -919,6 +919,48 @@ mod tests {
         };
     }
     const OPT_OUT: &str = opt_out!();
+
+    /// sqlx binds a parameter number a statement leaves out as the next
+    /// positional argument, counting on from those the text's earlier
+    /// statements left out, and stops binding at the last argument: a
+    /// statement whose left-out numbers run past the argument count leaves
+    /// the rest of its parameters NULL, silently. Every text of several
+    /// statements run in one call must stay within that count.
+    #[test]
+    fn every_statement_of_a_one_call_text_is_bound() {
+        for (name, text) in [
+            ("COMPLETE", sql::COMPLETE),
+            ("MARK_CLAIMS", sql::MARK_CLAIMS),
+            ("MARK_CLAIMS_IN_ONE_CALL", sql::MARK_CLAIMS_IN_ONE_CALL),
+            ("RELEASE_MARKED_CLAIMS", sql::RELEASE_MARKED_CLAIMS),
+        ] {
+            let numbers = |statement: &str| -> Vec<usize> {
+                let mut found: Vec<usize> = statement
+                    .split('?')
+                    .skip(1)
+                    .filter_map(|rest| {
+                        let digits: String =
+                            rest.chars().take_while(char::is_ascii_digit).collect();
+                        digits.parse().ok()
+                    })
+                    .collect();
+                found.sort_unstable();
+                found.dedup();
+                found
+            };
+            let arguments = numbers(text).last().copied().unwrap_or(0);
+            let mut left_out = 0;
+            for statement in text.split(';') {
+                let used = numbers(statement);
+                let highest = used.last().copied().unwrap_or(0);
+                left_out += highest - used.len();
+                assert!(
+                    left_out <= arguments,
+                    "{name}: a statement's parameters go unbound: {statement}"
+                );
+            }
+        }
+    }
 
     /// A store in a folder of its own (kept as long as the store).
     async fn open() -> (tempfile::TempDir, SqliteStore) {
