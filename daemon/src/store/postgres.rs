@@ -125,7 +125,6 @@ impl PostgresStore {
         Ok(PostgresStore { pool })
     }
 
-    /// Every daemon reads and writes through the one pool.
     /// Claims are leased rows here, which the reads of pending rows leave
     /// out by their status: nothing to bind (`shared::sql_store!`).
     fn exclude_in_flight<'q, O>(
@@ -135,6 +134,7 @@ impl PostgresStore {
         query
     }
 
+    /// Every daemon reads and writes through the one pool.
     fn reader(&self) -> &PgPool {
         &self.pool
     }
