@@ -7,10 +7,12 @@
 //! claimed row and its index entries twice (claim, then outcome) on the one
 //! writer. What the file keeps of a claim is a *mark* per claimed batch
 //! (`claim_marks`, one row listing the batch's ids), written before any of
-//! the batch is sent and deleted with the outcome of its last claim: after
-//! a crash the next start counts each still pending claim of a leftover
-//! mark as an attempt, so a delivery that keeps crashing the daemon is
-//! parked after `max_claims` like a leased one.
+//! the batch is sent; once every claim of the batch has its outcome, the
+//! next claim's write (or a clean stop) deletes it. After a crash the next
+//! start counts each still pending delivery of a leftover mark as an
+//! attempt, so a delivery that keeps crashing the daemon is parked after
+//! `max_claims` like a leased one; a delivery of such a batch whose retry
+//! was recorded before the crash counts one attempt too many.
 //!
 //! Everything that reads pending rows for the scheduler leaves the book's
 //! entries out (the claim's candidates, the next due time, the backlog).
@@ -99,9 +101,10 @@ impl ClaimBook {
             .collect()
     }
 
-    /// The marks that end once the claims `ids` (held by `owner`) end: to
-    /// be deleted in the same transaction as their outcomes. Changes
-    /// nothing; [`ClaimBook::end`] does, once that transaction committed.
+    /// The marks that end once the claims `ids` (held by `owner`) end, and
+    /// those ended already: to be deleted in the same transaction as what
+    /// ends those claims. Changes nothing; [`ClaimBook::end`] and
+    /// [`ClaimBook::forget`] do, once that transaction committed.
     pub fn marks_ending(&self, owner: &str, ids: &[&str]) -> Vec<i64> {
         let mut ending: HashMap<i64, usize> = HashMap::new();
         for id in ids {
@@ -119,9 +122,16 @@ impl ClaimBook {
         marks
     }
 
+    /// The marks none of whose claims is open any more: to be deleted with
+    /// the next write that can take them.
+    pub fn finished(&self) -> Vec<i64> {
+        self.finished.clone()
+    }
+
     /// Ends `owner`'s claims among `ids` (their outcomes are recorded, or
-    /// they were released) and forgets the marks deleted with them.
-    pub fn end(&mut self, owner: &str, ids: &[&str], deleted_marks: &[i64]) {
+    /// they were released); a mark whose claims have all ended joins
+    /// [`ClaimBook::finished`].
+    pub fn end(&mut self, owner: &str, ids: &[&str]) {
         for id in ids {
             if self.holds(owner, id)
                 && let Some(entry) = self.claims.remove(*id)
@@ -134,7 +144,11 @@ impl ClaimBook {
                 }
             }
         }
-        self.finished.retain(|mark| !deleted_marks.contains(mark));
+    }
+
+    /// Forgets marks deleted from the file.
+    pub fn forget(&mut self, deleted: &[i64]) {
+        self.finished.retain(|mark| !deleted.contains(mark));
     }
 }
 
@@ -155,11 +169,13 @@ mod tests {
         // Only the owner's claims end; the first batch is not over with d1.
         assert_eq!(book.marks_ending("b", &["d1", "d2"]), Vec::<i64>::new());
         assert_eq!(book.marks_ending("a", &["d1"]), Vec::<i64>::new());
-        book.end("a", &["d1"], &[]);
+        book.end("a", &["d1"]);
         assert_eq!(book.marks_ending("a", &["d2", "d3"]), vec![first, second]);
-        book.end("a", &["d2", "d3"], &[first, second]);
+        book.end("a", &["d2", "d3"]);
+        assert_eq!(book.finished(), vec![first, second]);
+        book.forget(&[first, second]);
         assert!(book.is_empty());
-        assert_eq!(book.marks_ending("a", &[]), Vec::<i64>::new());
+        assert_eq!(book.finished(), Vec::<i64>::new());
     }
 
     #[test]
@@ -167,12 +183,12 @@ mod tests {
         let mut book = ClaimBook::after(0);
         let mark = book.next_mark();
         book.hold("a", mark, []);
-        assert_eq!(book.marks_ending("a", &[]), vec![mark]);
+        assert_eq!(book.finished(), vec![mark]);
         // Not deleted (that transaction failed): still to delete.
-        book.end("a", &[], &[]);
-        assert_eq!(book.marks_ending("a", &[]), vec![mark]);
-        book.end("a", &[], &[mark]);
-        assert_eq!(book.marks_ending("a", &[]), Vec::<i64>::new());
+        book.forget(&[]);
+        assert_eq!(book.finished(), vec![mark]);
+        book.forget(&[mark]);
+        assert_eq!(book.finished(), Vec::<i64>::new());
     }
 
     #[test]

@@ -397,7 +397,7 @@ impl Backend for SqliteStore {
         let in_memory: Vec<&str> = in_memory.into_iter().map(|(id, _)| id.as_str()).collect();
         let (mark, finished) = {
             let mut book = self.book();
-            (book.next_mark(), book.marks_ending(&options.owner, &[]))
+            (book.next_mark(), book.finished())
         };
 
         // The same conditions as the candidates' read, checked again under
@@ -440,7 +440,7 @@ impl Backend for SqliteStore {
         let taken: HashSet<String> = taken.into_iter().map(|(id,)| id).collect();
         if marked {
             let mut book = self.book();
-            book.end(&options.owner, &[], &finished);
+            book.forget(&finished);
             book.hold(
                 &options.owner,
                 mark,
@@ -520,7 +520,7 @@ impl Backend for SqliteStore {
         // Recorded or not (a claim held in memory is recorded unless its
         // row is gone), these claims are over; a mark whose claims are all
         // over is deleted with the next claim.
-        self.book().end(owner, &ids, &[]);
+        self.book().end(owner, &ids);
         let recorded: HashSet<&str> = recorded.iter().map(|(id,)| id.as_str()).collect();
         Ok(results
             .iter()
@@ -554,9 +554,14 @@ impl Backend for SqliteStore {
     }
 
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
-        let held = self.book().ids_of(owner);
+        let (held, marks) = {
+            let book = self.book();
+            let held = book.ids_of(owner);
+            let ids: Vec<&str> = held.iter().map(String::as_str).collect();
+            let marks = book.marks_ending(owner, &ids);
+            (held, marks)
+        };
         let ids: Vec<&str> = held.iter().map(String::as_str).collect();
-        let marks = self.book().marks_ending(owner, &ids);
         let mut tx = self.write_tx().await?;
         let leased = Self::release_leased(&mut tx, owner).await?;
         // Claims held in memory count their attempt now, for the same reason.
@@ -570,7 +575,9 @@ impl Backend for SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        self.book().end(owner, &ids, &marks);
+        let mut book = self.book();
+        book.end(owner, &ids);
+        book.forget(&marks);
         Ok(leased + counted)
     }
 }
